@@ -1,0 +1,235 @@
+//! Types shared by the eBPF programs (`shaper-ebpf`) and the daemon (`shaper-user`).
+//!
+//! Every type here crosses the kernel/user boundary through a BPF map, so each is
+//! `#[repr(C)]`, built from fixed-width integers and arrays only, with explicit
+//! padding fields and a size assertion. Enumerations travel as integers: see the
+//! `*_`-prefixed constants next to each field.
+//!
+//! Byte order: addresses are in network byte order (as on the wire), ports and
+//! every other integer in host byte order.
+#![no_std]
+
+pub mod names;
+
+/// Largest number of classes (HTB leaves) per interface, the implicit default included.
+pub const MAX_CLASSES: u32 = 1024;
+/// Largest number of shaped interfaces.
+pub const MAX_IFACES: u32 = 16;
+/// Capacity of one bank of the rule table, in nodes.
+pub const MAX_RULE_NODES: u32 = 4096;
+/// The rule table has two banks; the daemon fills the idle one and then flips
+/// [`Settings::rules_gen`], so the kernel never sees a half-written rule set.
+pub const RULE_BANKS: u32 = 2;
+/// Default capacity of the flow map (`[daemon] max_flows` overrides it at load).
+pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
+
+/// HTB qdisc handle major used by shaper on every interface (`1:`).
+pub const HTB_MAJOR: u32 = 1;
+/// HTB minor of the root class under which every leaf hangs (`1:1`).
+pub const HTB_ROOT_MINOR: u32 = 1;
+/// HTB minor of class index 0; class index `i` is `1:(0x10 + i)` in hex, as `tc` prints it.
+pub const HTB_LEAF_MINOR_BASE: u32 = 0x10;
+
+/// The HTB class id (`major << 16 | minor`) of class index `class`.
+#[inline(always)]
+pub const fn classid_of(class: u32) -> u32 {
+    (HTB_MAJOR << 16) | (HTB_LEAF_MINOR_BASE + class)
+}
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of the flow map: one entry per socket tuple, seen from this host.
+///
+/// On egress the local side is the packet's source, on ingress its destination,
+/// so both directions of a connection share one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// IP protocol number ([`PROTO_TCP`], [`PROTO_UDP`], or another for port-less protocols).
+    pub proto: u8,
+    /// Local port, host byte order (0 for protocols without ports).
+    pub lport: u16,
+    /// Remote port, host byte order (0 for protocols without ports).
+    pub rport: u16,
+    pub _pad: u16,
+    /// Local address, network byte order; IPv4 uses the first 4 bytes, the rest are zero.
+    pub laddr: [u8; 16],
+    /// Remote address, network byte order; IPv4 uses the first 4 bytes, the rest are zero.
+    pub raddr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// The kernel evaluated the rule table for this flow (it is re-evaluated when
+/// [`Settings::rules_gen`] moves past [`FlowValue::rules_gen`]).
+pub const ORIGIN_KERNEL: u8 = 0;
+/// The daemon decided the class (rules the kernel cannot evaluate, or an adopted
+/// connection); the kernel keeps it until the daemon changes it.
+pub const ORIGIN_DAEMON: u8 = 1;
+/// An operator pinned the flow into a class; nothing re-evaluates it.
+pub const ORIGIN_PINNED: u8 = 2;
+
+/// [`FlowValue::class`] meaning "the default class of whichever interface the packet
+/// crosses" (the rules matched nothing, or no rules are loaded).
+pub const CLASS_DEFAULT: u16 = 0xffff;
+
+/// Value of the flow map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    /// Class index the flow belongs to (see [`classid_of`]), or [`CLASS_DEFAULT`].
+    pub class: u16,
+    /// Who decided the class: one of the `ORIGIN_*` constants.
+    pub origin: u8,
+    pub _pad: u8,
+    /// [`Settings::rules_gen`] at the time the kernel decided.
+    pub rules_gen: u32,
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC) of the last packet.
+    pub last_seen_ns: u64,
+    /// Bytes and packets this host sent on the flow.
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    /// Bytes and packets this host received on the flow (ingress classification).
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 48);
+
+/// Per-class counters kept by the classifier (a per-CPU array indexed by
+/// [`class_stats_index`]). Bytes are `skb->len`: the whole frame as the
+/// classifier saw it, link-layer header included.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ClassStats {
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+}
+const _: () = assert!(core::mem::size_of::<ClassStats>() == 32);
+
+/// Index of (interface slot, class) in the class counters.
+#[inline(always)]
+pub const fn class_stats_index(iface_slot: u32, class: u32) -> u32 {
+    iface_slot * MAX_CLASSES + class
+}
+pub const CLASS_STATS_ENTRIES: u32 = MAX_IFACES * MAX_CLASSES;
+
+/// What the classifier needs to know about an interface it is attached to
+/// (the interface map, keyed by ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfaceInfo {
+    /// Slot of the interface in the class counters, `0..MAX_IFACES`.
+    pub slot: u32,
+    /// Class index for traffic that matches no rule, and for classes not instantiated here.
+    pub default_class: u16,
+    /// Length of the link-layer header in front of the IP header (14 on Ethernet, 0 on
+    /// raw-IP devices such as WireGuard or tun).
+    pub l2_len: u16,
+    /// Bit `i` is set when class index `i` exists (has an HTB leaf) on this interface.
+    pub classes: [u64; (MAX_CLASSES / 64) as usize],
+}
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8 + 8 * (MAX_CLASSES as usize / 64));
+
+impl IfaceInfo {
+    #[inline(always)]
+    pub fn has_class(&self, class: u32) -> bool {
+        let word = ((class >> 6) & (MAX_CLASSES / 64 - 1)) as usize;
+        match self.classes.get(word) {
+            Some(bits) => bits & (1u64 << (class & 63)) != 0,
+            None => false,
+        }
+    }
+}
+
+/// Global run-time settings, a single-entry array map rewritten by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Generation of the rule table in force. The active bank is `rules_gen % RULE_BANKS`.
+    /// Zero means "no rules loaded yet": every flow takes its interface's default class.
+    pub rules_gen: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+
+/// Index of node `node` of bank `bank` in the rule table.
+#[inline(always)]
+pub const fn rule_node_index(bank: u32, node: u32) -> u32 {
+    bank * MAX_RULE_NODES + node
+}
+
+/// A rule-table jump target at or above this value is a verdict, not a node.
+pub const TARGET_VERDICT: u16 = 0x8000;
+/// Verdict: the interface's default class.
+pub const TARGET_DEFAULT: u16 = 0xffff;
+
+/// Verdict "class index `class`".
+#[inline(always)]
+pub const fn target_class(class: u16) -> u16 {
+    TARGET_VERDICT | class
+}
+
+// Tests a rule node can make. The node's `a`/`b`/`lo`/`hi` fields hold the operands.
+/// Always true (a match that needs no test).
+pub const OP_TRUE: u8 = 0;
+/// `lo <= proto <= hi`.
+pub const OP_PROTO: u8 = 1;
+/// Remote port in `lo..=hi`; false for protocols without ports.
+pub const OP_RPORT: u8 = 2;
+/// Local port in `lo..=hi`; false for protocols without ports.
+pub const OP_LPORT: u8 = 3;
+/// Remote address in the prefix: `family` matches and `raddr & b == a`.
+pub const OP_RADDR: u8 = 4;
+/// Local address in the prefix: `family` matches and `laddr & b == a`.
+pub const OP_LADDR: u8 = 5;
+
+/// One node of the compiled rule table: a test and where to go next.
+///
+/// The daemon compiles the ordered rule list into a branching program: the
+/// kernel starts at node 0 of the active bank, applies the node's test and jumps
+/// to `on_true` or `on_false`, which are either later nodes (jumps only go
+/// forward) or verdicts (`>= TARGET_VERDICT`). Each atom of a rule appears once,
+/// so the table grows linearly with the rules, never exponentially.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleNode {
+    /// One of the `OP_*` constants.
+    pub op: u8,
+    /// Address family for the address tests ([`FAMILY_V4`] / [`FAMILY_V6`]).
+    pub family: u8,
+    pub _pad: u16,
+    pub on_true: u16,
+    pub on_false: u16,
+    /// Inclusive integer range for the numeric tests.
+    pub lo: u32,
+    pub hi: u32,
+    /// Address operand (network byte order), already masked.
+    pub a: [u8; 16],
+    /// Mask operand (network byte order).
+    pub b: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<RuleNode>() == 48);
+
+/// Error counters, a per-CPU array indexed by the `ERR_*` constants.
+pub const ERR_FLOW_INSERT: u32 = 0;
+pub const ERR_RULE_EVAL: u32 = 1;
+pub const ERR_NO_IFACE: u32 = 2;
+pub const ERR_COUNT: u32 = 4;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is repr(C), has no implicit padding (explicit `_pad`
+    // fields and the size assertions above), and is valid for any bit pattern.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::ClassStats {}
+    unsafe impl aya::Pod for super::IfaceInfo {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::RuleNode {}
+}

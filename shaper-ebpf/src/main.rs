@@ -1,0 +1,44 @@
+//! shaper's eBPF programs: the tc classifier that stamps each packet with the
+//! HTB class of its flow, and a do-nothing classifier used as the benchmark
+//! baseline.
+//!
+//! Programs fail open: on any parse error or map failure a packet goes to its
+//! interface's default class, never to the floor, and an error counter is bumped.
+#![no_std]
+#![no_main]
+// The bpfel target has no compare-and-swap, so core's atomics offer no
+// `fetch_add`; the intrinsic lowers to BPF's lock-free XADD. The crate is built
+// with RUSTC_BOOTSTRAP=1 (for -Z build-std) on the stable toolchain anyway.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod classify;
+mod maps;
+mod packet;
+mod rules;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// `TC_ACT_UNSPEC` (= `TCX_NEXT`): let the next program on the hook run, then pass.
+/// shaper only sets `skb->priority`; it never decides a packet's fate.
+pub(crate) const TC_ACT_UNSPEC: i32 = -1;
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    classify::classify(&ctx, classify::Direction::Egress)
+}
+
+#[classifier]
+pub fn tc_passthrough(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,40 @@
+//! The maps shared with the daemon. Names and value types come from shaper-common.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use shaper_common::{
+    ClassStats, FlowKey, FlowValue, IfaceInfo, RuleNode, Settings, CLASS_STATS_ENTRIES, DEFAULT_MAX_FLOWS,
+    ERR_COUNT, MAX_IFACES, MAX_RULE_NODES, RULE_BANKS,
+};
+
+/// Socket tuple → class and counters. Sized at load by the daemon (`max_flows`).
+#[map]
+pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// The compiled rules, two banks (see `Settings::rules_gen`).
+#[map]
+pub(crate) static RULES: Array<RuleNode> = Array::with_max_entries(RULE_BANKS * MAX_RULE_NODES, 0);
+
+#[map]
+pub(crate) static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// ifindex → what the classifier needs about the interface.
+#[map]
+pub(crate) static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+#[map]
+pub(crate) static CLASS_STATS: PerCpuArray<ClassStats> =
+    PerCpuArray::with_max_entries(CLASS_STATS_ENTRIES, 0);
+
+#[map]
+pub(crate) static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_COUNT, 0);
+
+#[inline(always)]
+pub(crate) fn count_error(which: u32) {
+    if let Some(counter) = ERRORS.get_ptr_mut(which) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}

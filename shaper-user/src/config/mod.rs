@@ -1,0 +1,501 @@
+//! The config file: schema, defaults and validation.
+//!
+//! A config is read once, validated completely, and only then used; every
+//! error names the file, line and column and says what was expected. See
+//! config/shaper.toml for an annotated example and README.md for the reference.
+
+mod position;
+mod raw;
+
+use std::{
+    collections::HashMap,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use shaper_common::{RuleNode, DEFAULT_MAX_FLOWS, MAX_CLASSES, MAX_IFACES};
+use toml::Spanned;
+
+pub use position::Pos;
+use raw::{RateValue, RawClass, RawConfig, RawInterface, RawLimit};
+
+use crate::{
+    rules::{self, compile::TooLarge, Rule},
+    services::Services,
+    units,
+};
+
+pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/shaper/shaper.sock";
+/// The class unmatched traffic goes to when an interface names none; created
+/// with no limits of its own if the config does not define it.
+pub const DEFAULT_CLASS_NAME: &str = "default";
+pub const DEFAULT_PRIORITY: u8 = 4;
+pub const MAX_PRIORITY: u8 = 7;
+const MIN_SCAN_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_FLOWS_RANGE: std::ops::RangeInclusive<i64> = 1024..=16 * 1024 * 1024;
+/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+const MAX_IFNAME: usize = 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{pos}: {message}", path.display())]
+    At { path: PathBuf, pos: Pos, message: String },
+}
+
+impl ConfigError {
+    /// The message without the file and position.
+    pub fn message(&self) -> String {
+        match self {
+            ConfigError::Read { source, .. } => source.to_string(),
+            ConfigError::At { message, .. } => message.clone(),
+        }
+    }
+}
+
+/// `[daemon]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonConfig {
+    /// How often the /proc scan adopts connections and drops stale flows.
+    pub scan_interval: Duration,
+    pub control_socket: PathBuf,
+    /// Capacity of the kernel flow map (LRU: the least recently used flow is
+    /// evicted when it is full, and re-classified on its next packet).
+    pub max_flows: u32,
+}
+
+/// A class's limit in one direction. `None` rate: reserves nothing; `None`
+/// ceil: may borrow up to the interface capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Limit {
+    pub rate_bps: Option<u64>,
+    pub ceil_bps: Option<u64>,
+}
+
+/// `[[interface]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InterfaceConfig {
+    pub name: String,
+    pub egress_bps: u64,
+    pub ingress_bps: Option<u64>,
+    /// Index of the default class in [`Config::classes`].
+    pub default_class: u16,
+    /// Where the interface's name is written, for errors found later.
+    pub pos: Pos,
+}
+
+/// `[[class]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassConfig {
+    /// Position in [`Config::classes`]; also the class's index in the kernel.
+    pub index: u16,
+    pub name: String,
+    pub priority: u8,
+    pub egress: Option<Limit>,
+    pub ingress: Option<Limit>,
+    pub rule: Option<Rule>,
+    /// The `match` as written.
+    pub rule_source: Option<String>,
+    /// `None`: on every interface.
+    pub interfaces: Option<Vec<String>>,
+    /// Created by shaper as an interface's default, not written in the file.
+    pub implicit: bool,
+}
+
+/// A validated config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    pub interfaces: Vec<InterfaceConfig>,
+    pub classes: Vec<ClassConfig>,
+}
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path, services: &Services) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse(path, &text, services)
+}
+
+/// Validates config `text`; `path` is used in error messages.
+pub fn parse(path: &Path, text: &str, services: &Services) -> Result<Config, ConfigError> {
+    Validator { path, text, services }.config()
+}
+
+impl Config {
+    /// The classes instantiated on `iface`, in file order.
+    pub fn classes_on<'a>(
+        &'a self,
+        iface: &'a InterfaceConfig,
+    ) -> impl Iterator<Item = &'a ClassConfig> + 'a {
+        self.classes
+            .iter()
+            .filter(move |c| c.interfaces.as_ref().is_none_or(|list| list.contains(&iface.name)))
+    }
+
+    pub fn class(&self, name: &str) -> Option<&ClassConfig> {
+        self.classes.iter().find(|c| c.name == name)
+    }
+
+    /// The kernel rule table for the classes' `match` rules, in file order.
+    pub fn compile_rules(&self) -> Result<Vec<RuleNode>, TooLarge> {
+        let rules: Vec<(u16, &rules::Pred)> =
+            self.classes.iter().filter_map(|c| c.rule.as_ref().map(|r| (c.index, &r.pred))).collect();
+        rules::compile::compile(&rules)
+    }
+
+    /// Checks that every interface exists (`exists` asks the host).
+    pub fn check_interfaces_exist(&self, exists: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
+        for iface in &self.interfaces {
+            if !exists(&iface.name) {
+                return Err(ConfigError::At {
+                    path: self.path.clone(),
+                    pos: iface.pos,
+                    message: format!(
+                        "interface \"{}\" does not exist (in this network namespace)",
+                        iface.name
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+    services: &'a Services,
+}
+
+impl Validator<'_> {
+    fn error_at(&self, offset: usize, message: impl Into<String>) -> ConfigError {
+        ConfigError::At {
+            path: self.path.to_path_buf(),
+            pos: position::pos(self.text, offset),
+            message: message.into(),
+        }
+    }
+
+    fn error<T>(&self, at: &Spanned<T>, message: impl Into<String>) -> ConfigError {
+        self.error_at(at.span().start, message)
+    }
+
+    fn config(&self) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(self.text).map_err(|e| {
+            let offset = e.span().map_or(0, |s: Range<usize>| s.start);
+            // toml's messages may span lines; errors here are one line each.
+            let message: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            self.error_at(offset, message.join("; "))
+        })?;
+        let daemon = self.daemon(&raw)?;
+        if raw.interface.is_empty() {
+            return Err(self.error_at(
+                0,
+                "no [[interface]]: name at least one interface to shape, e.g.\n[[interface]]\nname = \"eth0\"\negress = \"100mbit\"",
+            ));
+        }
+        if raw.interface.len() > MAX_IFACES as usize {
+            return Err(self.error(
+                &raw.interface[MAX_IFACES as usize],
+                format!("at most {MAX_IFACES} interfaces can be shaped"),
+            ));
+        }
+        let mut classes = self.classes(&raw.class)?;
+        let mut interfaces = Vec::new();
+        let mut seen: HashMap<&str, &Spanned<String>> = HashMap::new();
+        for spanned in &raw.interface {
+            let iface = spanned.get_ref();
+            if let Some(first) = seen.insert(iface.name.get_ref(), &iface.name) {
+                let line = position::pos(self.text, first.span().start).line;
+                return Err(self.error(
+                    &iface.name,
+                    format!("interface \"{}\" is listed twice (first on line {line})", iface.name.get_ref()),
+                ));
+            }
+            interfaces.push(self.interface(iface, &raw.class, &mut classes)?);
+        }
+        let iface_names: Vec<&str> =
+            raw.interface.iter().map(|i| i.get_ref().name.get_ref().as_str()).collect();
+        for class in &raw.class {
+            for name in class.get_ref().interfaces.iter().flatten() {
+                if !iface_names.contains(&name.get_ref().as_str()) {
+                    return Err(self.error(name, format!("no [[interface]] named \"{}\"", name.get_ref())));
+                }
+            }
+        }
+        if classes.len() > MAX_CLASSES as usize {
+            let at = raw.class.get(MAX_CLASSES as usize - 1).map_or(0, |c| c.span().start);
+            return Err(
+                self.error_at(at, format!("at most {} classes (the implicit default included)", MAX_CLASSES))
+            );
+        }
+        let config = Config { path: self.path.to_path_buf(), daemon, interfaces, classes };
+        for (iface, raw_iface) in config.interfaces.iter().zip(&raw.interface) {
+            self.check_reserved(&config, iface, raw_iface.get_ref())?;
+        }
+        if let Err(e) = config.compile_rules() {
+            let last = raw.class.iter().rev().find_map(|c| c.get_ref().rule.as_ref());
+            return Err(self.error_at(last.map_or(0, |r| r.span().start), e.to_string()));
+        }
+        Ok(config)
+    }
+
+    fn daemon(&self, raw: &RawConfig) -> Result<DaemonConfig, ConfigError> {
+        let mut daemon = DaemonConfig {
+            scan_interval: DEFAULT_SCAN_INTERVAL,
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            max_flows: DEFAULT_MAX_FLOWS,
+        };
+        let Some(d) = &raw.daemon else { return Ok(daemon) };
+        if let Some(s) = &d.scan_interval {
+            let interval = units::parse_duration(s.get_ref()).map_err(|e| self.error(s, e.to_string()))?;
+            if interval < MIN_SCAN_INTERVAL {
+                return Err(self.error(
+                    s,
+                    format!("scan_interval must be at least {}ms", MIN_SCAN_INTERVAL.as_millis()),
+                ));
+            }
+            daemon.scan_interval = interval;
+        }
+        if let Some(s) = &d.control_socket {
+            let path = PathBuf::from(s.get_ref());
+            if !path.is_absolute() {
+                return Err(self.error(s, "control_socket must be an absolute path"));
+            }
+            daemon.control_socket = path;
+        }
+        if let Some(n) = &d.max_flows {
+            if !MAX_FLOWS_RANGE.contains(n.get_ref()) {
+                return Err(self.error(
+                    n,
+                    format!(
+                        "max_flows must be between {} and {}",
+                        MAX_FLOWS_RANGE.start(),
+                        MAX_FLOWS_RANGE.end()
+                    ),
+                ));
+            }
+            daemon.max_flows = *n.get_ref() as u32;
+        }
+        Ok(daemon)
+    }
+
+    fn rate(&self, value: &Spanned<RateValue>, what: &str) -> Result<u64, ConfigError> {
+        let bps = match value.get_ref() {
+            RateValue::Number(n) => *n,
+            RateValue::Text(t) => units::parse_rate(t).map_err(|e| self.error(value, e.to_string()))?,
+        };
+        if bps == 0 {
+            return Err(self.error(value, format!("{what} must be above zero")));
+        }
+        Ok(bps)
+    }
+
+    fn limit(&self, raw: &Spanned<RawLimit>, class: &str, direction: &str) -> Result<Limit, ConfigError> {
+        let what = format!("the {direction} rate of class \"{class}\"");
+        match raw.get_ref() {
+            RawLimit::Plain(v) => {
+                let bps = self.rate(&Spanned::new(raw.span(), v.clone()), &what)?;
+                Ok(Limit { rate_bps: Some(bps), ceil_bps: Some(bps) })
+            }
+            RawLimit::Table(t) => {
+                let rate = t.rate.as_ref().map(|r| self.rate(r, &what)).transpose()?;
+                let ceil = t
+                    .ceil
+                    .as_ref()
+                    .map(|c| self.rate(c, &format!("the {direction} ceil of class \"{class}\"")))
+                    .transpose()?;
+                if let (Some(r), Some(c)) = (rate, ceil) {
+                    if r > c {
+                        return Err(self.error(
+                            raw,
+                            format!(
+                                "class \"{class}\": {direction} rate {} is above its ceil {}; the ceil is the most a class may use",
+                                units::format_rate(r),
+                                units::format_rate(c)
+                            ),
+                        ));
+                    }
+                }
+                if rate.is_none() && ceil.is_none() {
+                    return Err(self.error(
+                        raw,
+                        format!("class \"{class}\": {direction} needs a rate, a ceil, or both"),
+                    ));
+                }
+                Ok(Limit { rate_bps: rate, ceil_bps: ceil })
+            }
+        }
+    }
+
+    fn classes(&self, raw: &[Spanned<RawClass>]) -> Result<Vec<ClassConfig>, ConfigError> {
+        let mut classes: Vec<ClassConfig> = Vec::new();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (index, spanned) in raw.iter().enumerate() {
+            let c = spanned.get_ref();
+            let name = c.name.get_ref();
+            if name.is_empty() || name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                return Err(self.error(&c.name, "class names must be non-empty, without spaces"));
+            }
+            if let Some(first) = seen.insert(name, c.name.span().start) {
+                let line = position::pos(self.text, first).line;
+                return Err(self.error(
+                    &c.name,
+                    format!("duplicate class name \"{name}\" (first defined on line {line})"),
+                ));
+            }
+            let priority = match &c.priority {
+                None => DEFAULT_PRIORITY,
+                Some(p) => {
+                    u8::try_from(*p.get_ref()).ok().filter(|p| *p <= MAX_PRIORITY).ok_or_else(|| {
+                        self.error(
+                            p,
+                            format!(
+                                "priority must be 0 (served first) to {MAX_PRIORITY} (last), not {}",
+                                p.get_ref()
+                            ),
+                        )
+                    })?
+                }
+            };
+            let egress = c.egress.as_ref().map(|l| self.limit(l, name, "egress")).transpose()?;
+            let ingress = c.ingress.as_ref().map(|l| self.limit(l, name, "ingress")).transpose()?;
+            let rule = match &c.rule {
+                None => None,
+                Some(source) => Some(Rule::parse(source.get_ref(), self.services).map_err(|e| {
+                    let span = source.span();
+                    let offset = position::string_content_start(self.text, span.clone(), source.get_ref())
+                        .map_or(span.start, |start| start + e.span.start);
+                    self.error_at(offset, e.message)
+                })?),
+            };
+            classes.push(ClassConfig {
+                index: index as u16,
+                name: name.clone(),
+                priority,
+                egress,
+                ingress,
+                rule_source: c.rule.as_ref().map(|r| r.get_ref().clone()),
+                rule,
+                interfaces: c.interfaces.as_ref().map(|l| l.iter().map(|n| n.get_ref().clone()).collect()),
+                implicit: false,
+            });
+        }
+        Ok(classes)
+    }
+
+    fn interface(
+        &self,
+        raw: &RawInterface,
+        raw_classes: &[Spanned<RawClass>],
+        classes: &mut Vec<ClassConfig>,
+    ) -> Result<InterfaceConfig, ConfigError> {
+        let name = raw.name.get_ref();
+        if name.is_empty() || name.len() > MAX_IFNAME || name.contains(['/', ' ']) {
+            return Err(self.error(&raw.name, format!("\"{name}\" is not a valid interface name (1 to {MAX_IFNAME} characters, no '/' or spaces)")));
+        }
+        let egress_bps = self.rate(&raw.egress, &format!("the egress capacity of {name}"))?;
+        let ingress_bps = raw
+            .ingress
+            .as_ref()
+            .map(|r| self.rate(r, &format!("the ingress capacity of {name}")))
+            .transpose()?;
+        let default_name = raw.default.as_ref().map_or(DEFAULT_CLASS_NAME, |d| d.get_ref().as_str());
+        let default_class = match classes.iter().find(|c| c.name == default_name) {
+            Some(class) => {
+                if class.interfaces.as_ref().is_some_and(|l| !l.iter().any(|n| n == name)) {
+                    let at = raw.default.as_ref().map_or(raw.name.span().start, |d| d.span().start);
+                    let class_at = raw_classes.get(usize::from(class.index)).map_or(0, |c| c.span().start);
+                    let line = position::pos(self.text, class_at).line;
+                    return Err(self.error_at(
+                        at,
+                        format!("default class \"{default_name}\" is not on interface {name} (its `interfaces` on line {line} leave it out)"),
+                    ));
+                }
+                class.index
+            }
+            None if default_name == DEFAULT_CLASS_NAME => {
+                let index = classes.len() as u16;
+                classes.push(ClassConfig {
+                    index,
+                    name: DEFAULT_CLASS_NAME.to_string(),
+                    priority: DEFAULT_PRIORITY,
+                    egress: None,
+                    ingress: None,
+                    rule: None,
+                    rule_source: None,
+                    interfaces: None,
+                    implicit: true,
+                });
+                index
+            }
+            None => {
+                let known: Vec<&str> = classes.iter().map(|c| c.name.as_str()).collect();
+                let list = if known.is_empty() { "none are defined".to_string() } else { known.join(", ") };
+                let at = raw.default.as_ref().map_or(raw.name.span().start, |d| d.span().start);
+                return Err(
+                    self.error_at(at, format!("unknown default class \"{default_name}\" (classes: {list})"))
+                );
+            }
+        };
+        Ok(InterfaceConfig {
+            name: name.clone(),
+            egress_bps,
+            ingress_bps,
+            default_class,
+            pos: position::pos(self.text, raw.name.span().start),
+        })
+    }
+
+    /// The guaranteed rates of an interface's classes must fit its capacity.
+    fn check_reserved(
+        &self,
+        config: &Config,
+        iface: &InterfaceConfig,
+        raw: &RawInterface,
+    ) -> Result<(), ConfigError> {
+        let directions = [
+            ("egress", Some(iface.egress_bps), Some(&raw.egress)),
+            ("ingress", iface.ingress_bps, raw.ingress.as_ref()),
+        ];
+        for (direction, capacity, at) in directions {
+            let (Some(capacity), Some(at)) = (capacity, at) else { continue };
+            let limit = |c: &ClassConfig| if direction == "egress" { c.egress } else { c.ingress };
+            let reserved: u64 =
+                config.classes_on(iface).filter_map(|c| limit(c).and_then(|l| l.rate_bps)).sum();
+            if reserved > capacity {
+                let parts: Vec<String> = config
+                    .classes_on(iface)
+                    .filter_map(|c| {
+                        limit(c)
+                            .and_then(|l| l.rate_bps)
+                            .map(|r| format!("{} {}", c.name, units::format_rate(r)))
+                    })
+                    .collect();
+                return Err(self.error(
+                    at,
+                    format!(
+                        "the classes on {} guarantee {} of {direction} ({}), more than its capacity of {}",
+                        iface.name,
+                        units::format_rate(reserved),
+                        parts.join(" + "),
+                        units::format_rate(capacity)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,10 @@
+//! The control socket: how `shaper status|classes|conns` talk to the daemon.
+//!
+//! One request per line, one reply per line, both JSON, each carrying the
+//! protocol version `v` (see README.md, "Control protocol").
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+pub use protocol::{ClassRow, Command, ConnRow, InterfaceStatus, Reply, Request, Status, PROTOCOL_VERSION};

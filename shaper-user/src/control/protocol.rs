@@ -1,0 +1,155 @@
+//! Messages of the control protocol. The JSON that `--json` prints is exactly
+//! the `result` of these replies.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the protocol; a request with another version gets an error reply.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request line the daemon reads; a longer one gets an error and the connection is closed.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    Status,
+    Classes,
+    Conns,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub v: u32,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+impl Request {
+    pub fn new(command: Command) -> Self {
+        Self { v: PROTOCOL_VERSION, command }
+    }
+}
+
+/// The daemon's answer: `{"v":1,"ok":true,"result":…}` or `{"v":1,"ok":false,"error":"…"}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reply {
+    pub v: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reply {
+    pub fn ok(result: serde_json::Value) -> Self {
+        Self { v: PROTOCOL_VERSION, ok: true, result: Some(result), error: None }
+    }
+    pub fn error(message: impl Into<String>) -> Self {
+        Self { v: PROTOCOL_VERSION, ok: false, result: None, error: Some(message.into()) }
+    }
+}
+
+/// `shaper status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub config: String,
+    pub uptime_s: u64,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub classes: usize,
+    /// Nodes in the kernel rule table and its generation.
+    pub rule_nodes: usize,
+    pub rules_gen: u32,
+    pub flows: usize,
+    pub max_flows: u32,
+    /// Classifier error counters: flow-map inserts that failed, rule walks that
+    /// ended without a verdict, packets on an interface missing from the map.
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub scan_interval_ms: u64,
+    pub last_scan: Option<crate::procscan::ScanReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    pub egress_bps: u64,
+    pub ingress_bps: Option<u64>,
+    /// "tcx" or "clsact".
+    pub attach: String,
+    pub default_class: String,
+}
+
+/// One HTB class on one interface and direction (`shaper classes`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClassRow {
+    pub name: String,
+    pub interface: String,
+    /// "egress" or "ingress".
+    pub direction: String,
+    /// tc notation, e.g. "1:10".
+    pub classid: String,
+    pub rate_bps: u64,
+    pub ceil_bps: u64,
+    pub priority: u8,
+    /// Bytes and packets the classifier put into the class (frames as seen on
+    /// the hook, link-layer header included, before any queueing or drop).
+    pub bytes: u64,
+    pub packets: u64,
+    /// What HTB sent out of the class, and what it dropped.
+    pub sent_bytes: u64,
+    pub sent_packets: u64,
+    pub drops: u64,
+    pub overlimits: u64,
+    pub backlog_bytes: u64,
+    /// Rate HTB sent at over the last few seconds, bits/s.
+    pub rate_now_bps: u64,
+    /// The class's `match`, as written in the config (absent for default-only classes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// One flow (`shaper conns`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConnRow {
+    pub proto: String,
+    /// "addr:port", IPv6 as "[addr]:port".
+    pub local: String,
+    pub remote: String,
+    /// Class name ("default" classes by their name too).
+    pub class: String,
+    /// "rule" (decided by the classifier), "daemon" or "pinned".
+    pub origin: String,
+    /// TCP state from /proc ("established", …), "udp", or "gone" if the socket no longer exists.
+    pub state: String,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub idle_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_versioned_one_line_json() {
+        let line = serde_json::to_string(&Request::new(Command::Classes)).unwrap();
+        assert_eq!(line, r#"{"v":1,"cmd":"classes"}"#);
+        let back: Request = serde_json::from_str(r#"{"cmd":"conns","v":1}"#).unwrap();
+        assert_eq!(back, Request::new(Command::Conns));
+        assert!(serde_json::from_str::<Request>(r#"{"v":1,"cmd":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).is_err());
+    }
+
+    #[test]
+    fn replies_carry_either_a_result_or_an_error() {
+        let ok = serde_json::to_string(&Reply::ok(serde_json::json!([1]))).unwrap();
+        assert_eq!(ok, r#"{"v":1,"ok":true,"result":[1]}"#);
+        let err = serde_json::to_string(&Reply::error("nope")).unwrap();
+        assert_eq!(err, r#"{"v":1,"ok":false,"error":"nope"}"#);
+    }
+}

@@ -1,0 +1,383 @@
+//! The kernel side as the daemon sees it: the embedded eBPF object, its maps with
+//! their shaper-common types, and the classifier's attachments to interfaces.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    programs::{
+        tc::{self, NlOptions, TcAttachOptions},
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+    },
+    util::KernelVersion,
+    Ebpf, EbpfError, EbpfLoader,
+};
+use shaper_common::{
+    class_stats_index, names, rule_node_index, ClassStats, FlowKey, FlowValue, IfaceInfo, RuleNode, Settings,
+    ERR_COUNT, MAX_CLASSES, MAX_RULE_NODES, RULE_BANKS,
+};
+
+/// The eBPF object built from `shaper-ebpf` by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("this shaper binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild it")]
+    NoObject,
+    #[error("loading the eBPF object")]
+    Load(#[source] EbpfError),
+    #[error("the eBPF object has no {kind} named {name}")]
+    Missing { kind: &'static str, name: &'static str },
+    #[error("loading program {name} into the kernel")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("opening map {name}")]
+    OpenMap {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("{action} in map {map}")]
+    Map {
+        action: &'static str,
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("attaching the classifier to {iface} ({direction})")]
+    Attach {
+        iface: String,
+        direction: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("adding the clsact qdisc to {iface}")]
+    Clsact {
+        iface: String,
+        #[source]
+        source: tc::TcError,
+    },
+    #[error("the rule table needs {nodes} nodes; it holds {max}")]
+    RulesTooLarge { nodes: usize, max: u32 },
+}
+
+/// Options fixed for the lifetime of a load.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Capacity of the flow map.
+    pub max_flows: u32,
+    /// aya-log level of the kernel programs (0 = off, 5 = trace).
+    pub kernel_log_level: u8,
+}
+
+/// How the classifier hangs on an interface.
+#[derive(Debug)]
+enum Attachment {
+    /// A tcx link (kernel >= 6.6): independent of qdiscs.
+    Tcx(aya::programs::tc::SchedClassifierLinkId),
+    /// A cls_bpf filter on a clsact qdisc; `added_clsact` when shaper created the clsact.
+    Netlink { link: aya::programs::tc::SchedClassifierLinkId, added_clsact: bool },
+}
+
+/// The loaded programs and maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    rules: Array<MapData, RuleNode>,
+    settings: Array<MapData, Settings>,
+    ifaces: HashMap<MapData, u32, IfaceInfo>,
+    class_stats: PerCpuArray<MapData, ClassStats>,
+    errors: PerCpuArray<MapData, u64>,
+    rules_gen: u32,
+    /// (interface name, direction) → attachment.
+    attachments: BTreeMap<(String, &'static str), Attachment>,
+}
+
+fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, DatapathError> {
+    let map = ebpf.take_map(name).ok_or(DatapathError::Missing { kind: "map", name })?;
+    T::try_from(map).map_err(|source| DatapathError::OpenMap { name, source })
+}
+
+impl Datapath {
+    /// Loads the object and its programs into the kernel. Nothing is attached yet.
+    pub fn load(options: LoadOptions) -> Result<Self, DatapathError> {
+        if OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        let level = options.kernel_log_level;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::MAP_FLOWS, options.max_flows)
+            .override_global(names::GLOBAL_LOG_LEVEL, &level, true)
+            .load(OBJECT)
+            .map_err(DatapathError::Load)?;
+        for name in [names::PROG_TC_EGRESS, names::PROG_TC_PASSTHROUGH] {
+            program(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let flows = take_map(&mut ebpf, names::MAP_FLOWS)?;
+        let rules = take_map(&mut ebpf, names::MAP_RULES)?;
+        let settings = take_map(&mut ebpf, names::MAP_SETTINGS)?;
+        let ifaces = take_map(&mut ebpf, names::MAP_IFACES)?;
+        let class_stats = take_map(&mut ebpf, names::MAP_CLASS_STATS)?;
+        let errors = take_map(&mut ebpf, names::MAP_ERRORS)?;
+        Ok(Self {
+            ebpf,
+            flows,
+            rules,
+            settings,
+            ifaces,
+            class_stats,
+            errors,
+            rules_gen: 0,
+            attachments: BTreeMap::new(),
+        })
+    }
+
+    /// The underlying object, for benchmarks and the aya-log reader.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// A loaded classifier program by name (see `shaper_common::names`).
+    pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        program(&mut self.ebpf, name)
+    }
+
+    /// Attaches the egress classifier to `iface` (tcx when the kernel has it,
+    /// a cls_bpf filter on clsact otherwise); returns which ("tcx" or "clsact").
+    pub fn attach_egress(&mut self, iface: &str) -> Result<&'static str, DatapathError> {
+        let direction = "egress";
+        let attach_err = |source| DatapathError::Attach { iface: iface.to_string(), direction, source };
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let prog = program(&mut self.ebpf, names::PROG_TC_EGRESS)?;
+        let attachment = if tcx {
+            let link = prog
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Egress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(attach_err)?;
+            Attachment::Tcx(link)
+        } else {
+            let added_clsact = match tc::qdisc_add_clsact(iface) {
+                Ok(()) => true,
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
+                Err(source) => return Err(DatapathError::Clsact { iface: iface.to_string(), source }),
+            };
+            let link = prog
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Egress,
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                )
+                .map_err(attach_err)?;
+            Attachment::Netlink { link, added_clsact }
+        };
+        let how = match attachment {
+            Attachment::Tcx(_) => "tcx",
+            Attachment::Netlink { .. } => "clsact",
+        };
+        self.attachments.insert((iface.to_string(), direction), attachment);
+        Ok(how)
+    }
+
+    /// Detaches the classifier from `iface` (and removes the clsact qdisc if shaper added it).
+    pub fn detach(&mut self, iface: &str) -> Result<(), DatapathError> {
+        let keys: Vec<_> = self.attachments.keys().filter(|(name, _)| name == iface).cloned().collect();
+        for key in keys {
+            let Some(attachment) = self.attachments.remove(&key) else { continue };
+            let prog = program(&mut self.ebpf, names::PROG_TC_EGRESS)?;
+            let detach_err =
+                |source| DatapathError::Attach { iface: iface.to_string(), direction: key.1, source };
+            match attachment {
+                Attachment::Tcx(link) => prog.detach(link).map_err(detach_err)?,
+                Attachment::Netlink { link, added_clsact } => {
+                    prog.detach(link).map_err(detach_err)?;
+                    if added_clsact {
+                        if let Err(e) =
+                            tc::qdisc_detach_program(iface, TcAttachType::Egress, names::PROG_TC_EGRESS)
+                        {
+                            log::debug!("removing leftover filters on {iface}: {e}");
+                        }
+                        remove_clsact(iface);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a new rule table into the idle bank, then makes it the active one
+    /// with a single write of the generation: no packet ever sees a mix.
+    pub fn set_rules(&mut self, nodes: &[RuleNode]) -> Result<u32, DatapathError> {
+        if nodes.len() > MAX_RULE_NODES as usize {
+            return Err(DatapathError::RulesTooLarge { nodes: nodes.len(), max: MAX_RULE_NODES });
+        }
+        let mut next_gen = self.rules_gen.wrapping_add(1);
+        if next_gen == 0 {
+            next_gen = RULE_BANKS; // 0 means "no rules"; keep the bank parity sequence going.
+        }
+        let bank = next_gen % RULE_BANKS;
+        for (i, node) in nodes.iter().enumerate() {
+            self.rules.set(rule_node_index(bank, i as u32), node, 0).map_err(|source| {
+                DatapathError::Map { action: "writing a rule", map: names::MAP_RULES, source }
+            })?;
+        }
+        let settings = Settings { rules_gen: next_gen, ..Settings::default() };
+        self.settings.set(0, settings, 0).map_err(|source| DatapathError::Map {
+            action: "switching the rule bank",
+            map: names::MAP_SETTINGS,
+            source,
+        })?;
+        self.rules_gen = next_gen;
+        Ok(next_gen)
+    }
+
+    pub fn rules_gen(&self) -> u32 {
+        self.rules_gen
+    }
+
+    pub fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DatapathError> {
+        self.ifaces.insert(ifindex, info, 0).map_err(|source| DatapathError::Map {
+            action: "registering an interface",
+            map: names::MAP_IFACES,
+            source,
+        })
+    }
+
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        match self.ifaces.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => {
+                Err(DatapathError::Map { action: "removing an interface", map: names::MAP_IFACES, source })
+            }
+        }
+    }
+
+    /// Counters of class `class` on interface slot `slot`, summed over CPUs.
+    pub fn class_stats(&self, slot: u32, class: u32) -> Result<ClassStats, DatapathError> {
+        if class >= MAX_CLASSES {
+            return Ok(ClassStats::default());
+        }
+        let per_cpu = self.class_stats.get(&class_stats_index(slot, class), 0).map_err(|source| {
+            DatapathError::Map { action: "reading counters", map: names::MAP_CLASS_STATS, source }
+        })?;
+        Ok(per_cpu.iter().fold(ClassStats::default(), |mut sum, s| {
+            sum.tx_bytes += s.tx_bytes;
+            sum.tx_packets += s.tx_packets;
+            sum.rx_bytes += s.rx_bytes;
+            sum.rx_packets += s.rx_packets;
+            sum
+        }))
+    }
+
+    /// The classifier's error counters (`ERR_*`), summed over CPUs.
+    pub fn errors(&self) -> Result<Vec<u64>, DatapathError> {
+        (0..ERR_COUNT)
+            .map(|i| {
+                self.errors.get(&i, 0).map(|v| v.iter().sum()).map_err(|source| DatapathError::Map {
+                    action: "reading",
+                    map: names::MAP_ERRORS,
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// A snapshot of the flow map. Entries that vanish during the walk are skipped.
+    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.flows.get(key, 0).ok()
+    }
+
+    pub fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DatapathError> {
+        self.flows.insert(key, value, 0).map_err(|source| DatapathError::Map {
+            action: "writing a flow",
+            map: names::MAP_FLOWS,
+            source,
+        })
+    }
+
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
+        match self.flows.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => {
+                Err(DatapathError::Map { action: "removing a flow", map: names::MAP_FLOWS, source })
+            }
+        }
+    }
+
+    /// Runs `program` once per repetition on `frame` with BPF_PROG_TEST_RUN, as if
+    /// the packet crossed interface `ifindex`. Returns the `skb->priority` it set
+    /// and the kernel's mean run time per repetition.
+    pub fn test_run(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), DatapathError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+
+        use crate::packets::{SKB_CTX_SIZE, SKB_IFINDEX_OFFSET, SKB_PRIORITY_OFFSET};
+        let mut ctx_in = [0u8; SKB_CTX_SIZE];
+        ctx_in[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut ctx_out = [0u8; SKB_CTX_SIZE];
+        let mut data_out = vec![0u8; frame.len() + 256];
+        let prog = program(&mut self.ebpf, name)?;
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut data_out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| DatapathError::Program { name, source })?;
+        let mut priority = [0u8; 4];
+        priority.copy_from_slice(&ctx_out[SKB_PRIORITY_OFFSET..SKB_PRIORITY_OFFSET + 4]);
+        Ok((u32::from_ne_bytes(priority), result.duration))
+    }
+
+    /// Names of the interfaces the classifier is attached to.
+    pub fn attached(&self) -> impl Iterator<Item = &str> {
+        self.attachments.keys().map(|(name, _)| name.as_str())
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let prog = ebpf.program_mut(name).ok_or(DatapathError::Missing { kind: "program", name })?;
+    prog.try_into().map_err(|source| DatapathError::Program { name, source })
+}
+
+/// Removes the clsact qdisc shaper added on a pre-tcx kernel.
+fn remove_clsact(iface: &str) {
+    let result = std::process::Command::new("tc")
+        .args(["qdisc", "del", "dev", iface, "clsact"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !result.is_ok_and(|s| s.success()) {
+        log::warn!("could not remove the clsact qdisc shaper added on {iface}");
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        let ifaces: Vec<String> = self.attached().map(str::to_string).collect();
+        for iface in ifaces {
+            if let Err(e) = self.detach(&iface) {
+                log::warn!("detaching from {iface}: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! shaper: a traffic shaper driven by an eBPF classifier and HTB.
+//!
+//! The daemon and every CLI verb are thin layers over these modules; data flows
+//! one way: config → rules → kernel tables, and kernel counters → daemon → CLI.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`config`] | the TOML config: schema, validation, errors with file:line:col |
+//! | [`units`] | rates, durations and sizes: parsing and human formatting |
+//! | [`rules`] | the `match` language: parser, typing, compiler to the kernel rule table |
+//! | [`services`] | /etc/services names for `service ==` |
+//! | [`plan`] | config → the HTB tree of an interface (rates, bursts, quanta, queues) |
+//! | [`tc`] | rtnetlink: links, qdiscs, HTB classes and their counters |
+//! | [`datapath`] | the eBPF object: loading, maps, attaching to interfaces |
+//! | [`procscan`] | the /proc scan of connected sockets |
+//! | [`daemon`] | `shaper run`: start-up, the reconcile loop, teardown |
+//! | [`control`] | the control socket protocol, server and client |
+//! | [`flows`], [`table`], [`bpffs`] | small helpers |
+//! | [`packets`], [`sandbox`] | crafted frames and network namespaces for tests, demo, benchmarks |
+
+pub mod bpffs;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod datapath;
+pub mod flows;
+pub mod packets;
+pub mod plan;
+pub mod procscan;
+pub mod rules;
+pub mod sandbox;
+pub mod services;
+pub mod table;
+pub mod tc;
+pub mod units;
+
+/// An error and its chain of causes on one line: "a: b: c".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}

@@ -1,0 +1,300 @@
+//! The `shaper` command: the daemon (`run`), config validation (`check`), and
+//! the clients of a running daemon (`status`, `classes`, `conns`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use shaper_user::{
+    config::{self, Config},
+    control::{self, ClassRow, Command, ConnRow, Status},
+    daemon::{self, RunOptions},
+    error_chain, plan,
+    services::Services,
+    table::Table,
+    tc,
+    units::{format_bytes, format_rate},
+};
+
+const DEFAULT_SOCKET: &str = "/run/shaper/shaper.sock";
+
+#[derive(Parser)]
+#[command(
+    name = "shaper",
+    version,
+    about = "Traffic shaping by program, user, port and address, with eBPF and HTB"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Run the daemon in the foreground until SIGINT/SIGTERM, then restore every interface.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Control socket to listen on, instead of the config's `control_socket`.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Validate a config file and summarise its classes (exit 1 on error).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// What the running daemon is doing.
+    Status(ClientArgs),
+    /// Every class on every interface with its limits, counters and current rate.
+    Classes(ClientArgs),
+    /// Every flow the classifier knows and the class it is in.
+    Conns(ClientArgs),
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The daemon's control socket (default: `control_socket` of --config, else /run/shaper/shaper.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Read the control socket path from this config file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shaper: {}", error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config> {
+    let services = Services::load_or_empty();
+    Ok(config::load(path, &services)?)
+}
+
+/// The aya-log level for the kernel programs, from RUST_LOG's `shaper_ebpf` target.
+fn kernel_log_level() -> u8 {
+    use log::Level;
+    [Level::Trace, Level::Debug, Level::Info, Level::Warn, Level::Error]
+        .into_iter()
+        .find(|l| log::log_enabled!(target: "shaper_ebpf", *l))
+        .map_or(0, |l| l as u8)
+}
+
+fn dispatch(verb: Verb) -> Result<()> {
+    match verb {
+        Verb::Run { config, socket } => {
+            let mut conf = load_config(&config)?;
+            if let Some(socket) = socket {
+                conf.daemon.control_socket = socket;
+            }
+            let names: Vec<String> = conf.interfaces.iter().map(|i| i.name.clone()).collect();
+            let netlink = tc::Netlink::open().context("opening netlink")?;
+            conf.check_interfaces_exist(|name| tc::link_by_name(&netlink, name).ok().flatten().is_some())?;
+            log::info!("config {}: {} classes on {}", config.display(), conf.classes.len(), names.join(", "));
+            daemon::run(conf, RunOptions { config_path: config, kernel_log_level: kernel_log_level() })?;
+            Ok(())
+        }
+        Verb::Check { config } => check(&config),
+        Verb::Status(args) => {
+            let status: Status = call(&args, Command::Status)?;
+            print_status(&status, args.json)
+        }
+        Verb::Classes(args) => {
+            let rows: Vec<ClassRow> = call(&args, Command::Classes)?;
+            print_classes(&rows, args.json)
+        }
+        Verb::Conns(args) => {
+            let rows: Vec<ConnRow> = call(&args, Command::Conns)?;
+            print_conns(&rows, args.json)
+        }
+    }
+}
+
+fn socket_path(args: &ClientArgs) -> Result<PathBuf> {
+    if let Some(socket) = &args.socket {
+        return Ok(socket.clone());
+    }
+    if let Some(config) = &args.config {
+        return Ok(load_config(config)?.daemon.control_socket);
+    }
+    Ok(PathBuf::from(DEFAULT_SOCKET))
+}
+
+fn call<T: serde::de::DeserializeOwned>(args: &ClientArgs, command: Command) -> Result<T> {
+    let socket = socket_path(args)?;
+    let value = control::client::call(&socket, command)?;
+    serde_json::from_value(value).context("the daemon's reply has an unexpected shape")
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn check(path: &Path) -> Result<()> {
+    let conf = load_config(path)?;
+    if let Ok(netlink) = tc::Netlink::open() {
+        conf.check_interfaces_exist(|name| tc::link_by_name(&netlink, name).ok().flatten().is_some())?;
+    }
+    let nodes = conf.compile_rules()?;
+    println!("{}: ok", path.display());
+    for iface in &conf.interfaces {
+        let ingress = iface.ingress_bps.map_or_else(|| "not shaped".to_string(), format_rate);
+        println!("interface {}: egress {}, ingress {}", iface.name, format_rate(iface.egress_bps), ingress);
+        let Some(egress) = plan::plan(&conf, iface, plan::Direction::Egress, 1500) else { continue };
+        let mut table = Table::new(&[
+            ("CLASS", false),
+            ("CLASSID", false),
+            ("PRIO", true),
+            ("RATE", true),
+            ("CEIL", true),
+            ("MATCH", false),
+        ]);
+        for class in &egress.classes {
+            let conf_class = conf.classes.get(usize::from(class.index));
+            let mut name = class.name.clone();
+            if class.index == egress.default_class {
+                name.push_str(" (default)");
+            }
+            let rule =
+                conf_class.and_then(|c| c.rule.as_ref()).map_or_else(|| "-".to_string(), ToString::to_string);
+            table.row(vec![
+                name,
+                tc::format_handle(shaper_common::classid_of(u32::from(class.index))),
+                class.priority.to_string(),
+                format_rate(class.rate_bps),
+                format_rate(class.ceil_bps),
+                rule,
+            ]);
+        }
+        print!("{}", indent(&table.render()));
+    }
+    println!("rule table: {} kernel tests (of {})", nodes.len(), shaper_common::MAX_RULE_NODES);
+    Ok(())
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+fn print_status(status: &Status, json: bool) -> Result<()> {
+    if json {
+        return print_json(status);
+    }
+    println!(
+        "shaper {} (pid {}), up {}s, config {}",
+        status.version, status.pid, status.uptime_s, status.config
+    );
+    for i in &status.interfaces {
+        println!(
+            "  {} (ifindex {}): egress {} via {}, default class {}",
+            i.name,
+            i.ifindex,
+            format_rate(i.egress_bps),
+            i.attach,
+            i.default_class
+        );
+    }
+    println!(
+        "  classes: {}, rule table: {} nodes (generation {})",
+        status.classes, status.rule_nodes, status.rules_gen
+    );
+    println!("  flows: {} of {}", status.flows, status.max_flows);
+    if let Some(scan) = &status.last_scan {
+        println!(
+            "  last scan: {} sockets, {} adopted, {} stale removed, {} µs (every {} ms)",
+            scan.sockets, scan.adopted, scan.removed, scan.micros, status.scan_interval_ms
+        );
+    }
+    let errors: Vec<String> =
+        status.errors.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect();
+    println!(
+        "  classifier errors: {}",
+        if errors.is_empty() { "none".to_string() } else { errors.join(", ") }
+    );
+    Ok(())
+}
+
+fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
+    if json {
+        return print_json(&rows);
+    }
+    let mut table = Table::new(&[
+        ("CLASS", false),
+        ("INTERFACE", false),
+        ("DIR", false),
+        ("CLASSID", false),
+        ("PRIO", true),
+        ("RATE", true),
+        ("CEIL", true),
+        ("NOW", true),
+        ("BYTES", true),
+        ("PACKETS", true),
+        ("DROPS", true),
+    ]);
+    for r in rows {
+        table.row(vec![
+            r.name.clone(),
+            r.interface.clone(),
+            r.direction.clone(),
+            r.classid.clone(),
+            r.priority.to_string(),
+            format_rate(r.rate_bps),
+            format_rate(r.ceil_bps),
+            format_rate(r.rate_now_bps),
+            format_bytes(r.bytes),
+            r.packets.to_string(),
+            r.drops.to_string(),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
+    if json {
+        return print_json(&rows);
+    }
+    let mut table = Table::new(&[
+        ("PROTO", false),
+        ("LOCAL", false),
+        ("REMOTE", false),
+        ("STATE", false),
+        ("CLASS", false),
+        ("BY", false),
+        ("SENT", true),
+        ("RECEIVED", true),
+        ("IDLE", true),
+    ]);
+    for r in rows {
+        table.row(vec![
+            r.proto.clone(),
+            r.local.clone(),
+            r.remote.clone(),
+            r.state.clone(),
+            r.class.clone(),
+            r.origin.clone(),
+            format_bytes(r.tx_bytes),
+            format_bytes(r.rx_bytes),
+            format!("{:.1}s", r.idle_ms as f64 / 1000.0),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! From a validated config to the HTB tree of one interface and direction:
+//! guaranteed rates, ceilings, bursts, quanta and leaf queues.
+//!
+//! - A class without a rate reserves nothing; it gets an equal share of the
+//!   capacity left unreserved as its HTB rate (HTB needs one) and may borrow up
+//!   to its ceil.
+//! - Ceilings above the interface capacity are clamped to it; a class without
+//!   a ceil may use the whole capacity.
+//! - Bursts cover [`BURST_TIME`] at the class's rate (at least one GSO packet):
+//!   tc's defaults shrink the burst at high rates until HTB cannot keep a
+//!   multi-gigabit class busy between timer wake-ups.
+//! - Quanta follow the rate (weighted sharing of borrowed bandwidth), clamped to
+//!   [one frame, [`MAX_QUANTUM`]].
+//! - Leaves queue in a byte FIFO of [`QUEUE_TIME`] at the ceil: this kernel has no
+//!   fq_codel or cake, and a packet FIFO of 1000 GSO packets would hold seconds.
+
+use shaper_common::{HTB_LEAF_MINOR_BASE, HTB_ROOT_MINOR, MAX_CLASSES};
+
+use crate::{
+    config::{ClassConfig, Config, InterfaceConfig, Limit},
+    tc::{HtbClass, HtbLeaf, HtbPlan, LeafQueue},
+};
+
+/// Time of traffic at the class rate a burst may carry.
+pub const BURST_TIME_US: u64 = 4_000;
+/// Largest segmentation-offload packet HTB may see at once.
+pub const GSO_MAX_BYTES: u64 = 65_536;
+/// Upper bound of a class quantum.
+pub const MAX_QUANTUM: u64 = 256 * 1024;
+/// Time of traffic at the class ceil a leaf queue holds.
+pub const QUEUE_TIME_US: u64 = 100_000;
+pub const MIN_QUEUE_BYTES: u64 = 128 * 1024;
+pub const MAX_QUEUE_BYTES: u64 = 16 * 1024 * 1024;
+/// HTB needs a rate above zero even for classes that reserve nothing.
+pub const MIN_RATE_BPS: u64 = 8_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Egress,
+    Ingress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+        }
+    }
+}
+
+/// One leaf as planned, with the class it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedClass {
+    pub index: u16,
+    pub name: String,
+    pub rate_bps: u64,
+    pub ceil_bps: u64,
+    pub priority: u8,
+}
+
+/// The tree for one interface and direction.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub direction: Direction,
+    pub capacity_bps: u64,
+    pub default_class: u16,
+    pub classes: Vec<PlannedClass>,
+    pub htb: HtbPlan,
+}
+
+/// HTB minor of class index `class`.
+pub fn leaf_minor(class: u16) -> u32 {
+    HTB_LEAF_MINOR_BASE + u32::from(class)
+}
+
+fn bytes_per_sec(bps: u64) -> u64 {
+    bps / 8
+}
+
+fn time_bytes(bps: u64, micros: u64) -> u64 {
+    (u128::from(bytes_per_sec(bps)) * u128::from(micros) / 1_000_000) as u64
+}
+
+fn clamp_u32(v: u64) -> u32 {
+    v.min(u64::from(u32::MAX)) as u32
+}
+
+/// HTB parameters of a class at `rate_bps`/`ceil_bps`.
+fn htb_class(minor: u32, rate_bps: u64, ceil_bps: u64, priority: u8, mtu: u32) -> HtbClass {
+    let frame = u64::from(mtu) + 14;
+    let burst = |bps| clamp_u32(time_bytes(bps, BURST_TIME_US).max(GSO_MAX_BYTES + frame));
+    let quantum = time_bytes(rate_bps, 1_000).clamp(frame, MAX_QUANTUM);
+    HtbClass {
+        minor,
+        rate_bps,
+        ceil_bps,
+        prio: u32::from(priority),
+        burst_bytes: burst(rate_bps),
+        cburst_bytes: burst(ceil_bps),
+        quantum: clamp_u32(quantum),
+    }
+}
+
+/// HTB parameters and queue of one leaf.
+pub fn leaf(class: &PlannedClass, mtu: u32) -> HtbLeaf {
+    let queue = time_bytes(class.ceil_bps, QUEUE_TIME_US).clamp(MIN_QUEUE_BYTES, MAX_QUEUE_BYTES);
+    HtbLeaf {
+        class: htb_class(leaf_minor(class.index), class.rate_bps, class.ceil_bps, class.priority, mtu),
+        queue: LeafQueue::Bfifo { limit_bytes: clamp_u32(queue) },
+    }
+}
+
+fn limit(class: &ClassConfig, direction: Direction) -> Option<&Limit> {
+    match direction {
+        Direction::Egress => class.egress.as_ref(),
+        Direction::Ingress => class.ingress.as_ref(),
+    }
+}
+
+/// The plan for `iface` in `direction`, or `None` when the interface has no
+/// capacity set for that direction (ingress is optional).
+pub fn plan(config: &Config, iface: &InterfaceConfig, direction: Direction, mtu: u32) -> Option<Plan> {
+    let capacity = match direction {
+        Direction::Egress => iface.egress_bps,
+        Direction::Ingress => iface.ingress_bps?,
+    };
+    let classes: Vec<&ClassConfig> = config.classes_on(iface).collect();
+    let reserved: u64 = classes.iter().filter_map(|c| limit(c, direction).and_then(|l| l.rate_bps)).sum();
+    let unrated =
+        classes.iter().filter(|c| limit(c, direction).and_then(|l| l.rate_bps).is_none()).count() as u64;
+    let share = capacity.saturating_sub(reserved).checked_div(unrated).unwrap_or(0).max(MIN_RATE_BPS);
+    let planned: Vec<PlannedClass> = classes
+        .iter()
+        .take(MAX_CLASSES as usize)
+        .map(|c| {
+            let l = limit(c, direction);
+            let ceil = l.and_then(|l| l.ceil_bps).unwrap_or(capacity).min(capacity);
+            let rate = l.and_then(|l| l.rate_bps).unwrap_or(share).min(ceil);
+            PlannedClass {
+                index: c.index,
+                name: c.name.clone(),
+                rate_bps: rate,
+                ceil_bps: ceil,
+                priority: c.priority,
+            }
+        })
+        .collect();
+    let htb = HtbPlan {
+        default_minor: leaf_minor(iface.default_class),
+        root: htb_class(HTB_ROOT_MINOR, capacity, capacity, 0, mtu),
+        leaves: planned.iter().map(|c| leaf(c, mtu)).collect(),
+    };
+    Some(Plan {
+        direction,
+        capacity_bps: capacity,
+        default_class: iface.default_class,
+        classes: planned,
+        htb,
+    })
+}

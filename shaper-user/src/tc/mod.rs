@@ -1,0 +1,396 @@
+//! Traffic control over rtnetlink: interfaces, qdiscs, HTB classes and their
+//! counters. No `tc` processes: a whole HTB tree goes to the kernel in one
+//! batch of messages (a thousand classes in milliseconds).
+
+mod netlink;
+
+pub use netlink::Netlink;
+use netlink::{attrs, c_string, u32_of, u64_of, Message, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TcError {
+    #[error("opening a netlink socket")]
+    Socket(#[source] std::io::Error),
+    #[error("netlink")]
+    Io(#[source] std::io::Error),
+    #[error("{what}: {message}")]
+    Kernel { what: String, errno: i32, message: String },
+    #[error("malformed netlink reply ({0})")]
+    Malformed(&'static str),
+}
+
+const RTM_GETLINK: u16 = 18;
+const RTM_NEWQDISC: u16 = 36;
+const RTM_DELQDISC: u16 = 37;
+const RTM_GETQDISC: u16 = 38;
+const RTM_NEWTCLASS: u16 = 40;
+const RTM_GETTCLASS: u16 = 42;
+
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+const TCA_STATS2: u16 = 7;
+const TCA_STATS_BASIC: u16 = 1;
+const TCA_STATS_QUEUE: u16 = 3;
+const TCA_STATS_PKT64: u16 = 8;
+
+const TCA_HTB_PARMS: u16 = 1;
+const TCA_HTB_INIT: u16 = 2;
+const TCA_HTB_RATE64: u16 = 6;
+const TCA_HTB_CEIL64: u16 = 7;
+const TC_LINKLAYER_ETHERNET: u8 = 1;
+
+/// The parent id of a root qdisc.
+pub const TC_H_ROOT: u32 = 0xffff_ffff;
+/// Nanoseconds per psched tick (`PSCHED_TICKS2NS(1)`, fixed in the kernel ABI;
+/// /proc/net/psched shows it as its second field).
+const NS_PER_TICK: u64 = 64;
+
+/// `major:minor` as tc writes it: hexadecimal, "1:" for a qdisc, "1:10" for a class.
+pub fn format_handle(handle: u32) -> String {
+    match handle {
+        TC_H_ROOT => "root".to_string(),
+        h if h & 0xffff == 0 => format!("{:x}:", h >> 16),
+        h => format!("{:x}:{:x}", h >> 16, h & 0xffff),
+    }
+}
+
+/// An interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    /// ARPHRD_* device type (1 = Ethernet).
+    pub arphrd: u16,
+}
+
+/// A qdisc as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Qdisc {
+    pub kind: String,
+    pub handle: u32,
+    pub parent: u32,
+}
+
+impl Qdisc {
+    /// Whether the kernel created it (handle 0: noqueue, pfifo_fast, mq, or the
+    /// `default_qdisc`): deleting shaper's root brings such a qdisc back by itself.
+    pub fn is_kernel_default(&self) -> bool {
+        self.handle >> 16 == 0
+    }
+}
+
+/// Counters of one class, as the kernel keeps them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    pub classid: u32,
+    pub bytes: u64,
+    pub packets: u64,
+    pub drops: u32,
+    pub overlimits: u32,
+    /// Bytes queued in the class's leaf right now.
+    pub backlog: u32,
+}
+
+/// Parameters of one HTB class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HtbClass {
+    /// Minor of the class id (`1:minor`).
+    pub minor: u32,
+    pub rate_bps: u64,
+    pub ceil_bps: u64,
+    /// 0 (served first) to 7.
+    pub prio: u32,
+    /// Bytes the class may send at once above its rate / ceil.
+    pub burst_bytes: u32,
+    pub cburst_bytes: u32,
+    /// Bytes served per round when classes share borrowed bandwidth.
+    pub quantum: u32,
+}
+
+/// The queue under a leaf class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeafQueue {
+    /// A FIFO limited in bytes.
+    Bfifo { limit_bytes: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HtbLeaf {
+    pub class: HtbClass,
+    pub queue: LeafQueue,
+}
+
+/// An HTB tree: qdisc `1:`, root class `1:1`, leaves under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HtbPlan {
+    pub default_minor: u32,
+    pub root: HtbClass,
+    pub leaves: Vec<HtbLeaf>,
+}
+
+fn tcmsg(ifindex: u32, handle: u32, parent: u32) -> [u8; 20] {
+    let mut m = [0u8; 20];
+    m[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    m[8..12].copy_from_slice(&handle.to_ne_bytes());
+    m[12..16].copy_from_slice(&parent.to_ne_bytes());
+    m
+}
+
+fn ifindex_of(tcmsg: &[u8]) -> Option<u32> {
+    u32_of(tcmsg.get(4..8)?)
+}
+
+/// The interface called `name`, or `None` if there is none.
+pub fn link_by_name(nl: &Netlink, name: &str) -> Result<Option<Link>, TcError> {
+    let mut msg = Message::new(RTM_GETLINK, 0, format!("looking up interface {name}"));
+    msg.push(&[0u8; 16]).attr_str(IFLA_IFNAME, name);
+    let reply = match nl.get(msg) {
+        Ok(r) => r,
+        Err(TcError::Kernel { errno, .. }) if errno == libc::ENODEV => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let arphrd =
+        reply.get(2..4).map(|b| u16::from_ne_bytes([b[0], b[1]])).ok_or(TcError::Malformed("ifinfomsg"))?;
+    let index = reply.get(4..8).and_then(u32_of).ok_or(TcError::Malformed("ifinfomsg"))?;
+    let mut link = Link { index, name: name.to_string(), mtu: 1500, arphrd };
+    for (kind, value) in attrs(reply.get(16..).unwrap_or_default()) {
+        match kind {
+            IFLA_MTU => link.mtu = u32_of(value).unwrap_or(1500),
+            IFLA_IFNAME => link.name = c_string(value),
+            _ => {}
+        }
+    }
+    Ok(Some(link))
+}
+
+/// Every qdisc on interface `ifindex`.
+pub fn qdiscs(nl: &Netlink, ifindex: u32) -> Result<Vec<Qdisc>, TcError> {
+    let mut msg = Message::new(RTM_GETQDISC, 0, "listing qdiscs");
+    msg.push(&tcmsg(ifindex, 0, 0));
+    let mut out = Vec::new();
+    for reply in nl.dump(msg)? {
+        if ifindex_of(&reply) != Some(ifindex) {
+            continue;
+        }
+        let handle = reply.get(8..12).and_then(u32_of).unwrap_or(0);
+        let parent = reply.get(12..16).and_then(u32_of).unwrap_or(0);
+        let kind = attrs(reply.get(20..).unwrap_or_default())
+            .find(|(k, _)| *k == TCA_KIND)
+            .map(|(_, v)| c_string(v))
+            .unwrap_or_default();
+        out.push(Qdisc { kind, handle, parent });
+    }
+    Ok(out)
+}
+
+/// The root qdisc of `ifindex`, if the interface has one.
+pub fn root_qdisc(nl: &Netlink, ifindex: u32) -> Result<Option<Qdisc>, TcError> {
+    Ok(qdiscs(nl, ifindex)?.into_iter().find(|q| q.parent == TC_H_ROOT))
+}
+
+fn ratespec(bps: u64) -> [u8; 12] {
+    let mut r = [0u8; 12];
+    r[1] = TC_LINKLAYER_ETHERNET;
+    // Rates of 2^32 bytes/s and more travel in TCA_HTB_{RATE,CEIL}64; this
+    // field must still be non-zero.
+    let bytes = (bps / 8).clamp(1, u64::from(u32::MAX)) as u32;
+    r[8..12].copy_from_slice(&bytes.to_ne_bytes());
+    r
+}
+
+/// Time to send `bytes` at `bps`, in psched ticks (how HTB takes its bursts).
+fn burst_ticks(bytes: u32, bps: u64) -> u32 {
+    let bytes_per_sec = (bps / 8).max(1);
+    let ns = u128::from(bytes) * 1_000_000_000 / u128::from(bytes_per_sec);
+    (ns / u128::from(NS_PER_TICK)).min(u128::from(u32::MAX)) as u32
+}
+
+fn class_message(ifindex: u32, class: &HtbClass, parent: u32, flags: u16, what: String) -> Message {
+    let handle = htb_handle(class.minor);
+    let mut msg = Message::new(RTM_NEWTCLASS, flags, what);
+    msg.push(&tcmsg(ifindex, handle, parent)).attr_str(TCA_KIND, "htb");
+    let mut opt = Vec::with_capacity(44);
+    opt.extend_from_slice(&ratespec(class.rate_bps));
+    opt.extend_from_slice(&ratespec(class.ceil_bps));
+    opt.extend_from_slice(&burst_ticks(class.burst_bytes, class.rate_bps).to_ne_bytes());
+    opt.extend_from_slice(&burst_ticks(class.cburst_bytes, class.ceil_bps).to_ne_bytes());
+    opt.extend_from_slice(&class.quantum.to_ne_bytes());
+    opt.extend_from_slice(&0u32.to_ne_bytes()); // level: the kernel computes it
+    opt.extend_from_slice(&class.prio.to_ne_bytes());
+    let nest = msg.begin_nest(TCA_OPTIONS);
+    msg.attr(TCA_HTB_PARMS, &opt);
+    if class.rate_bps / 8 > u64::from(u32::MAX) {
+        msg.attr_u64(TCA_HTB_RATE64, class.rate_bps / 8);
+    }
+    if class.ceil_bps / 8 > u64::from(u32::MAX) {
+        msg.attr_u64(TCA_HTB_CEIL64, class.ceil_bps / 8);
+    }
+    msg.end_nest(nest);
+    msg
+}
+
+fn htb_handle(minor: u32) -> u32 {
+    (shaper_common::HTB_MAJOR << 16) | minor
+}
+
+/// The messages that build `plan` on `ifindex`: the HTB qdisc, its root class,
+/// then each leaf class and the queue under it.
+fn htb_messages(ifindex: u32, plan: &HtbPlan) -> Vec<Message> {
+    let qdisc_handle = shaper_common::HTB_MAJOR << 16;
+    let mut msgs = Vec::with_capacity(2 + 2 * plan.leaves.len());
+    let mut qdisc = Message::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, "adding the HTB root qdisc 1:");
+    qdisc.push(&tcmsg(ifindex, qdisc_handle, TC_H_ROOT)).attr_str(TCA_KIND, "htb");
+    let mut glob = [0u8; 20];
+    glob[0..4].copy_from_slice(&3u32.to_ne_bytes()); // version
+    glob[4..8].copy_from_slice(&10u32.to_ne_bytes()); // rate2quantum (unused: quanta are explicit)
+    glob[8..12].copy_from_slice(&plan.default_minor.to_ne_bytes());
+    let nest = qdisc.begin_nest(TCA_OPTIONS);
+    qdisc.attr(TCA_HTB_INIT, &glob);
+    qdisc.end_nest(nest);
+    msgs.push(qdisc);
+    let root = htb_handle(plan.root.minor);
+    msgs.push(class_message(
+        ifindex,
+        &plan.root,
+        qdisc_handle,
+        NLM_F_CREATE | NLM_F_EXCL,
+        "adding the HTB root class".into(),
+    ));
+    for leaf in &plan.leaves {
+        let handle = htb_handle(leaf.class.minor);
+        let what = format!("adding HTB class {}", format_handle(handle));
+        msgs.push(class_message(ifindex, &leaf.class, root, NLM_F_CREATE | NLM_F_EXCL, what));
+        msgs.push(leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_EXCL));
+    }
+    msgs
+}
+
+fn leaf_queue_message(ifindex: u32, leaf: &HtbLeaf, flags: u16) -> Message {
+    let parent = htb_handle(leaf.class.minor);
+    // The queue's handle major is the class's minor: "qdisc bfifo 10: parent 1:10".
+    let handle = leaf.class.minor << 16;
+    let LeafQueue::Bfifo { limit_bytes } = leaf.queue;
+    let mut msg =
+        Message::new(RTM_NEWQDISC, flags, format!("adding the queue of class {}", format_handle(parent)));
+    msg.push(&tcmsg(ifindex, handle, parent))
+        .attr_str(TCA_KIND, "bfifo")
+        .attr(TCA_OPTIONS, &limit_bytes.to_ne_bytes());
+    msg
+}
+
+/// Builds the HTB tree of `plan` as the root qdisc of `ifindex`. The root qdisc
+/// must be a kernel default. On failure nothing is left behind.
+pub fn install_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan) -> Result<(), TcError> {
+    let mut msgs = htb_messages(ifindex, plan);
+    if let Err(e) = nl.batch(&mut msgs) {
+        // Deleting the root takes every class and queue under it along.
+        if let Err(cleanup) = remove_root_qdisc(nl, ifindex) {
+            log::warn!("removing a half-built HTB tree: {cleanup}");
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Changes the parameters of an existing leaf class in place (no packet is lost).
+pub fn change_leaf(nl: &Netlink, ifindex: u32, root_minor: u32, leaf: &HtbLeaf) -> Result<(), TcError> {
+    let what = format!("changing HTB class {}", format_handle(htb_handle(leaf.class.minor)));
+    let mut msgs = vec![
+        class_message(ifindex, &leaf.class, htb_handle(root_minor), 0, what),
+        leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_REPLACE),
+    ];
+    nl.batch(&mut msgs)
+}
+
+/// Deletes the root qdisc of `ifindex` (the kernel puts its default back).
+pub fn remove_root_qdisc(nl: &Netlink, ifindex: u32) -> Result<(), TcError> {
+    let mut msg = Message::new(RTM_DELQDISC, 0, "removing the root qdisc");
+    msg.push(&tcmsg(ifindex, 0, TC_H_ROOT));
+    nl.request(msg)
+}
+
+/// Counters of every class on `ifindex`.
+pub fn class_stats(nl: &Netlink, ifindex: u32) -> Result<Vec<ClassStats>, TcError> {
+    let mut msg = Message::new(RTM_GETTCLASS, 0, "reading class counters");
+    msg.push(&tcmsg(ifindex, 0, 0));
+    let mut out = Vec::new();
+    for reply in nl.dump(msg)? {
+        if ifindex_of(&reply) != Some(ifindex) {
+            continue;
+        }
+        let mut stats =
+            ClassStats { classid: reply.get(8..12).and_then(u32_of).unwrap_or(0), ..ClassStats::default() };
+        for (kind, value) in attrs(reply.get(20..).unwrap_or_default()) {
+            if kind != TCA_STATS2 {
+                continue;
+            }
+            for (k, v) in attrs(value) {
+                match k {
+                    TCA_STATS_BASIC => {
+                        stats.bytes = u64_of(v).unwrap_or(0);
+                        stats.packets = v.get(8..12).and_then(u32_of).map_or(0, u64::from);
+                    }
+                    TCA_STATS_PKT64 => stats.packets = u64_of(v).unwrap_or(stats.packets),
+                    TCA_STATS_QUEUE => {
+                        stats.backlog = v.get(4..8).and_then(u32_of).unwrap_or(0);
+                        stats.drops = v.get(8..12).and_then(u32_of).unwrap_or(0);
+                        stats.overlimits = v.get(16..20).and_then(u32_of).unwrap_or(0);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out.push(stats);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_print_as_tc_prints_them() {
+        assert_eq!(format_handle(0x0001_0000), "1:");
+        assert_eq!(format_handle(0x0001_0010), "1:10");
+        assert_eq!(format_handle(0x0005_0000), "5:");
+        assert_eq!(format_handle(0x0001_040f), "1:40f");
+        assert_eq!(format_handle(TC_H_ROOT), "root");
+    }
+
+    #[test]
+    fn bursts_become_ticks_of_64_ns() {
+        // 125 000 bytes at 1 Gbit/s (125 MB/s) take 1 ms = 15 625 ticks.
+        assert_eq!(burst_ticks(125_000, 1_000_000_000), 15_625);
+        // Very slow classes do not overflow.
+        assert_eq!(burst_ticks(u32::MAX, 8), u32::MAX);
+    }
+
+    #[test]
+    fn rates_above_32_bits_of_bytes_use_the_64_bit_attributes() {
+        let class = HtbClass {
+            minor: 0x10,
+            rate_bps: 40_000_000_000,
+            ceil_bps: 1_000_000,
+            prio: 1,
+            burst_bytes: 70_000,
+            cburst_bytes: 70_000,
+            quantum: 1514,
+        };
+        let mut msg = class_message(3, &class, 0x1_0001, 0, "t".into());
+        let bytes = msg.finish(1).to_vec();
+        let body = &bytes[16 + 20..];
+        let options = attrs(body).find(|(k, _)| *k == TCA_OPTIONS).unwrap().1;
+        let kinds: Vec<u16> = attrs(options).map(|(k, _)| k).collect();
+        assert_eq!(kinds, [TCA_HTB_PARMS, TCA_HTB_RATE64]);
+        let parms = attrs(options).next().unwrap().1;
+        assert_eq!(parms.len(), 44);
+        assert_eq!(u32_of(&parms[8..12]), Some(u32::MAX)); // rate field saturated
+        assert_eq!(u32_of(&parms[20..24]), Some(125_000)); // ceil: 1 Mbit/s = 125 kB/s
+        assert_eq!(u32_of(&parms[40..44]), Some(1)); // prio
+    }
+}

@@ -1,0 +1,235 @@
+//! The classifier in the kernel, driven with BPF_PROG_TEST_RUN on crafted frames:
+//! parsing (IPv4, IPv6 with extension headers, fragments, truncation), the
+//! rule-table walk, the flow cache and the per-class counters.
+//!
+//! Needs root (loads BPF programs); attaches nothing to any interface.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test with a backtrace"
+)]
+
+use std::net::IpAddr;
+
+use shaper_common::{
+    classid_of, FlowKey, IfaceInfo, RuleNode, CLASS_DEFAULT, FAMILY_V4, FAMILY_V6, MAX_CLASSES, OP_RADDR,
+    OP_RPORT, OP_TRUE, PROTO_TCP, TARGET_DEFAULT,
+};
+use shaper_user::{
+    datapath::{Datapath, LoadOptions},
+    packets::Frame,
+};
+
+/// ifindex of `lo`, which BPF_PROG_TEST_RUN uses as the packet's device by default.
+const IFINDEX: u32 = 1;
+const DEFAULT_CLASS: u16 = 3;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn datapath() -> Datapath {
+    let mut dp =
+        Datapath::load(LoadOptions { max_flows: 1024, kernel_log_level: 0 }).expect("load (are you root?)");
+    let mut info = IfaceInfo {
+        slot: 0,
+        default_class: DEFAULT_CLASS,
+        l2_len: 14,
+        classes: [0; (MAX_CLASSES / 64) as usize],
+    };
+    for class in 0..=3 {
+        info.classes[0] |= 1 << class;
+    }
+    dp.set_iface(IFACE_KEY, &info).unwrap();
+    dp
+}
+const IFACE_KEY: u32 = IFINDEX;
+
+fn port_node(lo: u32, hi: u32, on_true: u16, on_false: u16) -> RuleNode {
+    RuleNode { op: OP_RPORT, lo, hi, on_true, on_false, ..RuleNode::default() }
+}
+
+fn prefix_node(net: IpAddr, len: u32, on_true: u16, on_false: u16) -> RuleNode {
+    let mut node = RuleNode { op: OP_RADDR, on_true, on_false, ..RuleNode::default() };
+    let bytes: Vec<u8> = match net {
+        IpAddr::V4(a) => {
+            node.family = FAMILY_V4;
+            a.octets().to_vec()
+        }
+        IpAddr::V6(a) => {
+            node.family = FAMILY_V6;
+            a.octets().to_vec()
+        }
+    };
+    for (i, byte) in bytes.iter().enumerate() {
+        let bits = (len as i64 - 8 * i as i64).clamp(0, 8) as u32;
+        let mask = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+        node.b[i] = mask;
+        node.a[i] = byte & mask;
+    }
+    node
+}
+
+/// Class 0: rport 5201; class 1: raddr in fd00::/8; class 2: rport 6000..6010 (UDP too).
+fn rules() -> Vec<RuleNode> {
+    use shaper_common::target_class as class;
+    vec![
+        port_node(5201, 5201, class(0), 1),
+        prefix_node(ip("fd00::"), 8, class(1), 2),
+        port_node(6000, 6010, class(2), TARGET_DEFAULT),
+    ]
+}
+
+fn classify(dp: &mut Datapath, frame: &[u8]) -> u32 {
+    dp.test_run(shaper_common::names::PROG_TC_EGRESS, frame, IFINDEX, 1).unwrap().0
+}
+
+#[test]
+fn frames_get_the_class_of_the_first_matching_rule() {
+    let mut dp = datapath();
+    dp.set_rules(&rules()).unwrap();
+    let cases = [
+        (Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201), 0),
+        (Frame::tcp(ip("fd00::1"), 40000, ip("fd00::2"), 80), 1),
+        // Rule order: port 5201 wins over the fd00::/8 prefix.
+        (Frame::tcp(ip("fd00::1"), 40001, ip("fd00::2"), 5201), 0),
+        (Frame::udp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 6005), 2),
+        (Frame::udp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 6011), DEFAULT_CLASS as u32),
+        (Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 80), DEFAULT_CLASS as u32),
+        (Frame::tcp(ip("2001:db8::1"), 40000, ip("2001:db8::2"), 80), DEFAULT_CLASS as u32),
+    ];
+    for (frame, class) in cases {
+        assert_eq!(classify(&mut dp, &frame.build()), classid_of(class), "{frame:?}");
+    }
+}
+
+#[test]
+fn ipv6_extension_headers_are_skipped_and_fragments_take_the_default() {
+    let mut dp = datapath();
+    dp.set_rules(&rules()).unwrap();
+    let mut frame = Frame::tcp(ip("fd00::1"), 40000, ip("fd00::2"), 5201);
+    // Hop-by-hop (8 bytes), destination options (16), routing (24), AH (12): all walked.
+    frame.ipv6_ext = vec![(0, 8), (60, 16), (43, 24), (51, 12)];
+    assert_eq!(classify(&mut dp, &frame.build()), classid_of(0));
+    // More than the bounded number of extension headers: no ports found, default class.
+    frame.ipv6_ext = vec![(60, 8); 7];
+    assert_eq!(classify(&mut dp, &frame.build()), classid_of(DEFAULT_CLASS as u32));
+    // A fragment header: later fragments carry no ports, so every fragment takes the default.
+    frame.ipv6_ext = vec![(44, 8)];
+    assert_eq!(classify(&mut dp, &frame.build()), classid_of(DEFAULT_CLASS as u32));
+    let mut v4 = Frame::udp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 6005);
+    v4.fragment = true;
+    assert_eq!(classify(&mut dp, &v4.build()), classid_of(DEFAULT_CLASS as u32));
+}
+
+#[test]
+fn truncated_and_non_ip_frames_pass_with_the_default_class() {
+    let mut dp = datapath();
+    dp.set_rules(&rules()).unwrap();
+    let mut with_ext = Frame::tcp(ip("fd00::1"), 40000, ip("fd00::2"), 5201);
+    with_ext.ipv6_ext = vec![(0, 8), (60, 16)];
+    // (frame, length of its IP header, length of its transport header)
+    let frames = [
+        (Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build(), 20, 20),
+        (Frame::udp(ip("fd00::1"), 40000, ip("fd00::2"), 6005).build(), 40, 8),
+        (with_ext.build(), 40, 20),
+    ];
+    for (full, ip_len, l4_len) in frames {
+        // Every cut that loses a byte of the ports (or of an extension header)
+        // leaves no flow key. BPF_PROG_TEST_RUN itself refuses frames shorter than
+        // the IP header; those are covered by the raw-socket test on a live link.
+        let ports_end = full.len() - l4_len + 4;
+        for cut in 14 + ip_len..ports_end {
+            let (priority, _) = dp
+                .test_run(shaper_common::names::PROG_TC_EGRESS, &full[..cut], IFINDEX, 1)
+                .unwrap_or_else(|e| panic!("cut {cut}: {e:?}"));
+            assert_eq!(priority, classid_of(DEFAULT_CLASS as u32), "cut at {cut} of {}", full.len());
+        }
+        assert_ne!(classify(&mut dp, &full), classid_of(DEFAULT_CLASS as u32));
+    }
+    // Broken IPv4 headers: a header length below 20 bytes, a wrong version.
+    let good = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build();
+    for (offset, byte) in [(14, 0x44u8), (14, 0x40), (14, 0x65)] {
+        let mut bad = good.clone();
+        bad[offset] = byte;
+        assert_eq!(classify(&mut dp, &bad), classid_of(DEFAULT_CLASS as u32), "byte {byte:#x}");
+    }
+    // An IPv4 header length pointing past the end of the frame.
+    let mut long_ihl = good.clone();
+    long_ihl[14] = 0x4f;
+    assert_eq!(classify(&mut dp, &long_ihl), classid_of(DEFAULT_CLASS as u32));
+    // ARP: not IP.
+    let mut arp = vec![0u8; 42];
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert_eq!(classify(&mut dp, &arp), classid_of(DEFAULT_CLASS as u32));
+}
+
+#[test]
+fn flows_are_cached_counted_and_re_evaluated_after_a_rule_swap() {
+    let mut dp = datapath();
+    dp.set_rules(&rules()).unwrap();
+    let frame = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201);
+    let bytes = frame.build();
+    for _ in 0..3 {
+        assert_eq!(classify(&mut dp, &bytes), classid_of(0));
+    }
+    let key = FlowKey {
+        family: FAMILY_V4,
+        proto: PROTO_TCP,
+        lport: 40000,
+        rport: 5201,
+        laddr: [198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        raddr: [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ..FlowKey::default()
+    };
+    let flow = dp.flow(&key).expect("flow entry created on first packet");
+    assert_eq!(flow.class, 0);
+    assert_eq!(flow.tx_packets, 3);
+    assert_eq!(flow.tx_bytes, 3 * bytes.len() as u64);
+    let stats = dp.class_stats(0, 0).unwrap();
+    assert_eq!((stats.tx_packets, stats.tx_bytes), (3, 3 * bytes.len() as u64));
+
+    // New rules: everything to class 1. The cached flow follows on its next packet.
+    use shaper_common::target_class;
+    let swap = vec![RuleNode {
+        op: OP_TRUE,
+        on_true: target_class(1),
+        on_false: target_class(1),
+        ..RuleNode::default()
+    }];
+    dp.set_rules(&swap).unwrap();
+    assert_eq!(classify(&mut dp, &bytes), classid_of(1));
+    assert_eq!(dp.flow(&key).unwrap().class, 1);
+    // Swap back (the other bank again).
+    dp.set_rules(&rules()).unwrap();
+    assert_eq!(classify(&mut dp, &bytes), classid_of(0));
+}
+
+#[test]
+fn classes_missing_on_an_interface_fall_back_to_its_default() {
+    let mut dp = datapath();
+    dp.set_rules(&rules()).unwrap();
+    let mut info = IfaceInfo {
+        slot: 0,
+        default_class: DEFAULT_CLASS,
+        l2_len: 14,
+        classes: [0; (MAX_CLASSES / 64) as usize],
+    };
+    info.classes[0] = 1 << DEFAULT_CLASS; // only the default class exists here
+    dp.set_iface(IFINDEX, &info).unwrap();
+    let frame = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build();
+    assert_eq!(classify(&mut dp, &frame), classid_of(DEFAULT_CLASS as u32));
+    // The flow still records its rule class, so it is right again where the class exists.
+    let flows = dp.flows();
+    assert!(flows.iter().any(|(_, v)| v.class == 0), "{flows:?}");
+    assert!(!flows.iter().any(|(_, v)| v.class == CLASS_DEFAULT));
+}
+
+#[test]
+fn no_rules_loaded_means_default_class() {
+    let mut dp = datapath();
+    let frame = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build();
+    assert_eq!(classify(&mut dp, &frame), classid_of(DEFAULT_CLASS as u32));
+    assert_eq!(dp.errors().unwrap().iter().sum::<u64>(), 0);
+}

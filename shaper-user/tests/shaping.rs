@@ -1,0 +1,312 @@
+//! End to end: `shaper run` in one network namespace shapes real TCP traffic to
+//! iperf3 servers in another, through the eBPF classifier and HTB.
+//!
+//! Needs root. Every test builds its own sandbox (namespaces, veth pair, run
+//! directory and control socket) and tears it down on drop, failures included.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test with a backtrace"
+)]
+
+use std::{path::Path, time::Duration};
+
+use serde_json::Value;
+use shaper_user::{
+    control::Command,
+    sandbox::{finish_client, run_client, spawn_client, Daemon, IperfServer, Sandbox},
+};
+
+const SHAPER: &str = env!("CARGO_BIN_EXE_shaper");
+const MBIT: f64 = 1e6;
+
+fn shaper() -> &'static Path {
+    Path::new(SHAPER)
+}
+
+/// Asserts `measured` is within ±`tolerance` (fraction) of `expected`.
+fn assert_near(what: &str, measured: f64, expected: f64, tolerance: f64) {
+    let ratio = measured / expected;
+    assert!(
+        (1.0 - tolerance..=1.0 + tolerance).contains(&ratio),
+        "{what}: measured {:.2} Mbit/s, expected {:.2} Mbit/s ±{:.0}% (ratio {ratio:.3})",
+        measured / MBIT,
+        expected / MBIT,
+        tolerance * 100.0
+    );
+}
+
+fn classes(daemon: &Daemon) -> Vec<Value> {
+    daemon.call(Command::Classes).unwrap().as_array().cloned().unwrap()
+}
+
+fn class<'a>(rows: &'a [Value], name: &str) -> &'a Value {
+    rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no class {name} in {rows:#?}"))
+}
+
+fn qdiscs(sandbox: &Sandbox) -> String {
+    let out = sandbox.a.run("tc", &["qdisc", "show", "dev", &sandbox.dev_a]).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Programs attached to the sandbox interface (tcx links and tc filters), as the kernel reports them.
+fn attached_programs(sandbox: &Sandbox) -> Vec<String> {
+    sandbox.a.tc_programs(&sandbox.dev_a).unwrap()
+}
+
+/// The classes `shaper conns` gives the flows to `remote`.
+fn classes_of(daemon: &Daemon, remote: &str) -> Vec<String> {
+    let conns = daemon.call(Command::Conns).unwrap();
+    conns
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["remote"] == remote)
+        .map(|c| c["class"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn two_port_classes_are_capped_at_once() {
+    let sandbox = Sandbox::new("cap").unwrap();
+    let config = format!(
+        r#"
+[[interface]]
+name = "{dev}"
+egress = "1gbit"
+
+[[class]]
+name = "slow"
+egress = "5mbit"
+match = 'rport == 5201'
+
+[[class]]
+name = "fast"
+egress = "20mbit"
+match = 'rport == 5202'
+"#,
+        dev = sandbox.dev_a
+    );
+    let daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let _s2 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5202).unwrap();
+    let args = ["-t", "8", "-O", "2"];
+    let slow = spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5201, &args).unwrap();
+    let fast = spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5202, &args).unwrap();
+    let (slow, fast) = (finish_client(slow).unwrap(), finish_client(fast).unwrap());
+    println!("slow {:.2} Mbit/s, fast {:.2} Mbit/s", slow.received_bps / MBIT, fast.received_bps / MBIT);
+    assert_near("slow class (5 Mbit/s cap)", slow.received_bps, 5.0 * MBIT, 0.10);
+    assert_near("fast class (20 Mbit/s cap)", fast.received_bps, 20.0 * MBIT, 0.10);
+    let rows = classes(&daemon);
+    for name in ["slow", "fast"] {
+        let row = class(&rows, name);
+        assert!(row["bytes"].as_u64().unwrap() > 1_000_000, "{row:#}");
+        assert!(row["sent_bytes"].as_u64().unwrap() > 1_000_000, "{row:#}");
+    }
+}
+
+#[test]
+fn cidr_and_port_range_rule_and_the_default_class() {
+    let sandbox = Sandbox::new("cidr").unwrap();
+    let config = format!(
+        r#"
+[[interface]]
+name = "{dev}"
+egress = "1gbit"
+default = "rest"
+
+[[class]]
+name = "lan"
+egress = "8mbit"
+match = 'raddr in 198.18.0.0/24 and rport in 6000..6010'
+
+[[class]]
+name = "rest"
+egress = {{ rate = "1mbit", ceil = "3mbit" }}
+"#,
+        dev = sandbox.dev_a
+    );
+    let daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let _in_range = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 6005).unwrap();
+    let _out_of_range = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 6011).unwrap();
+    let _v6 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B6, 6006).unwrap();
+    let args = ["-t", "6", "-O", "2"];
+    let lan = spawn_client(&sandbox.a, Sandbox::ADDR_B4, 6005, &args).unwrap();
+    let rest = spawn_client(&sandbox.a, Sandbox::ADDR_B4, 6011, &args).unwrap();
+    // While the streams run, each connection is listed in its class.
+    std::thread::sleep(Duration::from_secs(2));
+    let lan_classes = classes_of(&daemon, &format!("{}:6005", Sandbox::ADDR_B4));
+    let rest_classes = classes_of(&daemon, &format!("{}:6011", Sandbox::ADDR_B4));
+    let (lan, rest) = (finish_client(lan).unwrap(), finish_client(rest).unwrap());
+    assert_near("lan (CIDR + port range, 8 Mbit/s)", lan.received_bps, 8.0 * MBIT, 0.10);
+    assert_near("port 6011 falls to the default class (3 Mbit/s ceil)", rest.received_bps, 3.0 * MBIT, 0.10);
+    // iperf3 opens a control and a data connection per client.
+    assert_eq!(lan_classes, ["lan", "lan"]);
+    assert_eq!(rest_classes, ["rest", "rest"]);
+    // The port matches but the address is IPv6, outside the IPv4 CIDR: default class.
+    let v6 = spawn_client(&sandbox.a, Sandbox::ADDR_B6, 6006, &args).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let v6_classes = classes_of(&daemon, &format!("[{}]:6006", Sandbox::ADDR_B6));
+    let v6 = finish_client(v6).unwrap();
+    assert_near("IPv6 to a matching port takes the default (3 Mbit/s)", v6.received_bps, 3.0 * MBIT, 0.10);
+    assert_eq!(v6_classes, ["rest", "rest"]);
+}
+
+#[test]
+fn a_new_connection_is_in_its_class_from_the_first_packet() {
+    let sandbox = Sandbox::new("first").unwrap();
+    let config = format!(
+        r#"
+[[interface]]
+name = "{dev}"
+egress = "1gbit"
+
+[[class]]
+name = "capped"
+egress = "5mbit"
+match = 'rport == 5301'
+"#,
+        dev = sandbox.dev_a
+    );
+    let daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5301).unwrap();
+    let before = classes(&daemon);
+    let default_before = class(&before, "default")["bytes"].as_u64().unwrap();
+    let htb_default_before = class(&before, "default")["sent_bytes"].as_u64().unwrap();
+    // One second of traffic on connections opened after the daemon started.
+    let run = run_client(&sandbox.a, Sandbox::ADDR_B4, 5301, &["-t", "1"]).unwrap();
+    let rows = classes(&daemon);
+    let capped = class(&rows, "capped");
+    let (in_class, htb_sent) = (capped["bytes"].as_u64().unwrap(), capped["sent_bytes"].as_u64().unwrap());
+    let default_growth = class(&rows, "default")["bytes"].as_u64().unwrap() - default_before;
+    let htb_default_growth = class(&rows, "default")["sent_bytes"].as_u64().unwrap() - htb_default_before;
+    println!(
+        "server received {} payload bytes; classifier counted {in_class} into the class, HTB sent {htb_sent} from it; \
+         default grew by {default_growth} (HTB: {htb_default_growth})",
+        run.received_bytes
+    );
+    // Every byte the server received went through the class: by the classifier's
+    // count and by HTB's own (headers make both a little larger).
+    assert!(
+        in_class >= run.received_bytes,
+        "classifier counted {in_class} of {} received",
+        run.received_bytes
+    );
+    assert!(htb_sent >= run.received_bytes, "HTB sent {htb_sent} of {} received", run.received_bytes);
+    // Nothing of it went through the default class (ARP/ND may add a few hundred bytes).
+    assert!(default_growth < 2_000, "default class grew by {default_growth}");
+    assert!(htb_default_growth < 2_000, "HTB default class grew by {htb_default_growth}");
+    // And the first second was already capped: 5 Mbit/s is 625 kB, plus one burst.
+    assert!(
+        run.received_bytes < 800_000,
+        "{} bytes arrived in the first second of a 5 Mbit/s class",
+        run.received_bytes
+    );
+    assert!(run.received_bytes > 300_000, "only {} bytes arrived in one second", run.received_bytes);
+}
+
+#[test]
+fn sigterm_restores_the_interface_exactly() {
+    let sandbox = Sandbox::new("term").unwrap();
+    let before = qdiscs(&sandbox);
+    assert!(attached_programs(&sandbox).is_empty());
+    let config = format!(
+        r#"
+[[interface]]
+name = "{dev}"
+egress = "100mbit"
+
+[[class]]
+name = "web"
+egress = "10mbit"
+match = 'rport in [80, 443]'
+"#,
+        dev = sandbox.dev_a
+    );
+    let mut daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let during = qdiscs(&sandbox);
+    assert!(during.contains("qdisc htb 1: root"), "{during}");
+    assert!(!attached_programs(&sandbox).is_empty(), "classifier not attached");
+    let status = daemon.stop().unwrap();
+    assert!(status.success(), "shaper run exited with {status}: {}", daemon.log_text());
+    assert_eq!(qdiscs(&sandbox), before, "qdiscs after SIGTERM differ from before");
+    assert!(attached_programs(&sandbox).is_empty(), "classifier still attached after SIGTERM");
+    assert!(!daemon.socket.exists(), "control socket left behind");
+}
+
+#[test]
+fn a_bad_config_fails_with_its_position_and_attaches_nothing() {
+    let sandbox = Sandbox::new("bad").unwrap();
+    let before = qdiscs(&sandbox);
+    let config = format!(
+        "[[interface]]\nname = \"{dev}\"\negress = \"100mbit\"\n\n[[class]]\nname = \"web\"\nmatch = 'rprot == 80'\n",
+        dev = sandbox.dev_a
+    );
+    let mut daemon = Daemon::spawn(&sandbox.a, shaper(), &sandbox.tag, &config, &[]).unwrap();
+    let status = daemon.wait(Duration::from_secs(20)).unwrap();
+    let log = daemon.log_text();
+    assert!(!status.success(), "a bad config must fail: {log}");
+    let expected = format!("{}:7:10: unknown attribute \"rprot\"", daemon.config.display());
+    assert!(log.contains(&expected), "expected `{expected}` in:\n{log}");
+    assert_eq!(qdiscs(&sandbox), before);
+    assert!(attached_programs(&sandbox).is_empty());
+}
+
+#[test]
+fn a_foreign_root_qdisc_is_refused_and_left_alone() {
+    let sandbox = Sandbox::new("foreign").unwrap();
+    sandbox
+        .a
+        .run(
+            "tc",
+            &[
+                "qdisc",
+                "add",
+                "dev",
+                &sandbox.dev_a,
+                "root",
+                "handle",
+                "5:",
+                "tbf",
+                "rate",
+                "1mbit",
+                "burst",
+                "10k",
+                "latency",
+                "50ms",
+            ],
+        )
+        .unwrap();
+    let before = qdiscs(&sandbox);
+    let config = format!("[[interface]]\nname = \"{}\"\negress = \"100mbit\"\n", sandbox.dev_a);
+    let mut daemon = Daemon::spawn(&sandbox.a, shaper(), &sandbox.tag, &config, &[]).unwrap();
+    let status = daemon.wait(Duration::from_secs(20)).unwrap();
+    let log = daemon.log_text();
+    assert!(!status.success());
+    assert!(log.contains("already has a root qdisc (tbf 5:)"), "{log}");
+    assert_eq!(qdiscs(&sandbox), before);
+    assert!(attached_programs(&sandbox).is_empty());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    let sandbox = Sandbox::new("twice").unwrap();
+    let config = format!("[[interface]]\nname = \"{}\"\negress = \"100mbit\"\n", sandbox.dev_a);
+    let first = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    // A second daemon with the same socket (its run directory is the first one's).
+    let out = sandbox
+        .a
+        .command(SHAPER)
+        .args(["run", "--config"])
+        .arg(&first.config)
+        .arg("--socket")
+        .arg(&first.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another shaper daemon is already listening"), "{stderr}");
+    // The first one still answers.
+    first.call(Command::Status).unwrap();
+}

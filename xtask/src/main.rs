@@ -1,0 +1,139 @@
+//! `cargo xtask …`: bootstrap, build, test, lint, demo and benchmark shaper.
+//!
+//! Every command that needs the eBPF toolchain or the test tools runs `setup`
+//! first; `setup` is idempotent and a fast no-op when everything is present.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, test and try shaper")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (rust-src, bpf-linker, iproute2, iperf3, …).
+    Setup,
+    /// Release build of the eBPF programs and the `shaper` binary (target/release/shaper).
+    Build,
+    /// Run every test: unit tests, then the root tests with real BPF, HTB and traffic.
+    Test {
+        /// Only run tests whose name contains this string.
+        filter: Option<String>,
+    },
+    /// rustfmt and clippy, as CI runs them.
+    Lint,
+    /// Shape live traffic in a throw-away sandbox and show the result.
+    Demo,
+    /// Measure the classifier's cost and the throughput it leaves (see README, Performance).
+    Bench,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root).with_context(|| format!("entering {}", root.display()))?;
+    match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::run()?;
+            build_release()
+        }
+        Cmd::Test { filter } => {
+            setup::run()?;
+            test(filter.as_deref())
+        }
+        Cmd::Lint => {
+            setup::run()?;
+            lint()
+        }
+        Cmd::Demo => {
+            setup::run()?;
+            require_root("the demo")?;
+            build_release()?;
+            let shaper = root.join("target/release/shaper");
+            exec(
+                Command::new("cargo")
+                    .args(["run", "--quiet", "--release", "-p", "shaper-user", "--example", "demo", "--"])
+                    .arg(&shaper),
+            )
+        }
+        Cmd::Bench => {
+            setup::run()?;
+            require_root("the benchmarks")?;
+            exec(Command::new("cargo").args(["bench", "-p", "shaper-user", "--bench", "datapath"]))
+        }
+    }
+}
+
+/// rustfmt, then clippy on the host crates and on the eBPF crate for its own target.
+fn lint() -> Result<()> {
+    exec(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    exec(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    exec(
+        Command::new("cargo")
+            .current_dir("shaper-ebpf")
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["clippy", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"]),
+    )
+}
+
+fn build_release() -> Result<()> {
+    exec(Command::new("cargo").args(["build", "--release", "-p", "shaper-user"]))
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    require_root("the tests (they load BPF programs and create network namespaces)")?;
+    let with_filter = |cmd: &mut Command| {
+        if let Some(f) = filter {
+            cmd.arg(f);
+        }
+    };
+    // Pure logic first: fast, no privileges used.
+    let mut unit = Command::new("cargo");
+    // The default members: every crate but the eBPF one, which only builds for bpfel.
+    unit.args(["test", "--lib", "--bins"]);
+    unit.arg("--");
+    with_filter(&mut unit);
+    exec(&mut unit)?;
+    // Then the kernel tests, one at a time: they measure rates, and parallel
+    // traffic would disturb the measurements.
+    let mut root = Command::new("cargo");
+    root.args(["test", "-p", "shaper-user", "--test", "*", "--", "--test-threads=1"]);
+    with_filter(&mut root);
+    exec(&mut root)
+}
+
+fn require_root(what: &str) -> Result<()> {
+    let out = Command::new("id").arg("-u").output().context("running `id -u`")?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
+        bail!("{what} need root: run `sudo -E cargo xtask …` (or as root)");
+    }
+    Ok(())
+}
+
+/// Runs a command with inherited stdio; the error names the command.
+pub(crate) fn exec(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let status = cmd.status().with_context(|| format!("cannot start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).context("xtask has no parent directory")
+}
