@@ -5,17 +5,35 @@
 //! one per class; then the measured rates next to the limits, shaper's own view
 //! of the classes and flows, and a clean stop that restores the interface.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::Path, process::ExitCode, time::Duration};
 
 use shaper_user::{
-    control::{ClassRow, Command},
-    error_chain,
+    config, error_chain, plan,
     sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox},
+    services::Services,
     table::Table,
     units::format_rate,
 };
 
 const SECONDS: u32 = 10;
+/// A full TCP segment over IPv4 with timestamps: 1448 bytes of payload in a 1514-byte frame.
+const WIRE_PER_PAYLOAD: f64 = 1514.0 / 1448.0;
+
+/// What each of several greedy streams gets on a link of `capacity` when
+/// stream `i` may use at most `ceils[i]`: equal shares, and what a capped
+/// stream leaves goes to the others.
+fn fair_shares(capacity: u64, ceils: &[u64]) -> Vec<u64> {
+    let mut order: Vec<usize> = (0..ceils.len()).collect();
+    order.sort_by_key(|&i| ceils[i]);
+    let mut shares = vec![0; ceils.len()];
+    let mut left = capacity;
+    for (done, &i) in order.iter().enumerate() {
+        let share = (left / (ceils.len() - done) as u64).min(ceils[i]);
+        shares[i] = share;
+        left -= share;
+    }
+    shares
+}
 
 fn main() -> ExitCode {
     match demo() {
@@ -50,7 +68,7 @@ fn shaper_output(
 
 fn demo() -> Result<(), String> {
     let shaper = std::env::args().nth(1).ok_or("usage: demo PATH-TO-SHAPER-BINARY")?;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace directory")?;
     let config_path = root.join("config/demo.toml");
     let config =
         std::fs::read_to_string(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
@@ -66,7 +84,7 @@ fn demo() -> Result<(), String> {
     );
     let qdisc_before = sandbox.a.run("tc", &["qdisc", "show", "dev", &sandbox.dev_a]).map_err(err)?;
 
-    step(&format!("starting `shaper run --config {}` in the shaped namespace", config_path.display()));
+    step("starting `shaper run` with config/demo.toml in the shaped namespace");
     let mut daemon =
         Daemon::start(&sandbox.a, std::path::Path::new(&shaper), &sandbox.tag, &config).map_err(err)?;
     print!("{}", shaper_output(&sandbox, &shaper, &daemon.socket, "status")?);
@@ -88,61 +106,55 @@ fn demo() -> Result<(), String> {
         .collect::<Result<_, _>>()
         .map_err(err)?;
     std::thread::sleep(Duration::from_secs(u64::from(SECONDS) - 2));
-    let live = daemon.call(Command::Classes).map_err(err)?;
-    let live: Vec<ClassRow> = serde_json::from_value(live).map_err(|e| e.to_string())?;
+    let classes_live = shaper_output(&sandbox, &shaper, &daemon.socket, "classes")?;
+    let conns_live = shaper_output(&sandbox, &shaper, &daemon.socket, "conns")?;
     let results: Vec<_> = clients.into_iter().map(finish_client).collect::<Result<_, _>>().map_err(err)?;
 
-    step("measured by iperf3 at the receiver, next to each class's limits");
+    step("measured by iperf3 at the receiver, next to what the classes allow");
+    let conf = config::parse(&config_path, &config, &Services::load_or_empty()).map_err(|e| e.to_string())?;
+    let iface = conf.interfaces.first().ok_or("the demo config has no interface")?;
+    let plan = plan::plan(&conf, iface, plan::Direction::Egress, 1500).ok_or("no egress plan")?;
+    let limits: Vec<(u64, u64)> = streams
+        .iter()
+        .map(|(class, _, _)| {
+            plan.classes.iter().find(|c| c.name == *class).map_or((0, 0), |c| (c.rate_bps, c.ceil_bps))
+        })
+        .collect();
+    let expected = fair_shares(iface.egress_bps, &limits.iter().map(|l| l.1).collect::<Vec<_>>());
     let mut table = Table::new(&[
         ("STREAM", false),
         ("CLASS", false),
         ("RATE", true),
         ("CEIL", true),
+        ("EXPECTED", true),
         ("MEASURED", true),
-        ("OF CEIL", true),
+        ("OF EXPECTED", true),
     ]);
-    for ((class, _, label), result) in streams.iter().zip(&results) {
-        let row = live.iter().find(|r| r.name == *class);
-        let (rate, ceil) = row.map_or((0, 0), |r| (r.rate_bps, r.ceil_bps));
+    for ((((class, _, label), result), (rate, ceil)), expected) in
+        streams.iter().zip(&results).zip(&limits).zip(&expected)
+    {
+        let on_wire = result.received_bps * WIRE_PER_PAYLOAD;
         table.row(vec![
             label.to_string(),
             class.to_string(),
-            format_rate(rate),
-            format_rate(ceil),
-            format_rate(result.received_bps as u64),
-            if ceil > 0 { format!("{:.0}%", result.received_bps / ceil as f64 * 100.0) } else { "-".into() },
+            format_rate(*rate),
+            format_rate(*ceil),
+            format_rate(*expected),
+            format_rate(on_wire as u64),
+            format!("{:.0}%", on_wire / *expected as f64 * 100.0),
         ]);
     }
     print!("{}", table.render());
+    println!("    video and backup sit at their ceilings; everything-else borrows the rest of the 100 Mbit/s link.");
     println!(
-        "    video and backup sit at their caps; everything-else borrows what is left of the 100 Mbit/s link."
+        "    (limits count whole frames; MEASURED is iperf3's payload rate × 1514/1448 for the TCP/IP/Ethernet headers)"
     );
 
-    step("`shaper classes` (taken while the streams ran; NOW is the rate HTB sent at)");
-    let mut classes = Table::new(&[
-        ("CLASS", false),
-        ("CLASSID", false),
-        ("PRIO", true),
-        ("RATE", true),
-        ("CEIL", true),
-        ("NOW", true),
-        ("DROPS", true),
-    ]);
-    for r in &live {
-        classes.row(vec![
-            r.name.clone(),
-            r.classid.clone(),
-            r.priority.to_string(),
-            format_rate(r.rate_bps),
-            format_rate(r.ceil_bps),
-            format_rate(r.rate_now_bps),
-            r.drops.to_string(),
-        ]);
-    }
-    print!("{}", classes.render());
+    step("`shaper classes`, taken while the streams ran (NOW: the rate HTB sent at)");
+    print!("{classes_live}");
 
-    step("`shaper conns`: every flow and the class the classifier gave it on its first packet");
-    print!("{}", shaper_output(&sandbox, &shaper, &daemon.socket, "conns")?);
+    step("`shaper conns`, taken while the streams ran: each flow got its class on its first packet");
+    print!("{conns_live}");
     drop(servers);
 
     step("stopping the daemon (SIGTERM): it detaches and restores the interface");

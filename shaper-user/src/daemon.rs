@@ -146,6 +146,9 @@ impl Shaper {
             links.push((link, root));
         }
         let rule_nodes = config.compile_rules().map_err(|e| DaemonError::Rules(Box::new(e)))?;
+        if config.sets_ingress() {
+            log::warn!("this version shapes egress only: the ingress capacities and limits in the config are not applied");
+        }
         bpffs::ensure_mounted()?;
         let datapath = Datapath::load(LoadOptions {
             max_flows: config.daemon.max_flows,
@@ -367,8 +370,8 @@ impl Shaper {
             .into_iter()
             .map(|(key, value)| ConnRow {
                 proto: flows::proto_name(key.proto),
-                local: flows::local(&key).to_string(),
-                remote: flows::remote(&key).to_string(),
+                local: flows::endpoint(&key, true),
+                remote: flows::endpoint(&key, false),
                 class: if value.class == CLASS_DEFAULT {
                     self.default_name()
                 } else {

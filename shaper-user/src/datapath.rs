@@ -18,7 +18,7 @@ use shaper_common::{
 };
 
 /// The eBPF object built from `shaper-ebpf` by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -92,8 +92,8 @@ pub struct Datapath {
     class_stats: PerCpuArray<MapData, ClassStats>,
     errors: PerCpuArray<MapData, u64>,
     rules_gen: u32,
-    /// (interface name, direction) → attachment.
-    attachments: BTreeMap<(String, &'static str), Attachment>,
+    /// (interface name, direction) → the attached program and how it hangs.
+    attachments: BTreeMap<(String, &'static str), (&'static str, Attachment)>,
 }
 
 fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(
@@ -151,10 +151,15 @@ impl Datapath {
     /// Attaches the egress classifier to `iface` (tcx when the kernel has it,
     /// a cls_bpf filter on clsact otherwise); returns which ("tcx" or "clsact").
     pub fn attach_egress(&mut self, iface: &str) -> Result<&'static str, DatapathError> {
+        self.attach(names::PROG_TC_EGRESS, iface)
+    }
+
+    /// Attaches classifier `name` to `iface`'s egress hook (see [`Datapath::attach_egress`]).
+    pub fn attach(&mut self, name: &'static str, iface: &str) -> Result<&'static str, DatapathError> {
         let direction = "egress";
         let attach_err = |source| DatapathError::Attach { iface: iface.to_string(), direction, source };
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-        let prog = program(&mut self.ebpf, names::PROG_TC_EGRESS)?;
+        let prog = program(&mut self.ebpf, name)?;
         let attachment = if tcx {
             let link = prog
                 .attach_with_options(
@@ -183,7 +188,7 @@ impl Datapath {
             Attachment::Tcx(_) => "tcx",
             Attachment::Netlink { .. } => "clsact",
         };
-        self.attachments.insert((iface.to_string(), direction), attachment);
+        self.attachments.insert((iface.to_string(), direction), (name, attachment));
         Ok(how)
     }
 
@@ -191,8 +196,8 @@ impl Datapath {
     pub fn detach(&mut self, iface: &str) -> Result<(), DatapathError> {
         let keys: Vec<_> = self.attachments.keys().filter(|(name, _)| name == iface).cloned().collect();
         for key in keys {
-            let Some(attachment) = self.attachments.remove(&key) else { continue };
-            let prog = program(&mut self.ebpf, names::PROG_TC_EGRESS)?;
+            let Some((name, attachment)) = self.attachments.remove(&key) else { continue };
+            let prog = program(&mut self.ebpf, name)?;
             let detach_err =
                 |source| DatapathError::Attach { iface: iface.to_string(), direction: key.1, source };
             match attachment {
@@ -200,9 +205,7 @@ impl Datapath {
                 Attachment::Netlink { link, added_clsact } => {
                     prog.detach(link).map_err(detach_err)?;
                     if added_clsact {
-                        if let Err(e) =
-                            tc::qdisc_detach_program(iface, TcAttachType::Egress, names::PROG_TC_EGRESS)
-                        {
+                        if let Err(e) = tc::qdisc_detach_program(iface, TcAttachType::Egress, name) {
                             log::debug!("removing leftover filters on {iface}: {e}");
                         }
                         remove_clsact(iface);

@@ -54,6 +54,17 @@ pub fn remote(key: &FlowKey) -> SocketAddr {
     SocketAddr::new(addr(key.family, &key.raddr), key.rport)
 }
 
+/// An end of the flow as `shaper conns` shows it: "addr:port" ("[v6]:port"),
+/// or the bare address for protocols without ports.
+pub fn endpoint(key: &FlowKey, local_side: bool) -> String {
+    let addr = if local_side { local(key) } else { remote(key) };
+    if key.proto == PROTO_TCP || key.proto == PROTO_UDP {
+        addr.to_string()
+    } else {
+        addr.ip().to_string()
+    }
+}
+
 /// "tcp", "udp", or the protocol number.
 pub fn proto_name(proto: u8) -> String {
     match proto {
@@ -83,5 +94,8 @@ mod tests {
         assert_eq!(k6.family, FAMILY_V6);
         assert_eq!(remote(&k6).to_string(), "[fd00::2]:443");
         assert_eq!(proto_name(k6.proto), "udp");
+        assert_eq!(endpoint(&k6, false), "[fd00::2]:443");
+        let icmp = FlowKey { proto: 58, ..k6 };
+        assert_eq!((endpoint(&icmp, true), proto_name(58)), ("fd00::1".to_string(), "icmpv6".to_string()));
     }
 }

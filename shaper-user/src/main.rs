@@ -155,7 +155,10 @@ fn check(path: &Path) -> Result<()> {
     let nodes = conf.compile_rules()?;
     println!("{}: ok", path.display());
     for iface in &conf.interfaces {
-        let ingress = iface.ingress_bps.map_or_else(|| "not shaped".to_string(), format_rate);
+        let ingress = iface.ingress_bps.map_or_else(
+            || "not shaped".to_string(),
+            |r| format!("{} (not applied: this version shapes egress only)", format_rate(r)),
+        );
         println!("interface {}: egress {}, ingress {}", iface.name, format_rate(iface.egress_bps), ingress);
         let Some(egress) = plan::plan(&conf, iface, plan::Direction::Egress, 1500) else { continue };
         let mut table = Table::new(&[
@@ -279,7 +282,6 @@ fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
         ("CLASS", false),
         ("BY", false),
         ("SENT", true),
-        ("RECEIVED", true),
         ("IDLE", true),
     ]);
     for r in rows {
@@ -291,7 +293,6 @@ fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
             r.class.clone(),
             r.origin.clone(),
             format_bytes(r.tx_bytes),
-            format_bytes(r.rx_bytes),
             format!("{:.1}s", r.idle_ms as f64 / 1000.0),
         ]);
     }

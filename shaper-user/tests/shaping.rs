@@ -310,3 +310,82 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     // The first one still answers.
     first.call(Command::Status).unwrap();
 }
+
+#[test]
+fn the_cli_prints_tables_and_the_documented_json() {
+    let sandbox = Sandbox::new("cli").unwrap();
+    let config = format!(
+        "[[interface]]\nname = \"{}\"\negress = \"100mbit\"\n\n[[class]]\nname = \"web\"\npriority = 2\negress = {{ rate = \"10mbit\", ceil = \"50mbit\" }}\nmatch = 'rport == 5401'\n",
+        sandbox.dev_a
+    );
+    let daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B6, 5401).unwrap();
+    let client = spawn_client(&sandbox.a, Sandbox::ADDR_B6, 5401, &["-t", "3"]).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let cli = |args: &[&str]| -> String {
+        let out = sandbox.a.command(SHAPER).args(args).arg("--socket").arg(&daemon.socket).output().unwrap();
+        assert!(out.status.success(), "shaper {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let classes: Vec<Value> = serde_json::from_str(&cli(&["classes", "--json"])).unwrap();
+    let web = class(&classes, "web");
+    assert_eq!(web["interface"], sandbox.dev_a.as_str());
+    assert_eq!(web["direction"], "egress");
+    assert_eq!(web["classid"], "1:10");
+    assert_eq!((web["rate_bps"].as_u64(), web["ceil_bps"].as_u64()), (Some(10_000_000), Some(50_000_000)));
+    assert_eq!(web["priority"], 2);
+    for key in ["bytes", "packets", "drops"] {
+        assert!(web[key].is_u64(), "{key} in {web:#}");
+    }
+    assert_eq!(class(&classes, "default")["classid"], "1:11");
+    let conns: Vec<Value> = serde_json::from_str(&cli(&["conns", "--json"])).unwrap();
+    let remote = format!("[{}]:5401", Sandbox::ADDR_B6);
+    let data =
+        conns.iter().find(|c| c["remote"] == remote.as_str() && c["tx_bytes"].as_u64() > Some(100_000));
+    let Some(data) = data else {
+        panic!("no data connection to {remote} in {conns:#?}; the client said {:?}", finish_client(client));
+    };
+    assert_eq!((&data["proto"], &data["class"]), (&Value::from("tcp"), &Value::from("web")));
+    assert!(data["local"].as_str().unwrap().starts_with(&format!("[{}]:", Sandbox::ADDR_A6)), "{data:#}");
+    // Human output: aligned tables with human rates.
+    let table = cli(&["classes"]);
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("CLASS") && header.contains("CEIL"), "{table}");
+    let web_line = lines.find(|l| l.starts_with("web ")).unwrap();
+    assert!(web_line.contains("10 Mbit/s") && web_line.contains("50 Mbit/s"), "{table}");
+    assert_eq!(web_line.find("1:10"), header.find("CLASSID"), "columns are aligned:\n{table}");
+    let status = cli(&["status"]);
+    assert!(
+        status.contains(&format!("{} (ifindex", sandbox.dev_a)) && status.contains("classifier errors: none"),
+        "{status}"
+    );
+    finish_client(client).unwrap();
+}
+
+#[test]
+fn a_connection_opened_before_the_daemon_is_shaped_once_it_starts() {
+    let sandbox = Sandbox::new("before").unwrap();
+    let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5501).unwrap();
+    // An unshaped transfer, paced at 50 Mbit/s so the far end is not the limit.
+    let client = spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5501, &["-t", "9", "-b", "50M"]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let config = format!(
+        "[[interface]]\nname = \"{}\"\negress = \"1gbit\"\n\n[[class]]\nname = \"capped\"\negress = \"5mbit\"\nmatch = 'rport == 5501'\n",
+        sandbox.dev_a
+    );
+    let daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    // Both of iperf3's connections (control and data) are listed in the class.
+    assert_eq!(classes_of(&daemon, &format!("{}:5501", Sandbox::ADDR_B4)), ["capped", "capped"]);
+    // And the running transfer is capped: HTB's own counter of the class, over 3 s.
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = |rows: &[Value]| class(rows, "capped")["sent_bytes"].as_u64().unwrap();
+    let (t0, b0) = (std::time::Instant::now(), sent(&classes(&daemon)));
+    std::thread::sleep(Duration::from_secs(3));
+    let (t1, b1) = (std::time::Instant::now(), sent(&classes(&daemon)));
+    let rate = (b1 - b0) as f64 * 8.0 / (t1 - t0).as_secs_f64();
+    assert_near("a transfer that predates the daemon", rate, 5.0 * MBIT, 0.10);
+    let status = daemon.call(Command::Status).unwrap();
+    assert!(status["last_scan"]["sockets"].as_u64() >= Some(2), "{status:#}");
+    finish_client(client).unwrap();
+}

@@ -115,7 +115,7 @@ pub struct ClassRow {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConnRow {
     pub proto: String,
-    /// "addr:port", IPv6 as "[addr]:port".
+    /// "addr:port", IPv6 as "[addr]:port"; the bare address for protocols without ports.
     pub local: String,
     pub remote: String,
     /// Class name ("default" classes by their name too).

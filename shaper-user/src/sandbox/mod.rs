@@ -85,6 +85,10 @@ impl Netns {
         run("ip", &["netns", "add", name])?;
         let ns = Self { name: name.to_string() };
         run("ip", &["-n", name, "link", "set", "lo", "up"])?;
+        // No duplicate address detection: a fresh link-local address would stay
+        // tentative for a second or two and delay the first IPv6 packets.
+        let no_dad = ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"];
+        ns.run("sysctl", &[&["-q", "-w"][..], &no_dad].concat())?;
         Ok(ns)
     }
 
@@ -233,6 +237,20 @@ impl Sandbox {
             run("ip", &["-n", ns.name(), "addr", "add", &format!("{v4}/24"), "dev", dev])?;
             run("ip", &["-n", ns.name(), "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
             run("ip", &["-n", ns.name(), "link", "set", dev, "up"])?;
+        }
+        // Ready when both families answer (the first neighbour resolution after
+        // a link comes up can take a second).
+        for addr in [Self::ADDR_B4, Self::ADDR_B6] {
+            let mut tries = 0;
+            while sandbox.a.run("ping", &["-c", "1", "-W", "1", addr]).is_err() {
+                tries += 1;
+                if tries == 5 {
+                    return Err(SandboxError::Command {
+                        command: format!("ping {addr}"),
+                        detail: "the far end of the sandbox does not answer".into(),
+                    });
+                }
+            }
         }
         Ok(sandbox)
     }
