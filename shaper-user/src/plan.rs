@@ -159,3 +159,55 @@ pub fn plan(config: &Config, iface: &InterfaceConfig, direction: Direction, mtu:
         htb,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{config, services::Services};
+
+    fn plan_of(text: &str) -> Plan {
+        let conf = config::parse(Path::new("t.toml"), text, &Services::default()).unwrap();
+        plan(&conf, &conf.interfaces[0], Direction::Egress, 1500).unwrap()
+    }
+
+    #[test]
+    fn unrated_classes_share_what_the_rated_ones_leave() {
+        let p = plan_of(
+            "[[interface]]\nname = \"eth0\"\negress = \"100mbit\"\n\
+             [[class]]\nname = \"a\"\negress = \"40mbit\"\n\
+             [[class]]\nname = \"b\"\negress = { ceil = \"500mbit\" }\n",
+        );
+        let limits: Vec<(&str, u64, u64)> =
+            p.classes.iter().map(|c| (c.name.as_str(), c.rate_bps, c.ceil_bps)).collect();
+        // b and the implicit default split the 60 Mbit/s a leaves; ceilings stop at the capacity.
+        assert_eq!(
+            limits,
+            [
+                ("a", 40_000_000, 40_000_000),
+                ("b", 30_000_000, 100_000_000),
+                ("default", 30_000_000, 100_000_000)
+            ]
+        );
+        assert_eq!(p.htb.default_minor, 0x12);
+        assert_eq!((p.htb.root.rate_bps, p.htb.root.ceil_bps), (100_000_000, 100_000_000));
+    }
+
+    #[test]
+    fn bursts_and_quanta_follow_the_rate() {
+        let class =
+            |bps| PlannedClass { index: 0, name: "c".into(), rate_bps: bps, ceil_bps: bps, priority: 4 };
+        // 5 Gbit/s: 4 ms of traffic (2.5 MB), where tc's default would be a few kB.
+        let fast = leaf(&class(5_000_000_000), 1500);
+        assert_eq!((fast.class.burst_bytes, fast.class.cburst_bytes), (2_500_000, 2_500_000));
+        assert_eq!(fast.class.quantum, MAX_QUANTUM as u32);
+        assert_eq!(fast.queue, LeafQueue::Bfifo { limit_bytes: 16 * 1024 * 1024 });
+        // 1 Mbit/s: at least one GSO packet and a frame, a quantum of one frame.
+        let slow = leaf(&class(1_000_000), 1500);
+        assert_eq!(slow.class.burst_bytes, 65_536 + 1514);
+        assert_eq!(slow.class.quantum, 1514);
+        assert_eq!(slow.queue, LeafQueue::Bfifo { limit_bytes: 128 * 1024 });
+        assert_eq!(slow.class.minor, 0x10);
+    }
+}
