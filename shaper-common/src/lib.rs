@@ -20,6 +20,8 @@ pub const MAX_RULE_NODES: u32 = 4096;
 /// The rule table has two banks; the daemon fills the idle one and then flips
 /// [`Settings::rules_gen`], so the kernel never sees a half-written rule set.
 pub const RULE_BANKS: u32 = 2;
+/// Capacity of LISTENERS (bound ports).
+pub const MAX_LISTENERS: u32 = 16_384;
 /// Default capacity of the flow map (`[daemon] max_flows` overrides it at load).
 pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
 
@@ -77,6 +79,10 @@ pub const ORIGIN_PINNED: u8 = 2;
 /// crosses" (the rules matched nothing, or no rules are loaded).
 pub const CLASS_DEFAULT: u16 = 0xffff;
 
+/// [`FlowValue::flags`]: the kernel's verdict depended on a test only the daemon
+/// can make (or on a socket owner it did not know); the daemon has the final word.
+pub const FLOW_PROVISIONAL: u8 = 1;
+
 /// Value of the flow map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -85,7 +91,8 @@ pub struct FlowValue {
     pub class: u16,
     /// Who decided the class: one of the `ORIGIN_*` constants.
     pub origin: u8,
-    pub _pad: u8,
+    /// `FLOW_*` bits.
+    pub flags: u8,
     /// [`Settings::rules_gen`] at the time the kernel decided.
     pub rules_gen: u32,
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC) of the last packet.
@@ -154,9 +161,17 @@ pub struct Settings {
     /// Generation of the rule table in force. The active bank is `rules_gen % RULE_BANKS`.
     /// Zero means "no rules loaded yet": every flow takes its interface's default class.
     pub rules_gen: u32,
-    pub _pad: u32,
+    /// `SETTING_*` bits.
+    pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+
+/// The classifier evaluates process tests from socket owner records and sends
+/// each new flow to the daemon. Off, process tests are unknown to the kernel
+/// (the "scan only" model of pyshaper: the daemon decides at its next scan).
+pub const SETTING_PROCESS_RULES: u32 = 1;
+/// The rule table tests cgroups: look up the socket's cgroup ancestry on a miss.
+pub const SETTING_CGROUP_RULES: u32 = 2;
 
 /// Index of node `node` of bank `bank` in the rule table.
 #[inline(always)]
@@ -188,6 +203,24 @@ pub const OP_LPORT: u8 = 3;
 pub const OP_RADDR: u8 = 4;
 /// Local address in the prefix: `family` matches and `laddr & b == a`.
 pub const OP_LADDR: u8 = 5;
+/// The socket owner's uid in `lo..=hi` (owner tests are false, and the verdict
+/// provisional, when the socket has no owner record).
+pub const OP_UID: u8 = 6;
+/// The socket owner's gid in `lo..=hi`.
+pub const OP_GID: u8 = 7;
+/// The socket owner's process id (tgid) in `lo..=hi`.
+pub const OP_PID: u8 = 8;
+/// The socket owner's process name: `comm & b == a` over its 16 bytes.
+pub const OP_COMM: u8 = 9;
+/// The socket's cgroup id equals the u64 in `a[..8]` (native byte order).
+pub const OP_CGROUP: u8 = 10;
+/// The socket's cgroup, or its ancestor at level `lo`, has the id in `a[..8]`.
+pub const OP_CGROUP_UNDER: u8 = 11;
+/// A test only the daemon can make (exe, args, parent, …): false in the
+/// kernel, and the verdict is provisional.
+pub const OP_USERSPACE: u8 = 12;
+/// Cgroup levels below the root the classifier can test (deeper tests are left to the daemon).
+pub const MAX_CGROUP_LEVEL: u32 = 8;
 
 /// One node of the compiled rule table: a test and where to go next.
 ///
@@ -216,11 +249,72 @@ pub struct RuleNode {
 }
 const _: () = assert!(core::mem::size_of::<RuleNode>() == 48);
 
+/// The process that owns a socket, as the cgroup socket hooks saw it (OWNERS:
+/// socket cookie → Owner; LISTENERS: [`ListenKey`] → Owner).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Owner {
+    /// Process id (the thread group id).
+    pub tgid: u32,
+    /// Real uid and gid, as seen from the initial user namespace.
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    /// cgroup v2 id (the inode number of its directory) of the process.
+    pub cgroup_id: u64,
+    /// The socket the record was written for (for LISTENERS: the bound socket,
+    /// so that its release removes only its own entry).
+    pub cookie: u64,
+    /// Name of the thread that made the socket, NUL-padded (at most 15 characters).
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<Owner>() == 48);
+
+/// Key of LISTENERS: a bound port. Connections accepted on it inherit its owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ListenKey {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub proto: u8,
+    /// Host byte order.
+    pub port: u16,
+}
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 4);
+
+/// [`FlowEvent::flags`]: `owner` is valid.
+pub const EVENT_OWNER: u16 = 1;
+/// [`FlowEvent::flags`]: the kernel's verdict is provisional (see [`FLOW_PROVISIONAL`]).
+pub const EVENT_PROVISIONAL: u16 = 2;
+
+/// A new flow with a local socket, sent by the classifier to the daemon
+/// through the EVENTS ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEvent {
+    pub key: FlowKey,
+    pub owner: Owner,
+    /// Cookie of the packet's socket.
+    pub cookie: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at the flow's first packet.
+    pub ts_ns: u64,
+    /// The kernel's verdict: a class index or [`CLASS_DEFAULT`].
+    pub class: u16,
+    /// `EVENT_*` bits.
+    pub flags: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 112);
+
 /// Error counters, a per-CPU array indexed by the `ERR_*` constants.
 pub const ERR_FLOW_INSERT: u32 = 0;
 pub const ERR_RULE_EVAL: u32 = 1;
 pub const ERR_NO_IFACE: u32 = 2;
-pub const ERR_COUNT: u32 = 4;
+/// The EVENTS ring buffer was full: the daemon will see the flow at its next scan.
+pub const ERR_EVENT_LOST: u32 = 3;
+/// OWNERS or LISTENERS could not take a record.
+pub const ERR_OWNER_INSERT: u32 = 4;
+pub const ERR_COUNT: u32 = 8;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -232,4 +326,7 @@ mod pod {
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::RuleNode {}
+    unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::FlowEvent {}
 }

@@ -6,6 +6,27 @@ pub const PROG_TC_EGRESS: &str = "tc_egress";
 /// A classifier that does nothing: the baseline of the per-packet cost benchmark.
 pub const PROG_TC_PASSTHROUGH: &str = "tc_passthrough";
 
+/// cgroup/sock_create: records the owner of every new IPv4/IPv6 socket.
+pub const PROG_SOCK_CREATE: &str = "sock_create";
+/// cgroup/sock_release: forgets it.
+pub const PROG_SOCK_RELEASE: &str = "sock_release";
+/// cgroup/post_bind4 and 6: a bound port's owner, inherited by accepted connections.
+pub const PROG_POST_BIND4: &str = "post_bind4";
+pub const PROG_POST_BIND6: &str = "post_bind6";
+/// cgroup/connect4 and 6: the connecting process becomes the owner.
+pub const PROG_CONNECT4: &str = "connect4";
+pub const PROG_CONNECT6: &str = "connect6";
+/// cgroup/sendmsg4 and 6: likewise for unconnected UDP.
+pub const PROG_SENDMSG4: &str = "sendmsg4";
+pub const PROG_SENDMSG6: &str = "sendmsg6";
+
+/// LRU hash: socket cookie (u64) → [`crate::Owner`].
+pub const MAP_OWNERS: &str = "OWNERS";
+/// Hash: [`crate::ListenKey`] → [`crate::Owner`].
+pub const MAP_LISTENERS: &str = "LISTENERS";
+/// Ring buffer of [`crate::FlowEvent`].
+pub const MAP_EVENTS: &str = "EVENTS";
+
 /// LRU hash: [`crate::FlowKey`] → [`crate::FlowValue`].
 pub const MAP_FLOWS: &str = "FLOWS";
 /// Array: the two banks of [`crate::RuleNode`].

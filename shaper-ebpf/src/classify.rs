@@ -1,19 +1,34 @@
 //! The per-packet path shared by the egress (and later ingress) classifiers.
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_xadd, AtomicOrdering},
+};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, programs::TcContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::{
+        bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
+    },
+    programs::TcContext,
+};
 use aya_log_ebpf::debug;
 use shaper_common::{
-    class_stats_index, classid_of, FlowKey, FlowValue, CLASS_DEFAULT, ERR_FLOW_INSERT, ERR_NO_IFACE,
-    ORIGIN_KERNEL, TARGET_VERDICT,
+    class_stats_index, classid_of, FlowEvent, FlowKey, FlowValue, ListenKey, CLASS_DEFAULT, ERR_EVENT_LOST,
+    ERR_FLOW_INSERT, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FLOW_PROVISIONAL, ORIGIN_KERNEL,
+    SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_VERDICT,
 };
 
 use crate::{
-    maps::{count_error, CLASS_STATS, FLOWS, IFACES, SETTINGS},
+    maps::{count_error, CLASS_STATS, EVENTS, FLOWS, IFACES, LISTENERS, OWNERS, SCRATCH, SETTINGS},
     packet::{flow_key, Side},
-    rules, TC_ACT_UNSPEC,
+    rules::{self, Walk, CGROUP_LEVELS},
+    TC_ACT_UNSPEC,
 };
+
+/// `TCP_TIME_WAIT` in `bpf_sock.state`.
+const TCP_TIME_WAIT: u32 = 6;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Direction {
@@ -37,29 +52,156 @@ fn add(counter: &mut u64, n: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
 }
 
+/// Fills in what the rules may ask about the packet's socket (its owner and its
+/// cgroup ancestry) in SCRATCH. Returns the socket's cookie (0 when the packet
+/// has no socket, or the facts could not be stored).
+#[inline(always)]
+fn socket_facts(ctx: &TcContext, settings: u32, key: &FlowKey) -> u64 {
+    let Some(facts) = SCRATCH.get_ptr_mut(0) else { return 0 };
+    // SAFETY: this CPU's slot of SCRATCH, used by nothing else during this run.
+    let facts = unsafe { &mut *facts };
+    facts.has_owner = 0;
+    facts.has_cgroup = 0;
+    if settings & SETTING_PROCESS_RULES == 0 {
+        return 0;
+    }
+    let skb = ctx.skb.skb;
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(skb as *mut c_void) };
+    if cookie == 0 {
+        return 0;
+    }
+    // SAFETY: read-only look at a map value.
+    if let Some(owner) = unsafe { OWNERS.get(cookie) } {
+        facts.owner = *owner;
+        facts.has_owner = 1;
+    } else {
+        // A socket no hook saw: a connection accepted on a bound port (or the
+        // handshake's request socket) inherits the port's owner. Time-wait
+        // sockets are left out: their port may have been reused since.
+        // SAFETY: reading the context's socket pointer, checked for null below.
+        let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+        // SAFETY: `sk` is a valid socket (common part) after the null check.
+        if !sk.is_null() && unsafe { (*sk).state } != TCP_TIME_WAIT {
+            let listen = ListenKey { family: key.family, proto: key.proto, port: key.lport };
+            // SAFETY: read-only look at a map value.
+            if let Some(owner) = unsafe { LISTENERS.get(listen) } {
+                facts.owner = *owner;
+                facts.has_owner = 1;
+            }
+        }
+    }
+    if settings & SETTING_CGROUP_RULES != 0 {
+        // SAFETY: helpers on the program's own context.
+        facts.cgroup = unsafe { bpf_skb_cgroup_id(skb) };
+        if facts.cgroup != 0 {
+            facts.has_cgroup = 1;
+            let mut level = 0;
+            while level < CGROUP_LEVELS {
+                // SAFETY: as above; levels past the socket's depth give 0.
+                facts.ancestors[level] = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
+                level += 1;
+            }
+        }
+    }
+    cookie
+}
+
+/// Tells the daemon about a flow the kernel just decided.
+#[inline(always)]
+fn send_event(walk: &Walk, cookie: u64, class: u16, provisional: bool) {
+    let Some(facts) = SCRATCH.get(0) else { return };
+    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
+        count_error(ERR_EVENT_LOST);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved ring-buffer slot of the right size;
+    // every field is written before the slot is submitted.
+    unsafe {
+        (*event).key = walk.key;
+        (*event).owner = facts.owner;
+        (*event).cookie = cookie;
+        (*event).ts_ns = bpf_ktime_get_ns();
+        (*event).class = class;
+        let mut flags = 0;
+        if facts.has_owner != 0 {
+            flags |= EVENT_OWNER;
+        }
+        if provisional {
+            flags |= EVENT_PROVISIONAL;
+        }
+        (*event).flags = flags;
+        (*event)._pad = 0;
+    }
+    entry.submit(0);
+}
+
+/// A verdict, with what the daemon must be told about it.
+struct Decision {
+    class: u16,
+    provisional: bool,
+    /// The packet's socket (0: none, nothing to tell).
+    cookie: u64,
+}
+
+impl Decision {
+    #[inline(always)]
+    fn flags(&self) -> u8 {
+        if self.provisional {
+            FLOW_PROVISIONAL
+        } else {
+            0
+        }
+    }
+
+    /// Tells the daemon, once the flow entry it will look for exists.
+    #[inline(always)]
+    fn report(&self, walk: &Walk) {
+        if self.cookie != 0 {
+            send_event(walk, self.cookie, self.class, self.provisional);
+        }
+    }
+}
+
+/// Evaluates the rules for a flow.
+#[inline(always)]
+fn decide(ctx: &TcContext, rules_gen: u32, settings: u32, walk: &mut Walk) -> Decision {
+    let cookie = socket_facts(ctx, settings, &walk.key);
+    let (verdict, provisional) = rules::evaluate(walk, rules_gen);
+    Decision { class: verdict_class(verdict), provisional, cookie }
+}
+
 /// The class of the flow `key`, creating its flow entry on first sight.
 #[inline(always)]
 fn flow_class(ctx: &TcContext, key: &FlowKey, len: u64) -> u16 {
-    let rules_gen = SETTINGS.get(0).map(|s| s.rules_gen).unwrap_or(0);
+    let (rules_gen, settings) = SETTINGS.get(0).map_or((0, 0), |s| (s.rules_gen, s.flags));
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a value pointer from the map, valid for this program run.
         let flow = unsafe { &mut *flow };
         if flow.origin == ORIGIN_KERNEL && flow.rules_gen != rules_gen {
-            flow.class = verdict_class(rules::evaluate(key, rules_gen));
+            let mut walk = Walk::new(key);
+            let decision = decide(ctx, rules_gen, settings, &mut walk);
+            flow.class = decision.class;
+            flow.flags = decision.flags();
             flow.rules_gen = rules_gen;
+            decision.report(&walk);
         }
         flow.last_seen_ns = now;
         add(&mut flow.tx_bytes, len);
         add(&mut flow.tx_packets, 1);
         return flow.class;
     }
-    let class = verdict_class(rules::evaluate(key, rules_gen));
+    let mut walk = Walk::new(key);
+    let decision = decide(ctx, rules_gen, settings, &mut walk);
+    let class = decision.class;
     debug!(ctx, "new flow proto {} lport {} rport {}: class {}", key.proto, key.lport, key.rport, class);
     let flow = FlowValue {
         class,
         origin: ORIGIN_KERNEL,
+        flags: decision.flags(),
         rules_gen,
         last_seen_ns: now,
         tx_bytes: len,
@@ -72,6 +214,7 @@ fn flow_class(ctx: &TcContext, key: &FlowKey, len: u64) -> u16 {
             count_error(ERR_FLOW_INSERT);
         }
     }
+    decision.report(&walk);
     class
 }
 

@@ -1,4 +1,5 @@
-//! shaper's eBPF programs: the tc classifier that stamps each packet with the
+//! shaper's eBPF programs: the cgroup socket hooks that record who owns each
+//! socket (owner.rs), the tc classifier that stamps each packet with the
 //! HTB class of its flow, and a do-nothing classifier used as the benchmark
 //! baseline.
 //!
@@ -14,6 +15,7 @@
 
 mod classify;
 mod maps;
+mod owner;
 mod packet;
 mod rules;
 

@@ -1,12 +1,13 @@
 //! The maps shared with the daemon. Names and value types come from shaper-common.
 
+use crate::rules::SocketFacts;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use shaper_common::{
-    ClassStats, FlowKey, FlowValue, IfaceInfo, RuleNode, Settings, CLASS_STATS_ENTRIES, DEFAULT_MAX_FLOWS,
-    ERR_COUNT, MAX_IFACES, MAX_RULE_NODES, RULE_BANKS,
+    ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, RuleNode, Settings, CLASS_STATS_ENTRIES,
+    DEFAULT_MAX_FLOWS, ERR_COUNT, MAX_IFACES, MAX_LISTENERS, MAX_RULE_NODES, RULE_BANKS,
 };
 
 /// Socket tuple → class and counters. Sized at load by the daemon (`max_flows`).
@@ -27,6 +28,23 @@ pub(crate) static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MA
 #[map]
 pub(crate) static CLASS_STATS: PerCpuArray<ClassStats> =
     PerCpuArray::with_max_entries(CLASS_STATS_ENTRIES, 0);
+
+/// Socket cookie → the process that owns the socket. Sized at load like FLOWS.
+#[map]
+pub(crate) static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Bound port → its owner, for connections accepted on it.
+#[map]
+pub(crate) static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// New flows for the daemon (`FlowEvent`s).
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+const EVENTS_BYTES: u32 = 2 * 1024 * 1024;
+
+/// The socket facts of the packet being classified (see `rules::SocketFacts`).
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<SocketFacts> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub(crate) static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_COUNT, 0);

@@ -30,8 +30,8 @@ use shaper_user::{
     datapath::{Datapath, LoadOptions},
     packets::Frame,
     plan,
+    rules::{compile::NoCgroups, SystemEnv},
     sandbox::{finish_client, spawn_client, Daemon, IperfServer, Netns, Sandbox},
-    services::Services,
     table::Table,
     tc,
     units::format_rate,
@@ -129,10 +129,10 @@ fn fill_flows(dp: &mut Datapath, count: usize, except: &FlowKey) -> Result<()> {
 }
 
 fn load_datapath(ifindex: u32) -> Result<Datapath> {
-    let conf = config::parse(Path::new("bench.toml"), RULES, &Services::load_or_empty())?;
+    let conf = config::parse(Path::new("bench.toml"), RULES, &SystemEnv::load().env())?;
     let mut dp = Datapath::load(LoadOptions { max_flows: 131_072, kernel_log_level: 0 })
         .context("loading the eBPF object (are you root?)")?;
-    dp.set_rules(&conf.compile_rules()?)?;
+    dp.set_rules(&conf.compile_rules(&NoCgroups)?.nodes)?;
     let mut info =
         IfaceInfo { slot: 0, default_class: 0, l2_len: 14, classes: [0; (MAX_CLASSES / 64) as usize] };
     info.classes[0] = (1 << conf.classes.len()) - 1;
@@ -263,7 +263,7 @@ fn throughput(rows: &mut Vec<Row>) -> Result<()> {
         "[[interface]]\nname = \"{}\"\negress = \"100gbit\"\n[[class]]\nname = \"all\"\negress = {{ rate = \"50gbit\", ceil = \"100gbit\" }}\nmatch = 'rport == 5201'\n",
         shaped.dev_a
     );
-    let _daemon = Daemon::start(&shaped.a, Path::new(SHAPER), &shaped.tag, &config)?;
+    let _daemon = Daemon::start(&shaped, Path::new(SHAPER), &config)?;
     let _s1 = IperfServer::start(&bare.b, Sandbox::ADDR_B4, 5201)?;
     let _s2 = IperfServer::start(&shaped.b, Sandbox::ADDR_B4, 5201)?;
     let args = ["-t", &THROUGHPUT_SECONDS.to_string(), "-O", "1"];
@@ -293,7 +293,7 @@ fn rate_accuracy(rows: &mut Vec<Row>) -> Result<()> {
         "[[interface]]\nname = \"{}\"\negress = \"100gbit\"\n[[class]]\nname = \"five\"\negress = \"{RATE_CLASS_BPS}\"\nmatch = 'rport == 5201'\n",
         sandbox.dev_a
     );
-    let _daemon = Daemon::start(&sandbox.a, Path::new(SHAPER), &sandbox.tag, &config)?;
+    let _daemon = Daemon::start(&sandbox, Path::new(SHAPER), &config)?;
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201)?;
     let args = ["-t", &THROUGHPUT_SECONDS.to_string(), "-O", "1"];
     let mut runs = Vec::new();
@@ -345,7 +345,7 @@ fn apply(rows: &mut Vec<Row>) -> Result<()> {
             "[[class]]\nname = \"c{i}\"\negress = {{ rate = \"1mbit\", ceil = \"100mbit\" }}\n"
         ));
     }
-    let conf = config::parse(Path::new("bench.toml"), &text, &Services::default())?;
+    let conf = config::parse(Path::new("bench.toml"), &text, &SystemEnv::default().env())?;
     let iface = conf.interfaces.first().ok_or_else(|| anyhow!("no interface"))?;
     let plan = plan::plan(&conf, iface, plan::Direction::Egress, 1500).ok_or_else(|| anyhow!("no plan"))?;
     let batch_file = std::env::temp_dir().join(format!("shaper-bench-{}.tc", sandbox.tag));

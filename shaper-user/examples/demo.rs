@@ -9,8 +9,8 @@ use std::{path::Path, process::ExitCode, time::Duration};
 
 use shaper_user::{
     config, error_chain, plan,
+    rules::SystemEnv,
     sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox},
-    services::Services,
     table::Table,
     units::format_rate,
 };
@@ -85,8 +85,7 @@ fn demo() -> Result<(), String> {
     let qdisc_before = sandbox.a.run("tc", &["qdisc", "show", "dev", &sandbox.dev_a]).map_err(err)?;
 
     step("starting `shaper run` with config/demo.toml in the shaped namespace");
-    let mut daemon =
-        Daemon::start(&sandbox.a, std::path::Path::new(&shaper), &sandbox.tag, &config).map_err(err)?;
+    let mut daemon = Daemon::start(&sandbox, std::path::Path::new(&shaper), &config).map_err(err)?;
     print!("{}", shaper_output(&sandbox, &shaper, &daemon.socket, "status")?);
 
     step(&format!("three iperf3 TCP streams at once for {SECONDS} s, one per class"));
@@ -111,7 +110,7 @@ fn demo() -> Result<(), String> {
     let results: Vec<_> = clients.into_iter().map(finish_client).collect::<Result<_, _>>().map_err(err)?;
 
     step("measured by iperf3 at the receiver, next to what the classes allow");
-    let conf = config::parse(&config_path, &config, &Services::load_or_empty()).map_err(|e| e.to_string())?;
+    let conf = config::parse(&config_path, &config, &SystemEnv::load().env()).map_err(|e| e.to_string())?;
     let iface = conf.interfaces.first().ok_or("the demo config has no interface")?;
     let plan = plan::plan(&conf, iface, plan::Direction::Egress, 1500).ok_or("no egress plan")?;
     let limits: Vec<(u64, u64)> = streams

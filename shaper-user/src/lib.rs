@@ -8,24 +8,32 @@
 //! | [`config`] | the TOML config: schema, validation, errors with file:line:col |
 //! | [`units`] | rates, durations and sizes: parsing and human formatting |
 //! | [`rules`] | the `match` language: parser, typing, compiler to the kernel rule table |
+//! | [`accounts`] | user and group names ↔ ids |
 //! | [`services`] | /etc/services names for `service ==` |
 //! | [`plan`] | config → the HTB tree of an interface (rates, bursts, quanta, queues) |
 //! | [`tc`] | rtnetlink: links, qdiscs, HTB classes and their counters |
 //! | [`datapath`] | the eBPF object: loading, maps, attaching to interfaces |
 //! | [`procscan`] | the /proc scan of connected sockets |
+//! | [`process`] | what /proc tells about a process: the facts rules test, who holds which socket |
+//! | [`cgroups`] | the cgroup v2 hierarchy: paths ↔ ids |
+//! | [`events`] | the classifier's reports of new flows |
 //! | [`daemon`] | `shaper run`: start-up, the reconcile loop, teardown |
 //! | [`control`] | the control socket protocol, server and client |
 //! | [`flows`], [`table`], [`bpffs`] | small helpers |
 //! | [`packets`], [`sandbox`] | crafted frames and network namespaces for tests, demo, benchmarks |
 
+pub mod accounts;
 pub mod bpffs;
+pub mod cgroups;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod events;
 pub mod flows;
 pub mod packets;
 pub mod plan;
+pub mod process;
 pub mod procscan;
 pub mod rules;
 pub mod sandbox;

@@ -9,11 +9,12 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use shaper_user::{
+    cgroups::{self, Cgroups},
     config::{self, Config},
     control::{self, ClassRow, Command, ConnRow, Status},
     daemon::{self, RunOptions},
     error_chain, plan,
-    services::Services,
+    rules::SystemEnv,
     table::Table,
     tc,
     units::{format_bytes, format_rate},
@@ -41,6 +42,9 @@ enum Verb {
         /// Control socket to listen on, instead of the config's `control_socket`.
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// cgroup v2 directory to attach the socket hooks to, instead of the config's `cgroup`.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
     },
     /// Validate a config file and summarise its classes (exit 1 on error).
     Check {
@@ -83,8 +87,7 @@ fn main() -> ExitCode {
 }
 
 fn load_config(path: &Path) -> Result<Config> {
-    let services = Services::load_or_empty();
-    Ok(config::load(path, &services)?)
+    Ok(config::load(path, &SystemEnv::load().env())?)
 }
 
 /// The aya-log level for the kernel programs, from RUST_LOG's `shaper_ebpf` target.
@@ -98,10 +101,13 @@ fn kernel_log_level() -> u8 {
 
 fn dispatch(verb: Verb) -> Result<()> {
     match verb {
-        Verb::Run { config, socket } => {
+        Verb::Run { config, socket, cgroup } => {
             let mut conf = load_config(&config)?;
             if let Some(socket) = socket {
                 conf.daemon.control_socket = socket;
+            }
+            if let Some(cgroup) = cgroup {
+                conf.daemon.cgroup = Some(cgroup);
             }
             let names: Vec<String> = conf.interfaces.iter().map(|i| i.name.clone()).collect();
             let netlink = tc::Netlink::open().context("opening netlink")?;
@@ -152,7 +158,11 @@ fn check(path: &Path) -> Result<()> {
     if let Ok(netlink) = tc::Netlink::open() {
         conf.check_interfaces_exist(|name| tc::link_by_name(&netlink, name).ok().flatten().is_some())?;
     }
-    let nodes = conf.compile_rules()?;
+    // Cgroup and unit names resolve against this host's hierarchy, if it has one.
+    let compiled = match cgroups::v2_root() {
+        Ok(root) => conf.compile_rules(&Cgroups::new(root))?,
+        Err(_) => conf.compile_rules(&shaper_user::rules::compile::NoCgroups)?,
+    };
     println!("{}: ok", path.display());
     for iface in &conf.interfaces {
         let ingress = iface.ingress_bps.map_or_else(
@@ -188,7 +198,17 @@ fn check(path: &Path) -> Result<()> {
         }
         print!("{}", indent(&table.render()));
     }
-    println!("rule table: {} kernel tests (of {})", nodes.len(), shaper_common::MAX_RULE_NODES);
+    let userspace = compiled.nodes.iter().filter(|n| n.op == shaper_common::OP_USERSPACE).count();
+    println!(
+        "rule table: {} kernel tests (of {}){}",
+        compiled.nodes.len(),
+        shaper_common::MAX_RULE_NODES,
+        if userspace > 0 {
+            format!(", {userspace} of them left to the daemon (exe, args, parent, ancestor, patterns)")
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }
 
@@ -221,10 +241,26 @@ fn print_status(status: &Status, json: bool) -> Result<()> {
     println!("  flows: {} of {}", status.flows, status.max_flows);
     if let Some(scan) = &status.last_scan {
         println!(
-            "  last scan: {} sockets, {} adopted, {} stale removed, {} µs (every {} ms)",
-            scan.sockets, scan.adopted, scan.removed, scan.micros, status.scan_interval_ms
+            "  last scan: {} sockets, {} adopted, {} corrected, {} stale removed, {} µs (every {} ms)",
+            scan.sockets, scan.adopted, scan.corrected, scan.removed, scan.micros, status.scan_interval_ms
         );
     }
+    match &status.hooks_cgroup {
+        Some(cgroup) => println!("  socket hooks: cgroup {cgroup}"),
+        None => println!("  socket hooks: off (process rules are decided by the /proc scan)"),
+    }
+    let d = &status.decisions;
+    let us = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} µs"));
+    println!(
+        "  new flows: {} reported, {} provisional, {} moved by the daemon (p50 {}, p99 {}, max {}; {} in provisional classes)",
+        d.events,
+        d.provisional,
+        d.changed,
+        us(d.p50_us),
+        us(d.p99_us),
+        us(d.max_us),
+        format_bytes(d.provisional_bytes)
+    );
     let errors: Vec<String> =
         status.errors.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect();
     println!(
@@ -279,10 +315,14 @@ fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
         ("LOCAL", false),
         ("REMOTE", false),
         ("STATE", false),
+        ("PID", true),
+        ("USER", false),
+        ("CMD", false),
         ("CLASS", false),
         ("BY", false),
         ("SENT", true),
         ("IDLE", true),
+        ("RULE", false),
     ]);
     for r in rows {
         table.row(vec![
@@ -290,10 +330,14 @@ fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
             r.local.clone(),
             r.remote.clone(),
             r.state.clone(),
+            r.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+            r.user.clone().unwrap_or_else(|| "-".to_string()),
+            r.cmd.clone().unwrap_or_else(|| "-".to_string()),
             r.class.clone(),
             r.origin.clone(),
             format_bytes(r.tx_bytes),
             format!("{:.1}s", r.idle_ms as f64 / 1000.0),
+            r.rule.clone().unwrap_or_else(|| "-".to_string()),
         ]);
     }
     print!("{}", table.render());

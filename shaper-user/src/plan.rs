@@ -165,10 +165,11 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{config, services::Services};
+    use crate::config;
 
     fn plan_of(text: &str) -> Plan {
-        let conf = config::parse(Path::new("t.toml"), text, &Services::default()).unwrap();
+        let env = crate::rules::SystemEnv::default();
+        let conf = config::parse(Path::new("t.toml"), text, &env.env()).unwrap();
         plan(&conf, &conf.interfaces[0], Direction::Egress, 1500).unwrap()
     }
 

@@ -90,6 +90,10 @@ pub struct ScanReport {
     pub adopted: usize,
     /// Flow entries removed: no socket and idle for longer than the scan interval.
     pub removed: usize,
+    /// Flows moved to another class because their process is not what the
+    /// kernel knew (it exec'd, or the socket changed hands).
+    #[serde(default)]
+    pub corrected: usize,
     /// Wall time of the pass, microseconds.
     pub micros: u64,
 }

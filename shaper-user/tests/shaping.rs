@@ -88,7 +88,7 @@ match = 'rport == 5202'
 "#,
         dev = sandbox.dev_a
     );
-    let daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
     let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
     let _s2 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5202).unwrap();
     let args = ["-t", "8", "-O", "2"];
@@ -127,7 +127,7 @@ egress = {{ rate = "1mbit", ceil = "3mbit" }}
 "#,
         dev = sandbox.dev_a
     );
-    let daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
     let _in_range = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 6005).unwrap();
     let _out_of_range = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 6011).unwrap();
     let _v6 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B6, 6006).unwrap();
@@ -169,7 +169,7 @@ match = 'rport == 5301'
 "#,
         dev = sandbox.dev_a
     );
-    let daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5301).unwrap();
     let before = classes(&daemon);
     let default_before = class(&before, "default")["bytes"].as_u64().unwrap();
@@ -224,7 +224,7 @@ match = 'rport in [80, 443]'
 "#,
         dev = sandbox.dev_a
     );
-    let mut daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let mut daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
     let during = qdiscs(&sandbox);
     assert!(during.contains("qdisc htb 1: root"), "{during}");
     assert!(!attached_programs(&sandbox).is_empty(), "classifier not attached");
@@ -243,7 +243,7 @@ fn a_bad_config_fails_with_its_position_and_attaches_nothing() {
         "[[interface]]\nname = \"{dev}\"\negress = \"100mbit\"\n\n[[class]]\nname = \"web\"\nmatch = 'rprot == 80'\n",
         dev = sandbox.dev_a
     );
-    let mut daemon = Daemon::spawn(&sandbox.a, shaper(), &sandbox.tag, &config, &[]).unwrap();
+    let mut daemon = Daemon::spawn(&sandbox, shaper(), &config, &[]).unwrap();
     let status = daemon.wait(Duration::from_secs(20)).unwrap();
     let log = daemon.log_text();
     assert!(!status.success(), "a bad config must fail: {log}");
@@ -280,7 +280,7 @@ fn a_foreign_root_qdisc_is_refused_and_left_alone() {
         .unwrap();
     let before = qdiscs(&sandbox);
     let config = format!("[[interface]]\nname = \"{}\"\negress = \"100mbit\"\n", sandbox.dev_a);
-    let mut daemon = Daemon::spawn(&sandbox.a, shaper(), &sandbox.tag, &config, &[]).unwrap();
+    let mut daemon = Daemon::spawn(&sandbox, shaper(), &config, &[]).unwrap();
     let status = daemon.wait(Duration::from_secs(20)).unwrap();
     let log = daemon.log_text();
     assert!(!status.success());
@@ -293,7 +293,7 @@ fn a_foreign_root_qdisc_is_refused_and_left_alone() {
 fn a_second_daemon_on_the_same_socket_is_refused() {
     let sandbox = Sandbox::new("twice").unwrap();
     let config = format!("[[interface]]\nname = \"{}\"\negress = \"100mbit\"\n", sandbox.dev_a);
-    let first = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let first = Daemon::start(&sandbox, shaper(), &config).unwrap();
     // A second daemon with the same socket (its run directory is the first one's).
     let out = sandbox
         .a
@@ -318,7 +318,7 @@ fn the_cli_prints_tables_and_the_documented_json() {
         "[[interface]]\nname = \"{}\"\negress = \"100mbit\"\n\n[[class]]\nname = \"web\"\npriority = 2\negress = {{ rate = \"10mbit\", ceil = \"50mbit\" }}\nmatch = 'rport == 5401'\n",
         sandbox.dev_a
     );
-    let daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B6, 5401).unwrap();
     let client = spawn_client(&sandbox.a, Sandbox::ADDR_B6, 5401, &["-t", "3"]).unwrap();
     std::thread::sleep(Duration::from_secs(1));
@@ -374,7 +374,7 @@ fn a_connection_opened_before_the_daemon_is_shaped_once_it_starts() {
         "[[interface]]\nname = \"{}\"\negress = \"1gbit\"\n\n[[class]]\nname = \"capped\"\negress = \"5mbit\"\nmatch = 'rport == 5501'\n",
         sandbox.dev_a
     );
-    let daemon = Daemon::start(&sandbox.a, shaper(), &sandbox.tag, &config).unwrap();
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
     // Both of iperf3's connections (control and data) are listed in the class.
     assert_eq!(classes_of(&daemon, &format!("{}:5501", Sandbox::ADDR_B4)), ["capped", "capped"]);
     // And the running transfer is capped: HTB's own counter of the class, over 3 s.

@@ -14,15 +14,18 @@ use std::{
     time::Duration,
 };
 
-use shaper_common::{RuleNode, DEFAULT_MAX_FLOWS, MAX_CLASSES, MAX_IFACES};
+use shaper_common::{DEFAULT_MAX_FLOWS, MAX_CLASSES, MAX_IFACES};
 use toml::Spanned;
 
 pub use position::Pos;
 use raw::{RateValue, RawClass, RawConfig, RawInterface, RawLimit};
 
 use crate::{
-    rules::{self, compile::TooLarge, Rule},
-    services::Services,
+    rules::{
+        self,
+        compile::{CgroupIndex, Compiled, NoCgroups, TooLarge},
+        Env, Rule,
+    },
     units,
 };
 
@@ -69,6 +72,14 @@ pub struct DaemonConfig {
     /// Capacity of the kernel flow map (LRU: the least recently used flow is
     /// evicted when it is full, and re-classified on its next packet).
     pub max_flows: u32,
+    /// The cgroup v2 directory the socket hooks attach to (`None`: the root of
+    /// the cgroup v2 hierarchy): processes outside it are matched by their
+    /// connections' network attributes, and by the /proc scan.
+    pub cgroup: Option<PathBuf>,
+    /// New connections are sent to the daemon as they appear (the default).
+    /// `false` leaves process rules to the /proc scan alone, as pyshaper did:
+    /// only for comparisons.
+    pub event_driven: bool,
 }
 
 /// A class's limit in one direction. `None` rate: reserves nothing; `None`
@@ -119,15 +130,15 @@ pub struct Config {
 }
 
 /// Reads and validates the config at `path`.
-pub fn load(path: &Path, services: &Services) -> Result<Config, ConfigError> {
+pub fn load(path: &Path, env: &Env<'_>) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    parse(path, &text, services)
+    parse(path, &text, env)
 }
 
 /// Validates config `text`; `path` is used in error messages.
-pub fn parse(path: &Path, text: &str, services: &Services) -> Result<Config, ConfigError> {
-    Validator { path, text, services }.config()
+pub fn parse(path: &Path, text: &str, env: &Env<'_>) -> Result<Config, ConfigError> {
+    Validator { path, text, env }.config()
 }
 
 impl Config {
@@ -152,10 +163,10 @@ impl Config {
     }
 
     /// The kernel rule table for the classes' `match` rules, in file order.
-    pub fn compile_rules(&self) -> Result<Vec<RuleNode>, TooLarge> {
+    pub fn compile_rules(&self, cgroups: &dyn CgroupIndex) -> Result<Compiled, TooLarge> {
         let rules: Vec<(u16, &rules::Pred)> =
             self.classes.iter().filter_map(|c| c.rule.as_ref().map(|r| (c.index, &r.pred))).collect();
-        rules::compile::compile(&rules)
+        rules::compile::compile(&rules, cgroups)
     }
 
     /// Checks that every interface exists (`exists` asks the host).
@@ -179,7 +190,7 @@ impl Config {
 struct Validator<'a> {
     path: &'a Path,
     text: &'a str,
-    services: &'a Services,
+    env: &'a Env<'a>,
 }
 
 impl Validator<'_> {
@@ -248,7 +259,7 @@ impl Validator<'_> {
         for (iface, raw_iface) in config.interfaces.iter().zip(&raw.interface) {
             self.check_reserved(&config, iface, raw_iface.get_ref())?;
         }
-        if let Err(e) = config.compile_rules() {
+        if let Err(e) = config.compile_rules(&NoCgroups) {
             let last = raw.class.iter().rev().find_map(|c| c.get_ref().rule.as_ref());
             return Err(self.error_at(last.map_or(0, |r| r.span().start), e.to_string()));
         }
@@ -260,6 +271,8 @@ impl Validator<'_> {
             scan_interval: DEFAULT_SCAN_INTERVAL,
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             max_flows: DEFAULT_MAX_FLOWS,
+            cgroup: None,
+            event_driven: true,
         };
         let Some(d) = &raw.daemon else { return Ok(daemon) };
         if let Some(s) = &d.scan_interval {
@@ -291,6 +304,16 @@ impl Validator<'_> {
                 ));
             }
             daemon.max_flows = *n.get_ref() as u32;
+        }
+        if let Some(c) = &d.cgroup {
+            let path = PathBuf::from(c.get_ref());
+            if !path.is_absolute() {
+                return Err(self.error(c, "cgroup must be the absolute path of a cgroup v2 directory"));
+            }
+            daemon.cgroup = Some(path);
+        }
+        if let Some(e) = &d.event_driven {
+            daemon.event_driven = *e.get_ref();
         }
         Ok(daemon)
     }
@@ -377,7 +400,7 @@ impl Validator<'_> {
             let ingress = c.ingress.as_ref().map(|l| self.limit(l, name, "ingress")).transpose()?;
             let rule = match &c.rule {
                 None => None,
-                Some(source) => Some(Rule::parse(source.get_ref(), self.services).map_err(|e| {
+                Some(source) => Some(Rule::parse(source.get_ref(), self.env).map_err(|e| {
                     let span = source.span();
                     let offset = position::string_content_start(self.text, span.clone(), source.get_ref())
                         .map_or(span.start, |start| start + e.span.start);

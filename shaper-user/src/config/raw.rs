@@ -26,6 +26,8 @@ pub struct RawDaemon {
     pub scan_interval: Option<Spanned<String>>,
     pub control_socket: Option<Spanned<String>>,
     pub max_flows: Option<Spanned<i64>>,
+    pub cgroup: Option<Spanned<String>>,
+    pub event_driven: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,4 +7,6 @@ pub mod client;
 pub mod protocol;
 pub mod server;
 
-pub use protocol::{ClassRow, Command, ConnRow, InterfaceStatus, Reply, Request, Status, PROTOCOL_VERSION};
+pub use protocol::{
+    ClassRow, Command, ConnRow, Decisions, InterfaceStatus, Reply, Request, Status, PROTOCOL_VERSION,
+};

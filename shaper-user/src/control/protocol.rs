@@ -69,6 +69,32 @@ pub struct Status {
     pub errors: std::collections::BTreeMap<String, u64>,
     pub scan_interval_ms: u64,
     pub last_scan: Option<crate::procscan::ScanReport>,
+    /// The cgroup the socket hooks are attached to (absent: process rules are
+    /// left to the /proc scan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_cgroup: Option<String>,
+    #[serde(default)]
+    pub decisions: Decisions,
+}
+
+/// How the daemon decided flows the kernel could not (`status`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Decisions {
+    /// New flows the classifier reported.
+    pub events: u64,
+    /// Of those, flows whose kernel verdict was provisional.
+    pub provisional: u64,
+    /// Flows the daemon moved to another class.
+    pub changed: u64,
+    /// Bytes sent in a provisional class before the daemon moved the flow.
+    pub provisional_bytes: u64,
+    /// First packet → final class for provisional flows, microseconds (recent flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_us: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -120,8 +146,25 @@ pub struct ConnRow {
     pub remote: String,
     /// Class name ("default" classes by their name too).
     pub class: String,
-    /// "rule" (decided by the classifier), "daemon" or "pinned".
+    /// Who decided the class: "kernel" (the classifier, at the first packet),
+    /// "daemon" (on the classifier's report), "scan" (the /proc scan) or "pinned".
     pub origin: String,
+    /// The process behind the connection, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
+    /// The `match` of the class's rule (absent when no rule matched: the default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// For flows the kernel classed provisionally: microseconds until the
+    /// daemon's decision, and bytes sent in the provisional class meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisional_bytes: Option<u64>,
     /// TCP state from /proc ("established", …), "udp", or "gone" if the socket no longer exists.
     pub state: String,
     pub tx_bytes: u64,

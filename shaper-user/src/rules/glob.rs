@@ -76,6 +76,20 @@ impl Glob {
         self.pieces.iter().all(|p| matches!(p, Piece::Char(_)))
     }
 
+    /// For a pattern that is a literal followed by one `*` ("rsync*"), the literal.
+    pub fn prefix_only(&self) -> Option<String> {
+        let (last, init) = self.pieces.split_last()?;
+        if *last != Piece::Star {
+            return None;
+        }
+        init.iter()
+            .map(|p| match p {
+                Piece::Char(c) => Some(*c),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn matches(&self, text: &str) -> bool {
         let text: Vec<char> = text.chars().collect();
         let (mut p, mut t) = (0usize, 0usize);
@@ -147,6 +161,10 @@ mod tests {
         assert!(Glob::new("[abc").is_err());
         assert!(Glob::new("ssh").unwrap().is_literal());
         assert!(!Glob::new("ss*").unwrap().is_literal());
+        assert_eq!(Glob::new("rsync*").unwrap().prefix_only().as_deref(), Some("rsync"));
+        assert_eq!(Glob::new("/system.slice/*").unwrap().prefix_only().as_deref(), Some("/system.slice/"));
+        assert_eq!(Glob::new("*sync").unwrap().prefix_only(), None);
+        assert_eq!(Glob::new("r?ync*").unwrap().prefix_only(), None);
         // Many stars on a long text stay fast.
         let long = "a".repeat(10_000);
         assert!(!m("*a*a*a*a*a*b", &long));

@@ -1,6 +1,6 @@
 //! Type checking: each comparison's operator and value are checked against its
-//! attribute, names are resolved (services to ports, protocols to numbers), and
-//! the expression becomes a [`Pred`].
+//! attribute, names are resolved (services to ports, protocols to numbers,
+//! users and groups to ids), and the expression becomes a [`Pred`].
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -9,23 +9,26 @@ use shaper_common::{PROTO_TCP, PROTO_UDP};
 use super::{
     ast::{Attr, AttrType, Cmp, Expr, Op, Spanned, Value},
     glob::Glob,
-    pred::{range_prefixes, Atom, Pred, Prefix, Side},
-    RuleError,
+    pred::{range_prefixes, Atom, Pred, Prefix, Side, StrMatch, TextAttr},
+    Env, RuleError,
 };
 use crate::services::Services;
 
+/// The kernel keeps at most 15 bytes of a process name.
+pub const MAX_CMD_LEN: usize = 15;
+
 /// Lowers a parsed expression.
-pub fn lower(expr: &Expr, services: &Services) -> Result<Pred, RuleError> {
+pub fn lower(expr: &Expr, env: &Env<'_>) -> Result<Pred, RuleError> {
     Ok(match expr {
         Expr::Bool(b) => Pred::Const(*b),
-        Expr::Not(inner) => lower(inner, services)?.negate(),
-        Expr::And(items) => Pred::And(items.iter().map(|e| lower(e, services)).collect::<Result<_, _>>()?),
-        Expr::Or(items) => Pred::Or(items.iter().map(|e| lower(e, services)).collect::<Result<_, _>>()?),
-        Expr::Cmp(cmp) => lower_cmp(cmp, services)?,
+        Expr::Not(inner) => lower(inner, env)?.negate(),
+        Expr::And(items) => Pred::And(items.iter().map(|e| lower(e, env)).collect::<Result<_, _>>()?),
+        Expr::Or(items) => Pred::Or(items.iter().map(|e| lower(e, env)).collect::<Result<_, _>>()?),
+        Expr::Cmp(cmp) => lower_cmp(cmp, env)?,
     })
 }
 
-fn lower_cmp(cmp: &Cmp, services: &Services) -> Result<Pred, RuleError> {
+fn lower_cmp(cmp: &Cmp, env: &Env<'_>) -> Result<Pred, RuleError> {
     let attr = cmp.attr.node;
     let name = attr.name();
     if let Some(index) = &cmp.index {
@@ -38,7 +41,9 @@ fn lower_cmp(cmp: &Cmp, services: &Services) -> Result<Pred, RuleError> {
     let pred = match attr.ty() {
         AttrType::Port => {
             let side = if attr == Attr::Lport { Side::Local } else { Side::Remote };
-            port_pred(side, name, op, &cmp.value)?
+            let ranges = number_ranges(op, &cmp.value, u64::from(u16::MAX), &|v| port(name, v))?;
+            let atoms = ranges.into_iter().map(|(lo, hi)| Atom::Port { side, lo: lo as u16, hi: hi as u16 });
+            Pred::any(atoms.map(Pred::Atom).collect())
         }
         AttrType::Addr => {
             let side = if attr == Attr::Laddr { Side::Local } else { Side::Remote };
@@ -49,28 +54,22 @@ fn lower_cmp(cmp: &Cmp, services: &Services) -> Result<Pred, RuleError> {
             let protos = protocols(&cmp.value)?;
             Pred::any(protos.into_iter().map(|p| Pred::Atom(Atom::Proto { lo: p, hi: p })).collect())
         }
-        AttrType::Service => service_pred(op, &cmp.value, services)?,
+        AttrType::Service => service_pred(op, &cmp.value, env.services)?,
         AttrType::Number => {
-            numbers(name, op, &cmp.value, u64::from(u32::MAX))?;
-            return Err(not_yet(cmp));
+            let ranges = number_ranges(op, &cmp.value, u64::from(u32::MAX), &|v| id_number(name, v))?;
+            let atom = |lo: u64, hi: u64| {
+                let (lo, hi) = (lo as u32, hi as u32);
+                match attr {
+                    Attr::Uid => Atom::Uid { lo, hi },
+                    Attr::Gid => Atom::Gid { lo, hi },
+                    _ => Atom::Pid { lo, hi },
+                }
+            };
+            Pred::any(ranges.into_iter().map(|(lo, hi)| Pred::Atom(atom(lo, hi))).collect())
         }
-        AttrType::Text | AttrType::TextList => {
-            strings(name, &cmp.value)?;
-            return Err(not_yet(cmp));
-        }
+        AttrType::Text | AttrType::TextList => text_pred(cmp, env)?,
     };
     Ok(if matches!(op, Op::Ne | Op::NotIn) { pred.negate() } else { pred })
-}
-
-fn not_yet(cmp: &Cmp) -> RuleError {
-    RuleError::new(
-        cmp.attr.span,
-        format!(
-            "attribute \"{}\" is not yet supported: this version matches network attributes only \
-             (proto, raddr, rport, laddr, lport, service)",
-            cmp.attr.node.name()
-        ),
-    )
 }
 
 fn check_operator(attr: Attr, op: &Spanned<Op>) -> Result<(), RuleError> {
@@ -113,10 +112,10 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn port(name: &str, value: &Spanned<Value>) -> Result<u16, RuleError> {
+fn port(name: &str, value: &Spanned<Value>) -> Result<u64, RuleError> {
     match &value.node {
-        Value::Number(n) => u16::try_from(*n)
-            .map_err(|_| RuleError::new(value.span, format!("port {n} is out of range 0..65535"))),
+        Value::Number(n) if *n <= u64::from(u16::MAX) => Ok(*n),
+        Value::Number(n) => Err(RuleError::new(value.span, format!("port {n} is out of range 0..65535"))),
         Value::Str(s) => Err(RuleError::new(
             value.span,
             format!("{name} takes port numbers, not strings; to match by name write service == {s:?}"),
@@ -125,57 +124,74 @@ fn port(name: &str, value: &Spanned<Value>) -> Result<u16, RuleError> {
     }
 }
 
-fn port_pred(side: Side, name: &str, op: Op, value: &Spanned<Value>) -> Result<Pred, RuleError> {
-    let ranges: Vec<(u16, u16)> = match op {
-        Op::Lt | Op::Le | Op::Gt | Op::Ge => {
-            let Value::Number(_) = value.node else {
-                return Err(RuleError::new(value.span, format!("{} takes one port number", op.as_str())));
-            };
-            let p = port(name, value)?;
-            let range = match op {
-                Op::Lt => p.checked_sub(1).map(|hi| (0, hi)),
-                Op::Le => Some((0, p)),
-                Op::Gt => p.checked_add(1).map(|lo| (lo, u16::MAX)),
-                _ => Some((p, u16::MAX)),
-            };
-            match range {
-                Some(r) => vec![r],
-                None => return Ok(Pred::Const(false)),
-            }
-        }
-        _ => {
-            let mut ranges = Vec::new();
-            for item in items(value) {
-                ranges.push(match &item.node {
-                    Value::Range(lo, hi) => {
-                        let (lo, hi) = (port(name, lo)?, port(name, hi)?);
-                        if lo > hi {
-                            return Err(RuleError::new(
-                                item.span,
-                                format!("range {lo}..{hi} is empty; write the lower end first"),
-                            ));
-                        }
-                        (lo, hi)
-                    }
-                    _ => {
-                        let p = port(name, item)?;
-                        (p, p)
-                    }
-                });
-            }
-            merge(ranges)
-        }
+/// A uid, gid or pid.
+fn id_number(name: &str, value: &Spanned<Value>) -> Result<u64, RuleError> {
+    let hint = match name {
+        "uid" => "; to match by name write user == ",
+        "gid" => "; to match by name write group == ",
+        _ => "",
     };
-    Ok(Pred::any(ranges.into_iter().map(|(lo, hi)| Pred::Atom(Atom::Port { side, lo, hi })).collect()))
+    match &value.node {
+        Value::Number(n) if *n <= u64::from(u32::MAX) => Ok(*n),
+        Value::Number(n) => Err(RuleError::new(value.span, format!("{n} is out of range for {name}"))),
+        Value::Str(s) if !hint.is_empty() => {
+            Err(RuleError::new(value.span, format!("{name} takes numbers, not strings{hint}{s:?}")))
+        }
+        other => Err(RuleError::new(value.span, format!("{name} takes numbers, not {}", kind(other)))),
+    }
+}
+
+/// The inclusive ranges a numeric comparison selects, merged. `number` reads
+/// and bounds one value.
+fn number_ranges(
+    op: Op,
+    value: &Spanned<Value>,
+    max: u64,
+    number: &dyn Fn(&Spanned<Value>) -> Result<u64, RuleError>,
+) -> Result<Vec<(u64, u64)>, RuleError> {
+    if matches!(op, Op::Lt | Op::Le | Op::Gt | Op::Ge) {
+        let Value::Number(_) = value.node else {
+            let what = if max == u64::from(u16::MAX) { "port number" } else { "number" };
+            return Err(RuleError::new(value.span, format!("{} takes one {what}", op.as_str())));
+        };
+        let n = number(value)?;
+        let range = match op {
+            Op::Lt => n.checked_sub(1).map(|hi| (0, hi)),
+            Op::Le => Some((0, n)),
+            Op::Gt => (n < max).then(|| (n + 1, max)),
+            _ => Some((n, max)),
+        };
+        return Ok(range.into_iter().collect());
+    }
+    let mut ranges = Vec::new();
+    for item in items(value) {
+        ranges.push(match &item.node {
+            Value::Range(lo, hi) => {
+                let (lo, hi) = (number(lo)?, number(hi)?);
+                if lo > hi {
+                    return Err(RuleError::new(
+                        item.span,
+                        format!("range {lo}..{hi} is empty; write the lower end first"),
+                    ));
+                }
+                (lo, hi)
+            }
+            _ => {
+                let n = number(item)?;
+                (n, n)
+            }
+        });
+    }
+    Ok(merge(ranges))
 }
 
 /// Sorts ranges and joins overlapping or adjacent ones: `[80, 81, 82]` is one test.
-fn merge(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     ranges.sort_unstable();
-    let mut out: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
     for (lo, hi) in ranges {
         match out.last_mut() {
-            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
             _ => out.push((lo, hi)),
         }
     }
@@ -306,47 +322,136 @@ fn service_pred(op: Op, value: &Spanned<Value>, services: &Services) -> Result<P
     }
     let mut per_proto = Vec::new();
     for (proto, ports) in by_proto {
-        let ranges = merge(ports.into_iter().map(|p| (p, p)).collect());
+        let ranges = merge(ports.into_iter().map(|p| (u64::from(p), u64::from(p))).collect());
         let mut sides = Vec::new();
         for side in [Side::Remote, Side::Local] {
-            sides.extend(ranges.iter().map(|&(lo, hi)| Pred::Atom(Atom::Port { side, lo, hi })));
+            sides.extend(
+                ranges.iter().map(|&(lo, hi)| Pred::Atom(Atom::Port { side, lo: lo as u16, hi: hi as u16 })),
+            );
         }
         per_proto.push(Pred::And(vec![Pred::Atom(Atom::Proto { lo: proto, hi: proto }), Pred::any(sides)]));
     }
     Ok(Pred::any(per_proto))
 }
 
-/// Checks a value for a numeric process attribute.
-fn numbers(name: &str, op: Op, value: &Spanned<Value>, max: u64) -> Result<(), RuleError> {
-    let check = |v: &Spanned<Value>| match v.node {
-        Value::Number(n) if n <= max => Ok(()),
-        Value::Number(n) => Err(RuleError::new(v.span, format!("{n} is out of range for {name}"))),
-        ref other => Err(RuleError::new(v.span, format!("{name} takes numbers, not {}", kind(other)))),
-    };
-    if matches!(op, Op::Lt | Op::Le | Op::Gt | Op::Ge) {
-        return check(value);
-    }
-    for item in items(value) {
-        match &item.node {
-            Value::Range(lo, hi) => {
-                check(lo)?;
-                check(hi)?;
+/// The strings of a text comparison, with their spans.
+fn strings<'a>(
+    name: &str,
+    value: &'a Spanned<Value>,
+) -> Result<Vec<(&'a str, crate::rules::Span)>, RuleError> {
+    items(value)
+        .into_iter()
+        .map(|item| match &item.node {
+            Value::Str(s) => Ok((s.as_str(), item.span)),
+            other => {
+                Err(RuleError::new(item.span, format!("{name} takes strings in quotes, not {}", kind(other))))
             }
-            _ => check(item)?,
-        }
-    }
-    Ok(())
+        })
+        .collect()
 }
 
-/// Checks a value for a text process attribute.
-fn strings(name: &str, value: &Spanned<Value>) -> Result<(), RuleError> {
-    for item in items(value) {
-        if !matches!(item.node, Value::Str(_)) {
-            return Err(RuleError::new(
-                item.span,
-                format!("{name} takes strings in quotes, not {}", kind(&item.node)),
-            ));
-        }
+/// A comparison on a process's text attribute.
+fn text_pred(cmp: &Cmp, env: &Env<'_>) -> Result<Pred, RuleError> {
+    let attr = cmp.attr.node;
+    let name = attr.name();
+    let glob = cmp.op.node == Op::Glob;
+    let mut atoms = Vec::new();
+    for (text, span) in strings(name, &cmp.value)? {
+        let m = if glob {
+            let g = Glob::new(text).map_err(|e| RuleError::new(span, e.to_string()))?;
+            if g.is_literal() {
+                StrMatch::Exact(text.to_string())
+            } else {
+                StrMatch::Glob(g)
+            }
+        } else {
+            StrMatch::Exact(text.to_string())
+        };
+        atoms.push(text_atom(attr, cmp.index.as_ref().map(|i| i.node), m, span, env)?);
     }
-    Ok(())
+    Ok(Pred::any(atoms.into_iter().map(Pred::Atom).collect()))
+}
+
+/// The test for one string value: a kernel test where the kernel can make it.
+fn text_atom(
+    attr: Attr,
+    index: Option<u32>,
+    m: StrMatch,
+    span: crate::rules::Span,
+    env: &Env<'_>,
+) -> Result<Atom, RuleError> {
+    let exact = |m: &StrMatch| match m {
+        StrMatch::Exact(s) => Some(s.clone()),
+        StrMatch::Glob(_) => None,
+    };
+    Ok(match attr {
+        Attr::User => match exact(&m) {
+            Some(user) => {
+                let uid = env.accounts.uid(&user).ok_or_else(|| {
+                    RuleError::new(span, format!("unknown user {user:?} (not in the user database)"))
+                })?;
+                Atom::Uid { lo: uid, hi: uid }
+            }
+            None => Atom::Text(TextAttr::User, m),
+        },
+        Attr::Group => match exact(&m) {
+            Some(group) => {
+                let gid = env.accounts.gid(&group).ok_or_else(|| {
+                    RuleError::new(span, format!("unknown group {group:?} (not in the group database)"))
+                })?;
+                Atom::Gid { lo: gid, hi: gid }
+            }
+            None => Atom::Text(TextAttr::Group, m),
+        },
+        Attr::Cmd => {
+            let (name, prefix) = match &m {
+                StrMatch::Exact(s) => (Some(s.clone()), false),
+                StrMatch::Glob(g) => (g.prefix_only(), true),
+            };
+            match name {
+                Some(name) if name.len() > MAX_CMD_LEN => {
+                    let cut: String = name.chars().take(MAX_CMD_LEN).collect();
+                    return Err(RuleError::new(
+                        span,
+                        format!(
+                            "process names are at most {MAX_CMD_LEN} characters (the kernel cuts longer ones): \
+                             write cmd == {cut:?}, or match the path with exe ~ \"*/{name}\""
+                        ),
+                    ));
+                }
+                Some(name) if !name.contains('\0') => Atom::Cmd { name, prefix },
+                _ => Atom::Text(TextAttr::Cmd, m),
+            }
+        }
+        Attr::Cgroup => match &m {
+            StrMatch::Exact(path) => Atom::Cgroup { path: cgroup_path(path, span)?, below: false },
+            StrMatch::Glob(g) => match g.prefix_only().as_deref().and_then(|p| p.strip_suffix('/')) {
+                Some(dir) => Atom::Cgroup {
+                    path: cgroup_path(if dir.is_empty() { "/" } else { dir }, span)?,
+                    below: true,
+                },
+                None => Atom::Text(TextAttr::Cgroup, m),
+            },
+        },
+        Attr::Unit => match exact(&m) {
+            Some(unit) => Atom::Unit(unit),
+            None => Atom::Text(TextAttr::Unit, m),
+        },
+        Attr::Exe => Atom::Text(TextAttr::Exe, m),
+        Attr::Args => Atom::Text(TextAttr::Args(index), m),
+        Attr::Parent => Atom::Text(TextAttr::Parent, m),
+        _ => Atom::Text(TextAttr::Ancestor, m),
+    })
+}
+
+/// A cgroup path as /proc/PID/cgroup writes it: absolute, no trailing slash.
+fn cgroup_path(path: &str, span: crate::rules::Span) -> Result<String, RuleError> {
+    if !path.starts_with('/') {
+        return Err(RuleError::new(
+            span,
+            format!("cgroup paths start with \"/\", as in /proc/PID/cgroup (e.g. \"/system.slice/{path}\")"),
+        ));
+    }
+    let trimmed = path.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() })
 }

@@ -1,11 +1,14 @@
 //! Typed predicates: a `match` expression after its values were checked
-//! against their attributes and services resolved to ports. This is what the
-//! compiler turns into the kernel's rule table, and what [`Pred::matches`]
-//! evaluates directly (the reference the table is tested against).
+//! against their attributes and names resolved (services to ports, users and
+//! groups to ids). This is what the compiler turns into the kernel's rule
+//! table, and what [`Pred::matches`] evaluates in the daemon with everything
+//! known about a connection ([`Facts`]): the final word on its class.
 
 use std::net::IpAddr;
 
 use shaper_common::{FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+
+use super::glob::Glob;
 
 /// Which end of the flow, seen from this host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,8 +63,83 @@ impl Prefix {
     }
 }
 
-/// One test on a flow; each becomes one node of the kernel rule table.
+/// What the daemon knows about the process behind a connection. Fields it
+/// could not learn (the process exited) are `None`, and tests on them are false.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessFacts {
+    pub pid: u32,
+    /// Real uid and gid.
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// The kernel's name for the process (comm, at most 15 characters).
+    pub cmd: String,
+    pub exe: Option<String>,
+    pub args: Option<Vec<String>>,
+    /// cgroup v2 path, as in /proc/PID/cgroup ("/system.slice/sshd.service").
+    pub cgroup: Option<String>,
+    /// Names (comm) of the parent, grandparent, … up to init.
+    pub ancestors: Option<Vec<String>>,
+}
+
+impl ProcessFacts {
+    /// The systemd units along the cgroup path ("sshd.service", "user@1000.service", …).
+    pub fn units(&self) -> impl Iterator<Item = &str> {
+        self.cgroup.as_deref().into_iter().flat_map(|c| c.split('/')).filter(|c| is_unit(c))
+    }
+}
+
+/// Whether a cgroup directory name is a systemd unit.
+pub fn is_unit(name: &str) -> bool {
+    [".service", ".scope", ".slice", ".socket", ".mount", ".swap"]
+        .iter()
+        .any(|s| name.ends_with(s) && name.len() > s.len())
+}
+
+/// Everything a rule may test about a flow.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    pub key: &'a FlowKey,
+    pub process: Option<&'a ProcessFacts>,
+}
+
+/// A string test: equality or a glob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StrMatch {
+    Exact(String),
+    Glob(Glob),
+}
+
+impl StrMatch {
+    pub fn matches(&self, text: &str) -> bool {
+        match self {
+            StrMatch::Exact(s) => s == text,
+            StrMatch::Glob(g) => g.matches(text),
+        }
+    }
+}
+
+/// The string attributes only the daemon can test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextAttr {
+    /// The user and group names (for globs; `==` resolves to ids).
+    User,
+    Group,
+    /// The process name, for globs the kernel cannot test.
+    Cmd,
+    Exe,
+    /// Any argument (`None`) or argument N.
+    Args(Option<u32>),
+    Cgroup,
+    Unit,
+    Parent,
+    Ancestor,
+}
+
+/// One test on a flow. Network tests and the owner tests (uid, gid, pid,
+/// process name, cgroup, unit) are made by the kernel; `Text` tests only by the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Atom {
     /// IP protocol number in `lo..=hi`.
     Proto {
@@ -78,22 +156,102 @@ pub enum Atom {
         side: Side,
         prefix: Prefix,
     },
+    Uid {
+        lo: u32,
+        hi: u32,
+    },
+    Gid {
+        lo: u32,
+        hi: u32,
+    },
+    Pid {
+        lo: u32,
+        hi: u32,
+    },
+    /// The process name (at most 15 bytes): equal to `name`, or starting with it.
+    Cmd {
+        name: String,
+        prefix: bool,
+    },
+    /// The process's cgroup is `path` (`below: false`), or lies strictly below it.
+    Cgroup {
+        path: String,
+        below: bool,
+    },
+    /// A unit of this name appears on the cgroup path.
+    Unit(String),
+    Text(TextAttr, StrMatch),
 }
 
 impl Atom {
-    pub fn matches(&self, key: &FlowKey) -> bool {
+    pub fn matches(&self, facts: &Facts<'_>) -> bool {
+        let key = facts.key;
         let has_ports = key.proto == PROTO_TCP || key.proto == PROTO_UDP;
-        match *self {
-            Atom::Proto { lo, hi } => (lo..=hi).contains(&key.proto),
+        match self {
+            Atom::Proto { lo, hi } => (lo..=hi).contains(&&key.proto),
             Atom::Port { side, lo, hi } => {
-                let port = if side == Side::Local { key.lport } else { key.rport };
-                has_ports && (lo..=hi).contains(&port)
+                let port = if *side == Side::Local { key.lport } else { key.rport };
+                has_ports && (lo..=hi).contains(&&port)
             }
             Atom::Addr { side, prefix } => {
-                let addr = if side == Side::Local { &key.laddr } else { &key.raddr };
+                let addr = if *side == Side::Local { &key.laddr } else { &key.raddr };
                 prefix.contains(key.family, addr)
             }
+            process_atom => facts.process.is_some_and(|p| process_atom.matches_process(p)),
         }
+    }
+
+    fn matches_process(&self, p: &ProcessFacts) -> bool {
+        match self {
+            Atom::Uid { lo, hi } => (lo..=hi).contains(&&p.uid),
+            Atom::Gid { lo, hi } => (lo..=hi).contains(&&p.gid),
+            Atom::Pid { lo, hi } => (lo..=hi).contains(&&p.pid),
+            Atom::Cmd { name, prefix } => {
+                if *prefix {
+                    p.cmd.starts_with(name.as_str())
+                } else {
+                    p.cmd == *name
+                }
+            }
+            Atom::Cgroup { path, below } => p.cgroup.as_deref().is_some_and(|c| {
+                if !*below {
+                    c == path
+                } else if path == "/" {
+                    c != "/"
+                } else {
+                    c.strip_prefix(path.as_str()).is_some_and(|rest| rest.starts_with('/'))
+                }
+            }),
+            Atom::Unit(name) => p.units().any(|u| u == name),
+            Atom::Text(attr, m) => match attr {
+                TextAttr::User => p.user.as_deref().is_some_and(|u| m.matches(u)),
+                TextAttr::Group => p.group.as_deref().is_some_and(|g| m.matches(g)),
+                TextAttr::Cmd => m.matches(&p.cmd),
+                TextAttr::Exe => p.exe.as_deref().is_some_and(|e| m.matches(e)),
+                TextAttr::Args(None) => p.args.iter().flatten().any(|a| m.matches(a)),
+                TextAttr::Args(Some(i)) => {
+                    p.args.as_ref().and_then(|a| a.get(*i as usize)).is_some_and(|a| m.matches(a))
+                }
+                TextAttr::Cgroup => p.cgroup.as_deref().is_some_and(|c| m.matches(c)),
+                TextAttr::Unit => p.units().any(|u| m.matches(u)),
+                TextAttr::Parent => {
+                    p.ancestors.as_ref().and_then(|a| a.first()).is_some_and(|c| m.matches(c))
+                }
+                TextAttr::Ancestor => p.ancestors.iter().flatten().any(|c| m.matches(c)),
+            },
+            Atom::Proto { .. } | Atom::Port { .. } | Atom::Addr { .. } => false,
+        }
+    }
+
+    /// Whether the kernel can make this test (from the packet, the socket's
+    /// owner record or its cgroup).
+    pub fn in_kernel(&self) -> bool {
+        !matches!(self, Atom::Text(..))
+    }
+
+    /// Whether the test is about the process rather than the packet.
+    pub fn is_process(&self) -> bool {
+        !matches!(self, Atom::Proto { .. } | Atom::Port { .. } | Atom::Addr { .. })
     }
 }
 
@@ -108,17 +266,27 @@ pub enum Pred {
 }
 
 impl Pred {
-    pub fn matches(&self, key: &FlowKey) -> bool {
+    pub fn matches(&self, facts: &Facts<'_>) -> bool {
         match self {
             Pred::Const(b) => *b,
-            Pred::Not(p) => !p.matches(key),
-            Pred::And(ps) => ps.iter().all(|p| p.matches(key)),
-            Pred::Or(ps) => ps.iter().any(|p| p.matches(key)),
-            Pred::Atom(a) => a.matches(key),
+            Pred::Not(p) => !p.matches(facts),
+            Pred::And(ps) => ps.iter().all(|p| p.matches(facts)),
+            Pred::Or(ps) => ps.iter().any(|p| p.matches(facts)),
+            Pred::Atom(a) => a.matches(facts),
         }
     }
 
-    /// Number of atoms (each is one kernel rule node).
+    /// Whether any test satisfies `f`.
+    pub fn any_atom(&self, f: &impl Fn(&Atom) -> bool) -> bool {
+        match self {
+            Pred::Const(_) => false,
+            Pred::Not(p) => p.any_atom(f),
+            Pred::And(ps) | Pred::Or(ps) => ps.iter().any(|p| p.any_atom(f)),
+            Pred::Atom(a) => f(a),
+        }
+    }
+
+    /// Number of atoms.
     pub fn atoms(&self) -> usize {
         match self {
             Pred::Const(_) => 0,

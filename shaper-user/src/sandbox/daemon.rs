@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Netns, SandboxError};
+use super::{Sandbox, SandboxError};
 use crate::control::{self, Command};
 
 /// A running daemon with its own directory (config, log, control socket).
@@ -24,11 +24,12 @@ impl Daemon {
         std::env::temp_dir().join(format!("shaper-test-{tag}"))
     }
 
-    /// Writes `config` to a fresh run directory and starts `shaper run` in `ns`
-    /// with that directory's control socket. Waits until the daemon answers
+    /// Writes `config` to a fresh run directory and starts `shaper run` in the
+    /// sandbox's namespace `a`, with that directory's control socket and the
+    /// socket hooks on the sandbox's cgroup. Waits until the daemon answers
     /// `status`; fails with its log if it exits first or takes longer than 30 s.
-    pub fn start(ns: &Netns, shaper: &Path, tag: &str, config: &str) -> Result<Self, SandboxError> {
-        let mut daemon = Self::spawn(ns, shaper, tag, config, &[])?;
+    pub fn start(sandbox: &Sandbox, shaper: &Path, config: &str) -> Result<Self, SandboxError> {
+        let mut daemon = Self::spawn(sandbox, shaper, config, &[])?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if control::client::call(&daemon.socket, Command::Status).is_ok() {
@@ -52,12 +53,12 @@ impl Daemon {
 
     /// Starts `shaper run` without waiting for it (for tests of start-up failures).
     pub fn spawn(
-        ns: &Netns,
+        sandbox: &Sandbox,
         shaper: &Path,
-        tag: &str,
         config: &str,
         env: &[(&str, &str)],
     ) -> Result<Self, SandboxError> {
+        let (ns, tag) = (&sandbox.a, &sandbox.tag);
         let dir = Self::dir_for(tag);
         let file_err = |action, path: &Path| {
             let path = path.to_path_buf();
@@ -76,6 +77,8 @@ impl Daemon {
         cmd.args(["--mount", "--propagation", "private", "--"])
             .arg(shaper)
             .arg("run")
+            .arg("--cgroup")
+            .arg(sandbox.cgroup.dir())
             .arg("--config")
             .arg(&config_path)
             .arg("--socket")

@@ -1,7 +1,7 @@
 //! iperf3 servers and clients inside sandbox namespaces.
 
 use std::{
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -61,8 +61,18 @@ pub struct IperfResult {
 
 /// Starts `iperf3 -c server -p port -J args…` in `ns` without waiting.
 pub fn spawn_client(ns: &Netns, server: &str, port: u16, args: &[&str]) -> Result<Child, SandboxError> {
-    ns.command("iperf3")
-        .args(["-c", server, "-p", &port.to_string(), "-J"])
+    spawn_client_cmd(ns.command("iperf3"), server, port, args)
+}
+
+/// Starts an iperf3 client through `cmd` (a command that runs iperf3, or a
+/// copy of it under another name, where and as whom the caller chose).
+pub fn spawn_client_cmd(
+    mut cmd: Command,
+    server: &str,
+    port: u16,
+    args: &[&str],
+) -> Result<Child, SandboxError> {
+    cmd.args(["-c", server, "-p", &port.to_string(), "-J"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -10,11 +10,13 @@
 //! caller's mount namespace (unlike `ip netns exec`, which remounts /sys and
 //! hides /sys/fs/bpf).
 
+mod cgroup;
 mod daemon;
 mod iperf;
 
+pub use cgroup::{Cgroup, TestUser};
 pub use daemon::Daemon;
-pub use iperf::{finish_client, run_client, spawn_client, IperfResult, IperfServer};
+pub use iperf::{finish_client, run_client, spawn_client, spawn_client_cmd, IperfResult, IperfServer};
 
 use std::{
     fs::File,
@@ -108,6 +110,17 @@ impl Netns {
         cmd
     }
 
+    /// A command that runs `program` inside this namespace as user `uid`/`gid`.
+    pub fn command_as(&self, program: &str, uid: u32, gid: u32) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg(format!("--setuid={uid}"))
+            .arg(format!("--setgid={gid}"))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
     /// Runs `program args…` inside the namespace and fails with its stderr when it
     /// exits non-zero.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<Output, SandboxError> {
@@ -192,6 +205,9 @@ pub struct Sandbox {
     pub dev_b: String,
     /// Unique tag of this sandbox, usable for other per-run names (sockets, pins).
     pub tag: String,
+    /// The sandbox's own cgroup: the daemon's socket hooks attach here, and
+    /// [`Sandbox::client`] starts processes in it.
+    pub cgroup: Cgroup,
 }
 
 impl Sandbox {
@@ -229,7 +245,8 @@ impl Sandbox {
                 b.name(),
             ],
         )?;
-        let sandbox = Self { a, b, dev_a, dev_b, tag };
+        let cgroup = Cgroup::create(&tag)?;
+        let sandbox = Self { a, b, dev_a, dev_b, tag, cgroup };
         for (ns, dev, v4, v6) in [
             (&sandbox.a, &sandbox.dev_a, Self::ADDR_A4, Self::ADDR_A6),
             (&sandbox.b, &sandbox.dev_b, Self::ADDR_B4, Self::ADDR_B6),
@@ -253,5 +270,24 @@ impl Sandbox {
             }
         }
         Ok(sandbox)
+    }
+
+    /// A command that runs `program` in namespace `a`, inside the sandbox's cgroup.
+    pub fn client(&self, program: &str) -> Result<Command, SandboxError> {
+        self.client_in(&self.cgroup, program)
+    }
+
+    /// Likewise, inside `cgroup` (the sandbox's, or one below it).
+    pub fn client_in(&self, cgroup: &Cgroup, program: &str) -> Result<Command, SandboxError> {
+        let mut cmd = self.a.command(program);
+        cgroup.enter(&mut cmd)?;
+        Ok(cmd)
+    }
+
+    /// Likewise, as `user`.
+    pub fn client_as(&self, user: &TestUser, program: &str) -> Result<Command, SandboxError> {
+        let mut cmd = self.a.command_as(program, user.uid, user.gid);
+        self.cgroup.enter(&mut cmd)?;
+        Ok(cmd)
     }
 }

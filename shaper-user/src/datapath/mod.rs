@@ -1,10 +1,13 @@
 //! The kernel side as the daemon sees it: the embedded eBPF object, its maps with
-//! their shaper-common types, and the classifier's attachments to interfaces.
+//! their shaper-common types, the classifier's attachments to interfaces, and
+//! (cgroup.rs) the socket hooks' attachment to a cgroup.
+
+mod cgroup;
 
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         tc::{self, NlOptions, TcAttachOptions},
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
@@ -13,8 +16,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use shaper_common::{
-    class_stats_index, names, rule_node_index, ClassStats, FlowKey, FlowValue, IfaceInfo, RuleNode, Settings,
-    ERR_COUNT, MAX_CLASSES, MAX_RULE_NODES, RULE_BANKS,
+    class_stats_index, names, rule_node_index, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner,
+    RuleNode, Settings, ERR_COUNT, MAX_CLASSES, MAX_RULE_NODES, RULE_BANKS,
 };
 
 /// The eBPF object built from `shaper-ebpf` by build.rs.
@@ -62,6 +65,19 @@ pub enum DatapathError {
     },
     #[error("the rule table needs {nodes} nodes; it holds {max}")]
     RulesTooLarge { nodes: usize, max: u32 },
+    #[error("opening cgroup {}", path.display())]
+    Cgroup {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attaching {name} to cgroup {}", path.display())]
+    AttachCgroup {
+        name: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: ProgramError,
+    },
 }
 
 /// Options fixed for the lifetime of a load.
@@ -91,7 +107,13 @@ pub struct Datapath {
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     class_stats: PerCpuArray<MapData, ClassStats>,
     errors: PerCpuArray<MapData, u64>,
+    owners: HashMap<MapData, u64, Owner>,
+    listeners: HashMap<MapData, ListenKey, Owner>,
+    events: Option<RingBuf<MapData>>,
     rules_gen: u32,
+    /// `SETTING_*` flags written with the rule generation.
+    settings_flags: u32,
+    cgroup_links: Vec<cgroup::HookLink>,
     /// (interface name, direction) → the attached program and how it hangs.
     attachments: BTreeMap<(String, &'static str), (&'static str, Attachment)>,
 }
@@ -113,18 +135,23 @@ impl Datapath {
         let level = options.kernel_log_level;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::MAP_FLOWS, options.max_flows)
+            .map_max_entries(names::MAP_OWNERS, options.max_flows)
             .override_global(names::GLOBAL_LOG_LEVEL, &level, true)
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
         for name in [names::PROG_TC_EGRESS, names::PROG_TC_PASSTHROUGH] {
             program(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
         }
+        cgroup::load(&mut ebpf)?;
         let flows = take_map(&mut ebpf, names::MAP_FLOWS)?;
         let rules = take_map(&mut ebpf, names::MAP_RULES)?;
         let settings = take_map(&mut ebpf, names::MAP_SETTINGS)?;
         let ifaces = take_map(&mut ebpf, names::MAP_IFACES)?;
         let class_stats = take_map(&mut ebpf, names::MAP_CLASS_STATS)?;
         let errors = take_map(&mut ebpf, names::MAP_ERRORS)?;
+        let owners = take_map(&mut ebpf, names::MAP_OWNERS)?;
+        let listeners = take_map(&mut ebpf, names::MAP_LISTENERS)?;
+        let events = Some(take_map(&mut ebpf, names::MAP_EVENTS)?);
         Ok(Self {
             ebpf,
             flows,
@@ -133,7 +160,12 @@ impl Datapath {
             ifaces,
             class_stats,
             errors,
+            owners,
+            listeners,
+            events,
             rules_gen: 0,
+            settings_flags: 0,
+            cgroup_links: Vec::new(),
             attachments: BTreeMap::new(),
         })
     }
@@ -232,7 +264,7 @@ impl Datapath {
                 DatapathError::Map { action: "writing a rule", map: names::MAP_RULES, source }
             })?;
         }
-        let settings = Settings { rules_gen: next_gen, ..Settings::default() };
+        let settings = Settings { rules_gen: next_gen, flags: self.settings_flags };
         self.settings.set(0, settings, 0).map_err(|source| DatapathError::Map {
             action: "switching the rule bank",
             map: names::MAP_SETTINGS,
@@ -244,6 +276,40 @@ impl Datapath {
 
     pub fn rules_gen(&self) -> u32 {
         self.rules_gen
+    }
+
+    /// Sets the `SETTING_*` flags; they take effect with the next [`Datapath::set_rules`].
+    pub fn set_flags(&mut self, flags: u32) {
+        self.settings_flags = flags;
+    }
+
+    /// Takes the EVENTS ring buffer for a reader (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// The owner record of socket `cookie`.
+    pub fn owner(&self, cookie: u64) -> Option<Owner> {
+        self.owners.get(&cookie, 0).ok()
+    }
+
+    /// Every owner record (socket cookie, owner).
+    pub fn owners(&self) -> Vec<(u64, Owner)> {
+        self.owners.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every bound port's owner.
+    pub fn listeners(&self) -> Vec<(ListenKey, Owner)> {
+        self.listeners.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn remove_listener(&mut self, key: &ListenKey) -> Result<(), DatapathError> {
+        match self.listeners.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => {
+                Err(DatapathError::Map { action: "removing a listener", map: names::MAP_LISTENERS, source })
+            }
+        }
     }
 
     pub fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DatapathError> {
@@ -376,6 +442,7 @@ fn remove_clsact(iface: &str) {
 
 impl Drop for Datapath {
     fn drop(&mut self) {
+        self.detach_cgroup();
         let ifaces: Vec<String> = self.attached().map(str::to_string).collect();
         for iface in ifaces {
             if let Err(e) = self.detach(&iface) {

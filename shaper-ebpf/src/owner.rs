@@ -1,0 +1,162 @@
+//! Who owns a socket: cgroup socket hooks record the process behind every new
+//! IPv4/IPv6 TCP and UDP socket, keyed by socket cookie, so the classifier can
+//! match on program, user and cgroup from a connection's first packet.
+//!
+//! - `sock_create`: the creating process (every socket gets a record).
+//! - `connect4/6`, `sendmsg4/6`: the process that actually uses the socket, when
+//!   it is another one (a socket made before a fork or an exec, or passed on).
+//! - `post_bind4/6`: the owner of a bound port; connections accepted on it have
+//!   sockets no hook sees, and inherit this owner (see `classify`).
+//! - `sock_release`: forgets the socket.
+//!
+//! Every hook allows the operation (returns 1): shaper observes, never refuses.
+
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_socket_cookie,
+    },
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
+    EbpfContext as _,
+};
+use shaper_common::{ListenKey, Owner, ERR_OWNER_INSERT, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+
+use crate::maps::{count_error, LISTENERS, OWNERS};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+/// Hooks return this to let the operation go ahead.
+const ALLOW: i32 = 1;
+
+/// shaper's family constant for an AF_* value; `None` for other families.
+#[inline(always)]
+fn family(af: u32) -> Option<u8> {
+    match af {
+        AF_INET => Some(FAMILY_V4),
+        AF_INET6 => Some(FAMILY_V6),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn shaped_protocol(proto: u32) -> bool {
+    proto == u32::from(PROTO_TCP) || proto == u32::from(PROTO_UDP)
+}
+
+/// The current process, as the owner of socket `cookie`.
+#[inline(always)]
+fn current_owner(cookie: u64) -> Owner {
+    // SAFETY: helpers without preconditions; the comm buffer is 16 bytes as passed.
+    unsafe {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let uid_gid = bpf_get_current_uid_gid();
+        let mut owner = Owner {
+            tgid,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            cgroup_id: bpf_get_current_cgroup_id(),
+            cookie,
+            ..Owner::default()
+        };
+        bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), owner.comm.len() as u32);
+        owner
+    }
+}
+
+#[inline(always)]
+fn record(cookie: u64) {
+    if OWNERS.insert(cookie, current_owner(cookie), 0).is_err() {
+        count_error(ERR_OWNER_INSERT);
+    }
+}
+
+/// Records the current process as the owner unless it already is.
+#[inline(always)]
+fn refresh(cookie: u64) {
+    // SAFETY: helper without preconditions.
+    let tgid = unsafe { (bpf_get_current_pid_tgid() >> 32) as u32 };
+    // SAFETY: read-only look at a map value.
+    match unsafe { OWNERS.get(cookie) } {
+        Some(owner) if owner.tgid == tgid => {}
+        _ => record(cookie),
+    }
+}
+
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel passes a valid bpf_sock; family and protocol are readable here.
+    let (af, proto) = unsafe { ((*ctx.sock).family, (*ctx.sock).protocol) };
+    if family(af).is_some() && shaped_protocol(proto) {
+        // SAFETY: a socket context is what bpf_get_socket_cookie takes here.
+        record(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
+    }
+    ALLOW
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: as in sock_create.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = OWNERS.remove(cookie);
+    ALLOW
+}
+
+#[inline(always)]
+fn post_bind(ctx: &SockContext) -> i32 {
+    // SAFETY: family, protocol and src_port are readable in post_bind programs.
+    let (af, proto, port) = unsafe { ((*ctx.sock).family, (*ctx.sock).protocol, (*ctx.sock).src_port) };
+    let Some(family) = family(af) else { return ALLOW };
+    if !shaped_protocol(proto) {
+        return ALLOW;
+    }
+    // SAFETY: as in sock_create.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let owner = current_owner(cookie);
+    let key = ListenKey { family, proto: proto as u8, port: port as u16 };
+    if LISTENERS.insert(key, owner, 0).is_err() || OWNERS.insert(cookie, owner, 0).is_err() {
+        count_error(ERR_OWNER_INSERT);
+    }
+    ALLOW
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn post_bind4(ctx: SockContext) -> i32 {
+    post_bind(&ctx)
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn post_bind6(ctx: SockContext) -> i32 {
+    post_bind(&ctx)
+}
+
+#[inline(always)]
+fn uses_socket(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: protocol is readable in every sock_addr program.
+    let proto = unsafe { (*ctx.sock_addr).protocol };
+    if shaped_protocol(proto) {
+        // SAFETY: a sock_addr context is what bpf_get_socket_cookie takes here.
+        refresh(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    uses_socket(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    uses_socket(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    uses_socket(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    uses_socket(&ctx)
+}

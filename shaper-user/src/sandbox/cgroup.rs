@@ -1,0 +1,140 @@
+//! A throw-away cgroup v2 directory for a sandbox: the daemon's socket hooks
+//! attach there (never to the host's root cgroup), and the test's clients run
+//! inside it or in sub-cgroups of it.
+
+use std::{
+    ffi::CString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use super::SandboxError;
+
+/// A cgroup directory, removed (with its sub-cgroups, after killing what still
+/// runs in them) on drop.
+#[derive(Debug)]
+pub struct Cgroup {
+    dir: PathBuf,
+}
+
+impl Cgroup {
+    /// Creates `<cgroup v2 root>/shaper-test-<tag>`.
+    pub fn create(tag: &str) -> Result<Self, SandboxError> {
+        let root = crate::cgroups::v2_root().map_err(|e| SandboxError::Daemon(crate::error_chain(&e)))?;
+        Self::create_at(root.join(format!("shaper-test-{tag}")))
+    }
+
+    fn create_at(dir: PathBuf) -> Result<Self, SandboxError> {
+        std::fs::create_dir(&dir).map_err(|source| SandboxError::File {
+            action: "creating cgroup",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self { dir })
+    }
+
+    /// The directory (what `shaper run --cgroup` takes).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cgroup's path as /proc/PID/cgroup writes it ("/shaper-test-…").
+    pub fn path(&self) -> String {
+        let root = crate::cgroups::v2_root().unwrap_or_default();
+        format!("/{}", self.dir.strip_prefix(&root).unwrap_or(&self.dir).display())
+    }
+
+    /// A sub-cgroup `name`, removed when dropped (or with this one).
+    pub fn child(&self, name: &str) -> Result<Cgroup, SandboxError> {
+        Self::create_at(self.dir.join(name))
+    }
+
+    /// Makes `cmd` start its process inside this cgroup.
+    pub fn enter(&self, cmd: &mut Command) -> Result<(), SandboxError> {
+        let procs = self.dir.join("cgroup.procs");
+        let path = CString::new(procs.as_os_str().as_encoded_bytes())
+            .map_err(|e| SandboxError::Daemon(format!("cgroup path {}: {e}", procs.display())))?;
+        // SAFETY: the closure only makes async-signal-safe calls (open, write,
+        // close) on a path prepared beforehand.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" moves the writing process itself.
+                let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if rc != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+
+    fn kill_and_remove(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    Self::kill_and_remove(&entry.path());
+                }
+            }
+        }
+        for _ in 0..50 {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: plain kill(2) of a process left in the test's own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if let Err(e) = std::fs::remove_dir(dir) {
+            log::warn!("sandbox cleanup: removing cgroup {}: {e}", dir.display());
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            Self::kill_and_remove(&self.dir);
+        }
+    }
+}
+
+/// A system user that exists for one test, deleted on drop.
+#[derive(Debug)]
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl TestUser {
+    pub fn create(name: &str) -> Result<Self, SandboxError> {
+        super::run(
+            "useradd",
+            &["--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+        )?;
+        let out = super::run("id", &["-u", name])?;
+        let uid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(u32::MAX);
+        let out = super::run("id", &["-g", name])?;
+        let gid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(u32::MAX);
+        Ok(Self { name: name.to_string(), uid, gid })
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        if let Err(e) = super::run("userdel", &[&self.name]) {
+            log::warn!("sandbox cleanup: {e}");
+        }
+    }
+}
