@@ -216,9 +216,13 @@ pub const OP_COMM: u8 = 9;
 pub const OP_CGROUP: u8 = 10;
 /// The socket's cgroup, or its ancestor at level `lo`, has the id in `a[..8]`.
 pub const OP_CGROUP_UNDER: u8 = 11;
-/// A test only the daemon can make (exe, args, parent, …): false in the
-/// kernel, and the verdict is provisional.
+/// A test only the daemon can make (exe, args, parent, …), number `lo` among
+/// the table's [`USERSPACE_TESTS`]: the kernel takes its answer for the
+/// socket owner's process from PROC_TESTS when the daemon left one there;
+/// otherwise the test is false and the verdict provisional.
 pub const OP_USERSPACE: u8 = 12;
+/// Userspace tests whose answers PROC_TESTS can carry (one bit each).
+pub const USERSPACE_TESTS: u32 = 64;
 /// Cgroup levels below the root the classifier can test (deeper tests are left to the daemon).
 pub const MAX_CGROUP_LEVEL: u32 = 8;
 
@@ -269,6 +273,24 @@ pub struct Owner {
     pub comm: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<Owner>() == 48);
+
+/// What the daemon found about one process for the table's userspace tests
+/// (PROC_TESTS: tgid → ProcTests).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProcTests {
+    /// [`Settings::rules_gen`] the bits belong to (test numbers change with the table).
+    pub rules_gen: u32,
+    pub _pad: u32,
+    /// Bit `i`: the daemon knows the answer to userspace test `i` …
+    pub known: u64,
+    /// … and this is it.
+    pub values: u64,
+}
+const _: () = assert!(core::mem::size_of::<ProcTests>() == 24);
+
+/// Capacity of PROC_TESTS (processes).
+pub const MAX_PROC_TESTS: u32 = 65_536;
 
 /// Key of LISTENERS: a bound port. Connections accepted on it inherit its owner.
 #[repr(C)]
@@ -329,4 +351,5 @@ mod pod {
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::ProcTests {}
 }

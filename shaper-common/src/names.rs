@@ -24,6 +24,8 @@ pub const PROG_SENDMSG6: &str = "sendmsg6";
 pub const MAP_OWNERS: &str = "OWNERS";
 /// Hash: [`crate::ListenKey`] → [`crate::Owner`].
 pub const MAP_LISTENERS: &str = "LISTENERS";
+/// Hash: tgid (u32) → [`crate::ProcTests`].
+pub const MAP_PROC_TESTS: &str = "PROC_TESTS";
 /// Ring buffer of [`crate::FlowEvent`].
 pub const MAP_EVENTS: &str = "EVENTS";
 

@@ -56,12 +56,13 @@ fn add(counter: &mut u64, n: u64) {
 /// cgroup ancestry) in SCRATCH. Returns the socket's cookie (0 when the packet
 /// has no socket, or the facts could not be stored).
 #[inline(always)]
-fn socket_facts(ctx: &TcContext, settings: u32, key: &FlowKey) -> u64 {
+fn socket_facts(ctx: &TcContext, settings: u32, rules_gen: u32, key: &FlowKey) -> u64 {
     let Some(facts) = SCRATCH.get_ptr_mut(0) else { return 0 };
     // SAFETY: this CPU's slot of SCRATCH, used by nothing else during this run.
     let facts = unsafe { &mut *facts };
     facts.has_owner = 0;
     facts.has_cgroup = 0;
+    facts.rules_gen = rules_gen;
     if settings & SETTING_PROCESS_RULES == 0 {
         return 0;
     }
@@ -167,7 +168,7 @@ impl Decision {
 /// Evaluates the rules for a flow.
 #[inline(always)]
 fn decide(ctx: &TcContext, rules_gen: u32, settings: u32, walk: &mut Walk) -> Decision {
-    let cookie = socket_facts(ctx, settings, &walk.key);
+    let cookie = socket_facts(ctx, settings, rules_gen, &walk.key);
     let (verdict, provisional) = rules::evaluate(walk, rules_gen);
     Decision { class: verdict_class(verdict), provisional, cookie }
 }

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use shaper_common::{
-    ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, RuleNode, Settings, CLASS_STATS_ENTRIES,
-    DEFAULT_MAX_FLOWS, ERR_COUNT, MAX_IFACES, MAX_LISTENERS, MAX_RULE_NODES, RULE_BANKS,
+    ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, ProcTests, RuleNode, Settings,
+    CLASS_STATS_ENTRIES, DEFAULT_MAX_FLOWS, ERR_COUNT, MAX_IFACES, MAX_LISTENERS, MAX_PROC_TESTS,
+    MAX_RULE_NODES, RULE_BANKS,
 };
 
 /// Socket tuple → class and counters. Sized at load by the daemon (`max_flows`).
@@ -36,6 +37,10 @@ pub(crate) static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(
 /// Bound port → its owner, for connections accepted on it.
 #[map]
 pub(crate) static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// tgid → the daemon's answers to the userspace tests for that process.
+#[map]
+pub(crate) static PROC_TESTS: HashMap<u32, ProcTests> = HashMap::with_max_entries(MAX_PROC_TESTS, 0);
 
 /// New flows for the daemon (`FlowEvent`s).
 #[map]

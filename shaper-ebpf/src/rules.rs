@@ -9,10 +9,10 @@ use aya_ebpf::helpers::generated::bpf_loop;
 use shaper_common::{
     rule_node_index, FlowKey, Owner, RuleNode, MAX_CGROUP_LEVEL, MAX_RULE_NODES, OP_CGROUP, OP_CGROUP_UNDER,
     OP_COMM, OP_GID, OP_LADDR, OP_LPORT, OP_PID, OP_PROTO, OP_RADDR, OP_RPORT, OP_TRUE, OP_UID, OP_USERSPACE,
-    PROTO_TCP, PROTO_UDP, RULE_BANKS, TARGET_DEFAULT, TARGET_VERDICT,
+    PROTO_TCP, PROTO_UDP, RULE_BANKS, TARGET_DEFAULT, TARGET_VERDICT, USERSPACE_TESTS,
 };
 
-use crate::maps::{count_error, RULES, SCRATCH};
+use crate::maps::{count_error, PROC_TESTS, RULES, SCRATCH};
 
 pub(crate) const CGROUP_LEVELS: usize = MAX_CGROUP_LEVEL as usize + 1;
 
@@ -29,6 +29,9 @@ pub(crate) struct SocketFacts {
     pub has_cgroup: u32,
     pub cgroup: u64,
     pub ancestors: [u64; CGROUP_LEVELS],
+    /// The rule generation being walked (for PROC_TESTS entries).
+    pub rules_gen: u32,
+    pub _pad: u32,
 }
 
 /// The walk's state, on the stack (bpf_loop's context must be).
@@ -85,6 +88,13 @@ fn socket_test(node: &RuleNode) -> Option<bool> {
             Some(id) => *id == node_id(node),
             None => false,
         }),
+        // What the daemon found about this process, if it has looked already.
+        OP_USERSPACE if facts.has_owner != 0 && node.lo < USERSPACE_TESTS => {
+            // SAFETY: read-only look at a map value.
+            let tests = unsafe { PROC_TESTS.get(facts.owner.tgid) }?;
+            let bit = 1u64 << node.lo;
+            (tests.rules_gen == facts.rules_gen && tests.known & bit != 0).then_some(tests.values & bit != 0)
+        }
         _ => None,
     }
 }

@@ -10,7 +10,7 @@ use std::{path::Path, process::ExitCode, time::Duration};
 use shaper_user::{
     config, error_chain, plan,
     rules::SystemEnv,
-    sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox},
+    sandbox::{finish_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox},
     table::Table,
     units::format_rate,
 };
@@ -89,19 +89,24 @@ fn demo() -> Result<(), String> {
     print!("{}", shaper_output(&sandbox, &shaper, &daemon.socket, "status")?);
 
     step(&format!("three iperf3 TCP streams at once for {SECONDS} s, one per class"));
+    // The backup job is iperf3 under another name: the rule matches the program.
+    let programs = Programs::create(&sandbox.tag).map_err(err)?;
+    let backupjob = programs.copy("iperf3", "backupjob").map_err(err)?;
     let streams = [
-        ("video", 5201u16, "port 5201 → video"),
-        ("backup", 5203, "port 5203 → backup"),
-        ("everything-else", 6000, "port 6000 → no rule matches"),
+        ("video", 5201u16, "iperf3 to port 5201 → video", "iperf3".into()),
+        ("backup", 6001, "backupjob to port 6001 → backup", backupjob.display().to_string()),
+        ("everything-else", 6000, "iperf3 to port 6000 → no rule", "iperf3".to_string()),
     ];
     let mut servers = Vec::new();
-    for (_, port, _) in &streams {
+    for (_, port, _, _) in &streams {
         servers.push(IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, *port).map_err(err)?);
     }
     let secs = SECONDS.to_string();
     let clients: Vec<_> = streams
         .iter()
-        .map(|(_, port, _)| spawn_client(&sandbox.a, Sandbox::ADDR_B4, *port, &["-t", &secs, "-O", "2"]))
+        .map(|(_, port, _, program)| {
+            spawn_client_cmd(sandbox.client(program)?, Sandbox::ADDR_B4, *port, &["-t", &secs, "-O", "2"])
+        })
         .collect::<Result<_, _>>()
         .map_err(err)?;
     std::thread::sleep(Duration::from_secs(u64::from(SECONDS) - 2));
@@ -115,7 +120,7 @@ fn demo() -> Result<(), String> {
     let plan = plan::plan(&conf, iface, plan::Direction::Egress, 1500).ok_or("no egress plan")?;
     let limits: Vec<(u64, u64)> = streams
         .iter()
-        .map(|(class, _, _)| {
+        .map(|(class, _, _, _)| {
             plan.classes.iter().find(|c| c.name == *class).map_or((0, 0), |c| (c.rate_bps, c.ceil_bps))
         })
         .collect();
@@ -129,7 +134,7 @@ fn demo() -> Result<(), String> {
         ("MEASURED", true),
         ("OF EXPECTED", true),
     ]);
-    for ((((class, _, label), result), (rate, ceil)), expected) in
+    for ((((class, _, label, _), result), (rate, ceil)), expected) in
         streams.iter().zip(&results).zip(&limits).zip(&expected)
     {
         let on_wire = result.received_bps * WIRE_PER_PAYLOAD;

@@ -10,7 +10,7 @@
     reason = "test helpers fail the test with a backtrace"
 )]
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 use shaper_user::{
@@ -18,54 +18,9 @@ use shaper_user::{
     sandbox::{finish_client, run_client, spawn_client, Daemon, IperfServer, Sandbox},
 };
 
-const SHAPER: &str = env!("CARGO_BIN_EXE_shaper");
-const MBIT: f64 = 1e6;
+mod common;
 
-fn shaper() -> &'static Path {
-    Path::new(SHAPER)
-}
-
-/// Asserts `measured` is within ±`tolerance` (fraction) of `expected`.
-fn assert_near(what: &str, measured: f64, expected: f64, tolerance: f64) {
-    let ratio = measured / expected;
-    assert!(
-        (1.0 - tolerance..=1.0 + tolerance).contains(&ratio),
-        "{what}: measured {:.2} Mbit/s, expected {:.2} Mbit/s ±{:.0}% (ratio {ratio:.3})",
-        measured / MBIT,
-        expected / MBIT,
-        tolerance * 100.0
-    );
-}
-
-fn classes(daemon: &Daemon) -> Vec<Value> {
-    daemon.call(Command::Classes).unwrap().as_array().cloned().unwrap()
-}
-
-fn class<'a>(rows: &'a [Value], name: &str) -> &'a Value {
-    rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no class {name} in {rows:#?}"))
-}
-
-fn qdiscs(sandbox: &Sandbox) -> String {
-    let out = sandbox.a.run("tc", &["qdisc", "show", "dev", &sandbox.dev_a]).unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Programs attached to the sandbox interface (tcx links and tc filters), as the kernel reports them.
-fn attached_programs(sandbox: &Sandbox) -> Vec<String> {
-    sandbox.a.tc_programs(&sandbox.dev_a).unwrap()
-}
-
-/// The classes `shaper conns` gives the flows to `remote`.
-fn classes_of(daemon: &Daemon, remote: &str) -> Vec<String> {
-    let conns = daemon.call(Command::Conns).unwrap();
-    conns
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["remote"] == remote)
-        .map(|c| c["class"].as_str().unwrap().to_string())
-        .collect()
-}
+use common::*;
 
 #[test]
 fn two_port_classes_are_capped_at_once() {

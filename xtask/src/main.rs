@@ -36,7 +36,10 @@ enum Cmd {
     /// Shape live traffic in a throw-away sandbox and show the result.
     Demo,
     /// Measure the classifier's cost and the throughput it leaves (see README, Performance).
-    Bench,
+    Bench {
+        /// Only the sections whose name contains one of these words.
+        sections: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -68,10 +71,14 @@ fn main() -> Result<()> {
                     .arg(&shaper),
             )
         }
-        Cmd::Bench => {
+        Cmd::Bench { sections } => {
             setup::run()?;
             require_root("the benchmarks")?;
-            exec(Command::new("cargo").args(["bench", "-p", "shaper-user", "--bench", "datapath"]))
+            exec(
+                Command::new("cargo")
+                    .args(["bench", "-p", "shaper-user", "--bench", "datapath", "--"])
+                    .args(&sections),
+            )
         }
     }
 }

@@ -21,7 +21,8 @@ use crate::exec;
 /// The toolchain that builds both sides (the eBPF crate through RUSTC_BOOTSTRAP).
 const TOOLCHAIN: &str = "stable";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const PACKAGES: &[&str] = &["iproute2", "iperf3", "bpftool", "iputils-ping"];
+// python3-minimal: an unconnected UDP sender in the process tests.
+const PACKAGES: &[&str] = &["iproute2", "iperf3", "bpftool", "iputils-ping", "python3-minimal"];
 
 pub(crate) fn run() -> Result<()> {
     rust_src()?;

@@ -150,6 +150,18 @@ impl Shaper {
         Some(sent)
     }
 
+    /// Tells the kernel the answers to the userspace tests for this process, so
+    /// its next connections are decided from their first packet.
+    fn remember(&mut self, process: &ProcessFacts) {
+        if self.compiled.userspace.is_empty() || !self.event_driven {
+            return;
+        }
+        let tests = rules::answers(&self.compiled.userspace, process, self.datapath.rules_gen());
+        if let Err(e) = self.datapath.set_proc_tests(process.pid, &tests) {
+            log::debug!("{}", crate::error_chain(&e));
+        }
+    }
+
     /// Handles a new flow reported by the classifier.
     pub fn on_event(&mut self, event: &FlowEvent) {
         self.decisions.events += 1;
@@ -166,6 +178,9 @@ impl Shaper {
             process::facts(owner.tgid, Some(owner), self.needs, &self.accounts, self.cgroups.as_ref());
         let alive = std::path::Path::new(&format!("/proc/{}", owner.tgid)).exists();
         let class = self.final_class(&event.key, Some(&facts));
+        if alive {
+            self.remember(&facts);
+        }
         let mut info = ConnInfo::of(&facts, DecidedBy::Kernel);
         // A provisional verdict always gets the daemon's answer. A decided one is
         // revisited only with the process in view (its name, not its thread's).
@@ -205,6 +220,7 @@ impl Shaper {
         let inodes: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
         let holders = process::socket_holders(&inodes);
         let mut facts_of: HashMap<u32, ProcessFacts> = HashMap::new();
+        self.forget_exited();
         for socket in &sockets {
             let key = socket.key;
             let pid = holders.get(&socket.inode).and_then(|pids| choose(pids, self.conns.get(&key)));
@@ -249,6 +265,9 @@ impl Shaper {
                 entry.cmd = Some(facts.cmd.clone());
             }
         }
+        for facts in facts_of.values() {
+            self.remember(facts);
+        }
         self.sockets = sockets.into_iter().map(|s| (s.key, s)).collect();
         let mut live = HashSet::new();
         for (key, value) in self.datapath.flows() {
@@ -268,6 +287,17 @@ impl Shaper {
         log::debug!("scan: {report:?}");
         self.last_scan = Some(report);
         report
+    }
+
+    /// Drops the answers of processes that exited (their pid may come back as another program).
+    fn forget_exited(&mut self) {
+        for pid in self.datapath.proc_tests_pids() {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                if let Err(e) = self.datapath.remove_proc_tests(pid) {
+                    log::debug!("scan: {e}");
+                }
+            }
+        }
     }
 
     /// Forgets bound ports whose socket was released (their owner record is gone).

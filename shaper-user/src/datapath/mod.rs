@@ -17,7 +17,7 @@ use aya::{
 };
 use shaper_common::{
     class_stats_index, names, rule_node_index, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner,
-    RuleNode, Settings, ERR_COUNT, MAX_CLASSES, MAX_RULE_NODES, RULE_BANKS,
+    ProcTests, RuleNode, Settings, ERR_COUNT, MAX_CLASSES, MAX_RULE_NODES, RULE_BANKS,
 };
 
 /// The eBPF object built from `shaper-ebpf` by build.rs.
@@ -109,6 +109,7 @@ pub struct Datapath {
     errors: PerCpuArray<MapData, u64>,
     owners: HashMap<MapData, u64, Owner>,
     listeners: HashMap<MapData, ListenKey, Owner>,
+    proc_tests: HashMap<MapData, u32, ProcTests>,
     events: Option<RingBuf<MapData>>,
     rules_gen: u32,
     /// `SETTING_*` flags written with the rule generation.
@@ -151,6 +152,7 @@ impl Datapath {
         let errors = take_map(&mut ebpf, names::MAP_ERRORS)?;
         let owners = take_map(&mut ebpf, names::MAP_OWNERS)?;
         let listeners = take_map(&mut ebpf, names::MAP_LISTENERS)?;
+        let proc_tests = take_map(&mut ebpf, names::MAP_PROC_TESTS)?;
         let events = Some(take_map(&mut ebpf, names::MAP_EVENTS)?);
         Ok(Self {
             ebpf,
@@ -162,6 +164,7 @@ impl Datapath {
             errors,
             owners,
             listeners,
+            proc_tests,
             events,
             rules_gen: 0,
             settings_flags: 0,
@@ -301,6 +304,29 @@ impl Datapath {
     /// Every bound port's owner.
     pub fn listeners(&self) -> Vec<(ListenKey, Owner)> {
         self.listeners.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Leaves the daemon's answers to the userspace tests for process `tgid`.
+    pub fn set_proc_tests(&mut self, tgid: u32, tests: &ProcTests) -> Result<(), DatapathError> {
+        self.proc_tests.insert(tgid, tests, 0).map_err(|source| DatapathError::Map {
+            action: "writing answers",
+            map: names::MAP_PROC_TESTS,
+            source,
+        })
+    }
+
+    /// The processes PROC_TESTS has answers for.
+    pub fn proc_tests_pids(&self) -> Vec<u32> {
+        self.proc_tests.keys().filter_map(Result::ok).collect()
+    }
+
+    pub fn remove_proc_tests(&mut self, tgid: u32) -> Result<(), DatapathError> {
+        match self.proc_tests.remove(&tgid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => {
+                Err(DatapathError::Map { action: "removing answers", map: names::MAP_PROC_TESTS, source })
+            }
+        }
     }
 
     pub fn remove_listener(&mut self, key: &ListenKey) -> Result<(), DatapathError> {

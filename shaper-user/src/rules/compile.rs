@@ -55,6 +55,9 @@ pub struct Compiled {
     pub nodes: Vec<RuleNode>,
     /// The table tests cgroups (the classifier must look up the socket's ancestry).
     pub cgroups: bool,
+    /// The userspace tests by number: the daemon answers them per process in
+    /// PROC_TESTS (only the first `USERSPACE_TESTS` can be answered there).
+    pub userspace: Vec<Atom>,
 }
 
 /// A rule tree whose leaves are kernel tests.
@@ -76,20 +79,38 @@ fn cgroup_node(op: u8, id: u64, level: u32) -> Tree {
     Tree::Test(node)
 }
 
-fn userspace() -> Tree {
-    Tree::Test(RuleNode { op: OP_USERSPACE, ..RuleNode::default() })
+/// Numbers the userspace tests of a table (equal tests share a number).
+#[derive(Default)]
+struct Numbering {
+    atoms: Vec<Atom>,
 }
 
-/// The tests for "the socket's cgroup is `id` (at `level`) or below it".
-fn under(id: u64, level: u32) -> Tree {
+impl Numbering {
+    fn test(&mut self, atom: &Atom) -> Tree {
+        let number = match self.atoms.iter().position(|a| a == atom) {
+            Some(i) => i,
+            None => {
+                self.atoms.push(atom.clone());
+                self.atoms.len() - 1
+            }
+        };
+        // Tests past the last number PROC_TESTS can carry stay unanswered.
+        let lo = u32::try_from(number).unwrap_or(u32::MAX);
+        Tree::Test(RuleNode { op: OP_USERSPACE, lo, ..RuleNode::default() })
+    }
+}
+
+/// The tests for "the socket's cgroup is `id` (at `level`) or below it"; too
+/// deep for the kernel, the test `atom` is left to the daemon.
+fn under(id: u64, level: u32, atom: &Atom, numbering: &mut Numbering) -> Tree {
     if level > MAX_CGROUP_LEVEL {
-        userspace()
+        numbering.test(atom)
     } else {
         cgroup_node(OP_CGROUP_UNDER, id, level)
     }
 }
 
-fn atom_tree(atom: &Atom, index: &dyn CgroupIndex) -> Tree {
+fn atom_tree(atom: &Atom, index: &dyn CgroupIndex, numbering: &mut Numbering) -> Tree {
     match atom {
         Atom::Proto { lo, hi } => range(OP_PROTO, u32::from(*lo), u32::from(*hi)),
         Atom::Port { side, lo, hi } => {
@@ -122,24 +143,25 @@ fn atom_tree(atom: &Atom, index: &dyn CgroupIndex) -> Tree {
         Atom::Cgroup { path, below } => match (index.lookup(path), below) {
             (None, _) => Tree::Const(false),
             (Some((id, _)), false) => cgroup_node(OP_CGROUP, id, 0),
-            (Some((id, level)), true) => {
-                Tree::And(vec![under(id, level), Tree::Not(Box::new(cgroup_node(OP_CGROUP, id, 0)))])
-            }
+            (Some((id, level)), true) => Tree::And(vec![
+                under(id, level, atom, numbering),
+                Tree::Not(Box::new(cgroup_node(OP_CGROUP, id, 0))),
+            ]),
         },
-        Atom::Unit(name) => {
-            Tree::Or(index.units(name).into_iter().map(|(id, level)| under(id, level)).collect())
-        }
-        Atom::Text(..) => userspace(),
+        Atom::Unit(name) => Tree::Or(
+            index.units(name).into_iter().map(|(id, level)| under(id, level, atom, numbering)).collect(),
+        ),
+        Atom::Text(..) => numbering.test(atom),
     }
 }
 
-fn tree(pred: &Pred, index: &dyn CgroupIndex) -> Tree {
+fn tree(pred: &Pred, index: &dyn CgroupIndex, numbering: &mut Numbering) -> Tree {
     match pred {
         Pred::Const(b) => Tree::Const(*b),
-        Pred::Not(p) => Tree::Not(Box::new(tree(p, index))),
-        Pred::And(ps) => Tree::And(ps.iter().map(|p| tree(p, index)).collect()),
-        Pred::Or(ps) => Tree::Or(ps.iter().map(|p| tree(p, index)).collect()),
-        Pred::Atom(a) => atom_tree(a, index),
+        Pred::Not(p) => Tree::Not(Box::new(tree(p, index, numbering))),
+        Pred::And(ps) => Tree::And(ps.iter().map(|p| tree(p, index, numbering)).collect()),
+        Pred::Or(ps) => Tree::Or(ps.iter().map(|p| tree(p, index, numbering)).collect()),
+        Pred::Atom(a) => atom_tree(a, index, numbering),
     }
 }
 
@@ -211,7 +233,9 @@ impl Builder {
 /// table, looking cgroups up in `index`. The table always has at least one
 /// node, so the kernel never walks an empty bank.
 pub fn compile(rules: &[(u16, &Pred)], index: &dyn CgroupIndex) -> Result<Compiled, TooLarge> {
-    let trees: Vec<(u16, Tree)> = rules.iter().map(|(class, p)| (*class, fold(tree(p, index)))).collect();
+    let mut numbering = Numbering::default();
+    let trees: Vec<(u16, Tree)> =
+        rules.iter().map(|(class, p)| (*class, fold(tree(p, index, &mut numbering)))).collect();
     let mut b = Builder { nodes: Vec::new() };
     let mut entry = Target::Verdict(TARGET_DEFAULT);
     for (class, tree) in trees.iter().rev() {
@@ -223,7 +247,7 @@ pub fn compile(rules: &[(u16, &Pred)], index: &dyn CgroupIndex) -> Result<Compil
     if let Target::Verdict(v) = entry {
         // No test decides anything: one always-true node carrying the verdict.
         let node = RuleNode { op: OP_TRUE, on_true: v, on_false: v, ..RuleNode::default() };
-        return Ok(Compiled { nodes: vec![node], cgroups: false });
+        return Ok(Compiled { nodes: vec![node], cgroups: false, userspace: Vec::new() });
     }
     let count = b.nodes.len();
     // The entry is always the node created last, which becomes node 0.
@@ -241,5 +265,5 @@ pub fn compile(rules: &[(u16, &Pred)], index: &dyn CgroupIndex) -> Result<Compil
         .map(|(node, t, f)| RuleNode { on_true: index(*t), on_false: index(*f), ..*node })
         .collect();
     let cgroups = nodes.iter().any(|n| n.op == OP_CGROUP || n.op == OP_CGROUP_UNDER);
-    Ok(Compiled { nodes, cgroups })
+    Ok(Compiled { nodes, cgroups, userspace: numbering.atoms })
 }

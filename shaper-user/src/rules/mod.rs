@@ -92,6 +92,27 @@ impl std::fmt::Display for Rule {
     }
 }
 
+/// The answers to a table's userspace tests (numbered as in
+/// [`compile::Compiled::userspace`]) for one process, as PROC_TESTS carries them.
+pub fn answers(
+    userspace: &[pred::Atom],
+    process: &pred::ProcessFacts,
+    rules_gen: u32,
+) -> shaper_common::ProcTests {
+    let key = shaper_common::FlowKey::default();
+    let facts = pred::Facts { key: &key, process: Some(process) };
+    let mut tests = shaper_common::ProcTests { rules_gen, ..Default::default() };
+    for (i, atom) in userspace.iter().enumerate().take(shaper_common::USERSPACE_TESTS as usize) {
+        if atom.known_for(process) {
+            tests.known |= 1 << i;
+            if atom.matches(&facts) {
+                tests.values |= 1 << i;
+            }
+        }
+    }
+    tests
+}
+
 /// The class the rules give a flow, evaluated with everything known about it:
 /// first match wins.
 pub fn first_match(rules: &[(u16, &Pred)], facts: &pred::Facts<'_>) -> Option<u16> {

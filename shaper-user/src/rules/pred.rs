@@ -243,6 +243,24 @@ impl Atom {
         }
     }
 
+    /// Whether `p` holds what this test needs (a process that exited leaves
+    /// exe, args and ancestry unknown).
+    pub fn known_for(&self, p: &ProcessFacts) -> bool {
+        match self {
+            Atom::Text(attr, _) => match attr {
+                TextAttr::User => p.user.is_some(),
+                TextAttr::Group => p.group.is_some(),
+                TextAttr::Cmd => true,
+                TextAttr::Exe => p.exe.is_some(),
+                TextAttr::Args(_) => p.args.is_some(),
+                TextAttr::Cgroup | TextAttr::Unit => p.cgroup.is_some(),
+                TextAttr::Parent | TextAttr::Ancestor => p.ancestors.is_some(),
+            },
+            Atom::Cgroup { .. } | Atom::Unit(_) => p.cgroup.is_some(),
+            _ => true,
+        }
+    }
+
     /// Whether the kernel can make this test (from the packet, the socket's
     /// owner record or its cgroup).
     pub fn in_kernel(&self) -> bool {

@@ -2,9 +2,9 @@
 //! so tests can hold the compiler to the predicates it compiles.
 
 use shaper_common::{
-    FlowKey, Owner, RuleNode, MAX_CGROUP_LEVEL, OP_CGROUP, OP_CGROUP_UNDER, OP_COMM, OP_GID, OP_LADDR,
-    OP_LPORT, OP_PID, OP_PROTO, OP_RADDR, OP_RPORT, OP_TRUE, OP_UID, OP_USERSPACE, PROTO_TCP, PROTO_UDP,
-    TARGET_DEFAULT, TARGET_VERDICT,
+    FlowKey, Owner, ProcTests, RuleNode, MAX_CGROUP_LEVEL, OP_CGROUP, OP_CGROUP_UNDER, OP_COMM, OP_GID,
+    OP_LADDR, OP_LPORT, OP_PID, OP_PROTO, OP_RADDR, OP_RPORT, OP_TRUE, OP_UID, OP_USERSPACE, PROTO_TCP,
+    PROTO_UDP, TARGET_DEFAULT, TARGET_VERDICT, USERSPACE_TESTS,
 };
 
 /// What the classifier knows when it walks the table.
@@ -15,12 +15,15 @@ pub struct KernelFacts<'a> {
     pub owner: Option<&'a Owner>,
     /// The socket's cgroup id and its ancestors by level (0 = the root).
     pub cgroup: Option<(u64, &'a [u64])>,
+    /// The daemon's answers to the userspace tests for the owner's process,
+    /// as PROC_TESTS holds them (the generation check is the caller's).
+    pub proc_tests: Option<&'a ProcTests>,
 }
 
 impl<'a> KernelFacts<'a> {
     /// Facts about the packet alone.
     pub fn packet(key: &'a FlowKey) -> Self {
-        Self { key, owner: None, cgroup: None }
+        Self { key, owner: None, cgroup: None, proc_tests: None }
     }
 }
 
@@ -55,7 +58,15 @@ pub fn test(node: &RuleNode, facts: &KernelFacts<'_>) -> Option<bool> {
             let (_, ancestors) = facts.cgroup?;
             node.lo <= MAX_CGROUP_LEVEL && ancestors.get(node.lo as usize) == Some(&node_id(node))
         }
-        OP_USERSPACE => return None,
+        OP_USERSPACE => {
+            facts.owner?;
+            let tests = facts.proc_tests?;
+            let bit = 1u64.checked_shl(node.lo).filter(|_| node.lo < USERSPACE_TESTS)?;
+            if tests.known & bit == 0 {
+                return None;
+            }
+            tests.values & bit != 0
+        }
         _ => false,
     })
 }

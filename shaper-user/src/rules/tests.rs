@@ -482,7 +482,12 @@ fn the_kernel_table_agrees_with_the_daemon_whenever_it_is_not_provisional() {
                 let k = key(PROTO_TCP, "198.18.0.1:40000", &format!("198.18.0.2:{port}"));
                 let owner = owner_of(p);
                 let (cgroup, ancestors) = tree.ancestry(p.cgroup.as_deref().unwrap());
-                let kernel = KernelFacts { key: &k, owner: Some(&owner), cgroup: Some((cgroup, &ancestors)) };
+                let kernel = KernelFacts {
+                    key: &k,
+                    owner: Some(&owner),
+                    cgroup: Some((cgroup, &ancestors)),
+                    proc_tests: None,
+                };
                 let (verdict, is_provisional) = table::eval(&compiled.nodes, &kernel);
                 let daemon = first_match(&rules, &Facts { key: &k, process: Some(p) })
                     .map_or(TARGET_DEFAULT, target_class);
@@ -496,6 +501,15 @@ fn the_kernel_table_agrees_with_the_daemon_whenever_it_is_not_provisional() {
                 assert!(
                     !(kernel_only && is_provisional),
                     "{sources:?}: provisional without a userspace test"
+                );
+                // Once the daemon left its answers for the process, the kernel
+                // decides every flow of it, and decides it right.
+                let answers = answers(&compiled.userspace, p, 1);
+                let kernel = KernelFacts { proc_tests: Some(&answers), ..kernel };
+                assert_eq!(
+                    table::eval(&compiled.nodes, &kernel),
+                    (daemon, false),
+                    "{sources:?} for {p:?}, answered"
                 );
             }
         }

@@ -138,3 +138,63 @@ impl Drop for TestUser {
         }
     }
 }
+
+/// A directory of programs for one test (copies of binaries under other names,
+/// scripts), removed on drop.
+#[derive(Debug)]
+pub struct Programs {
+    dir: PathBuf,
+}
+
+impl Programs {
+    pub fn create(tag: &str) -> Result<Self, SandboxError> {
+        let dir = std::env::temp_dir().join(format!("shaper-test-{tag}-bin"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|source| SandboxError::File {
+            action: "creating",
+            path: dir.clone(),
+            source,
+        })?;
+        set_mode(&dir, 0o755)?;
+        Ok(Self { dir })
+    }
+
+    /// Copies the program `original` (found on PATH) as `name`; returns its path.
+    pub fn copy(&self, original: &str, name: &str) -> Result<PathBuf, SandboxError> {
+        let out = super::run("sh", &["-c", &format!("command -v {original}")])?;
+        let from = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let to = self.dir.join(name);
+        std::fs::copy(&from, &to).map_err(|source| SandboxError::File {
+            action: "copying to",
+            path: to.clone(),
+            source,
+        })?;
+        set_mode(&to, 0o755)?;
+        Ok(to)
+    }
+
+    /// Writes an executable script `name`; returns its path.
+    pub fn script(&self, name: &str, text: &str) -> Result<PathBuf, SandboxError> {
+        let to = self.dir.join(name);
+        std::fs::write(&to, text).map_err(|source| SandboxError::File {
+            action: "writing",
+            path: to.clone(),
+            source,
+        })?;
+        set_mode(&to, 0o755)?;
+        Ok(to)
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        SandboxError::File { action: "setting the mode of", path: path.to_path_buf(), source }
+    })
+}
+
+impl Drop for Programs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -14,7 +14,7 @@ mod cgroup;
 mod daemon;
 mod iperf;
 
-pub use cgroup::{Cgroup, TestUser};
+pub use cgroup::{Cgroup, Programs, TestUser};
 pub use daemon::Daemon;
 pub use iperf::{finish_client, run_client, spawn_client, spawn_client_cmd, IperfResult, IperfServer};
 

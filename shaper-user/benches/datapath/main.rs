@@ -13,6 +13,10 @@
 //! 4. The delivered rate of a 5 Gbit/s class (where tc's default bursts lose a
 //!    quarter of it) as a ratio of the configured rate.
 //! 5. Applying an HTB tree of 1 000 classes: shaper's netlink batch vs `tc -batch`.
+//! 6. Process matching (process.rs): bytes that run in the wrong class while
+//!    1 000 short connections start, for a kernel-decided and a daemon-decided
+//!    rule, next to the pyshaper model (no events, a 30 s scan); how soon the
+//!    daemon decides; and the /proc scan with 10 000 sockets next to `ss -tunap`.
 //!
 //! Needs root. Everything runs in throw-away network namespaces.
 
@@ -36,6 +40,9 @@ use shaper_user::{
     tc,
     units::format_rate,
 };
+
+mod helper;
+mod process;
 
 const SHAPER: &str = env!("CARGO_BIN_EXE_shaper");
 const FLOW_COUNTS: [usize; 3] = [1, 10_000, 100_000];
@@ -80,6 +87,12 @@ struct Row {
     shaper: String,
     baseline: String,
     ratio: String,
+}
+
+/// Which sections `cargo xtask bench -- NAME…` runs (all without names).
+fn wanted(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -399,18 +412,23 @@ fn apply(rows: &mut Vec<Row>) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    // `cargo bench` passes --bench; anything else is a filter this harness ignores.
+    if let Some(result) = helper::run_if_requested() {
+        return result;
+    }
+    // `cargo bench` passes --bench; other words select sections by name.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let started = Instant::now();
     let mut rows = Vec::new();
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 7] = [
         ("classifier cost, BPF_PROG_TEST_RUN", test_run_cost),
         ("classifier cost, live traffic", live_cost),
         ("throughput", throughput),
         ("rate accuracy", rate_accuracy),
         ("applying 1000 classes", apply),
+        ("process decisions", process::decisions),
+        ("process scan", process::scan),
     ];
-    for (name, section) in sections {
+    for (name, section) in sections.into_iter().filter(|(name, _)| wanted(name)) {
         eprintln!("bench: {name} …");
         let t = Instant::now();
         section(&mut rows).with_context(|| format!("benchmark section \"{name}\""))?;
@@ -422,7 +440,7 @@ fn main() -> Result<()> {
     }
     println!(
         "\nbaseline: a do-nothing tc program (cost rows), the bare veth pair (throughput), the configured \
-         rate (rate), tc -batch (apply)"
+         rate (rate), tc -batch (apply), as each row says (process rows)"
     );
     print!("{}", table.render());
     println!("total {:.0} s", started.elapsed().as_secs_f64());

@@ -1,0 +1,336 @@
+//! End to end: rules on the program, user, arguments, ancestry and cgroup
+//! behind a connection, with real programs started in the sandbox's cgroup
+//! (where the daemon's socket hooks are attached).
+//!
+//! Needs root. Every test builds and removes its own sandbox, cgroups, program
+//! copies and users.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test with a backtrace"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use shaper_user::sandbox::{
+    finish_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox, TestUser,
+};
+
+fn interface(sandbox: &Sandbox) -> String {
+    format!("[[interface]]\nname = \"{}\"\negress = \"1gbit\"\n", sandbox.dev_a)
+}
+
+/// iperf3's connections to `port`: (control, data), the data connection being
+/// the one that carried the bytes.
+fn iperf_conns(daemon: &Daemon, port: u16) -> (Value, Value) {
+    let rows = conns(daemon);
+    let mut mine: Vec<Value> = rows
+        .iter()
+        .filter(|c| c["remote"].as_str().is_some_and(|r| r.ends_with(&format!(":{port}"))))
+        .cloned()
+        .collect();
+    mine.sort_by_key(|c| c["tx_bytes"].as_u64());
+    match <[Value; 2]>::try_from(mine) {
+        Ok([control, data]) => (control, data),
+        Err(other) => panic!("expected two connections to port {port}, found {other:#?}"),
+    }
+}
+
+fn data_conn(daemon: &Daemon, port: u16) -> Value {
+    iperf_conns(daemon, port).1
+}
+
+#[test]
+fn two_copies_of_one_program_are_shaped_by_name() {
+    let sandbox = Sandbox::new("names").unwrap();
+    let programs = Programs::create(&sandbox.tag).unwrap();
+    let bulk = programs.copy("iperf3", "bulkapp").unwrap();
+    let fast = programs.copy("iperf3", "fastapp").unwrap();
+    let config = format!(
+        "{}\n[[class]]\nname = \"bulk\"\negress = \"5mbit\"\nmatch = 'cmd == \"bulkapp\"'\n\n\
+         [[class]]\nname = \"fast\"\negress = \"20mbit\"\nmatch = 'cmd == \"fastapp\"'\n",
+        interface(&sandbox)
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let _s2 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5202).unwrap();
+    let args = ["-t", "8", "-O", "2"];
+    let b = spawn_client_cmd(sandbox.client(bulk.to_str().unwrap()).unwrap(), Sandbox::ADDR_B4, 5201, &args)
+        .unwrap();
+    let f = spawn_client_cmd(sandbox.client(fast.to_str().unwrap()).unwrap(), Sandbox::ADDR_B4, 5202, &args)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (bulk_conn, fast_conn) = (data_conn(&daemon, 5201), data_conn(&daemon, 5202));
+    let (b, f) = (finish_client(b).unwrap(), finish_client(f).unwrap());
+    println!("bulkapp {:.2} Mbit/s, fastapp {:.2} Mbit/s", b.received_bps / MBIT, f.received_bps / MBIT);
+    assert_near("bulkapp (cmd rule, 5 Mbit/s)", b.received_bps, 5.0 * MBIT, 0.10);
+    assert_near("fastapp (cmd rule, 20 Mbit/s)", f.received_bps, 20.0 * MBIT, 0.10);
+    // The kernel decided from the first packet; conns shows who is behind each flow.
+    for (conn, cmd, class) in [(&bulk_conn, "bulkapp", "bulk"), (&fast_conn, "fastapp", "fast")] {
+        assert_eq!((conn["cmd"].as_str(), conn["class"].as_str()), (Some(cmd), Some(class)), "{conn:#}");
+        assert_eq!(conn["origin"], "kernel", "{conn:#}");
+        assert_eq!(conn["user"], "root", "{conn:#}");
+        assert!(conn["pid"].as_u64().is_some_and(|p| p > 1), "{conn:#}");
+        assert_eq!(conn["rule"], format!("cmd == \"{cmd}\""), "{conn:#}");
+    }
+}
+
+#[test]
+fn a_client_run_as_another_user_is_matched_by_user() {
+    let sandbox = Sandbox::new("user").unwrap();
+    let user = TestUser::create(&format!("shp-{}", sandbox.tag)).unwrap();
+    let config = format!(
+        "{}\ndefault = \"others\"\n\n[[class]]\nname = \"theirs\"\negress = \"5mbit\"\nmatch = 'user == \"{}\"'\n\n\
+         [[class]]\nname = \"others\"\negress = \"20mbit\"\n",
+        interface(&sandbox),
+        user.name
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let _s2 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5202).unwrap();
+    let args = ["-t", "8", "-O", "2"];
+    let theirs =
+        spawn_client_cmd(sandbox.client_as(&user, "iperf3").unwrap(), Sandbox::ADDR_B4, 5201, &args).unwrap();
+    let root = spawn_client_cmd(sandbox.client("iperf3").unwrap(), Sandbox::ADDR_B4, 5202, &args).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let conn = data_conn(&daemon, 5201);
+    let (theirs, root) = (finish_client(theirs).unwrap(), finish_client(root).unwrap());
+    assert_near(&format!("user {} (5 Mbit/s)", user.name), theirs.received_bps, 5.0 * MBIT, 0.10);
+    assert_near("root's client, the default class (20 Mbit/s)", root.received_bps, 20.0 * MBIT, 0.10);
+    assert_eq!(
+        (conn["user"].as_str(), conn["class"].as_str()),
+        (Some(user.name.as_str()), Some("theirs")),
+        "{conn:#}"
+    );
+}
+
+#[test]
+fn args_and_ancestor_rules_are_decided_by_the_daemon_within_milliseconds() {
+    let sandbox = Sandbox::new("args").unwrap();
+    let programs = Programs::create(&sandbox.tag).unwrap();
+    // A launcher script that runs the client as its child (not exec).
+    let launcher = programs.script("launcher.sh", "#!/bin/sh\niperf3 \"$@\"\nexit $?\n").unwrap();
+    let config = format!(
+        "{}\n[[class]]\nname = \"titled\"\negress = \"5mbit\"\nmatch = 'args ~ \"shp-args-*\"'\n\n\
+         [[class]]\nname = \"launched\"\negress = \"8mbit\"\nmatch = 'ancestor == \"launcher.sh\"'\n",
+        interface(&sandbox)
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let _s2 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5202).unwrap();
+    let titled = spawn_client_cmd(
+        sandbox.client("iperf3").unwrap(),
+        Sandbox::ADDR_B4,
+        5201,
+        &["-t", "8", "-O", "2", "-T", "shp-args-1"],
+    )
+    .unwrap();
+    let launched = spawn_client_cmd(
+        sandbox.client(launcher.to_str().unwrap()).unwrap(),
+        Sandbox::ADDR_B4,
+        5202,
+        &["-t", "8", "-O", "2"],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (titled_conns, launched_conns) = (iperf_conns(&daemon, 5201), iperf_conns(&daemon, 5202));
+    let status = daemon.call(shaper_user::control::Command::Status).unwrap();
+    let (titled, launched) = (finish_client(titled).unwrap(), finish_client(launched).unwrap());
+    assert_near("iperf3 -T shp-args-1 (args rule, 5 Mbit/s)", titled.received_bps, 5.0 * MBIT, 0.10);
+    assert_near(
+        "iperf3 under launcher.sh (ancestor rule, 8 Mbit/s)",
+        launched.received_bps,
+        8.0 * MBIT,
+        0.10,
+    );
+    for ((control, data), class) in [(&titled_conns, "titled"), (&launched_conns, "launched")] {
+        // A process's first connection waits for the daemon, which reads /proc;
+        // it ran in its provisional class until then: report it.
+        assert_eq!(
+            (control["class"].as_str(), control["origin"].as_str()),
+            (Some(class), Some("daemon")),
+            "{control:#}"
+        );
+        let (us, bytes) =
+            (control["decided_us"].as_u64().unwrap(), control["provisional_bytes"].as_u64().unwrap());
+        println!(
+            "{class}: first connection decided after {us} µs, {bytes} bytes sent in the provisional class"
+        );
+        assert!(bytes < 64 * 1024, "{bytes} bytes ran in the provisional class: {control:#}");
+        // The data connection follows within a millisecond or so: decided by
+        // the kernel from the daemon's answers if they were there already,
+        // else by the daemon; in its class either way.
+        assert_eq!(data["class"].as_str(), Some(class), "{data:#}");
+    }
+    let decisions = &status["decisions"];
+    println!("daemon decisions: {decisions:#}");
+    assert!(decisions["provisional"].as_u64() >= Some(2), "{status:#}");
+}
+
+#[test]
+fn every_byte_of_a_kernel_decided_connection_is_in_its_class() {
+    let sandbox = Sandbox::new("first3").unwrap();
+    let programs = Programs::create(&sandbox.tag).unwrap();
+    let bulk = programs.copy("iperf3", "bulkapp").unwrap();
+    let config = format!(
+        "{}\n[[class]]\nname = \"bulk\"\negress = \"5mbit\"\nmatch = 'cmd == \"bulkapp\"'\n",
+        interface(&sandbox)
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B6, 5201).unwrap();
+    let before = classes(&daemon);
+    let default_before = class(&before, "default")["sent_bytes"].as_u64().unwrap();
+    let run = finish_client(
+        spawn_client_cmd(
+            sandbox.client(bulk.to_str().unwrap()).unwrap(),
+            Sandbox::ADDR_B6,
+            5201,
+            &["-t", "1"],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let rows = classes(&daemon);
+    let (in_class, htb_sent) = (
+        class(&rows, "bulk")["bytes"].as_u64().unwrap(),
+        class(&rows, "bulk")["sent_bytes"].as_u64().unwrap(),
+    );
+    let default_growth = class(&rows, "default")["sent_bytes"].as_u64().unwrap() - default_before;
+    println!(
+        "received {}; classifier counted {in_class}, HTB sent {htb_sent}; default grew {default_growth}",
+        run.received_bytes
+    );
+    assert!(in_class >= run.received_bytes && htb_sent >= run.received_bytes);
+    assert!(default_growth < 2_000, "the default class grew by {default_growth} bytes");
+    let conn = data_conn(&daemon, 5201);
+    assert_eq!((conn["origin"].as_str(), conn["class"].as_str()), (Some("kernel"), Some("bulk")), "{conn:#}");
+}
+
+#[test]
+fn a_connection_opened_before_the_daemon_started_is_shaped_after_the_first_scan() {
+    let sandbox = Sandbox::new("pre3").unwrap();
+    let programs = Programs::create(&sandbox.tag).unwrap();
+    let bulk = programs.copy("iperf3", "bulkapp").unwrap();
+    let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let client = spawn_client_cmd(
+        sandbox.client(bulk.to_str().unwrap()).unwrap(),
+        Sandbox::ADDR_B4,
+        5201,
+        &["-t", "9", "-b", "50M"],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // Its sockets have no owner record: the hooks were not there when they were made.
+    let config = format!(
+        "{}\n[[class]]\nname = \"bulk\"\negress = \"5mbit\"\nmatch = 'cmd == \"bulkapp\"'\n",
+        interface(&sandbox)
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let conn = data_conn(&daemon, 5201);
+    assert_eq!((conn["class"].as_str(), conn["cmd"].as_str()), (Some("bulk"), Some("bulkapp")), "{conn:#}");
+    assert_near("a transfer that predates the daemon", htb_rate(&daemon, "bulk", 3.0), 5.0 * MBIT, 0.10);
+    finish_client(client).unwrap();
+}
+
+#[test]
+fn cgroup_and_unit_rules_are_decided_in_the_kernel() {
+    let sandbox = Sandbox::new("cgrp").unwrap();
+    let unit = sandbox.cgroup.child("shp-bulk.service").unwrap();
+    let plain = sandbox.cgroup.child("fast").unwrap();
+    let config = format!(
+        "{}\n[[class]]\nname = \"unit\"\negress = \"5mbit\"\nmatch = 'unit == \"shp-bulk.service\"'\n\n\
+         [[class]]\nname = \"path\"\negress = \"20mbit\"\nmatch = 'cgroup == \"{}/fast\"'\n",
+        interface(&sandbox),
+        sandbox.cgroup.path()
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B6, 5201).unwrap();
+    let _s2 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B6, 5202).unwrap();
+    let args = ["-t", "8", "-O", "2"];
+    let u =
+        spawn_client_cmd(sandbox.client_in(&unit, "iperf3").unwrap(), Sandbox::ADDR_B6, 5201, &args).unwrap();
+    let p = spawn_client_cmd(sandbox.client_in(&plain, "iperf3").unwrap(), Sandbox::ADDR_B6, 5202, &args)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let unit_conn = data_conn(&daemon, 5201);
+    let (u, p) = (finish_client(u).unwrap(), finish_client(p).unwrap());
+    assert_near("a process in shp-bulk.service (unit rule, 5 Mbit/s)", u.received_bps, 5.0 * MBIT, 0.10);
+    assert_near("a process in …/fast (cgroup rule, 20 Mbit/s)", p.received_bps, 20.0 * MBIT, 0.10);
+    assert_eq!(unit_conn["origin"], "kernel", "{unit_conn:#}");
+}
+
+#[test]
+fn unconnected_udp_over_ipv6_is_matched_by_program() {
+    let sandbox = Sandbox::new("udp3").unwrap();
+    let programs = Programs::create(&sandbox.tag).unwrap();
+    // Datagrams with sendto() on an unconnected socket, 1 MB in all.
+    let sender = programs
+        .script(
+            "udpsender",
+            &format!(
+                "#!/usr/bin/python3\nimport socket\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+                 for i in range(1000):\n    s.sendto(b'x' * 1000, ('{}', 5353))\n",
+                Sandbox::ADDR_B6
+            ),
+        )
+        .unwrap();
+    let config = format!(
+        "{}\n[[class]]\nname = \"udp\"\negress = \"100mbit\"\nmatch = 'proto == \"udp\" and cmd == \"udpsender\"'\n",
+        interface(&sandbox)
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let before = classes(&daemon);
+    let status = sandbox.client(sender.to_str().unwrap()).unwrap().status().unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let rows = classes(&daemon);
+    let grew = |name: &str| {
+        class(&rows, name)["bytes"].as_u64().unwrap() - class(&before, name)["bytes"].as_u64().unwrap()
+    };
+    println!("udp class +{} bytes, default +{} bytes", grew("udp"), grew("default"));
+    // 1000 datagrams of 1000 bytes plus headers, all in the class.
+    assert!(grew("udp") >= 1_000_000, "udp class grew by {}", grew("udp"));
+    assert!(grew("default") < 2_000, "default class grew by {}", grew("default"));
+}
+
+#[test]
+fn later_connections_of_a_process_are_decided_in_the_kernel_from_the_daemons_answers() {
+    let sandbox = Sandbox::new("cache").unwrap();
+    let programs = Programs::create(&sandbox.tag).unwrap();
+    // Five connections, a tenth of a second apart; the argument is what the rule tests.
+    let client = programs
+        .script(
+            "connector",
+            &format!(
+                "#!/usr/bin/python3\nimport socket, sys, time\nfor i in range(5):\n    \
+                 s = socket.create_connection(('{}', 5201))\n    s.close()\n    time.sleep(0.1)\n",
+                Sandbox::ADDR_B4
+            ),
+        )
+        .unwrap();
+    let config = format!(
+        "{}\n[[class]]\nname = \"tagged\"\negress = \"5mbit\"\nmatch = 'args ~ \"shp-cache-tag\"'\n",
+        interface(&sandbox)
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let status = sandbox.client(client.to_str().unwrap()).unwrap().arg("shp-cache-tag").status().unwrap();
+    assert!(status.success());
+    let mut mine: Vec<Value> =
+        conns(&daemon).into_iter().filter(|c| c["remote"] == format!("{}:5201", Sandbox::ADDR_B4)).collect();
+    mine.sort_by_key(|c| {
+        c["local"].as_str().map(|l| l.rsplit(':').next().unwrap_or("").parse::<u32>().unwrap_or(0))
+    });
+    assert_eq!(mine.len(), 5, "{mine:#?}");
+    let origins: Vec<&str> = mine.iter().map(|c| c["origin"].as_str().unwrap()).collect();
+    assert!(mine.iter().all(|c| c["class"] == "tagged"), "{mine:#?}");
+    // The first waited for the daemon; the others did not.
+    assert_eq!(origins.iter().filter(|o| **o == "daemon").count(), 1, "{mine:#?}");
+    assert_eq!(origins.iter().filter(|o| **o == "kernel").count(), 4, "{mine:#?}");
+}
