@@ -16,8 +16,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use shaper_common::{
     class_stats_index, classid_of, FlowEvent, FlowKey, FlowValue, ListenKey, CLASS_DEFAULT, ERR_EVENT_LOST,
-    ERR_FLOW_INSERT, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FLOW_PROVISIONAL, ORIGIN_KERNEL,
-    SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_VERDICT,
+    ERR_FLOW_INSERT, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FAMILY_V6, FLOW_PROVISIONAL,
+    ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_VERDICT,
 };
 
 use crate::{
@@ -85,8 +85,11 @@ fn socket_facts(ctx: &TcContext, settings: u32, rules_gen: u32, key: &FlowKey) -
         // SAFETY: `sk` is a valid socket (common part) after the null check.
         if !sk.is_null() && unsafe { (*sk).state } != TCP_TIME_WAIT {
             let listen = ListenKey { family: key.family, proto: key.proto, port: key.lport };
-            // SAFETY: read-only look at a map value.
-            if let Some(owner) = unsafe { LISTENERS.get(listen) } {
+            // An IPv4 connection may also come from a dual-stack IPv6 listener.
+            let dual = ListenKey { family: FAMILY_V6, ..listen };
+            // SAFETY: read-only looks at map values.
+            let owner = unsafe { LISTENERS.get(listen).or_else(|| LISTENERS.get(dual)) };
+            if let Some(owner) = owner {
                 facts.owner = *owner;
                 facts.has_owner = 1;
             }

@@ -334,3 +334,45 @@ fn later_connections_of_a_process_are_decided_in_the_kernel_from_the_daemons_ans
     assert_eq!(origins.iter().filter(|o| **o == "daemon").count(), 1, "{mine:#?}");
     assert_eq!(origins.iter().filter(|o| **o == "kernel").count(), 4, "{mine:#?}");
 }
+
+#[test]
+fn connections_accepted_by_a_server_inherit_its_owner() {
+    let sandbox = Sandbox::new("accept").unwrap();
+    let programs = Programs::create(&sandbox.tag).unwrap();
+    let server = programs.copy("iperf3", "serverapp").unwrap();
+    let config = format!(
+        "{}\n[[class]]\nname = \"served\"\negress = \"5mbit\"\nmatch = 'cmd == \"serverapp\"'\n",
+        interface(&sandbox)
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    // A dual-stack server (bound to ::) in the shaped namespace, sending (-R)
+    // to a client on the far side over IPv4: its sockets come from accept().
+    let _server = shaper_user::sandbox::IperfServer::start_cmd(
+        sandbox.client(server.to_str().unwrap()).unwrap(),
+        &sandbox.a,
+        5501,
+    )
+    .unwrap();
+    let client =
+        shaper_user::sandbox::spawn_client(&sandbox.b, Sandbox::ADDR_A4, 5501, &["-t", "8", "-O", "2", "-R"])
+            .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let rows = conns(&daemon);
+    let served: Vec<&Value> =
+        rows.iter().filter(|c| c["local"] == format!("{}:5501", Sandbox::ADDR_A4)).collect();
+    let result = finish_client(client).unwrap();
+    assert_near(
+        "a download from serverapp (cmd rule on the listener, 5 Mbit/s)",
+        result.received_bps,
+        5.0 * MBIT,
+        0.10,
+    );
+    assert!(!served.is_empty(), "{rows:#?}");
+    for conn in served {
+        assert_eq!(
+            (conn["class"].as_str(), conn["origin"].as_str()),
+            (Some("served"), Some("kernel")),
+            "{conn:#}"
+        );
+    }
+}

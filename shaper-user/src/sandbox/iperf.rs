@@ -16,9 +16,16 @@ pub struct IperfServer {
 impl IperfServer {
     /// Starts a server bound to `addr`:`port` and waits until it listens.
     pub fn start(ns: &Netns, addr: &str, port: u16) -> Result<Self, SandboxError> {
-        let child = ns
-            .command("iperf3")
-            .args(["-s", "-B", addr, "-p", &port.to_string()])
+        let mut cmd = ns.command("iperf3");
+        cmd.args(["-B", addr]);
+        Self::start_cmd(cmd, ns, port)
+    }
+
+    /// Starts a server through `cmd` (iperf3 or a copy, where and as whom the
+    /// caller chose, with any extra arguments), in namespace `ns`, on `port`.
+    pub fn start_cmd(mut cmd: Command, ns: &Netns, port: u16) -> Result<Self, SandboxError> {
+        let child = cmd
+            .args(["-s", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
