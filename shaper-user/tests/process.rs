@@ -376,3 +376,56 @@ fn connections_accepted_by_a_server_inherit_its_owner() {
         );
     }
 }
+
+#[test]
+fn a_socket_kept_across_exec_is_reclassed_by_the_scan() {
+    let sandbox = Sandbox::new("exec").unwrap();
+    let programs = Programs::create(&sandbox.tag).unwrap();
+    // The far end reads whatever comes.
+    let sink = programs
+        .script(
+            "sink",
+            "#!/usr/bin/python3\nimport socket\nl = socket.create_server(('::', 5601), family=socket.AF_INET6, dualstack_ipv6=True)\n\
+             c, _ = l.accept()\nwhile c.recv(65536):\n    pass\n",
+        )
+        .unwrap();
+    // bash makes and connects the socket, waits, then becomes `execd`, which sends on it.
+    let execd = programs
+        .script(
+            "execd",
+            "#!/usr/bin/python3\nimport socket, time\ns = socket.socket(fileno=3)\nend = time.time() + 8\n\
+             while time.time() < end:\n    s.send(b'x' * 65536)\n",
+        )
+        .unwrap();
+    let config = format!(
+        "[daemon]\nscan_interval = \"1s\"\n\n{}\n[[class]]\nname = \"execd\"\negress = \"5mbit\"\nmatch = 'cmd == \"execd\"'\n",
+        interface(&sandbox)
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let mut sink = sandbox.b.command(sink.to_str().unwrap()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let script = format!("exec 3<>/dev/tcp/{}/5601; sleep 1; exec {}", Sandbox::ADDR_B4, execd.display());
+    let mut client = sandbox.client("bash").unwrap().args(["-c", &script]).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let rate = htb_rate(&daemon, "execd", 3.0);
+    let status = daemon.call(shaper_user::control::Command::Status).unwrap();
+    let _ = client.wait();
+    let _ = sink.kill();
+    let _ = sink.wait();
+    assert_near("a socket bash made, used by execd after exec", rate, 5.0 * MBIT, 0.10);
+    let corrected = status["last_scan"]["corrected"].as_u64().unwrap_or(0);
+    let conn = data_conn_to(&daemon, 5601);
+    println!("scan corrected {corrected} flows; {conn:#}");
+    assert_eq!(
+        (conn["cmd"].as_str(), conn["class"].as_str(), conn["origin"].as_str()),
+        (Some("execd"), Some("execd"), Some("scan")),
+        "{conn:#}"
+    );
+}
+
+fn data_conn_to(daemon: &Daemon, port: u16) -> Value {
+    conns(daemon)
+        .into_iter()
+        .find(|c| c["remote"].as_str().is_some_and(|r| r.ends_with(&format!(":{port}"))))
+        .unwrap_or_else(|| panic!("no connection to port {port}"))
+}

@@ -233,6 +233,7 @@ impl Shaper {
                     .clone()
             });
             let class = self.final_class(&key, facts.as_ref());
+            let mut corrected = false;
             match self.datapath.flow(&key) {
                 // Only a socket with a known process can correct a class: without
                 // one, process rules would read as false.
@@ -241,6 +242,7 @@ impl Shaper {
                 {
                     self.settle(&key, class);
                     report.corrected += 1;
+                    corrected = true;
                 }
                 Some(_) => {}
                 None if socket.state == "time-wait" => {}
@@ -263,6 +265,9 @@ impl Shaper {
                 entry.pid = Some(facts.pid);
                 entry.user = facts.user.clone();
                 entry.cmd = Some(facts.cmd.clone());
+                if corrected {
+                    entry.by = DecidedBy::Scan;
+                }
             }
         }
         for facts in facts_of.values() {
