@@ -138,12 +138,36 @@ pub struct IfaceInfo {
     /// Length of the link-layer header in front of the IP header (14 on Ethernet, 0 on
     /// raw-IP devices such as WireGuard or tun).
     pub l2_len: u16,
-    /// Bit `i` is set when class index `i` exists (has an HTB leaf) on this interface.
+    /// The IFB device ingress traffic is redirected to (its HTB tree shapes
+    /// downloads); 0 when the interface's ingress is not shaped.
+    pub ifb_ifindex: u32,
+    pub _pad: u32,
+    /// Bit `i` is set when class index `i` exists (has an HTB leaf) on this
+    /// interface, in both directions.
     pub classes: [u64; (MAX_CLASSES / 64) as usize],
 }
-const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8 + 8 * (MAX_CLASSES as usize / 64));
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 16 + 8 * (MAX_CLASSES as usize / 64));
 
 impl IfaceInfo {
+    /// An interface with no classes yet and unshaped ingress.
+    pub const fn new(slot: u32, default_class: u16, l2_len: u16) -> Self {
+        Self {
+            slot,
+            default_class,
+            l2_len,
+            ifb_ifindex: 0,
+            _pad: 0,
+            classes: [0; (MAX_CLASSES / 64) as usize],
+        }
+    }
+
+    /// Marks class index `class` as present on the interface.
+    pub fn add_class(&mut self, class: u32) {
+        if let Some(word) = self.classes.get_mut(((class >> 6) & (MAX_CLASSES / 64 - 1)) as usize) {
+            *word |= 1u64 << (class & 63);
+        }
+    }
+
     #[inline(always)]
     pub fn has_class(&self, class: u32) -> bool {
         let word = ((class >> 6) & (MAX_CLASSES / 64 - 1)) as usize;

@@ -3,6 +3,8 @@
 
 /// Egress classifier (tc / tcx).
 pub const PROG_TC_EGRESS: &str = "tc_egress";
+/// Ingress classifier: classifies with the reverse tuple and redirects to the IFB.
+pub const PROG_TC_INGRESS: &str = "tc_ingress";
 /// A classifier that does nothing: the baseline of the per-packet cost benchmark.
 pub const PROG_TC_PASSTHROUGH: &str = "tc_passthrough";
 

@@ -1,4 +1,10 @@
-//! The per-packet path shared by the egress (and later ingress) classifiers.
+//! The per-packet path shared by the egress and ingress classifiers.
+//!
+//! Both directions of a connection share one flow entry: on egress the
+//! packet's source is the local end, on ingress its destination. Egress
+//! packets carry their socket (owner record, cgroup); ingress packets have
+//! none yet at tc, so a connection first seen on ingress (an inbound one)
+//! takes the owner of the port it arrives on.
 
 use core::{
     ffi::c_void,
@@ -8,16 +14,16 @@ use core::{
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id,
-        bpf_skb_cgroup_id,
+        bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect,
+        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
     },
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use shaper_common::{
-    class_stats_index, classid_of, FlowEvent, FlowKey, FlowValue, ListenKey, CLASS_DEFAULT, ERR_EVENT_LOST,
-    ERR_FLOW_INSERT, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FAMILY_V6, FLOW_PROVISIONAL,
-    ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_VERDICT,
+    class_stats_index, classid_of, FlowEvent, FlowKey, FlowValue, ListenKey, Owner, CLASS_DEFAULT,
+    ERR_EVENT_LOST, ERR_FLOW_INSERT, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FAMILY_V6,
+    FLOW_PROVISIONAL, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_VERDICT,
 };
 
 use crate::{
@@ -33,6 +39,7 @@ const TCP_TIME_WAIT: u32 = 6;
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Direction {
     Egress,
+    Ingress,
 }
 
 /// Maps a rule-table verdict to a flow's class (`CLASS_DEFAULT` for "no match").
@@ -52,25 +59,50 @@ fn add(counter: &mut u64, n: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
 }
 
-/// Fills in what the rules may ask about the packet's socket (its owner and its
-/// cgroup ancestry) in SCRATCH. Returns the socket's cookie (0 when the packet
-/// has no socket, or the facts could not be stored).
+/// The owner of the port `key` is bound to locally (a dual-stack IPv6 socket
+/// takes IPv4 connections too).
 #[inline(always)]
-fn socket_facts(ctx: &TcContext, settings: u32, rules_gen: u32, key: &FlowKey) -> u64 {
-    let Some(facts) = SCRATCH.get_ptr_mut(0) else { return 0 };
+fn listener(key: &FlowKey) -> Option<Owner> {
+    let listen = ListenKey { family: key.family, proto: key.proto, port: key.lport };
+    let dual = ListenKey { family: FAMILY_V6, ..listen };
+    // SAFETY: read-only looks at map values.
+    unsafe { LISTENERS.get(listen).or_else(|| LISTENERS.get(dual)).copied() }
+}
+
+/// Fills in what the rules may ask about the packet's socket (its owner and its
+/// cgroup ancestry) in SCRATCH. Returns whether the daemon should hear of the
+/// flow, and the socket's cookie (0 when there is none).
+#[inline(always)]
+fn socket_facts(
+    ctx: &TcContext,
+    direction: Direction,
+    settings: u32,
+    rules_gen: u32,
+    key: &FlowKey,
+) -> (bool, u64) {
+    let Some(facts) = SCRATCH.get_ptr_mut(0) else { return (false, 0) };
     // SAFETY: this CPU's slot of SCRATCH, used by nothing else during this run.
     let facts = unsafe { &mut *facts };
     facts.has_owner = 0;
     facts.has_cgroup = 0;
     facts.rules_gen = rules_gen;
     if settings & SETTING_PROCESS_RULES == 0 {
-        return 0;
+        return (false, 0);
+    }
+    if direction == Direction::Ingress {
+        // No socket yet: an inbound connection belongs to the port's owner.
+        if let Some(owner) = listener(key) {
+            facts.owner = owner;
+            facts.has_owner = 1;
+            return (true, 0);
+        }
+        return (false, 0);
     }
     let skb = ctx.skb.skb;
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(skb as *mut c_void) };
     if cookie == 0 {
-        return 0;
+        return (false, 0);
     }
     // SAFETY: read-only look at a map value.
     if let Some(owner) = unsafe { OWNERS.get(cookie) } {
@@ -84,13 +116,8 @@ fn socket_facts(ctx: &TcContext, settings: u32, rules_gen: u32, key: &FlowKey) -
         let sk = unsafe { (*skb).__bindgen_anon_2.sk };
         // SAFETY: `sk` is a valid socket (common part) after the null check.
         if !sk.is_null() && unsafe { (*sk).state } != TCP_TIME_WAIT {
-            let listen = ListenKey { family: key.family, proto: key.proto, port: key.lport };
-            // An IPv4 connection may also come from a dual-stack IPv6 listener.
-            let dual = ListenKey { family: FAMILY_V6, ..listen };
-            // SAFETY: read-only looks at map values.
-            let owner = unsafe { LISTENERS.get(listen).or_else(|| LISTENERS.get(dual)) };
-            if let Some(owner) = owner {
-                facts.owner = *owner;
+            if let Some(owner) = listener(key) {
+                facts.owner = owner;
                 facts.has_owner = 1;
             }
         }
@@ -108,7 +135,7 @@ fn socket_facts(ctx: &TcContext, settings: u32, rules_gen: u32, key: &FlowKey) -
             }
         }
     }
-    cookie
+    (true, cookie)
 }
 
 /// Tells the daemon about a flow the kernel just decided.
@@ -145,7 +172,7 @@ fn send_event(walk: &Walk, cookie: u64, class: u16, provisional: bool) {
 struct Decision {
     class: u16,
     provisional: bool,
-    /// The packet's socket (0: none, nothing to tell).
+    report: bool,
     cookie: u64,
 }
 
@@ -162,7 +189,7 @@ impl Decision {
     /// Tells the daemon, once the flow entry it will look for exists.
     #[inline(always)]
     fn report(&self, walk: &Walk) {
-        if self.cookie != 0 {
+        if self.report {
             send_event(walk, self.cookie, self.class, self.provisional);
         }
     }
@@ -170,15 +197,15 @@ impl Decision {
 
 /// Evaluates the rules for a flow.
 #[inline(always)]
-fn decide(ctx: &TcContext, rules_gen: u32, settings: u32, walk: &mut Walk) -> Decision {
-    let cookie = socket_facts(ctx, settings, rules_gen, &walk.key);
+fn decide(ctx: &TcContext, direction: Direction, rules_gen: u32, settings: u32, walk: &mut Walk) -> Decision {
+    let (report, cookie) = socket_facts(ctx, direction, settings, rules_gen, &walk.key);
     let (verdict, provisional) = rules::evaluate(walk, rules_gen);
-    Decision { class: verdict_class(verdict), provisional, cookie }
+    Decision { class: verdict_class(verdict), provisional, report, cookie }
 }
 
 /// The class of the flow `key`, creating its flow entry on first sight.
 #[inline(always)]
-fn flow_class(ctx: &TcContext, key: &FlowKey, len: u64) -> u16 {
+fn flow_class(ctx: &TcContext, direction: Direction, key: &FlowKey, len: u64) -> u16 {
     let (rules_gen, settings) = SETTINGS.get(0).map_or((0, 0), |s| (s.rules_gen, s.flags));
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -187,31 +214,41 @@ fn flow_class(ctx: &TcContext, key: &FlowKey, len: u64) -> u16 {
         let flow = unsafe { &mut *flow };
         if flow.origin == ORIGIN_KERNEL && flow.rules_gen != rules_gen {
             let mut walk = Walk::new(key);
-            let decision = decide(ctx, rules_gen, settings, &mut walk);
+            let decision = decide(ctx, direction, rules_gen, settings, &mut walk);
             flow.class = decision.class;
             flow.flags = decision.flags();
             flow.rules_gen = rules_gen;
             decision.report(&walk);
         }
         flow.last_seen_ns = now;
-        add(&mut flow.tx_bytes, len);
-        add(&mut flow.tx_packets, 1);
+        match direction {
+            Direction::Egress => {
+                add(&mut flow.tx_bytes, len);
+                add(&mut flow.tx_packets, 1);
+            }
+            Direction::Ingress => {
+                add(&mut flow.rx_bytes, len);
+                add(&mut flow.rx_packets, 1);
+            }
+        }
         return flow.class;
     }
     let mut walk = Walk::new(key);
-    let decision = decide(ctx, rules_gen, settings, &mut walk);
+    let decision = decide(ctx, direction, rules_gen, settings, &mut walk);
     let class = decision.class;
     debug!(ctx, "new flow proto {} lport {} rport {}: class {}", key.proto, key.lport, key.rport, class);
-    let flow = FlowValue {
+    let mut flow = FlowValue {
         class,
         origin: ORIGIN_KERNEL,
         flags: decision.flags(),
         rules_gen,
         last_seen_ns: now,
-        tx_bytes: len,
-        tx_packets: 1,
         ..FlowValue::default()
     };
+    match direction {
+        Direction::Egress => (flow.tx_bytes, flow.tx_packets) = (len, 1),
+        Direction::Ingress => (flow.rx_bytes, flow.rx_packets) = (len, 1),
+    }
     // Another CPU may have inserted the same flow meanwhile (EEXIST): fine, same verdict.
     if let Err(e) = FLOWS.insert(key, flow, BPF_NOEXIST as u64) {
         if e != -17 {
@@ -223,7 +260,7 @@ fn flow_class(ctx: &TcContext, key: &FlowKey, len: u64) -> u16 {
 }
 
 #[inline(always)]
-pub(crate) fn classify(ctx: &TcContext, _direction: Direction) -> i32 {
+pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
     // SAFETY: reading a field of the context the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: read-only use of a value the daemon writes rarely.
@@ -231,9 +268,17 @@ pub(crate) fn classify(ctx: &TcContext, _direction: Direction) -> i32 {
         count_error(ERR_NO_IFACE);
         return TC_ACT_UNSPEC;
     };
+    let ifb = iface.ifb_ifindex;
+    if direction == Direction::Ingress && ifb == 0 {
+        return TC_ACT_UNSPEC;
+    }
+    let side = match direction {
+        Direction::Egress => Side::SourceLocal,
+        Direction::Ingress => Side::DestLocal,
+    };
     let len = ctx.len() as u64;
-    let mut class = match flow_key(ctx, iface.l2_len as usize, Side::SourceLocal) {
-        Some(key) => flow_class(ctx, &key, len),
+    let mut class = match flow_key(ctx, iface.l2_len as usize, side) {
+        Some(key) => flow_class(ctx, direction, &key, len),
         None => CLASS_DEFAULT,
     };
     if class == CLASS_DEFAULT || !iface.has_class(class as u32) {
@@ -242,10 +287,25 @@ pub(crate) fn classify(ctx: &TcContext, _direction: Direction) -> i32 {
     if let Some(stats) = CLASS_STATS.get_ptr_mut(class_stats_index(iface.slot, class as u32)) {
         // SAFETY: per-CPU slot, written only by this CPU.
         let stats = unsafe { &mut *stats };
-        stats.tx_bytes += len;
-        stats.tx_packets += 1;
+        match direction {
+            Direction::Egress => {
+                stats.tx_bytes += len;
+                stats.tx_packets += 1;
+            }
+            Direction::Ingress => {
+                stats.rx_bytes += len;
+                stats.rx_packets += 1;
+            }
+        }
     }
     // SAFETY: tc programs may write skb->priority; HTB reads it as the class id.
     unsafe { (*ctx.skb.skb).priority = classid_of(class as u32) };
-    TC_ACT_UNSPEC
+    match direction {
+        Direction::Egress => TC_ACT_UNSPEC,
+        // Through the IFB's HTB tree, which hands the packet back to this
+        // interface's receive path once it may go.
+        // SAFETY: plain helper; an unknown ifindex makes the kernel drop the packet,
+        // which the daemon rules out by removing the interface entry first.
+        Direction::Ingress => unsafe { bpf_redirect(ifb, 0) as i32 },
+    }
 }

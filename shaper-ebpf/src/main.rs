@@ -31,6 +31,11 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 }
 
 #[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    classify::classify(&ctx, classify::Direction::Ingress)
+}
+
+#[classifier]
 pub fn tc_passthrough(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }

@@ -23,7 +23,6 @@ pub(crate) enum Side {
     /// The packet leaves: the source is local.
     SourceLocal,
     /// The packet arrives: the destination is local.
-    #[allow(dead_code)]
     DestLocal,
 }
 

@@ -16,6 +16,14 @@ use shaper_user::{
 };
 
 const SECONDS: u32 = 10;
+/// Which way a demo stream goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Up,
+    Down,
+}
+use Way::{Down, Up};
+
 /// A full TCP segment over IPv4 with timestamps: 1448 bytes of payload in a 1514-byte frame.
 const WIRE_PER_PAYLOAD: f64 = 1514.0 / 1448.0;
 
@@ -88,24 +96,29 @@ fn demo() -> Result<(), String> {
     let mut daemon = Daemon::start(&sandbox, std::path::Path::new(&shaper), &config).map_err(err)?;
     print!("{}", shaper_output(&sandbox, &shaper, &daemon.socket, "status")?);
 
-    step(&format!("three iperf3 TCP streams at once for {SECONDS} s, one per class"));
+    step(&format!("four iperf3 TCP streams at once for {SECONDS} s, one per class: three up, one down"));
     // The backup job is iperf3 under another name: the rule matches the program.
     let programs = Programs::create(&sandbox.tag).map_err(err)?;
     let backupjob = programs.copy("iperf3", "backupjob").map_err(err)?;
     let streams = [
-        ("video", 5201u16, "iperf3 to port 5201 → video", "iperf3".into()),
-        ("backup", 6001, "backupjob to port 6001 → backup", backupjob.display().to_string()),
-        ("everything-else", 6000, "iperf3 to port 6000 → no rule", "iperf3".to_string()),
+        ("video", 5201u16, "upload: iperf3 to port 5201 → video", "iperf3".to_string(), Up),
+        ("backup", 6001, "upload: backupjob to port 6001 → backup", backupjob.display().to_string(), Up),
+        ("everything-else", 6000, "upload: iperf3 to port 6000 → no rule", "iperf3".to_string(), Up),
+        ("updates", 6002, "download: iperf3 -R from port 6002 → updates", "iperf3".to_string(), Down),
     ];
     let mut servers = Vec::new();
-    for (_, port, _, _) in &streams {
+    for (_, port, _, _, _) in &streams {
         servers.push(IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, *port).map_err(err)?);
     }
     let secs = SECONDS.to_string();
     let clients: Vec<_> = streams
         .iter()
-        .map(|(_, port, _, program)| {
-            spawn_client_cmd(sandbox.client(program)?, Sandbox::ADDR_B4, *port, &["-t", &secs, "-O", "2"])
+        .map(|(_, port, _, program, way)| {
+            let mut args = vec!["-t", secs.as_str(), "-O", "2"];
+            if *way == Down {
+                args.push("-R");
+            }
+            spawn_client_cmd(sandbox.client(program)?, Sandbox::ADDR_B4, *port, &args)
         })
         .collect::<Result<_, _>>()
         .map_err(err)?;
@@ -117,14 +130,24 @@ fn demo() -> Result<(), String> {
     step("measured by iperf3 at the receiver, next to what the classes allow");
     let conf = config::parse(&config_path, &config, &SystemEnv::load().env()).map_err(|e| e.to_string())?;
     let iface = conf.interfaces.first().ok_or("the demo config has no interface")?;
-    let plan = plan::plan(&conf, iface, plan::Direction::Egress, 1500).ok_or("no egress plan")?;
-    let limits: Vec<(u64, u64)> = streams
-        .iter()
-        .map(|(class, _, _, _)| {
-            plan.classes.iter().find(|c| c.name == *class).map_or((0, 0), |c| (c.rate_bps, c.ceil_bps))
-        })
-        .collect();
-    let expected = fair_shares(iface.egress_bps, &limits.iter().map(|l| l.1).collect::<Vec<_>>());
+    // What each stream may get: the fair share under the ceilings, per direction.
+    let mut limits = vec![(0, 0); streams.len()];
+    let mut expected = vec![0; streams.len()];
+    for (way, direction) in [(Up, plan::Direction::Egress), (Down, plan::Direction::Ingress)] {
+        let Some(plan) = plan::plan(&conf, iface, direction, 1500) else { continue };
+        let mine: Vec<usize> = (0..streams.len()).filter(|i| streams[*i].4 == way).collect();
+        for &i in &mine {
+            limits[i] = plan
+                .classes
+                .iter()
+                .find(|c| c.name == streams[i].0)
+                .map_or((0, 0), |c| (c.rate_bps, c.ceil_bps));
+        }
+        let shares = fair_shares(plan.capacity_bps, &mine.iter().map(|&i| limits[i].1).collect::<Vec<_>>());
+        for (&i, share) in mine.iter().zip(shares) {
+            expected[i] = share;
+        }
+    }
     let mut table = Table::new(&[
         ("STREAM", false),
         ("CLASS", false),
@@ -134,7 +157,7 @@ fn demo() -> Result<(), String> {
         ("MEASURED", true),
         ("OF EXPECTED", true),
     ]);
-    for ((((class, _, label, _), result), (rate, ceil)), expected) in
+    for ((((class, _, label, _, _), result), (rate, ceil)), expected) in
         streams.iter().zip(&results).zip(&limits).zip(&expected)
     {
         let on_wire = result.received_bps * WIRE_PER_PAYLOAD;
@@ -149,7 +172,10 @@ fn demo() -> Result<(), String> {
         ]);
     }
     print!("{}", table.render());
-    println!("    video and backup sit at their ceilings; everything-else borrows the rest of the 100 Mbit/s link.");
+    println!("    video and backup sit at their ceilings; everything-else borrows the rest of the 100 Mbit/s uplink;");
+    println!(
+        "    the download is held at its class's ceiling on the 200 Mbit/s downlink, through an IFB device."
+    );
     println!(
         "    (limits count whole frames; MEASURED is iperf3's payload rate × 1514/1448 for the TCP/IP/Ethernet headers)"
     );

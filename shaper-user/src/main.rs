@@ -165,10 +165,7 @@ fn check(path: &Path) -> Result<()> {
     };
     println!("{}: ok", path.display());
     for iface in &conf.interfaces {
-        let ingress = iface.ingress_bps.map_or_else(
-            || "not shaped".to_string(),
-            |r| format!("{} (not applied: this version shapes egress only)", format_rate(r)),
-        );
+        let ingress = iface.ingress_bps.map_or_else(|| "not shaped".to_string(), format_rate);
         println!("interface {}: egress {}, ingress {}", iface.name, format_rate(iface.egress_bps), ingress);
         let Some(egress) = plan::plan(&conf, iface, plan::Direction::Egress, 1500) else { continue };
         let mut table = Table::new(&[
@@ -225,8 +222,12 @@ fn print_status(status: &Status, json: bool) -> Result<()> {
         status.version, status.pid, status.uptime_s, status.config
     );
     for i in &status.interfaces {
+        let ingress = match (&i.ifb, i.ingress_bps) {
+            (Some(ifb), Some(bps)) => format!("ingress {} through {ifb}", format_rate(bps)),
+            _ => "ingress not shaped".to_string(),
+        };
         println!(
-            "  {} (ifindex {}): egress {} via {}, default class {}",
+            "  {} (ifindex {}): egress {}, {ingress}, via {}, default class {}",
             i.name,
             i.ifindex,
             format_rate(i.egress_bps),
@@ -310,7 +311,9 @@ fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
     if json {
         return print_json(&rows);
     }
-    let mut table = Table::new(&[
+    // Received bytes are counted where ingress is shaped; without any, the column says nothing.
+    let received = rows.iter().any(|r| r.rx_bytes > 0);
+    let mut columns = vec![
         ("PROTO", false),
         ("LOCAL", false),
         ("REMOTE", false),
@@ -321,11 +324,14 @@ fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
         ("CLASS", false),
         ("BY", false),
         ("SENT", true),
-        ("IDLE", true),
-        ("RULE", false),
-    ]);
+    ];
+    if received {
+        columns.push(("RECEIVED", true));
+    }
+    columns.extend([("IDLE", true), ("RULE", false)]);
+    let mut table = Table::new(&columns);
     for r in rows {
-        table.row(vec![
+        let mut cells = vec![
             r.proto.clone(),
             r.local.clone(),
             r.remote.clone(),
@@ -336,9 +342,15 @@ fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
             r.class.clone(),
             r.origin.clone(),
             format_bytes(r.tx_bytes),
+        ];
+        if received {
+            cells.push(format_bytes(r.rx_bytes));
+        }
+        cells.extend([
             format!("{:.1}s", r.idle_ms as f64 / 1000.0),
             r.rule.clone().unwrap_or_else(|| "-".to_string()),
         ]);
+        table.row(cells);
     }
     print!("{}", table.render());
     Ok(())

@@ -13,8 +13,8 @@
 use std::net::IpAddr;
 
 use shaper_common::{
-    classid_of, FlowKey, IfaceInfo, RuleNode, CLASS_DEFAULT, FAMILY_V4, FAMILY_V6, MAX_CLASSES, OP_RADDR,
-    OP_RPORT, OP_TRUE, PROTO_TCP, TARGET_DEFAULT,
+    classid_of, FlowKey, IfaceInfo, RuleNode, CLASS_DEFAULT, FAMILY_V4, FAMILY_V6, OP_RADDR, OP_RPORT,
+    OP_TRUE, PROTO_TCP, TARGET_DEFAULT,
 };
 use shaper_user::{
     datapath::{Datapath, LoadOptions},
@@ -32,14 +32,9 @@ fn ip(s: &str) -> IpAddr {
 fn datapath() -> Datapath {
     let mut dp =
         Datapath::load(LoadOptions { max_flows: 1024, kernel_log_level: 0 }).expect("load (are you root?)");
-    let mut info = IfaceInfo {
-        slot: 0,
-        default_class: DEFAULT_CLASS,
-        l2_len: 14,
-        classes: [0; (MAX_CLASSES / 64) as usize],
-    };
+    let mut info = IfaceInfo::new(0, DEFAULT_CLASS, 14);
     for class in 0..=3 {
-        info.classes[0] |= 1 << class;
+        info.add_class(class);
     }
     dp.set_iface(IFACE_KEY, &info).unwrap();
     dp
@@ -82,7 +77,7 @@ fn rules() -> Vec<RuleNode> {
 }
 
 fn classify(dp: &mut Datapath, frame: &[u8]) -> u32 {
-    dp.test_run(shaper_common::names::PROG_TC_EGRESS, frame, IFINDEX, 1).unwrap().0
+    dp.test_run(shaper_common::names::PROG_TC_EGRESS, frame, IFINDEX, 1).unwrap().priority
 }
 
 #[test]
@@ -141,9 +136,10 @@ fn truncated_and_non_ip_frames_pass_with_the_default_class() {
         // the IP header; those are covered by the raw-socket test on a live link.
         let ports_end = full.len() - l4_len + 4;
         for cut in 14 + ip_len..ports_end {
-            let (priority, _) = dp
+            let priority = dp
                 .test_run(shaper_common::names::PROG_TC_EGRESS, &full[..cut], IFINDEX, 1)
-                .unwrap_or_else(|e| panic!("cut {cut}: {e:?}"));
+                .unwrap_or_else(|e| panic!("cut {cut}: {e:?}"))
+                .priority;
             assert_eq!(priority, classid_of(DEFAULT_CLASS as u32), "cut at {cut} of {}", full.len());
         }
         assert_ne!(classify(&mut dp, &full), classid_of(DEFAULT_CLASS as u32));
@@ -210,13 +206,8 @@ fn flows_are_cached_counted_and_re_evaluated_after_a_rule_swap() {
 fn classes_missing_on_an_interface_fall_back_to_its_default() {
     let mut dp = datapath();
     dp.set_rules(&rules()).unwrap();
-    let mut info = IfaceInfo {
-        slot: 0,
-        default_class: DEFAULT_CLASS,
-        l2_len: 14,
-        classes: [0; (MAX_CLASSES / 64) as usize],
-    };
-    info.classes[0] = 1 << DEFAULT_CLASS; // only the default class exists here
+    let mut info = IfaceInfo::new(0, DEFAULT_CLASS, 14);
+    info.add_class(u32::from(DEFAULT_CLASS)); // only the default class exists here
     dp.set_iface(IFINDEX, &info).unwrap();
     let frame = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build();
     assert_eq!(classify(&mut dp, &frame), classid_of(DEFAULT_CLASS as u32));
@@ -232,4 +223,46 @@ fn no_rules_loaded_means_default_class() {
     let frame = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build();
     assert_eq!(classify(&mut dp, &frame), classid_of(DEFAULT_CLASS as u32));
     assert_eq!(dp.errors().unwrap().iter().sum::<u64>(), 0);
+}
+
+/// `TC_ACT_REDIRECT`, what `bpf_redirect` makes the ingress classifier return.
+const TC_ACT_REDIRECT: i32 = 7;
+/// `TC_ACT_UNSPEC`: pass, untouched.
+const TC_ACT_UNSPEC: i32 = -1;
+
+#[test]
+fn ingress_packets_share_their_connections_flow_and_go_to_the_ifb() {
+    let mut dp = datapath();
+    dp.set_rules(&rules()).unwrap();
+    let ingress = shaper_common::names::PROG_TC_INGRESS;
+    let reply = Frame::tcp(ip("198.18.0.2"), 5201, ip("198.18.0.1"), 40000).build();
+    // Ingress not shaped on this interface: passed untouched, no flow made.
+    let run = dp.test_run(ingress, &reply, IFINDEX, 1).unwrap();
+    assert_eq!(run.verdict, TC_ACT_UNSPEC);
+    assert!(dp.flows().is_empty());
+    let mut info = IfaceInfo::new(0, DEFAULT_CLASS, 14);
+    for class in 0..=3 {
+        info.add_class(class);
+    }
+    info.ifb_ifindex = 4242;
+    dp.set_iface(IFINDEX, &info).unwrap();
+    // The connection's first packet leaves; its reply, the tuple seen the other
+    // way round, lands in the same flow and class, and is sent to the IFB.
+    let request = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build();
+    assert_eq!(classify(&mut dp, &request), classid_of(0));
+    let run = dp.test_run(ingress, &reply, IFINDEX, 1).unwrap();
+    assert_eq!((run.priority, run.verdict), (classid_of(0), TC_ACT_REDIRECT));
+    let flows = dp.flows();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let (_, flow) = flows[0];
+    assert_eq!((flow.tx_packets, flow.rx_packets, flow.rx_bytes), (1, 1, reply.len() as u64));
+    assert_eq!(dp.class_stats(0, 0).unwrap().rx_packets, 1);
+    // A connection first seen arriving is classified from the tuple too, and
+    // what the classifier cannot read goes to the default class, redirected all the same.
+    let inbound = Frame::udp(ip("fd00::2"), 40000, ip("fd00::1"), 6005).build();
+    assert_eq!(dp.test_run(ingress, &inbound, IFINDEX, 1).unwrap().priority, classid_of(1));
+    let mut arp = vec![0u8; 42];
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let run = dp.test_run(ingress, &arp, IFINDEX, 1).unwrap();
+    assert_eq!((run.priority, run.verdict), (classid_of(DEFAULT_CLASS as u32), TC_ACT_REDIRECT));
 }

@@ -13,7 +13,11 @@
 //! 4. The delivered rate of a 5 Gbit/s class (where tc's default bursts lose a
 //!    quarter of it) as a ratio of the configured rate.
 //! 5. Applying an HTB tree of 1 000 classes: shaper's netlink batch vs `tc -batch`.
-//! 6. Process matching (process.rs): bytes that run in the wrong class while
+//! 6. The ingress path (ingress.rs): the ingress classifier's cost on live
+//!    downloads next to an empty program, and one download through the IFB
+//!    and its HTB tree next to the bare pair (and to an IFB left at the
+//!    kernel's default queue length).
+//! 7. Process matching (process.rs): bytes that run in the wrong class while
 //!    1 000 short connections start, for a kernel-decided and a daemon-decided
 //!    rule, next to the pyshaper model (no events, a 30 s scan); how soon the
 //!    daemon decides; and the /proc scan with 10 000 sockets next to `ss -tunap`.
@@ -28,7 +32,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use shaper_common::{names, FlowKey, FlowValue, IfaceInfo, FAMILY_V4, MAX_CLASSES, ORIGIN_KERNEL, PROTO_TCP};
+use shaper_common::{names, FlowKey, FlowValue, IfaceInfo, FAMILY_V4, ORIGIN_KERNEL, PROTO_TCP};
 use shaper_user::{
     config,
     datapath::{Datapath, LoadOptions},
@@ -42,6 +46,7 @@ use shaper_user::{
 };
 
 mod helper;
+mod ingress;
 mod process;
 
 const SHAPER: &str = env!("CARGO_BIN_EXE_shaper");
@@ -141,14 +146,18 @@ fn fill_flows(dp: &mut Datapath, count: usize, except: &FlowKey) -> Result<()> {
     Ok(())
 }
 
-fn load_datapath(ifindex: u32) -> Result<Datapath> {
+/// The datapath with the bench's rules, interface `ifindex` registered (its
+/// ingress redirected to `ifb` unless 0).
+fn load_datapath(ifindex: u32, ifb: u32) -> Result<Datapath> {
     let conf = config::parse(Path::new("bench.toml"), RULES, &SystemEnv::load().env())?;
     let mut dp = Datapath::load(LoadOptions { max_flows: 131_072, kernel_log_level: 0 })
         .context("loading the eBPF object (are you root?)")?;
     dp.set_rules(&conf.compile_rules(&NoCgroups)?.nodes)?;
-    let mut info =
-        IfaceInfo { slot: 0, default_class: 0, l2_len: 14, classes: [0; (MAX_CLASSES / 64) as usize] };
-    info.classes[0] = (1 << conf.classes.len()) - 1;
+    let mut info = IfaceInfo::new(0, 0, 14);
+    info.ifb_ifindex = ifb;
+    for class in 0..conf.classes.len() as u32 {
+        info.add_class(class);
+    }
     dp.set_iface(ifindex, &info)?;
     Ok(dp)
 }
@@ -156,7 +165,7 @@ fn load_datapath(ifindex: u32) -> Result<Datapath> {
 /// Section 1: BPF_PROG_TEST_RUN.
 fn test_run_cost(rows: &mut Vec<Row>) -> Result<()> {
     // BPF_PROG_TEST_RUN runs the program as if on `lo` (ifindex 1).
-    let mut dp = load_datapath(1)?;
+    let mut dp = load_datapath(1, 0)?;
     let mut frame = Frame::tcp(ip("198.18.0.1"), 40_000, ip("198.18.0.2"), 5201);
     frame.payload = 1448;
     let bytes = frame.build();
@@ -167,9 +176,12 @@ fn test_run_cost(rows: &mut Vec<Row>) -> Result<()> {
         dp.test_run(names::PROG_TC_EGRESS, &bytes, 1, 1)?;
         let (mut ours, mut base) = (Vec::new(), Vec::new());
         for _ in 0..5 {
-            ours.push(dp.test_run(names::PROG_TC_EGRESS, &bytes, 1, TEST_RUN_REPEAT)?.1.as_nanos() as f64);
+            ours.push(
+                dp.test_run(names::PROG_TC_EGRESS, &bytes, 1, TEST_RUN_REPEAT)?.duration.as_nanos() as f64
+            );
             base.push(
-                dp.test_run(names::PROG_TC_PASSTHROUGH, &bytes, 1, TEST_RUN_REPEAT)?.1.as_nanos() as f64
+                dp.test_run(names::PROG_TC_PASSTHROUGH, &bytes, 1, TEST_RUN_REPEAT)?.duration.as_nanos()
+                    as f64,
             );
         }
         let (o, b) = (median(ours), median(base));
@@ -188,8 +200,8 @@ fn test_run_cost(rows: &mut Vec<Row>) -> Result<()> {
             let mut f = frame.clone();
             f.sport = 1024 + i;
             let b = f.build();
-            ours += dp.test_run(names::PROG_TC_EGRESS, &b, 1, 1)?.1.as_nanos() as f64;
-            base += dp.test_run(names::PROG_TC_PASSTHROUGH, &b, 1, 1)?.1.as_nanos() as f64;
+            ours += dp.test_run(names::PROG_TC_EGRESS, &b, 1, 1)?.duration.as_nanos() as f64;
+            base += dp.test_run(names::PROG_TC_PASSTHROUGH, &b, 1, 1)?.duration.as_nanos() as f64;
         }
         let (o, b) = (ours / f64::from(MISS_SAMPLES), base / f64::from(MISS_SAMPLES));
         rows.push(Row {
@@ -231,7 +243,7 @@ fn live_cost(rows: &mut Vec<Row>) -> Result<()> {
     let results = in_netns(&sandbox.a, || {
         let nl = tc::Netlink::open()?;
         let link = tc::link_by_name(&nl, &sandbox.dev_a)?.ok_or_else(|| anyhow!("no {}", sandbox.dev_a))?;
-        let mut dp = load_datapath(link.index)?;
+        let mut dp = load_datapath(link.index, 0)?;
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf_stats")?;
         let mut out = Vec::new();
         let key = FlowKey::default();
@@ -242,7 +254,7 @@ fn live_cost(rows: &mut Vec<Row>) -> Result<()> {
                 for (name, into) in
                     [(names::PROG_TC_EGRESS, &mut ours), (names::PROG_TC_PASSTHROUGH, &mut base)]
                 {
-                    dp.attach(name, &sandbox.dev_a)?;
+                    dp.attach(name, &sandbox.dev_a, plan::Direction::Egress)?;
                     let before = run_stats(&mut dp, name)?;
                     let client =
                         spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5201, &["-t", &LIVE_SECONDS.to_string()])?;
@@ -419,12 +431,14 @@ fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let started = Instant::now();
     let mut rows = Vec::new();
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 9] = [
         ("classifier cost, BPF_PROG_TEST_RUN", test_run_cost),
         ("classifier cost, live traffic", live_cost),
         ("throughput", throughput),
         ("rate accuracy", rate_accuracy),
         ("applying 1000 classes", apply),
+        ("ingress cost", ingress::cost),
+        ("ingress throughput", ingress::throughput),
         ("process decisions", process::decisions),
         ("process scan", process::scan),
     ];

@@ -156,12 +156,6 @@ impl Config {
         self.classes.iter().find(|c| c.name == name)
     }
 
-    /// Whether any interface or class sets an ingress rate.
-    pub fn sets_ingress(&self) -> bool {
-        self.interfaces.iter().any(|i| i.ingress_bps.is_some())
-            || self.classes.iter().any(|c| c.ingress.is_some())
-    }
-
     /// The kernel rule table for the classes' `match` rules, in file order.
     pub fn compile_rules(&self, cgroups: &dyn CgroupIndex) -> Result<Compiled, TooLarge> {
         let rules: Vec<(u16, &rules::Pred)> =

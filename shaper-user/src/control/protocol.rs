@@ -103,6 +103,9 @@ pub struct InterfaceStatus {
     pub ifindex: u32,
     pub egress_bps: u64,
     pub ingress_bps: Option<u64>,
+    /// The IFB device downloads are shaped on, when ingress is shaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifb: Option<String>,
     /// "tcx" or "clsact".
     pub attach: String,
     pub default_class: String,
@@ -169,6 +172,7 @@ pub struct ConnRow {
     pub state: String,
     pub tx_bytes: u64,
     pub tx_packets: u64,
+    /// Counted on interfaces whose ingress is shaped (0 elsewhere).
     pub rx_bytes: u64,
     pub rx_packets: u64,
     pub idle_ms: u64,

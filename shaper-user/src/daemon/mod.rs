@@ -14,7 +14,7 @@ mod decide;
 mod report;
 mod shaper;
 
-pub use shaper::Shaper;
+pub use shaper::{ifb_name, Shaper, IFB_TXQUEUELEN};
 
 use std::{
     path::PathBuf,
@@ -46,6 +46,11 @@ pub enum DaemonError {
          (`tc qdisc del dev {iface} root`) or shape another interface"
     )]
     ForeignQdisc { iface: String, kind: String, handle: String },
+    #[error(
+        "an interface named {ifb} exists already; shaper shapes the ingress of {iface} through an IFB of \
+         that name. If a shaper that stopped uncleanly left it, remove it (`ip link del {ifb}`)"
+    )]
+    IfbExists { iface: String, ifb: String },
     #[error("netlink")]
     Netlink(#[from] tc::TcError),
     #[error(transparent)]

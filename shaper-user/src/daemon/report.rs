@@ -53,13 +53,21 @@ impl Shaper {
     /// Samples the HTB counters for the "rate now" column.
     pub fn sample_rates(&mut self) {
         let at = Instant::now();
-        for shaped in &self.shaped {
-            match tc::class_stats(&self.netlink, shaped.ifindex) {
+        let devices: Vec<(u32, &str)> = self
+            .shaped
+            .iter()
+            .flat_map(|s| {
+                std::iter::once((s.ifindex, s.name.as_str()))
+                    .chain(s.ingress.as_ref().map(|i| (i.ifb.index, i.ifb.name.as_str())))
+            })
+            .collect();
+        for (ifindex, name) in devices {
+            match tc::class_stats(&self.netlink, ifindex) {
                 Ok(stats) => {
                     let sent = stats.iter().map(|s| (s.classid, s.bytes)).collect();
-                    self.meters.entry(shaped.ifindex).or_default().push(at, sent);
+                    self.meters.entry(ifindex).or_default().push(at, sent);
                 }
-                Err(e) => log::debug!("sampling {}: {e}", shaped.name),
+                Err(e) => log::debug!("sampling {name}: {e}"),
             }
         }
     }
@@ -82,6 +90,7 @@ impl Shaper {
                         ifindex: s.ifindex,
                         egress_bps: s.egress.capacity_bps,
                         ingress_bps: conf.and_then(|c| c.ingress_bps),
+                        ifb: s.ingress.as_ref().map(|i| i.ifb.name.clone()),
                         attach: s.attach.to_string(),
                         default_class: self.class_name(s.egress.default_class),
                     }
@@ -111,35 +120,45 @@ impl Shaper {
     pub fn classes(&self) -> Result<Vec<ClassRow>, DaemonError> {
         let mut rows = Vec::new();
         for shaped in &self.shaped {
-            let htb: HashMap<u32, tc::ClassStats> =
-                tc::class_stats(&self.netlink, shaped.ifindex)?.into_iter().map(|s| (s.classid, s)).collect();
-            let meter = self.meters.get(&shaped.ifindex);
-            for class in &shaped.egress.classes {
-                let classid = shaper_common::classid_of(u32::from(class.index));
-                let ours = self.datapath.class_stats(shaped.slot, u32::from(class.index))?;
-                let sent = htb.get(&classid);
-                rows.push(ClassRow {
-                    name: class.name.clone(),
-                    interface: shaped.name.clone(),
-                    direction: Direction::Egress.as_str().to_string(),
-                    classid: tc::format_handle(classid),
-                    rate_bps: class.rate_bps,
-                    ceil_bps: class.ceil_bps,
-                    priority: class.priority,
-                    bytes: ours.tx_bytes,
-                    packets: ours.tx_packets,
-                    sent_bytes: sent.map_or(0, |s| s.bytes),
-                    sent_packets: sent.map_or(0, |s| s.packets),
-                    drops: sent.map_or(0, |s| u64::from(s.drops)),
-                    overlimits: sent.map_or(0, |s| u64::from(s.overlimits)),
-                    backlog_bytes: sent.map_or(0, |s| u64::from(s.backlog)),
-                    rate_now_bps: meter.map_or(0, |m| m.rate(classid)),
-                    rule: self
-                        .config
-                        .classes
-                        .get(usize::from(class.index))
-                        .and_then(|c| c.rule_source.clone()),
-                });
+            let trees = std::iter::once((Direction::Egress, &shaped.egress, shaped.ifindex))
+                .chain(shaped.ingress.as_ref().map(|i| (Direction::Ingress, &i.plan, i.ifb.index)));
+            for (direction, plan, htb_ifindex) in trees {
+                let htb: HashMap<u32, tc::ClassStats> = tc::class_stats(&self.netlink, htb_ifindex)?
+                    .into_iter()
+                    .map(|s| (s.classid, s))
+                    .collect();
+                let meter = self.meters.get(&htb_ifindex);
+                for class in &plan.classes {
+                    let classid = shaper_common::classid_of(u32::from(class.index));
+                    let ours = self.datapath.class_stats(shaped.slot, u32::from(class.index))?;
+                    let (bytes, packets) = match direction {
+                        Direction::Egress => (ours.tx_bytes, ours.tx_packets),
+                        Direction::Ingress => (ours.rx_bytes, ours.rx_packets),
+                    };
+                    let sent = htb.get(&classid);
+                    rows.push(ClassRow {
+                        name: class.name.clone(),
+                        interface: shaped.name.clone(),
+                        direction: direction.as_str().to_string(),
+                        classid: tc::format_handle(classid),
+                        rate_bps: class.rate_bps,
+                        ceil_bps: class.ceil_bps,
+                        priority: class.priority,
+                        bytes,
+                        packets,
+                        sent_bytes: sent.map_or(0, |s| s.bytes),
+                        sent_packets: sent.map_or(0, |s| s.packets),
+                        drops: sent.map_or(0, |s| u64::from(s.drops)),
+                        overlimits: sent.map_or(0, |s| u64::from(s.overlimits)),
+                        backlog_bytes: sent.map_or(0, |s| u64::from(s.backlog)),
+                        rate_now_bps: meter.map_or(0, |m| m.rate(classid)),
+                        rule: self
+                            .config
+                            .classes
+                            .get(usize::from(class.index))
+                            .and_then(|c| c.rule_source.clone()),
+                    });
+                }
             }
         }
         Ok(rows)

@@ -15,9 +15,7 @@ use std::{
     time::Instant,
 };
 
-use shaper_common::{
-    FlowKey, IfaceInfo, CLASS_DEFAULT, MAX_CLASSES, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES,
-};
+use shaper_common::{FlowKey, IfaceInfo, CLASS_DEFAULT, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES};
 
 use super::{
     decide::{ConnInfo, DecisionStats},
@@ -43,10 +41,28 @@ pub(super) struct Shaped {
     pub ifindex: u32,
     pub slot: u32,
     pub egress: Plan,
+    /// Shaped downloads: the IFB device the interface's ingress traffic goes
+    /// through, and the HTB tree on it.
+    pub ingress: Option<Ingress>,
     pub attach: &'static str,
     /// The root qdisc before shaper replaced it (a kernel default: it comes back
     /// by itself when shaper's root is deleted).
     pub original_root: Option<Qdisc>,
+}
+
+pub(super) struct Ingress {
+    pub ifb: tc::Link,
+    pub plan: Plan,
+}
+
+/// Transmit queue of the IFB devices: between the HTB tree and the tasklet that
+/// hands packets back to the interface. The kernel's default of 32 stops HTB
+/// whenever the tasklet falls behind and costs a fifth of a TCP stream here.
+pub const IFB_TXQUEUELEN: u32 = 1000;
+
+/// The name of the IFB device shaper makes for interface `ifindex`.
+pub fn ifb_name(ifindex: u32) -> String {
+    format!("shpifb{ifindex}")
 }
 
 /// Where the socket hooks are attached.
@@ -116,9 +132,6 @@ impl Shaper {
             None => config.compile_rules(&crate::rules::compile::NoCgroups),
         }
         .map_err(|e| DaemonError::Rules(Box::new(e)))?;
-        if config.sets_ingress() {
-            log::warn!("this version shapes egress only: the ingress capacities and limits in the config are not applied");
-        }
         bpffs::ensure_mounted()?;
         let datapath = Datapath::load(LoadOptions {
             max_flows: config.daemon.max_flows,
@@ -177,37 +190,56 @@ impl Shaper {
         let Some(egress) = plan::plan(&self.config, iface, Direction::Egress, link.mtu) else {
             return Err(DaemonError::NoInterface(link.name));
         };
-        tc::install_htb(&self.netlink, link.index, &egress.htb)?;
-        let mut info = IfaceInfo {
-            slot,
-            default_class: egress.default_class,
-            l2_len: l2_len(link.arphrd),
-            classes: [0; (MAX_CLASSES / 64) as usize],
-        };
-        for class in &egress.classes {
-            if let Some(word) = info.classes.get_mut(usize::from(class.index / 64)) {
-                *word |= 1 << (class.index % 64);
-            }
+        let ingress = plan::plan(&self.config, iface, Direction::Ingress, link.mtu);
+        let ifb = ifb_name(link.index);
+        if ingress.is_some() && tc::link_by_name(&self.netlink, &ifb)?.is_some() {
+            return Err(DaemonError::IfbExists { iface: link.name.clone(), ifb });
         }
-        let capacity = iface.egress_bps;
+        let (egress_bps, ingress_bps) = (iface.egress_bps, iface.ingress_bps);
+        tc::install_htb(&self.netlink, link.index, &egress.htb)?;
+        let mut info = IfaceInfo::new(slot, egress.default_class, l2_len(link.arphrd));
+        for class in &egress.classes {
+            info.add_class(u32::from(class.index));
+        }
         // From here on, Drop undoes this interface.
         self.shaped.push(Shaped {
             name: link.name.clone(),
             ifindex: link.index,
             slot,
             egress,
+            ingress: None,
             attach: "tcx",
             original_root,
         });
+        if let Some(plan) = ingress {
+            let device = tc::create_ifb(&self.netlink, &ifb, link.mtu, IFB_TXQUEUELEN)?;
+            info.ifb_ifindex = device.index;
+            let index = device.index;
+            if let Some(shaped) = self.shaped.last_mut() {
+                shaped.ingress = Some(Ingress { ifb: device, plan });
+            }
+            if let Some(Ingress { plan, .. }) = self.shaped.last().and_then(|s| s.ingress.as_ref()) {
+                tc::install_htb(&self.netlink, index, &plan.htb)?;
+            }
+        }
         self.datapath.set_iface(link.index, &info)?;
         let attach = self.datapath.attach_egress(&link.name)?;
+        if info.ifb_ifindex != 0 {
+            self.datapath.attach_ingress(&link.name)?;
+        }
         if let Some(shaped) = self.shaped.last_mut() {
             shaped.attach = attach;
         }
+        let downloads = match ingress_bps {
+            Some(bps) if info.ifb_ifindex != 0 => {
+                format!("ingress at {} through {ifb}", crate::units::format_rate(bps))
+            }
+            _ => "ingress not shaped".to_string(),
+        };
         log::info!(
-            "shaping {} egress at {}: {} classes, default {}",
+            "shaping {}: egress at {}, {downloads}: {} classes, default {}",
             link.name,
-            crate::units::format_rate(capacity),
+            crate::units::format_rate(egress_bps),
             info.classes.iter().map(|w| w.count_ones()).sum::<u32>(),
             self.class_name(info.default_class),
         );
@@ -262,6 +294,11 @@ impl Drop for Shaper {
                 }
                 Ok(_) => log::warn!("{}: the root qdisc is no longer shaper's; leaving it", shaped.name),
                 Err(e) => log::warn!("{}: {}", shaped.name, crate::error_chain(&e)),
+            }
+            if let Some(ingress) = &shaped.ingress {
+                if let Err(e) = tc::delete_link(&self.netlink, ingress.ifb.index, &ingress.ifb.name) {
+                    log::warn!("{}: {}", shaped.name, crate::error_chain(&e));
+                }
             }
             let restored = tc::root_qdisc(&self.netlink, shaped.ifindex).ok().flatten();
             log::info!(

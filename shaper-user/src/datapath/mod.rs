@@ -4,6 +4,8 @@
 
 mod cgroup;
 
+use crate::plan::Direction;
+
 use std::collections::BTreeMap;
 
 use aya::{
@@ -80,6 +82,17 @@ pub enum DatapathError {
     },
 }
 
+/// What one BPF_PROG_TEST_RUN of a classifier gave.
+#[derive(Clone, Copy, Debug)]
+pub struct TestRun {
+    /// The `skb->priority` it set (the HTB class id).
+    pub priority: u32,
+    /// Its return value (`TC_ACT_*`).
+    pub verdict: i32,
+    /// The kernel's mean run time per repetition.
+    pub duration: std::time::Duration,
+}
+
 /// Options fixed for the lifetime of a load.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
@@ -140,7 +153,7 @@ impl Datapath {
             .override_global(names::GLOBAL_LOG_LEVEL, &level, true)
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
-        for name in [names::PROG_TC_EGRESS, names::PROG_TC_PASSTHROUGH] {
+        for name in [names::PROG_TC_EGRESS, names::PROG_TC_INGRESS, names::PROG_TC_PASSTHROUGH] {
             program(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
         }
         cgroup::load(&mut ebpf)?;
@@ -186,22 +199,33 @@ impl Datapath {
     /// Attaches the egress classifier to `iface` (tcx when the kernel has it,
     /// a cls_bpf filter on clsact otherwise); returns which ("tcx" or "clsact").
     pub fn attach_egress(&mut self, iface: &str) -> Result<&'static str, DatapathError> {
-        self.attach(names::PROG_TC_EGRESS, iface)
+        self.attach(names::PROG_TC_EGRESS, iface, Direction::Egress)
     }
 
-    /// Attaches classifier `name` to `iface`'s egress hook (see [`Datapath::attach_egress`]).
-    pub fn attach(&mut self, name: &'static str, iface: &str) -> Result<&'static str, DatapathError> {
-        let direction = "egress";
-        let attach_err = |source| DatapathError::Attach { iface: iface.to_string(), direction, source };
+    /// Attaches the ingress classifier to `iface` (it redirects to the
+    /// interface's IFB, set with [`Datapath::set_iface`]).
+    pub fn attach_ingress(&mut self, iface: &str) -> Result<&'static str, DatapathError> {
+        self.attach(names::PROG_TC_INGRESS, iface, Direction::Ingress)
+    }
+
+    /// Attaches classifier `name` to `iface`'s hook in `direction` (see [`Datapath::attach_egress`]).
+    pub fn attach(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        direction: Direction,
+    ) -> Result<&'static str, DatapathError> {
+        let hook = tc_hook(direction);
+        let attach_err = |source| DatapathError::Attach {
+            iface: iface.to_string(),
+            direction: direction.as_str(),
+            source,
+        };
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         let prog = program(&mut self.ebpf, name)?;
         let attachment = if tcx {
             let link = prog
-                .attach_with_options(
-                    iface,
-                    TcAttachType::Egress,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
+                .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
                 .map_err(attach_err)?;
             Attachment::Tcx(link)
         } else {
@@ -211,11 +235,7 @@ impl Datapath {
                 Err(source) => return Err(DatapathError::Clsact { iface: iface.to_string(), source }),
             };
             let link = prog
-                .attach_with_options(
-                    iface,
-                    TcAttachType::Egress,
-                    TcAttachOptions::Netlink(NlOptions::default()),
-                )
+                .attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
                 .map_err(attach_err)?;
             Attachment::Netlink { link, added_clsact }
         };
@@ -223,32 +243,36 @@ impl Datapath {
             Attachment::Tcx(_) => "tcx",
             Attachment::Netlink { .. } => "clsact",
         };
-        self.attachments.insert((iface.to_string(), direction), (name, attachment));
+        self.attachments.insert((iface.to_string(), direction.as_str()), (name, attachment));
         Ok(how)
     }
 
-    /// Detaches the classifier from `iface` (and removes the clsact qdisc if shaper added it).
+    /// Detaches the classifiers from `iface`, both directions (and removes the
+    /// clsact qdisc if shaper added it, once nothing of its hangs there).
     pub fn detach(&mut self, iface: &str) -> Result<(), DatapathError> {
         let keys: Vec<_> = self.attachments.keys().filter(|(name, _)| name == iface).cloned().collect();
+        let mut remove_clsact_after = false;
+        let mut first_error = None;
         for key in keys {
             let Some((name, attachment)) = self.attachments.remove(&key) else { continue };
             let prog = program(&mut self.ebpf, name)?;
             let detach_err =
                 |source| DatapathError::Attach { iface: iface.to_string(), direction: key.1, source };
-            match attachment {
-                Attachment::Tcx(link) => prog.detach(link).map_err(detach_err)?,
+            let result = match attachment {
+                Attachment::Tcx(link) => prog.detach(link).map_err(detach_err),
                 Attachment::Netlink { link, added_clsact } => {
-                    prog.detach(link).map_err(detach_err)?;
-                    if added_clsact {
-                        if let Err(e) = tc::qdisc_detach_program(iface, TcAttachType::Egress, name) {
-                            log::debug!("removing leftover filters on {iface}: {e}");
-                        }
-                        remove_clsact(iface);
-                    }
+                    remove_clsact_after |= added_clsact;
+                    prog.detach(link).map_err(detach_err)
                 }
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        if remove_clsact_after {
+            remove_clsact(iface);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Writes a new rule table into the idle bank, then makes it the active one
@@ -412,15 +436,14 @@ impl Datapath {
     }
 
     /// Runs `program` once per repetition on `frame` with BPF_PROG_TEST_RUN, as if
-    /// the packet crossed interface `ifindex`. Returns the `skb->priority` it set
-    /// and the kernel's mean run time per repetition.
+    /// the packet crossed interface `ifindex`.
     pub fn test_run(
         &mut self,
         name: &'static str,
         frame: &[u8],
         ifindex: u32,
         repeat: u32,
-    ) -> Result<(u32, std::time::Duration), DatapathError> {
+    ) -> Result<TestRun, DatapathError> {
         use aya::programs::{TestRun as _, TestRunOptions};
 
         use crate::packets::{SKB_CTX_SIZE, SKB_IFINDEX_OFFSET, SKB_PRIORITY_OFFSET};
@@ -441,7 +464,11 @@ impl Datapath {
             .map_err(|source| DatapathError::Program { name, source })?;
         let mut priority = [0u8; 4];
         priority.copy_from_slice(&ctx_out[SKB_PRIORITY_OFFSET..SKB_PRIORITY_OFFSET + 4]);
-        Ok((u32::from_ne_bytes(priority), result.duration))
+        Ok(TestRun {
+            priority: u32::from_ne_bytes(priority),
+            verdict: result.return_value as i32,
+            duration: result.duration,
+        })
     }
 
     /// Names of the interfaces the classifier is attached to.
@@ -453,6 +480,13 @@ impl Datapath {
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
     let prog = ebpf.program_mut(name).ok_or(DatapathError::Missing { kind: "program", name })?;
     prog.try_into().map_err(|source| DatapathError::Program { name, source })
+}
+
+fn tc_hook(direction: Direction) -> TcAttachType {
+    match direction {
+        Direction::Egress => TcAttachType::Egress,
+        Direction::Ingress => TcAttachType::Ingress,
+    }
 }
 
 /// Removes the clsact qdisc shaper added on a pre-tcx kernel.

@@ -13,6 +13,7 @@
 mod cgroup;
 mod daemon;
 mod iperf;
+pub mod raw;
 
 pub use cgroup::{Cgroup, Programs, TestUser};
 pub use daemon::Daemon;

@@ -19,6 +19,8 @@ pub enum TcError {
     Malformed(&'static str),
 }
 
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWQDISC: u16 = 36;
 const RTM_DELQDISC: u16 = 37;
@@ -28,6 +30,10 @@ const RTM_GETTCLASS: u16 = 42;
 
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
+const IFLA_TXQLEN: u16 = 13;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFF_UP: u32 = 1;
 
 const TCA_KIND: u16 = 1;
 const TCA_OPTIONS: u16 = 2;
@@ -165,6 +171,44 @@ pub fn link_by_name(nl: &Netlink, name: &str) -> Result<Option<Link>, TcError> {
         }
     }
     Ok(Some(link))
+}
+
+fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[4..8].copy_from_slice(&index.to_ne_bytes());
+    m[8..12].copy_from_slice(&flags.to_ne_bytes());
+    m[12..16].copy_from_slice(&change.to_ne_bytes());
+    m
+}
+
+/// Creates an IFB device `name` with the given MTU and transmit queue length,
+/// brings it up and returns it.
+pub fn create_ifb(nl: &Netlink, name: &str, mtu: u32, txqueuelen: u32) -> Result<Link, TcError> {
+    let mut msg = Message::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, format!("creating IFB device {name}"));
+    msg.push(&ifinfomsg(0, 0, 0))
+        .attr_str(IFLA_IFNAME, name)
+        .attr_u32(IFLA_MTU, mtu)
+        .attr_u32(IFLA_TXQLEN, txqueuelen);
+    let info = msg.begin_nest(IFLA_LINKINFO);
+    msg.attr_str(IFLA_INFO_KIND, "ifb");
+    msg.end_nest(info);
+    nl.request(msg)?;
+    let link =
+        link_by_name(nl, name)?.ok_or(TcError::Malformed("the IFB device vanished after its creation"))?;
+    let mut up = Message::new(RTM_NEWLINK, 0, format!("bringing {name} up"));
+    up.push(&ifinfomsg(link.index, IFF_UP, IFF_UP));
+    if let Err(e) = nl.request(up) {
+        let _ = delete_link(nl, link.index, name);
+        return Err(e);
+    }
+    Ok(link)
+}
+
+/// Deletes interface `ifindex` (`name` is for the error message).
+pub fn delete_link(nl: &Netlink, ifindex: u32, name: &str) -> Result<(), TcError> {
+    let mut msg = Message::new(RTM_DELLINK, 0, format!("deleting {name}"));
+    msg.push(&ifinfomsg(ifindex, 0, 0));
+    nl.request(msg)
 }
 
 /// Every qdisc on interface `ifindex`.
