@@ -362,6 +362,34 @@ pub const ERR_EVENT_LOST: u32 = 3;
 pub const ERR_OWNER_INSERT: u32 = 4;
 pub const ERR_COUNT: u32 = 8;
 
+/// Version of the layout of the pinned maps (their key and value types and
+/// sizes). The daemon pins under `<pin dir>/v<PIN_LAYOUT>`; bump it with any
+/// change to a pinned map's type, key, value or fixed size, so that a new
+/// daemon never reads maps written by an incompatible one.
+pub const PIN_LAYOUT: u32 = 1;
+
+/// Longest class name the pinned class table holds (bytes, NUL-padded).
+pub const CLASS_NAME_BYTES: usize = 60;
+
+/// The name a class index stands for (CLASS_NAMES, an array of
+/// [`MAX_CLASSES`]). Written by the daemon, never read by the programs: it
+/// keeps the name → index assignment with the pinned counters, so a restarted
+/// daemon gives each class its old index (and HTB class id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassName {
+    /// 1 when the index is in use.
+    pub used: u32,
+    pub name: [u8; CLASS_NAME_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<ClassName>() == 64);
+
+impl Default for ClassName {
+    fn default() -> Self {
+        Self { used: 0, name: [0; CLASS_NAME_BYTES] }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type is repr(C), has no implicit padding (explicit `_pad`
@@ -376,4 +404,5 @@ mod pod {
     unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::FlowEvent {}
     unsafe impl aya::Pod for super::ProcTests {}
+    unsafe impl aya::Pod for super::ClassName {}
 }

@@ -44,5 +44,24 @@ pub const MAP_CLASS_STATS: &str = "CLASS_STATS";
 /// Per-CPU array of u64 error counters (`ERR_*`).
 pub const MAP_ERRORS: &str = "ERRORS";
 
+/// Array of [`crate::ClassName`]: which class name each index stands for.
+pub const MAP_CLASS_NAMES: &str = "CLASS_NAMES";
+
+/// The maps pinned under the pin directory: everything that must outlive the
+/// daemon (shaping state, counters, owner records, the rule table).
+pub const PINNED_MAPS: [&str; 11] = [
+    MAP_FLOWS,
+    MAP_RULES,
+    MAP_SETTINGS,
+    MAP_IFACES,
+    MAP_CLASS_STATS,
+    MAP_ERRORS,
+    MAP_OWNERS,
+    MAP_LISTENERS,
+    MAP_PROC_TESTS,
+    MAP_EVENTS,
+    MAP_CLASS_NAMES,
+];
+
 /// aya-log's level global in the object (0 = off).
 pub const GLOBAL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use shaper_common::{
-    ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, ProcTests, RuleNode, Settings,
-    CLASS_STATS_ENTRIES, DEFAULT_MAX_FLOWS, ERR_COUNT, MAX_IFACES, MAX_LISTENERS, MAX_PROC_TESTS,
-    MAX_RULE_NODES, RULE_BANKS,
+    ClassName, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, ProcTests, RuleNode, Settings,
+    CLASS_STATS_ENTRIES, DEFAULT_MAX_FLOWS, ERR_COUNT, MAX_CLASSES, MAX_IFACES, MAX_LISTENERS,
+    MAX_PROC_TESTS, MAX_RULE_NODES, RULE_BANKS,
 };
 
 /// Socket tuple → class and counters. Sized at load by the daemon (`max_flows`).
@@ -51,8 +51,20 @@ const EVENTS_BYTES: u32 = 2 * 1024 * 1024;
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<SocketFacts> = PerCpuArray::with_max_entries(1, 0);
 
+/// Class index → name, kept by the daemon with the pinned counters (see
+/// `ClassName`); only `keep_class_names` touches it, to keep it in the object.
+#[map]
+pub(crate) static CLASS_NAMES: Array<ClassName> = Array::with_max_entries(MAX_CLASSES, 0);
+
 #[map]
 pub(crate) static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_COUNT, 0);
+
+/// A use of CLASS_NAMES the linker cannot drop (an unused map disappears from
+/// the object, and the daemon needs it created and pinned with the rest).
+#[inline(always)]
+pub(crate) fn keep_class_names() {
+    core::hint::black_box(CLASS_NAMES.get_ptr(0));
+}
 
 #[inline(always)]
 pub(crate) fn count_error(which: u32) {

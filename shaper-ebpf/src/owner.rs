@@ -99,6 +99,7 @@ pub fn sock_release(ctx: SockContext) -> i32 {
     // SAFETY: as in sock_create.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = OWNERS.remove(cookie);
+    crate::maps::keep_class_names();
     ALLOW
 }
 

@@ -24,6 +24,19 @@ pub fn key(proto: u8, local: SocketAddr, remote: SocketAddr) -> FlowKey {
     key
 }
 
+/// A short, stable name of a flow for `shaper conns` and `shaper move`: eight
+/// hex digits of an FNV-1a hash of the key.
+pub fn id(key: &FlowKey) -> String {
+    let mut bytes = Vec::with_capacity(40);
+    bytes.extend_from_slice(&[key.family, key.proto]);
+    bytes.extend_from_slice(&key.lport.to_be_bytes());
+    bytes.extend_from_slice(&key.rport.to_be_bytes());
+    bytes.extend_from_slice(&key.laddr);
+    bytes.extend_from_slice(&key.raddr);
+    let hash = bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193));
+    format!("{hash:08x}")
+}
+
 fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),

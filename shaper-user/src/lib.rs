@@ -13,17 +13,18 @@
 //! | [`plan`] | config → the HTB tree of an interface (rates, bursts, quanta, queues) |
 //! | [`tc`] | rtnetlink: links, qdiscs, HTB classes and their counters |
 //! | [`datapath`] | the eBPF object: loading, maps, attaching to interfaces |
+//! | [`pins`] | the pin directory: what outlives the daemon, and how the next one finds it |
 //! | [`procscan`] | the /proc scan of connected sockets |
 //! | [`process`] | what /proc tells about a process: the facts rules test, who holds which socket |
 //! | [`cgroups`] | the cgroup v2 hierarchy: paths ↔ ids |
 //! | [`events`] | the classifier's reports of new flows |
 //! | [`daemon`] | `shaper run`: start-up, the reconcile loop, teardown |
 //! | [`control`] | the control socket protocol, server and client |
-//! | [`flows`], [`table`], [`bpffs`] | small helpers |
+//! | [`supervise`] | `shaper start` and `stop`: the daemon in the background |
+//! | [`flows`], [`table`] | small helpers |
 //! | [`packets`], [`sandbox`] | crafted frames and network namespaces for tests, demo, benchmarks |
 
 pub mod accounts;
-pub mod bpffs;
 pub mod cgroups;
 pub mod config;
 pub mod control;
@@ -32,12 +33,14 @@ pub mod datapath;
 pub mod events;
 pub mod flows;
 pub mod packets;
+pub mod pins;
 pub mod plan;
 pub mod process;
 pub mod procscan;
 pub mod rules;
 pub mod sandbox;
 pub mod services;
+pub mod supervise;
 pub mod table;
 pub mod tc;
 pub mod units;

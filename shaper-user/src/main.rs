@@ -1,5 +1,6 @@
-//! The `shaper` command: the daemon (`run`), config validation (`check`), and
-//! the clients of a running daemon (`status`, `classes`, `conns`).
+//! The `shaper` command: the daemon (`run`, `start`, `stop`), config
+//! validation (`check`), and the clients of a running daemon (`status`,
+//! `classes`, `conns`, `reload`, `set`, `move`).
 
 use std::{
     path::{Path, PathBuf},
@@ -11,10 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use shaper_user::{
     cgroups::{self, Cgroups},
     config::{self, Config},
-    control::{self, ClassRow, Command, ConnRow, Status},
+    control::{self, Applied, ClassRow, Command, ConnRow, SetClass, Status},
     daemon::{self, RunOptions},
     error_chain, plan,
     rules::SystemEnv,
+    supervise,
     table::Table,
     tc,
     units::{format_bytes, format_rate},
@@ -35,16 +37,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Verb {
-    /// Run the daemon in the foreground until SIGINT/SIGTERM, then restore every interface.
-    Run {
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Control socket to listen on, instead of the config's `control_socket`.
+    /// Run the daemon in the foreground until SIGINT/SIGTERM or `shaper stop`
+    /// (SIGHUP reloads the config). Takes over shaping a previous daemon left in place.
+    Run(DaemonArgs),
+    /// Run the daemon in the background; returns once it shapes (or says why it could not).
+    Start(DaemonArgs),
+    /// Stop the daemon and restore every interface (--keep: leave shaping in place, e.g. for an upgrade).
+    Stop {
+        #[command(flatten)]
+        client: ClientArgs,
         #[arg(long)]
-        socket: Option<PathBuf>,
-        /// cgroup v2 directory to attach the socket hooks to, instead of the config's `cgroup`.
+        keep: bool,
+    },
+    /// Re-read the config file and apply the difference live (a bad file changes nothing).
+    Reload(ClientArgs),
+    /// Change a running class without touching the config file (until the next reload).
+    Set {
+        /// The class's name.
+        class: String,
+        /// RATE or RATE:CEIL, e.g. 5mbit or 5mbit:20mbit.
         #[arg(long)]
-        cgroup: Option<PathBuf>,
+        egress: Option<String>,
+        #[arg(long)]
+        ingress: Option<String>,
+        /// 0 (served first) to 7.
+        #[arg(long)]
+        priority: Option<u8>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Pin one connection (its ID in `shaper conns`) into a class.
+    Move {
+        conn: String,
+        class: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Validate a config file and summarise its classes (exit 1 on error).
     Check {
@@ -57,6 +84,37 @@ enum Verb {
     Classes(ClientArgs),
     /// Every flow the classifier knows and the class it is in.
     Conns(ClientArgs),
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Control socket to listen on, instead of the config's `control_socket`.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// cgroup v2 directory to attach the socket hooks to, instead of the config's `cgroup`.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Directory on a BPF filesystem to pin the shaping state in, instead of the config's `pin_dir`.
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Pid file, instead of the config's `pid_file`.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            config_path: self.config.clone(),
+            kernel_log_level: kernel_log_level(),
+            socket: self.socket.clone(),
+            cgroup: self.cgroup.clone(),
+            pin_dir: self.pin_dir.clone(),
+            pid_file: self.pid_file.clone(),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -101,19 +159,60 @@ fn kernel_log_level() -> u8 {
 
 fn dispatch(verb: Verb) -> Result<()> {
     match verb {
-        Verb::Run { config, socket, cgroup } => {
-            let mut conf = load_config(&config)?;
-            if let Some(socket) = socket {
-                conf.daemon.control_socket = socket;
-            }
-            if let Some(cgroup) = cgroup {
-                conf.daemon.cgroup = Some(cgroup);
-            }
+        Verb::Run(args) => {
+            let options = args.options();
+            let conf = daemon::load_config(&options).map_err(anyhow::Error::msg)?;
             let names: Vec<String> = conf.interfaces.iter().map(|i| i.name.clone()).collect();
-            let netlink = tc::Netlink::open().context("opening netlink")?;
-            conf.check_interfaces_exist(|name| tc::link_by_name(&netlink, name).ok().flatten().is_some())?;
-            log::info!("config {}: {} classes on {}", config.display(), conf.classes.len(), names.join(", "));
-            daemon::run(conf, RunOptions { config_path: config, kernel_log_level: kernel_log_level() })?;
+            log::info!(
+                "config {}: {} classes on {}",
+                args.config.display(),
+                conf.classes.len(),
+                names.join(", ")
+            );
+            daemon::run(conf, options)?;
+            Ok(())
+        }
+        Verb::Start(args) => {
+            let options = args.options();
+            let conf = daemon::load_config(&options).map_err(anyhow::Error::msg)?;
+            let started = supervise::start(&options, &conf)?;
+            println!(
+                "shaper started (pid {}): control socket {}, log {}",
+                started.pid,
+                conf.daemon.control_socket.display(),
+                started.log.display()
+            );
+            Ok(())
+        }
+        Verb::Stop { client, keep } => {
+            let socket = socket_path(&client)?;
+            let pid = supervise::stop(&socket, keep)?;
+            if keep {
+                println!("shaper stopped (pid {pid}); shaping left in place for the next daemon");
+            } else {
+                println!("shaper stopped (pid {pid}); every interface restored");
+            }
+            Ok(())
+        }
+        Verb::Reload(args) => {
+            let applied: Applied = call(&args, Command::Reload)?;
+            print_applied(&applied, args.json)
+        }
+        Verb::Set { class, egress, ingress, priority, client } => {
+            let applied: Applied =
+                call(&client, Command::Set(SetClass { class, egress, ingress, priority }))?;
+            print_applied(&applied, client.json)
+        }
+        Verb::Move { conn, class, client } => {
+            let moved: serde_json::Value = call(&client, Command::Move { conn, class })?;
+            if client.json {
+                return print_json(&moved);
+            }
+            println!(
+                "moved {} to {} (pinned until it ends)",
+                moved["conn"].as_str().unwrap_or("?"),
+                moved["class"].as_str().unwrap_or("?")
+            );
             Ok(())
         }
         Verb::Check { config } => check(&config),
@@ -148,6 +247,17 @@ fn call<T: serde::de::DeserializeOwned>(args: &ClientArgs, command: Command) -> 
     serde_json::from_value(value).context("the daemon's reply has an unexpected shape")
 }
 
+fn print_applied(applied: &Applied, json: bool) -> Result<()> {
+    if json {
+        return print_json(applied);
+    }
+    println!("applied in {} ms: {}", applied.took_ms, applied.changes.summary());
+    if !applied.restart_needed.is_empty() {
+        println!("take effect at the next start: {}", applied.restart_needed.join(", "));
+    }
+    Ok(())
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -177,7 +287,7 @@ fn check(path: &Path) -> Result<()> {
             ("MATCH", false),
         ]);
         for class in &egress.classes {
-            let conf_class = conf.classes.get(usize::from(class.index));
+            let conf_class = conf.class_by_index(class.index);
             let mut name = class.name.clone();
             if class.index == egress.default_class {
                 name.push_str(" (default)");
@@ -245,6 +355,16 @@ fn print_status(status: &Status, json: bool) -> Result<()> {
             "  last scan: {} sockets, {} adopted, {} corrected, {} stale removed, {} µs (every {} ms)",
             scan.sockets, scan.adopted, scan.corrected, scan.removed, scan.micros, status.scan_interval_ms
         );
+    }
+    println!("  pinned at {}{}", status.pin_dir, if status.adopted { " (taken over at start)" } else { "" });
+    if let Some(r) = &status.last_reload {
+        match &r.error {
+            None => println!("  last reload: ok"),
+            Some(e) => println!("  last reload: refused ({e}); the previous config stays in force"),
+        }
+    }
+    for d in &status.drift {
+        println!("  changed by `shaper set` (not in the file): {d}");
     }
     match &status.hooks_cgroup {
         Some(cgroup) => println!("  socket hooks: cgroup {cgroup}"),
@@ -314,6 +434,7 @@ fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
     // Received bytes are counted where ingress is shaped; without any, the column says nothing.
     let received = rows.iter().any(|r| r.rx_bytes > 0);
     let mut columns = vec![
+        ("ID", false),
         ("PROTO", false),
         ("LOCAL", false),
         ("REMOTE", false),
@@ -332,6 +453,7 @@ fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
     let mut table = Table::new(&columns);
     for r in rows {
         let mut cells = vec![
+            r.id.clone(),
             r.proto.clone(),
             r.local.clone(),
             r.remote.clone(),

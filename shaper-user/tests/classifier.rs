@@ -30,8 +30,8 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn datapath() -> Datapath {
-    let mut dp =
-        Datapath::load(LoadOptions { max_flows: 1024, kernel_log_level: 0 }).expect("load (are you root?)");
+    let mut dp = Datapath::load(LoadOptions { max_flows: 1024, kernel_log_level: 0, pins: None })
+        .expect("load (are you root?)");
     let mut info = IfaceInfo::new(0, DEFAULT_CLASS, 14);
     for class in 0..=3 {
         info.add_class(class);

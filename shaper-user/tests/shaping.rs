@@ -257,6 +257,10 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
         .arg(&first.config)
         .arg("--socket")
         .arg(&first.socket)
+        .arg("--pid-file")
+        .arg(&first.pid_file)
+        .arg("--pin-dir")
+        .arg(&first.pins)
         .output()
         .unwrap();
     assert!(!out.status.success());

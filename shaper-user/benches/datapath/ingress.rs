@@ -36,7 +36,7 @@ pub fn cost(rows: &mut Vec<Row>) -> Result<()> {
         for _ in 0..ROUNDS {
             for (name, into) in [(names::PROG_TC_INGRESS, &mut ours), (names::PROG_TC_PASSTHROUGH, &mut base)]
             {
-                dp.attach(name, &sandbox.dev_a, Direction::Ingress)?;
+                dp.attach(name, &sandbox.dev_a, 0, Direction::Ingress)?;
                 let before = run_stats(&mut dp, name)?;
                 let args = ["-t", &SECONDS.to_string(), "-R"];
                 finish_client(spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5201, &args)?)?;

@@ -150,7 +150,7 @@ fn fill_flows(dp: &mut Datapath, count: usize, except: &FlowKey) -> Result<()> {
 /// ingress redirected to `ifb` unless 0).
 fn load_datapath(ifindex: u32, ifb: u32) -> Result<Datapath> {
     let conf = config::parse(Path::new("bench.toml"), RULES, &SystemEnv::load().env())?;
-    let mut dp = Datapath::load(LoadOptions { max_flows: 131_072, kernel_log_level: 0 })
+    let mut dp = Datapath::load(LoadOptions { max_flows: 131_072, kernel_log_level: 0, pins: None })
         .context("loading the eBPF object (are you root?)")?;
     dp.set_rules(&conf.compile_rules(&NoCgroups)?.nodes)?;
     let mut info = IfaceInfo::new(0, 0, 14);
@@ -254,7 +254,7 @@ fn live_cost(rows: &mut Vec<Row>) -> Result<()> {
                 for (name, into) in
                     [(names::PROG_TC_EGRESS, &mut ours), (names::PROG_TC_PASSTHROUGH, &mut base)]
                 {
-                    dp.attach(name, &sandbox.dev_a, plan::Direction::Egress)?;
+                    dp.attach(name, &sandbox.dev_a, 0, plan::Direction::Egress)?;
                     let before = run_stats(&mut dp, name)?;
                     let client =
                         spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5201, &["-t", &LIVE_SECONDS.to_string()])?;

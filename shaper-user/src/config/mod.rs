@@ -31,6 +31,7 @@ use crate::{
 
 pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/shaper/shaper.sock";
+pub const DEFAULT_PID_FILE: &str = "/run/shaper/shaper.pid";
 /// The class unmatched traffic goes to when an interface names none; created
 /// with no limits of its own if the config does not define it.
 pub const DEFAULT_CLASS_NAME: &str = "default";
@@ -80,6 +81,12 @@ pub struct DaemonConfig {
     /// `false` leaves process rules to the /proc scan alone, as pyshaper did:
     /// only for comparisons.
     pub event_driven: bool,
+    /// Where maps, programs and links are pinned so shaping outlives the daemon.
+    pub pin_dir: PathBuf,
+    /// Written by the daemon while it runs (`shaper start` waits on it).
+    pub pid_file: PathBuf,
+    /// Re-read the config when the file changes.
+    pub watch_config: bool,
 }
 
 /// A class's limit in one direction. `None` rate: reserves nothing; `None`
@@ -154,6 +161,43 @@ impl Config {
 
     pub fn class(&self, name: &str) -> Option<&ClassConfig> {
         self.classes.iter().find(|c| c.name == name)
+    }
+
+    /// The class with kernel index `index`.
+    pub fn class_by_index(&self, index: u16) -> Option<&ClassConfig> {
+        self.classes.iter().find(|c| c.index == index)
+    }
+
+    /// Gives every class the index `previous` gave its name, and new classes
+    /// the lowest free ones, so a reload or a restart keeps each class's HTB
+    /// id and counters. (Indices otherwise follow file order.)
+    pub fn renumber(&mut self, previous: &std::collections::BTreeMap<u16, String>) {
+        let by_name: HashMap<&str, u16> = previous.iter().map(|(i, n)| (n.as_str(), *i)).collect();
+        let mut taken: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
+        let mut assigned: Vec<Option<u16>> = Vec::with_capacity(self.classes.len());
+        for class in &self.classes {
+            let kept = by_name.get(class.name.as_str()).copied().filter(|i| taken.insert(*i));
+            assigned.push(kept);
+        }
+        let mut next = 0u16;
+        let mut remap: HashMap<u16, u16> = HashMap::new();
+        for (class, kept) in self.classes.iter_mut().zip(assigned) {
+            let index = match kept {
+                Some(i) => i,
+                None => {
+                    while taken.contains(&next) {
+                        next += 1;
+                    }
+                    taken.insert(next);
+                    next
+                }
+            };
+            remap.insert(class.index, index);
+            class.index = index;
+        }
+        for iface in &mut self.interfaces {
+            iface.default_class = remap.get(&iface.default_class).copied().unwrap_or(iface.default_class);
+        }
     }
 
     /// The kernel rule table for the classes' `match` rules, in file order.
@@ -267,6 +311,9 @@ impl Validator<'_> {
             max_flows: DEFAULT_MAX_FLOWS,
             cgroup: None,
             event_driven: true,
+            pin_dir: PathBuf::from(crate::pins::DEFAULT_PIN_DIR),
+            pid_file: PathBuf::from(DEFAULT_PID_FILE),
+            watch_config: false,
         };
         let Some(d) = &raw.daemon else { return Ok(daemon) };
         if let Some(s) = &d.scan_interval {
@@ -308,6 +355,23 @@ impl Validator<'_> {
         }
         if let Some(e) = &d.event_driven {
             daemon.event_driven = *e.get_ref();
+        }
+        if let Some(p) = &d.pin_dir {
+            let path = PathBuf::from(p.get_ref());
+            if !path.is_absolute() {
+                return Err(self.error(p, "pin_dir must be an absolute path on a BPF filesystem"));
+            }
+            daemon.pin_dir = path;
+        }
+        if let Some(p) = &d.pid_file {
+            let path = PathBuf::from(p.get_ref());
+            if !path.is_absolute() {
+                return Err(self.error(p, "pid_file must be an absolute path"));
+            }
+            daemon.pid_file = path;
+        }
+        if let Some(w) = &d.watch_config {
+            daemon.watch_config = *w.get_ref();
         }
         Ok(daemon)
     }

@@ -28,6 +28,9 @@ pub struct RawDaemon {
     pub max_flows: Option<Spanned<i64>>,
     pub cgroup: Option<Spanned<String>>,
     pub event_driven: Option<Spanned<bool>>,
+    pub pin_dir: Option<Spanned<String>>,
+    pub pid_file: Option<Spanned<String>>,
+    pub watch_config: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

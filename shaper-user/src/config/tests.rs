@@ -293,3 +293,29 @@ fn the_example_configs_in_the_repository_are_valid() {
         assert!(!c.classes.is_empty(), "{name}");
     }
 }
+
+#[test]
+fn renumbering_keeps_each_name_on_its_index_and_fills_the_gaps() {
+    let mut c = ok(&format!(
+        "{IFACE}default = \"b\"\n[[class]]\nname = \"new\"\n[[class]]\nname = \"b\"\n[[class]]\nname = \"a\"\n"
+    ));
+    // Before: a = 0, gone = 1, b = 2.
+    let previous: std::collections::BTreeMap<u16, String> =
+        [(0, "a"), (1, "gone"), (2, "b")].into_iter().map(|(i, n)| (i, n.to_string())).collect();
+    c.renumber(&previous);
+    let index = |name: &str| c.class(name).map(|cl| cl.index);
+    assert_eq!((index("a"), index("b"), index("new")), (Some(0), Some(2), Some(1)));
+    assert_eq!(c.interfaces[0].default_class, 2, "the default follows its class");
+    assert_eq!(c.class_by_index(1).map(|cl| cl.name.as_str()), Some("new"));
+}
+
+#[test]
+fn daemon_paths_must_be_absolute() {
+    assert_eq!(
+        err(&format!("[daemon]\npin_dir = \"bpf/shaper\"\n{IFACE}")),
+        "t.toml:2:11: pin_dir must be an absolute path on a BPF filesystem"
+    );
+    let c = ok(&format!("[daemon]\nwatch_config = true\npid_file = \"/run/x.pid\"\n{IFACE}"));
+    assert!(c.daemon.watch_config);
+    assert_eq!(c.daemon.pid_file, Path::new("/run/x.pid"));
+}

@@ -41,9 +41,15 @@ pub fn call(socket: &Path, command: Command) -> Result<serde_json::Value, Client
     let mut line =
         serde_json::to_string(&Request::new(command)).map_err(|e| ClientError::BadReply(e.to_string()))?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(io)?;
+    // A daemon that refuses a client replies at once and hangs up, so a failed
+    // write may still have a reply waiting: read it before giving up.
+    let written = stream.write_all(line.as_bytes());
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    let read = BufReader::new(&stream).read_line(&mut reply);
+    if reply.is_empty() {
+        written.map_err(io)?;
+        read.map_err(io)?;
+    }
     if reply.is_empty() {
         return Err(ClientError::BadReply("the daemon closed the connection without replying".into()));
     }

@@ -8,5 +8,6 @@ pub mod protocol;
 pub mod server;
 
 pub use protocol::{
-    ClassRow, Command, ConnRow, Decisions, InterfaceStatus, Reply, Request, Status, PROTOCOL_VERSION,
+    Applied, ClassRow, Command, ConnRow, Decisions, InterfaceStatus, ReloadStatus, Reply, Request, SetClass,
+    Status, PROTOCOL_VERSION,
 };

@@ -15,6 +15,55 @@ pub enum Command {
     Status,
     Classes,
     Conns,
+    /// Re-read the config file and apply it (see `Changes`).
+    Reload,
+    /// Change a running class without touching the file.
+    Set(SetClass),
+    /// Pin one connection into a class.
+    Move {
+        conn: String,
+        class: String,
+    },
+    /// Stop the daemon; `keep` leaves shaping in place for the next one.
+    Stop {
+        #[serde(default)]
+        keep: bool,
+    },
+}
+
+/// `shaper set CLASS …`: rates as in the config ("10mbit", "RATE:CEIL").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetClass {
+    pub class: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+}
+
+/// The reply to `reload` and `set`: what changed, and what needs a restart.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Applied {
+    #[serde(flatten)]
+    pub changes: crate::daemon::Changes,
+    /// `[daemon]` settings that changed in the file but take effect at the next start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<String>,
+    pub took_ms: u64,
+}
+
+/// The last reload (`status`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub ok: bool,
+    /// Why the config was refused (file:line:col: reason); the previous one stayed in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +124,18 @@ pub struct Status {
     pub hooks_cgroup: Option<String>,
     #[serde(default)]
     pub decisions: Decisions,
+    /// Where the shaping state is pinned.
+    #[serde(default)]
+    pub pin_dir: String,
+    /// This daemon took over the state an earlier one left pinned.
+    #[serde(default)]
+    pub adopted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload: Option<ReloadStatus>,
+    /// Classes changed with `shaper set` since the file was last read, as
+    /// "class: egress 10mbit:20mbit" (gone at the next reload).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }
 
 /// How the daemon decided flows the kernel could not (`status`).
@@ -143,6 +204,8 @@ pub struct ClassRow {
 /// One flow (`shaper conns`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConnRow {
+    /// Short name of the flow (for `shaper move`).
+    pub id: String,
     pub proto: String,
     /// "addr:port", IPv6 as "[addr]:port"; the bare address for protocols without ports.
     pub local: String,
@@ -190,6 +253,18 @@ mod tests {
         assert_eq!(back, Request::new(Command::Conns));
         assert!(serde_json::from_str::<Request>(r#"{"v":1,"cmd":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).is_err());
+        let stop: Request = serde_json::from_str(r#"{"v":1,"cmd":"stop","keep":true}"#).unwrap();
+        assert_eq!(stop.command, Command::Stop { keep: true });
+        let set: Request =
+            serde_json::from_str(r#"{"v":1,"cmd":"set","class":"bulk","egress":"5mbit:10mbit"}"#).unwrap();
+        assert_eq!(
+            set.command,
+            Command::Set(SetClass {
+                class: "bulk".into(),
+                egress: Some("5mbit:10mbit".into()),
+                ..Default::default()
+            })
+        );
     }
 
     #[test]

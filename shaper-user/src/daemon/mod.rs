@@ -1,20 +1,31 @@
-//! `shaper run`: bring the config to life, keep it alive, and take it all down
-//! again.
+//! `shaper run`: bring the config to life, keep it alive, change it live, and
+//! take it down again (or leave it running for the next daemon).
 //!
 //! | file | what |
 //! |---|---|
-//! | [`shaper`] | what the daemon owns on the host; start-up and teardown |
+//! | [`shaper`] | what the daemon owns on the host; start-up, takeover and stop |
+//! | [`apply`] | bringing the host to a config: start-up, reload and `set` share it |
+//! | [`live`] | `reload`, `set`, `move` |
 //! | [`decide`] | the daemon's decisions: the classifier's events and the /proc scan |
 //! | [`report`] | `status`, `classes`, `conns` |
+//! | [`notify`], [`pidfile`], [`watch`] | sd_notify readiness, the pid file, the config-file watch |
 //!
 //! One thread runs everything: the control socket, the classifier's event ring
-//! buffer, the scan and rate timers, and the signals that stop it.
+//! buffer, the scan and rate timers, the config watch, and the signals (SIGHUP
+//! reloads; SIGINT and SIGTERM stop and restore).
 
+mod apply;
 mod decide;
+mod live;
+pub mod notify;
+pub mod pidfile;
 mod report;
 mod shaper;
+mod watch;
 
-pub use shaper::{ifb_name, Shaper, IFB_TXQUEUELEN};
+pub use apply::Changes;
+pub use live::parse_limit;
+pub use shaper::{ifb_name, Shaper, StopMode, IFB_TXQUEUELEN};
 
 use std::{
     path::PathBuf,
@@ -26,14 +37,14 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    bpffs,
     config::Config,
     control::{
         self,
         server::{ControlSocket, Handler},
+        Command, Reply,
     },
     datapath::DatapathError,
-    events, tc,
+    events, pins, tc,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +57,8 @@ pub enum DaemonError {
          (`tc qdisc del dev {iface} root`) or shape another interface"
     )]
     ForeignQdisc { iface: String, kind: String, handle: String },
-    #[error(
-        "an interface named {ifb} exists already; shaper shapes the ingress of {iface} through an IFB of \
-         that name. If a shaper that stopped uncleanly left it, remove it (`ip link del {ifb}`)"
-    )]
-    IfbExists { iface: String, ifb: String },
+    #[error("shaper shapes at most {0} interfaces")]
+    TooManyInterfaces(u32),
     #[error("netlink")]
     Netlink(#[from] tc::TcError),
     #[error(transparent)]
@@ -58,7 +66,9 @@ pub enum DaemonError {
     #[error(transparent)]
     Control(#[from] control::server::ServerError),
     #[error(transparent)]
-    Bpffs(#[from] bpffs::BpffsError),
+    Pins(#[from] pins::PinError),
+    #[error(transparent)]
+    PidFile(#[from] pidfile::PidFileError),
     #[error("compiling the rules")]
     Rules(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("setting up signal handling")]
@@ -75,23 +85,66 @@ impl From<DatapathError> for DaemonError {
     }
 }
 
-/// Options of `shaper run` beyond the config file.
-#[derive(Clone, Debug)]
+/// Options of `shaper run` beyond the config file. The paths given on the
+/// command line win over the file's `[daemon]` settings, at start and at
+/// every reload.
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     pub config_path: PathBuf,
     /// aya-log level of the kernel programs (0 = off).
     pub kernel_log_level: u8,
+    pub socket: Option<PathBuf>,
+    pub cgroup: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Reads and validates the config file as `shaper run` uses it: the
+/// command line's paths applied, every interface checked on the host.
+pub fn load_config(options: &RunOptions) -> Result<Config, String> {
+    let env = crate::rules::SystemEnv::load();
+    let mut conf = crate::config::load(&options.config_path, &env.env()).map_err(|e| e.to_string())?;
+    if let Some(s) = &options.socket {
+        conf.daemon.control_socket = s.clone();
+    }
+    if let Some(c) = &options.cgroup {
+        conf.daemon.cgroup = Some(c.clone());
+    }
+    if let Some(p) = &options.pin_dir {
+        conf.daemon.pin_dir = p.clone();
+    }
+    if let Some(p) = &options.pid_file {
+        conf.daemon.pid_file = p.clone();
+    }
+    let netlink = tc::Netlink::open().map_err(|e| crate::error_chain(&e))?;
+    conf.check_interfaces_exist(|name| tc::link_by_name(&netlink, name).ok().flatten().is_some())
+        .map_err(|e| e.to_string())?;
+    Ok(conf)
 }
 
 fn lock(state: &Mutex<Shaper>) -> MutexGuard<'_, Shaper> {
     state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
+/// Runs the daemon until SIGINT, SIGTERM or `shaper stop`.
 pub fn run(config: Config, options: RunOptions) -> Result<(), DaemonError> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
-    runtime.block_on(run_async(config, options))
+    let (state, mode, socket, pid_file) = runtime.block_on(run_async(config, options))?;
+    // Client tasks end with the runtime; then the shaper is ours alone.
+    drop(runtime);
+    let shaper = match Arc::try_unwrap(state) {
+        Ok(mutex) => mutex.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner),
+        Err(_) => {
+            log::error!("the daemon's state is still shared; leaving shaping in place");
+            return Ok(());
+        }
+    };
+    shaper.stop(mode);
+    // Last: whoever waits for the socket or the pid file to go sees a finished stop.
+    drop(socket);
+    drop(pid_file);
+    Ok(())
 }
 
 /// Hands every event waiting in the ring buffer to the daemon.
@@ -105,13 +158,28 @@ fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<Shaper>) {
     }
 }
 
-async fn run_async(config: Config, options: RunOptions) -> Result<(), DaemonError> {
+/// A reload on SIGHUP or a config change, with the supervisor told.
+fn reload(state: &Mutex<Shaper>, why: &str) {
+    log::info!("{why}: reloading the config");
+    notify::reloading();
+    if let Err(e) = lock(state).reload() {
+        log::error!("{e}");
+    }
+    notify::notify("READY=1");
+}
+
+type Stopped = (Arc<Mutex<Shaper>>, StopMode, ControlSocket, pidfile::PidFile);
+
+async fn run_async(config: Config, options: RunOptions) -> Result<Stopped, DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     // Bind first: a second daemon must fail before it touches anything.
     let socket = ControlSocket::bind(&config.daemon.control_socket)?;
+    let pid_file = pidfile::PidFile::create(&config.daemon.pid_file)?;
     let scan_interval = config.daemon.scan_interval;
+    let watch_config = config.daemon.watch_config.then(|| config.path.clone());
     let state = Arc::new(Mutex::new(Shaper::start(config, &options)?));
     let ring = lock(&state).datapath.take_events();
     let mut events = match ring {
@@ -123,6 +191,20 @@ async fn run_async(config: Config, options: RunOptions) -> Result<(), DaemonErro
         ),
         None => None,
     };
+    let mut watch = match watch_config {
+        // SAFETY: the watch owns its inotify descriptor, and the AsyncFd owns the watch.
+        Some(path) => match watch::ConfigWatch::new(&path).and_then(|w| {
+            unsafe { AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!("not watching {}: {e}", path.display());
+                None
+            }
+        },
+        None => None,
+    };
     let logger = if options.kernel_log_level > 0 { kernel_logger(&state) } else { None };
     let first = lock(&state).reconcile();
     log::info!(
@@ -131,15 +213,24 @@ async fn run_async(config: Config, options: RunOptions) -> Result<(), DaemonErro
         first.sockets,
         first.adopted
     );
+    notify::notify(&format!("READY=1\nSTATUS=shaping, {} connections", first.sockets));
+    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel::<StopMode>();
     let handler: Handler = {
         let state = Arc::clone(&state);
-        Arc::new(move |command| lock(&state).handle(command))
+        Arc::new(move |command| match command {
+            Command::Stop { keep } => {
+                let mode = if keep { StopMode::Keep } else { StopMode::Restore };
+                let _ = stop_tx.send(mode);
+                Reply::ok(serde_json::json!({ "stopping": true, "keep": keep, "pid": std::process::id() }))
+            }
+            other => lock(&state).handle(other),
+        })
     };
     let mut scan = tokio::time::interval(scan_interval);
     scan.tick().await;
     let mut meter = tokio::time::interval(Duration::from_secs(1));
     let mut serve = Box::pin(socket.serve(handler));
-    loop {
+    let mode = loop {
         tokio::select! {
             _ = &mut serve => {}
             ready = async { events.as_mut()?.readable_mut().await.ok() }, if events.is_some() => {
@@ -148,22 +239,36 @@ async fn run_async(config: Config, options: RunOptions) -> Result<(), DaemonErro
                     guard.clear_ready();
                 }
             }
+            ready = async { watch.as_mut()?.readable_mut().await.ok() }, if watch.is_some() => {
+                if let Some(mut guard) = ready {
+                    let changed = guard.get_inner().changed();
+                    guard.clear_ready();
+                    if changed {
+                        // Let the editor finish writing (several events, one reload).
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if let Some(w) = watch.as_ref() { w.get_ref().changed(); }
+                        reload(&state, "the config file changed");
+                    }
+                }
+            }
             _ = scan.tick() => { lock(&state).reconcile(); }
             _ = meter.tick() => { lock(&state).sample_rates(); }
-            _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
-            _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
+            _ = sighup.recv() => reload(&state, "SIGHUP"),
+            mode = stop_rx.recv() => {
+                let mode = mode.unwrap_or(StopMode::Restore);
+                log::info!("stop requested ({})", if mode == StopMode::Keep { "keeping shaping in place" } else { "restoring" });
+                break mode;
+            }
+            _ = sigint.recv() => { log::info!("SIGINT: stopping"); break StopMode::Restore; }
+            _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break StopMode::Restore; }
         }
-    }
+    };
+    notify::notify("STOPPING=1");
     drop(logger);
     drop(events);
+    drop(watch);
     drop(serve);
-    drop(socket);
-    // Last reference: dropping the state detaches and restores every interface.
-    match Arc::try_unwrap(state) {
-        Ok(mutex) => drop(mutex.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)),
-        Err(state) => drop(lock(&state)),
-    }
-    Ok(())
+    Ok((state, mode, socket, pid_file))
 }
 
 /// Forwards aya-log records of the kernel programs to the `log` crate.

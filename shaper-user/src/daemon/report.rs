@@ -104,7 +104,11 @@ impl Shaper {
             errors: ERROR_NAMES.iter().zip(errors).map(|(n, v)| ((*n).to_string(), v)).collect(),
             scan_interval_ms: self.config.daemon.scan_interval.as_millis() as u64,
             last_scan: self.last_scan,
-            hooks_cgroup: self.hooks.as_ref().map(|h| h.dir.display().to_string()),
+            hooks_cgroup: self.hooks.as_ref().map(|h| h.display().to_string()),
+            pin_dir: self.config.daemon.pin_dir.display().to_string(),
+            adopted: self.adopted,
+            last_reload: self.last_reload.as_ref().map(|r| r.status()),
+            drift: self.drift(),
             decisions: Decisions {
                 events: d.events,
                 provisional: d.provisional,
@@ -152,11 +156,7 @@ impl Shaper {
                         overlimits: sent.map_or(0, |s| u64::from(s.overlimits)),
                         backlog_bytes: sent.map_or(0, |s| u64::from(s.backlog)),
                         rate_now_bps: meter.map_or(0, |m| m.rate(classid)),
-                        rule: self
-                            .config
-                            .classes
-                            .get(usize::from(class.index))
-                            .and_then(|c| c.rule_source.clone()),
+                        rule: self.config.class_by_index(class.index).and_then(|c| c.rule_source.clone()),
                     });
                 }
             }
@@ -179,11 +179,10 @@ impl Shaper {
                     _ => DecidedBy::Kernel.as_str(),
                 };
                 let rule = (value.class != CLASS_DEFAULT)
-                    .then(|| {
-                        self.config.classes.get(usize::from(value.class)).and_then(|c| c.rule_source.clone())
-                    })
+                    .then(|| self.config.class_by_index(value.class).and_then(|c| c.rule_source.clone()))
                     .flatten();
                 ConnRow {
+                    id: flows::id(&key),
                     proto: flows::proto_name(key.proto),
                     local: flows::endpoint(&key, true),
                     remote: flows::endpoint(&key, false),
@@ -208,9 +207,22 @@ impl Shaper {
         rows
     }
 
-    /// Answers a control request.
-    pub(super) fn handle(&self, command: Command) -> Reply {
+    /// Answers a control request (`stop` is the main loop's).
+    pub(super) fn handle(&mut self, command: Command) -> Reply {
         let value = match command {
+            Command::Reload => match self.reload() {
+                Ok(applied) => serde_json::to_value(applied),
+                Err(e) => return Reply::error(e),
+            },
+            Command::Set(set) => match self.set_class(&set) {
+                Ok(applied) => serde_json::to_value(applied),
+                Err(e) => return Reply::error(e),
+            },
+            Command::Move { conn, class } => match self.move_conn(&conn, &class) {
+                Ok(v) => Ok(v),
+                Err(e) => return Reply::error(e),
+            },
+            Command::Stop { .. } => return Reply::error("stop is handled by the daemon's main loop"),
             Command::Status => serde_json::to_value(self.status()),
             Command::Classes => match self.classes() {
                 Ok(rows) => serde_json::to_value(rows),

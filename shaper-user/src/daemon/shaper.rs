@@ -1,41 +1,41 @@
-//! The running shaper: what it owns on the host, how it sets it up, and how
-//! dropping it restores the host.
+//! The running shaper: what it owns on the host, how it starts (fresh, or
+//! taking over what an earlier daemon pinned), and how it stops.
 //!
-//! Start-up order matters: everything that can be checked is checked before the
-//! first change to the host (config, interfaces, existing qdiscs), so a bad
-//! config attaches nothing. Then, per interface: the HTB tree first, then the
-//! interface entry, then the classifier, so that no packet is ever stamped with
-//! a class that does not exist yet; the socket hooks last. If any step fails,
-//! what was done is undone in reverse order (by `Drop`), and the same happens
-//! on SIGINT/SIGTERM.
+//! Start-up checks everything it can before the first change to the host
+//! (config, interfaces, existing qdiscs): a bad config attaches nothing. The
+//! changes themselves are [`Shaper::converge`]'s (apply.rs), the same code a
+//! reload runs. Maps, programs and links are pinned, so shaping continues while
+//! no daemon runs; [`Shaper::stop`] either removes everything (`shaper stop`,
+//! SIGTERM) or leaves it in place for the next daemon (`shaper stop --keep`).
+//! Dropping a `Shaper` without `stop` leaves the pinned state too, as a crash would.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
     time::Instant,
 };
 
-use shaper_common::{FlowKey, IfaceInfo, CLASS_DEFAULT, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES};
+use shaper_common::{FlowKey, CLASS_DEFAULT, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES};
 
 use super::{
     decide::{ConnInfo, DecisionStats},
+    live::{ClassOverride, LastReload},
     report::Meter,
     DaemonError, RunOptions,
 };
 use crate::{
     accounts::SystemAccounts,
-    bpffs,
     cgroups::{self, Cgroups},
     config::Config,
     datapath::{Datapath, LoadOptions},
-    plan::{self, Direction, Plan},
+    pins::{self, Pins},
+    plan::Plan,
     process::Needs,
     procscan::{ScanReport, Socket},
     rules::{compile::Compiled, Pred},
-    tc::{self, Netlink, Qdisc},
+    tc::{self, Netlink},
 };
 
-/// One interface as shaper left it.
+/// One interface as shaper set it up.
 pub(super) struct Shaped {
     pub name: String,
     pub ifindex: u32,
@@ -45,9 +45,6 @@ pub(super) struct Shaped {
     /// through, and the HTB tree on it.
     pub ingress: Option<Ingress>,
     pub attach: &'static str,
-    /// The root qdisc before shaper replaced it (a kernel default: it comes back
-    /// by itself when shaper's root is deleted).
-    pub original_root: Option<Qdisc>,
 }
 
 pub(super) struct Ingress {
@@ -65,15 +62,23 @@ pub fn ifb_name(ifindex: u32) -> String {
     format!("shpifb{ifindex}")
 }
 
-/// Where the socket hooks are attached.
-pub(super) struct Hooks {
-    /// The cgroup directory (filesystem path).
-    pub dir: PathBuf,
+/// How the daemon leaves the host when it stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Remove everything shaper made and restore every interface.
+    Restore,
+    /// Leave qdiscs, programs and pins in place for the next daemon (upgrades).
+    Keep,
 }
 
-/// Everything the running daemon owns. Dropping it restores the host.
+/// Everything the running daemon owns.
 pub struct Shaper {
+    /// The config in force: the file's, with `shaper set` changes applied.
     pub(super) config: Config,
+    /// The config as the file has it (for `status` to show drift).
+    pub(super) file_config: Config,
+    pub(super) options: RunOptions,
+    pub(super) overrides: BTreeMap<String, ClassOverride>,
     pub(super) accounts: SystemAccounts,
     pub(super) netlink: Netlink,
     pub(super) datapath: Datapath,
@@ -81,12 +86,16 @@ pub struct Shaper {
     pub(super) compiled: Compiled,
     /// The cgroup v2 hierarchy, when it is mounted.
     pub(super) cgroups: Option<Cgroups>,
-    pub(super) hooks: Option<Hooks>,
+    /// The cgroup the socket hooks are attached to.
+    pub(super) hooks: Option<std::path::PathBuf>,
     /// The classifier tests owner records and reports new flows (socket hooks
     /// are attached); off, process rules are left to the scan.
     pub(super) event_driven: bool,
     pub(super) needs: Needs,
     pub(super) started: Instant,
+    /// The daemon took over shaping an earlier daemon left pinned.
+    pub(super) adopted: bool,
+    pub(super) last_reload: Option<LastReload>,
     pub(super) last_scan: Option<ScanReport>,
     pub(super) sockets: HashMap<FlowKey, Socket>,
     pub(super) meters: BTreeMap<u32, Meter>,
@@ -96,24 +105,10 @@ pub struct Shaper {
 }
 
 impl Shaper {
-    /// Checks everything, then shapes every configured interface.
+    /// Checks everything, then shapes every configured interface, taking over
+    /// the pinned state of an earlier daemon if there is one.
     pub fn start(config: Config, options: &RunOptions) -> Result<Self, DaemonError> {
         let netlink = Netlink::open()?;
-        // Check every interface and its root qdisc before touching any of them.
-        let mut links = Vec::new();
-        for iface in &config.interfaces {
-            let link = tc::link_by_name(&netlink, &iface.name)?
-                .ok_or_else(|| DaemonError::NoInterface(iface.name.clone()))?;
-            let root = tc::root_qdisc(&netlink, link.index)?;
-            if let Some(q) = root.as_ref().filter(|q| !q.is_kernel_default()) {
-                return Err(DaemonError::ForeignQdisc {
-                    iface: iface.name.clone(),
-                    kind: q.kind.clone(),
-                    handle: tc::format_handle(q.handle),
-                });
-            }
-            links.push((link, root));
-        }
         let cgroups = match cgroups::v2_root() {
             Ok(root) => Some(Cgroups::new(root)),
             Err(e) => {
@@ -127,45 +122,80 @@ impl Shaper {
             (None, None) => None,
         }
         .filter(|_| config.daemon.event_driven);
-        let compiled = match &cgroups {
-            Some(c) => config.compile_rules(c),
-            None => config.compile_rules(&crate::rules::compile::NoCgroups),
-        }
-        .map_err(|e| DaemonError::Rules(Box::new(e)))?;
-        bpffs::ensure_mounted()?;
+        // Everything that can fail on the config alone fails here, before the
+        // kernel sees anything.
+        super::apply::check(&config, &netlink, &cgroups)?;
         let datapath = Datapath::load(LoadOptions {
             max_flows: config.daemon.max_flows,
             kernel_log_level: options.kernel_log_level,
+            pins: Some(Pins::new(&config.daemon.pin_dir)),
         })?;
+        let adopted = datapath.adopted();
+        if adopted {
+            log::info!("taking over the shaping state pinned at {}", config.daemon.pin_dir.display());
+        }
         let needs = Needs::of(config.classes.iter().filter_map(|c| c.rule.as_ref().map(|r| &r.pred)));
         let mut shaper = Self {
+            file_config: config.clone(),
             config,
+            options: options.clone(),
+            overrides: BTreeMap::new(),
             accounts: SystemAccounts::default(),
             netlink,
             datapath,
             shaped: Vec::new(),
-            compiled,
+            compiled: Compiled::default(),
             cgroups,
             hooks: None,
             event_driven: hook_dir.is_some(),
             needs,
             started: Instant::now(),
+            adopted,
+            last_reload: None,
             last_scan: None,
             sockets: HashMap::new(),
             meters: BTreeMap::new(),
             conns: HashMap::new(),
             decisions: DecisionStats::default(),
         };
-        shaper.apply_rules()?;
-        for (slot, (link, root)) in links.into_iter().enumerate() {
-            shaper.shape(slot as u32, link, root)?;
+        let target = shaper.config.clone();
+        let ready = shaper.converge(target).and_then(|_| shaper.attach_hooks(hook_dir));
+        if let Err(e) = ready {
+            // A fresh start undoes itself; a takeover leaves the earlier state
+            // (still shaping) for the next attempt.
+            if !adopted {
+                shaper.stop(StopMode::Restore);
+            }
+            return Err(e);
         }
-        if let Some(dir) = hook_dir {
-            shaper.datapath.attach_cgroup(&dir)?;
-            log::info!("socket hooks attached to cgroup {}", dir.display());
-            shaper.hooks = Some(Hooks { dir });
+        shaper.file_config = shaper.config.clone();
+        log::info!(
+            "shaping {}: {} classes{}",
+            super::apply::describe(&shaper.shaped),
+            shaper.config.classes.len(),
+            if adopted { ", taken over without a gap" } else { "" }
+        );
+        if let Err(e) = shaper.datapath.pin_programs() {
+            log::warn!("{}", crate::error_chain(&e));
+        }
+        // Pins of an older layout: its links still run its programs next to
+        // ours; with the pins gone they detach.
+        if let Some(p) = shaper.datapath.pins() {
+            for old in p.other_layouts() {
+                log::info!("removing the pins of an earlier layout at {}", old.display());
+                pins::remove_layout(&old);
+            }
         }
         Ok(shaper)
+    }
+
+    fn attach_hooks(&mut self, dir: Option<std::path::PathBuf>) -> Result<(), DaemonError> {
+        if let Some(dir) = dir {
+            self.datapath.attach_cgroup(&dir)?;
+            log::info!("socket hooks attached to cgroup {}", dir.display());
+            self.hooks = Some(dir);
+        }
+        Ok(())
     }
 
     /// Writes the compiled rules and the settings that go with them.
@@ -180,69 +210,6 @@ impl Shaper {
         self.datapath.set_flags(flags);
         let gen = self.datapath.set_rules(&self.compiled.nodes)?;
         log::info!("rule table: {} nodes (generation {gen})", self.compiled.nodes.len());
-        Ok(())
-    }
-
-    fn shape(&mut self, slot: u32, link: tc::Link, original_root: Option<Qdisc>) -> Result<(), DaemonError> {
-        let Some(iface) = self.config.interfaces.iter().find(|i| i.name == link.name) else {
-            return Err(DaemonError::NoInterface(link.name));
-        };
-        let Some(egress) = plan::plan(&self.config, iface, Direction::Egress, link.mtu) else {
-            return Err(DaemonError::NoInterface(link.name));
-        };
-        let ingress = plan::plan(&self.config, iface, Direction::Ingress, link.mtu);
-        let ifb = ifb_name(link.index);
-        if ingress.is_some() && tc::link_by_name(&self.netlink, &ifb)?.is_some() {
-            return Err(DaemonError::IfbExists { iface: link.name.clone(), ifb });
-        }
-        let (egress_bps, ingress_bps) = (iface.egress_bps, iface.ingress_bps);
-        tc::install_htb(&self.netlink, link.index, &egress.htb)?;
-        let mut info = IfaceInfo::new(slot, egress.default_class, l2_len(link.arphrd));
-        for class in &egress.classes {
-            info.add_class(u32::from(class.index));
-        }
-        // From here on, Drop undoes this interface.
-        self.shaped.push(Shaped {
-            name: link.name.clone(),
-            ifindex: link.index,
-            slot,
-            egress,
-            ingress: None,
-            attach: "tcx",
-            original_root,
-        });
-        if let Some(plan) = ingress {
-            let device = tc::create_ifb(&self.netlink, &ifb, link.mtu, IFB_TXQUEUELEN)?;
-            info.ifb_ifindex = device.index;
-            let index = device.index;
-            if let Some(shaped) = self.shaped.last_mut() {
-                shaped.ingress = Some(Ingress { ifb: device, plan });
-            }
-            if let Some(Ingress { plan, .. }) = self.shaped.last().and_then(|s| s.ingress.as_ref()) {
-                tc::install_htb(&self.netlink, index, &plan.htb)?;
-            }
-        }
-        self.datapath.set_iface(link.index, &info)?;
-        let attach = self.datapath.attach_egress(&link.name)?;
-        if info.ifb_ifindex != 0 {
-            self.datapath.attach_ingress(&link.name)?;
-        }
-        if let Some(shaped) = self.shaped.last_mut() {
-            shaped.attach = attach;
-        }
-        let downloads = match ingress_bps {
-            Some(bps) if info.ifb_ifindex != 0 => {
-                format!("ingress at {} through {ifb}", crate::units::format_rate(bps))
-            }
-            _ => "ingress not shaped".to_string(),
-        };
-        log::info!(
-            "shaping {}: egress at {}, {downloads}: {} classes, default {}",
-            link.name,
-            crate::units::format_rate(egress_bps),
-            info.classes.iter().map(|w| w.count_ones()).sum::<u32>(),
-            self.class_name(info.default_class),
-        );
         Ok(())
     }
 
@@ -270,49 +237,77 @@ impl Shaper {
         if index == CLASS_DEFAULT {
             return self.default_name();
         }
-        self.config.classes.get(usize::from(index)).map_or_else(|| format!("#{index}"), |c| c.name.clone())
+        self.config.class_by_index(index).map_or_else(|| format!("#{index}"), |c| c.name.clone())
     }
-}
 
-impl Drop for Shaper {
-    fn drop(&mut self) {
+    /// Stops shaping: either removes everything shaper made (hooks, programs,
+    /// qdiscs, IFBs, pins) and restores every interface, or leaves it all
+    /// running for the next daemon.
+    pub fn stop(mut self, mode: StopMode) {
+        if mode == StopMode::Keep {
+            log::info!(
+                "leaving shaping in place (pinned at {}); the next daemon takes it over",
+                self.config.daemon.pin_dir.display()
+            );
+            return;
+        }
         // The hooks first: no new owner records while the rest goes.
         self.datapath.detach_cgroup();
         while let Some(shaped) = self.shaped.pop() {
-            if let Err(e) = self.datapath.detach(&shaped.name) {
-                log::warn!("{}: {}", shaped.name, crate::error_chain(&e));
-            }
-            if let Err(e) = self.datapath.remove_iface(shaped.ifindex) {
-                log::warn!("{}: {}", shaped.name, crate::error_chain(&e));
-            }
-            // Delete the root only if it is still ours.
-            match tc::root_qdisc(&self.netlink, shaped.ifindex) {
-                Ok(Some(q)) if q.kind == "htb" && q.handle == shaper_common::HTB_MAJOR << 16 => {
-                    if let Err(e) = tc::remove_root_qdisc(&self.netlink, shaped.ifindex) {
-                        log::warn!("{}: removing the HTB root: {}", shaped.name, crate::error_chain(&e));
-                    }
-                }
-                Ok(_) => log::warn!("{}: the root qdisc is no longer shaper's; leaving it", shaped.name),
-                Err(e) => log::warn!("{}: {}", shaped.name, crate::error_chain(&e)),
-            }
-            if let Some(ingress) = &shaped.ingress {
-                if let Err(e) = tc::delete_link(&self.netlink, ingress.ifb.index, &ingress.ifb.name) {
-                    log::warn!("{}: {}", shaped.name, crate::error_chain(&e));
-                }
-            }
-            let restored = tc::root_qdisc(&self.netlink, shaped.ifindex).ok().flatten();
-            log::info!(
-                "restored {}: root qdisc {} (was {})",
-                shaped.name,
-                restored.as_ref().map_or("none".to_string(), |q| q.kind.clone()),
-                shaped.original_root.as_ref().map_or("none".to_string(), |q| q.kind.clone()),
-            );
+            self.unshape(shaped.ifindex, Some(&shaped.name));
         }
+        // Interfaces an earlier daemon shaped that this one never took over.
+        for (ifindex, _) in self.datapath.ifaces() {
+            self.unshape(ifindex, None);
+        }
+        if let Some(p) = self.datapath.pins() {
+            p.remove_all();
+        }
+    }
+
+    /// Takes shaping off interface `ifindex`: the classifier, its entry in the
+    /// interface map, the HTB root (if still shaper's) and the IFB.
+    pub(super) fn unshape(&mut self, ifindex: u32, name: Option<&str>) {
+        let shown = name.map_or_else(|| format!("interface {ifindex}"), str::to_string);
+        if let Some(name) = name {
+            if let Err(e) = self.datapath.detach(name) {
+                log::warn!("{shown}: {}", crate::error_chain(&e));
+            }
+        }
+        self.datapath.unpin_iface_links(ifindex);
+        if let Err(e) = self.datapath.remove_iface(ifindex) {
+            log::warn!("{shown}: {}", crate::error_chain(&e));
+        }
+        match tc::root_qdisc(&self.netlink, ifindex) {
+            Ok(Some(q)) if tc::is_shapers_root(&q) => {
+                if let Err(e) = tc::remove_root_qdisc(&self.netlink, ifindex) {
+                    log::warn!("{shown}: removing the HTB root: {}", crate::error_chain(&e));
+                }
+            }
+            Ok(Some(_)) => log::warn!("{shown}: the root qdisc is no longer shaper's; leaving it"),
+            Ok(None) => {}
+            Err(e) => log::debug!("{shown}: {}", crate::error_chain(&e)),
+        }
+        let ifb = ifb_name(ifindex);
+        match tc::link_by_name(&self.netlink, &ifb) {
+            Ok(Some(link)) => {
+                if let Err(e) = tc::delete_link(&self.netlink, link.index, &ifb) {
+                    log::warn!("{shown}: {}", crate::error_chain(&e));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("{shown}: {}", crate::error_chain(&e)),
+        }
+        let restored = tc::root_qdisc(&self.netlink, ifindex).ok().flatten();
+        log::info!(
+            "restored {shown}: root qdisc {}",
+            restored.as_ref().map_or("none".to_string(), |q| q.kind.clone()),
+        );
     }
 }
 
 /// Link-layer header length in front of IP for an ARPHRD device type.
-fn l2_len(arphrd: u16) -> u16 {
+pub(super) fn l2_len(arphrd: u16) -> u16 {
     const ARPHRD_ETHER: u16 = 1;
     const ARPHRD_LOOPBACK: u16 = 772;
     match arphrd {

@@ -6,8 +6,8 @@ use std::{fs::File, path::Path};
 
 use aya::{
     programs::{
-        cgroup_sock::CgroupSockLinkId, cgroup_sock_addr::CgroupSockAddrLinkId, CgroupAttachMode, CgroupSock,
-        CgroupSockAddr,
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSock, CgroupSockAddr,
     },
     Ebpf,
 };
@@ -19,11 +19,22 @@ const SOCK_HOOKS: [&str; 4] =
     [names::PROG_SOCK_CREATE, names::PROG_SOCK_RELEASE, names::PROG_POST_BIND4, names::PROG_POST_BIND6];
 const ADDR_HOOKS: [&str; 4] =
     [names::PROG_CONNECT4, names::PROG_CONNECT6, names::PROG_SENDMSG4, names::PROG_SENDMSG6];
+/// Every socket hook.
+pub(super) const HOOKS: [&str; 8] = [
+    SOCK_HOOKS[0],
+    SOCK_HOOKS[1],
+    SOCK_HOOKS[2],
+    SOCK_HOOKS[3],
+    ADDR_HOOKS[0],
+    ADDR_HOOKS[1],
+    ADDR_HOOKS[2],
+    ADDR_HOOKS[3],
+];
 
-/// One hook attached to the cgroup.
-pub(super) enum HookLink {
-    Sock(&'static str, CgroupSockLinkId),
-    Addr(&'static str, CgroupSockAddrLinkId),
+/// One hook attached to the cgroup: the link, and its pin when pinned.
+pub(super) struct HookLink {
+    _link: FdLink,
+    pin: Option<std::path::PathBuf>,
 }
 
 fn sock<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSock, DatapathError> {
@@ -47,42 +58,68 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Attaches hook `name` to `dir` and returns its link.
+fn attach_one(ebpf: &mut Ebpf, name: &'static str, dir: &File, path: &Path) -> Result<FdLink, DatapathError> {
+    let attach_err = |source| DatapathError::AttachCgroup { name, path: path.to_path_buf(), source };
+    let link_err = |source| DatapathError::PinnedLink { path: path.to_path_buf(), source };
+    if SOCK_HOOKS.contains(&name) {
+        let prog = sock(ebpf, name)?;
+        let id = prog.attach(dir, CgroupAttachMode::Single).map_err(attach_err)?;
+        FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)
+    } else {
+        let prog = addr(ebpf, name)?;
+        let id = prog.attach(dir, CgroupAttachMode::Single).map_err(attach_err)?;
+        FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)
+    }
+}
+
 impl Datapath {
     /// Attaches the socket hooks to the cgroup v2 directory `path` (as bpf
     /// links, which always run alongside any other programs there, so the
     /// attach mode is the default: the kernel refuses flags on cgroup links).
-    /// Detached again on drop.
+    /// With a pin directory each link is pinned, replacing the link an earlier
+    /// daemon pinned (the new hook is attached before the old one goes, so no
+    /// socket is missed). Removed by [`Datapath::detach_cgroup`].
     pub fn attach_cgroup(&mut self, path: &Path) -> Result<(), DatapathError> {
         let dir =
             File::open(path).map_err(|source| DatapathError::Cgroup { path: path.to_path_buf(), source })?;
-        let attach_err =
-            |name, source| DatapathError::AttachCgroup { name, path: path.to_path_buf(), source };
-        for name in SOCK_HOOKS {
-            let link = sock(&mut self.ebpf, name)?
-                .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|e| attach_err(name, e))?;
-            self.cgroup_links.push(HookLink::Sock(name, link));
-        }
-        for name in ADDR_HOOKS {
-            let link = addr(&mut self.ebpf, name)?
-                .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|e| attach_err(name, e))?;
-            self.cgroup_links.push(HookLink::Addr(name, link));
+        for name in HOOKS {
+            let pin = self.pins.as_ref().map(|p| p.hook_link(name));
+            // The earlier daemon's link: held open until the new one is in place.
+            let old = match pin.as_ref().filter(|p| p.exists()) {
+                Some(p) => {
+                    let old = PinnedLink::from_pin(p)
+                        .map_err(|source| DatapathError::PinnedLink { path: p.clone(), source })?;
+                    Some(old.unpin().map_err(|source| DatapathError::Pin {
+                        action: "unpinning",
+                        path: p.clone(),
+                        source,
+                    })?)
+                }
+                None => None,
+            };
+            let link = attach_one(&mut self.ebpf, name, &dir, path)?;
+            let link = match &pin {
+                Some(p) => FdLink::from(link.pin(p).map_err(|e| DatapathError::Pin {
+                    action: "pinning",
+                    path: p.clone(),
+                    source: std::io::Error::other(e),
+                })?),
+                None => link,
+            };
+            drop(old);
+            self.cgroup_links.push(HookLink { _link: link, pin });
         }
         Ok(())
     }
 
-    /// Detaches the socket hooks (no-op when they are not attached).
+    /// Detaches the socket hooks and unpins them (no-op when they are not attached).
     pub fn detach_cgroup(&mut self) {
-        while let Some(link) = self.cgroup_links.pop() {
-            let result = match link {
-                HookLink::Sock(name, id) => sock(&mut self.ebpf, name)
-                    .and_then(|p| p.detach(id).map_err(|source| DatapathError::Program { name, source })),
-                HookLink::Addr(name, id) => addr(&mut self.ebpf, name)
-                    .and_then(|p| p.detach(id).map_err(|source| DatapathError::Program { name, source })),
-            };
-            if let Err(e) = result {
-                log::warn!("detaching a socket hook: {}", crate::error_chain(&e));
+        while let Some(HookLink { _link, pin }) = self.cgroup_links.pop() {
+            if let Some(path) = pin {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    log::warn!("unpinning {}: {e}", path.display());
+                }
             }
         }
     }

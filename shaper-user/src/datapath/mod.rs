@@ -9,18 +9,22 @@ use crate::plan::Direction;
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
     programs::{
-        tc::{self, NlOptions, TcAttachOptions},
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
     },
     util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
 };
 use shaper_common::{
-    class_stats_index, names, rule_node_index, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner,
-    ProcTests, RuleNode, Settings, ERR_COUNT, MAX_CLASSES, MAX_RULE_NODES, RULE_BANKS,
+    class_stats_index, names, rule_node_index, ClassName, ClassStats, FlowKey, FlowValue, IfaceInfo,
+    ListenKey, Owner, ProcTests, RuleNode, Settings, ERR_COUNT, MAX_CLASSES, MAX_IFACES, MAX_RULE_NODES,
+    RULE_BANKS,
 };
+
+use crate::pins::{PinError, Pins};
 
 /// The eBPF object built from `shaper-ebpf` by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper-ebpf"));
@@ -73,6 +77,21 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error("{action} {}", path.display())]
+    Pin {
+        action: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("taking over the pinned link {}", path.display())]
+    PinnedLink {
+        path: std::path::PathBuf,
+        #[source]
+        source: LinkError,
+    },
     #[error("attaching {name} to cgroup {}", path.display())]
     AttachCgroup {
         name: &'static str,
@@ -94,21 +113,97 @@ pub struct TestRun {
 }
 
 /// Options fixed for the lifetime of a load.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Capacity of the flow map.
     pub max_flows: u32,
     /// aya-log level of the kernel programs (0 = off, 5 = trace).
     pub kernel_log_level: u8,
+    /// Pin maps, programs and links here, and take over what an earlier daemon
+    /// pinned there. `None`: nothing outlives this process (benchmarks, tests
+    /// of the programs alone).
+    pub pins: Option<Pins>,
 }
 
 /// How the classifier hangs on an interface.
 #[derive(Debug)]
 enum Attachment {
-    /// A tcx link (kernel >= 6.6): independent of qdiscs.
-    Tcx(aya::programs::tc::SchedClassifierLinkId),
+    /// A tcx link (kernel >= 6.6): independent of qdiscs. Pinned, it stays
+    /// attached when the daemon exits; unpinned, it goes with its descriptor.
+    Tcx { _link: FdLink, pin: Option<std::path::PathBuf> },
     /// A cls_bpf filter on a clsact qdisc; `added_clsact` when shaper created the clsact.
     Netlink { link: aya::programs::tc::SchedClassifierLinkId, added_clsact: bool },
+}
+
+/// The layout a pinned map must have to be reused: key and value sizes, and
+/// the capacity when it is set from the config (other capacities are part of
+/// the layout version).
+struct Layout {
+    key: usize,
+    value: usize,
+    max_entries: Option<u32>,
+}
+
+fn layout_of(name: &str, max_flows: u32) -> Option<Layout> {
+    use std::mem::size_of;
+    let (key, value, max_entries) = match name {
+        names::MAP_FLOWS => (size_of::<FlowKey>(), size_of::<FlowValue>(), Some(max_flows)),
+        names::MAP_OWNERS => (size_of::<u64>(), size_of::<Owner>(), Some(max_flows)),
+        names::MAP_RULES => (4, size_of::<RuleNode>(), None),
+        names::MAP_SETTINGS => (4, size_of::<Settings>(), None),
+        names::MAP_IFACES => (4, size_of::<IfaceInfo>(), None),
+        names::MAP_CLASS_STATS => (4, size_of::<ClassStats>(), None),
+        names::MAP_ERRORS => (4, 8, None),
+        names::MAP_LISTENERS => (size_of::<ListenKey>(), size_of::<Owner>(), None),
+        names::MAP_PROC_TESTS => (4, size_of::<ProcTests>(), None),
+        names::MAP_CLASS_NAMES => (4, size_of::<ClassName>(), None),
+        _ => return None,
+    };
+    Some(Layout { key, value, max_entries })
+}
+
+/// Checks the maps an earlier daemon pinned. A map whose capacity changed
+/// (`max_flows`) is unpinned and returned, to be copied into its new self.
+fn check_pinned_maps(pins: &Pins, max_flows: u32) -> Result<Vec<(&'static str, MapData)>, DatapathError> {
+    let mut resized = Vec::new();
+    for name in names::PINNED_MAPS {
+        let path = pins.map(name);
+        let Some(layout) = layout_of(name, max_flows) else { continue };
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::OpenMap { name, source })?;
+        if info.key_size() as usize != layout.key || info.value_size() as usize != layout.value {
+            return Err(PinError::Incompatible {
+                path,
+                detail: format!(
+                    "key {} and value {} bytes, expected {} and {}",
+                    info.key_size(),
+                    info.value_size(),
+                    layout.key,
+                    layout.value
+                ),
+            }
+            .into());
+        }
+        if let Some(max) = layout.max_entries.filter(|m| *m != info.max_entries()) {
+            let old = MapData::from_pin(&path).map_err(|source| DatapathError::OpenMap { name, source })?;
+            std::fs::remove_file(&path).map_err(|source| DatapathError::Pin {
+                action: "unpinning",
+                path: path.clone(),
+                source,
+            })?;
+            log::info!("{name}: capacity {} → {max}; copying its entries", info.max_entries());
+            resized.push((name, old));
+        }
+    }
+    Ok(resized)
+}
+
+/// Copies the entries of a map pinned with another capacity into its successor.
+fn copy_entries<K: aya::Pod, V: aya::Pod>(old: MapData, new: &mut HashMap<MapData, K, V>) -> usize {
+    let Ok(old) = HashMap::<MapData, K, V>::try_from(Map::LruHashMap(old)) else { return 0 };
+    old.iter().filter_map(Result::ok).filter(|(k, v)| new.insert(k, v, 0).is_ok()).count()
 }
 
 /// The loaded programs and maps.
@@ -123,6 +218,7 @@ pub struct Datapath {
     owners: HashMap<MapData, u64, Owner>,
     listeners: HashMap<MapData, ListenKey, Owner>,
     proc_tests: HashMap<MapData, u32, ProcTests>,
+    class_names: Array<MapData, ClassName>,
     events: Option<RingBuf<MapData>>,
     rules_gen: u32,
     /// `SETTING_*` flags written with the rule generation.
@@ -130,6 +226,9 @@ pub struct Datapath {
     cgroup_links: Vec<cgroup::HookLink>,
     /// (interface name, direction) → the attached program and how it hangs.
     attachments: BTreeMap<(String, &'static str), (&'static str, Attachment)>,
+    pins: Option<Pins>,
+    /// The maps were taken over from an earlier daemon.
+    adopted: bool,
 }
 
 fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(
@@ -147,26 +246,54 @@ impl Datapath {
             return Err(DatapathError::NoObject);
         }
         let level = options.kernel_log_level;
-        let mut ebpf = EbpfLoader::new()
+        let mut adopted = false;
+        let mut resized = Vec::new();
+        let map_pins: Vec<(&str, std::path::PathBuf)> = match &options.pins {
+            Some(pins) => {
+                pins.prepare()?;
+                adopted = pins.has_state();
+                resized = check_pinned_maps(pins, options.max_flows)?;
+                names::PINNED_MAPS.iter().map(|n| (*n, pins.map(n))).collect()
+            }
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::MAP_FLOWS, options.max_flows)
             .map_max_entries(names::MAP_OWNERS, options.max_flows)
-            .override_global(names::GLOBAL_LOG_LEVEL, &level, true)
-            .load(OBJECT)
-            .map_err(DatapathError::Load)?;
+            .override_global(names::GLOBAL_LOG_LEVEL, &level, true);
+        for (name, path) in &map_pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
         for name in [names::PROG_TC_EGRESS, names::PROG_TC_INGRESS, names::PROG_TC_PASSTHROUGH] {
             program(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
         }
         cgroup::load(&mut ebpf)?;
         let flows = take_map(&mut ebpf, names::MAP_FLOWS)?;
         let rules = take_map(&mut ebpf, names::MAP_RULES)?;
-        let settings = take_map(&mut ebpf, names::MAP_SETTINGS)?;
+        let settings: Array<MapData, Settings> = take_map(&mut ebpf, names::MAP_SETTINGS)?;
         let ifaces = take_map(&mut ebpf, names::MAP_IFACES)?;
         let class_stats = take_map(&mut ebpf, names::MAP_CLASS_STATS)?;
         let errors = take_map(&mut ebpf, names::MAP_ERRORS)?;
         let owners = take_map(&mut ebpf, names::MAP_OWNERS)?;
         let listeners = take_map(&mut ebpf, names::MAP_LISTENERS)?;
         let proc_tests = take_map(&mut ebpf, names::MAP_PROC_TESTS)?;
+        let class_names = take_map(&mut ebpf, names::MAP_CLASS_NAMES)?;
         let events = Some(take_map(&mut ebpf, names::MAP_EVENTS)?);
+        let mut flows = flows;
+        let mut owners = owners;
+        for (name, old) in resized {
+            let copied = match name {
+                names::MAP_FLOWS => copy_entries(old, &mut flows),
+                names::MAP_OWNERS => copy_entries(old, &mut owners),
+                _ => 0,
+            };
+            log::info!("{name}: {copied} entries kept");
+        }
+        // Continue the rule generations of the table in force: the next table
+        // goes to the bank the classifier is not reading.
+        let current: Settings = settings.get(&0, 0).unwrap_or_default();
         Ok(Self {
             ebpf,
             flows,
@@ -178,12 +305,109 @@ impl Datapath {
             owners,
             listeners,
             proc_tests,
+            class_names,
             events,
-            rules_gen: 0,
-            settings_flags: 0,
+            rules_gen: current.rules_gen,
+            settings_flags: current.flags,
             cgroup_links: Vec::new(),
             attachments: BTreeMap::new(),
+            pins: options.pins,
+            adopted,
         })
+    }
+
+    /// Whether the maps came from an earlier daemon's pins (shaping state,
+    /// counters and owner records carried over).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn pins(&self) -> Option<&Pins> {
+        self.pins.as_ref()
+    }
+
+    /// Pins the programs the links run (replacing an earlier daemon's pins of
+    /// its programs, which go away with their last link).
+    pub fn pin_programs(&mut self) -> Result<(), DatapathError> {
+        let Some(pins) = self.pins.clone() else { return Ok(()) };
+        let mut names: Vec<&'static str> = vec![names::PROG_TC_EGRESS, names::PROG_TC_INGRESS];
+        names.extend(cgroup::HOOKS);
+        for name in names {
+            let path = pins.prog(name);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|source| DatapathError::Pin {
+                    action: "unpinning",
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            let prog = self.ebpf.program_mut(name).ok_or(DatapathError::Missing { kind: "program", name })?;
+            prog.pin(&path).map_err(|e| DatapathError::Pin {
+                action: "pinning",
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Interfaces an earlier daemon registered (ifindex → what it wrote).
+    pub fn ifaces(&self) -> Vec<(u32, IfaceInfo)> {
+        self.ifaces.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The class names an earlier daemon left (index → name).
+    pub fn class_names(&self) -> BTreeMap<u16, String> {
+        let mut out = BTreeMap::new();
+        for index in 0..MAX_CLASSES {
+            let Ok(entry) = self.class_names.get(&index, 0) else { continue };
+            if entry.used == 0 {
+                continue;
+            }
+            let end = entry.name.iter().position(|b| *b == 0).unwrap_or(entry.name.len());
+            out.insert(index as u16, String::from_utf8_lossy(&entry.name[..end]).into_owned());
+        }
+        out
+    }
+
+    /// Records which class name index `index` stands for (`None`: unused).
+    pub fn set_class_name(&mut self, index: u16, name: Option<&str>) -> Result<(), DatapathError> {
+        let mut entry = ClassName::default();
+        if let Some(name) = name {
+            entry.used = 1;
+            let bytes = name.as_bytes();
+            let n = bytes.len().min(entry.name.len());
+            entry.name[..n].copy_from_slice(&bytes[..n]);
+        }
+        self.class_names.set(u32::from(index), entry, 0).map_err(|source| DatapathError::Map {
+            action: "writing a class name",
+            map: names::MAP_CLASS_NAMES,
+            source,
+        })
+    }
+
+    /// Zeroes the counters of class `class` on every interface slot (before its
+    /// index is given to another class).
+    pub fn clear_class_stats(&mut self, class: u16) -> Result<(), DatapathError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
+            action: "counting CPUs for",
+            map: names::MAP_CLASS_STATS,
+            source: MapError::IoError(e),
+        })?;
+        for slot in 0..MAX_IFACES {
+            let zeros =
+                aya::maps::PerCpuValues::try_from(vec![ClassStats::default(); cpus]).map_err(|e| {
+                    DatapathError::Map {
+                        action: "zeroing",
+                        map: names::MAP_CLASS_STATS,
+                        source: MapError::IoError(e),
+                    }
+                })?;
+            self.class_stats.set(class_stats_index(slot, u32::from(class)), zeros, 0).map_err(|source| {
+                DatapathError::Map { action: "zeroing", map: names::MAP_CLASS_STATS, source }
+            })?;
+        }
+        Ok(())
     }
 
     /// The underlying object, for benchmarks and the aya-log reader.
@@ -198,23 +422,32 @@ impl Datapath {
 
     /// Attaches the egress classifier to `iface` (tcx when the kernel has it,
     /// a cls_bpf filter on clsact otherwise); returns which ("tcx" or "clsact").
-    pub fn attach_egress(&mut self, iface: &str) -> Result<&'static str, DatapathError> {
-        self.attach(names::PROG_TC_EGRESS, iface, Direction::Egress)
+    pub fn attach_egress(&mut self, iface: &str, ifindex: u32) -> Result<&'static str, DatapathError> {
+        self.attach(names::PROG_TC_EGRESS, iface, ifindex, Direction::Egress)
     }
 
     /// Attaches the ingress classifier to `iface` (it redirects to the
     /// interface's IFB, set with [`Datapath::set_iface`]).
-    pub fn attach_ingress(&mut self, iface: &str) -> Result<&'static str, DatapathError> {
-        self.attach(names::PROG_TC_INGRESS, iface, Direction::Ingress)
+    pub fn attach_ingress(&mut self, iface: &str, ifindex: u32) -> Result<&'static str, DatapathError> {
+        self.attach(names::PROG_TC_INGRESS, iface, ifindex, Direction::Ingress)
     }
 
-    /// Attaches classifier `name` to `iface`'s hook in `direction` (see [`Datapath::attach_egress`]).
+    /// Attaches classifier `name` to `iface`'s hook in `direction` (see
+    /// [`Datapath::attach_egress`]). With a pin directory the tcx link is
+    /// pinned; if an earlier daemon pinned one there, its program is replaced
+    /// in place (one atomic link update: no packet goes unclassified).
     pub fn attach(
         &mut self,
         name: &'static str,
         iface: &str,
+        ifindex: u32,
         direction: Direction,
     ) -> Result<&'static str, DatapathError> {
+        let key = (iface.to_string(), direction.as_str());
+        if self.attachments.get(&key).is_some_and(|(attached, _)| *attached == name) {
+            return Ok(self.attachment_kind(&key));
+        }
+        self.detach_one(&key)?;
         let hook = tc_hook(direction);
         let attach_err = |source| DatapathError::Attach {
             iface: iface.to_string(),
@@ -222,12 +455,37 @@ impl Datapath {
             source,
         };
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let pin = self.pins.as_ref().map(|p| p.tc_link(name, ifindex));
         let prog = program(&mut self.ebpf, name)?;
         let attachment = if tcx {
-            let link = prog
-                .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .map_err(attach_err)?;
-            Attachment::Tcx(link)
+            let id = match pin.as_ref().filter(|p| p.exists()) {
+                Some(path) => {
+                    let old = PinnedLink::from_pin(path)
+                        .map_err(|source| DatapathError::PinnedLink { path: path.clone(), source })?;
+                    let old = SchedClassifierLink::try_from(FdLink::from(old))
+                        .map_err(|source| DatapathError::PinnedLink { path: path.clone(), source })?;
+                    prog.attach_to_link(old).map_err(attach_err)?
+                }
+                None => prog
+                    .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .map_err(attach_err)?,
+            };
+            let link = prog.take_link(id).map_err(attach_err)?;
+            let link = FdLink::try_from(link).map_err(|source| DatapathError::PinnedLink {
+                path: pin.clone().unwrap_or_default(),
+                source,
+            })?;
+            let link = match &pin {
+                Some(path) if !path.exists() => {
+                    FdLink::from(link.pin(path).map_err(|e| DatapathError::Pin {
+                        action: "pinning",
+                        path: path.clone(),
+                        source: std::io::Error::other(e),
+                    })?)
+                }
+                _ => link,
+            };
+            Attachment::Tcx { _link: link, pin }
         } else {
             let added_clsact = match tc::qdisc_add_clsact(iface) {
                 Ok(()) => true,
@@ -239,40 +497,75 @@ impl Datapath {
                 .map_err(attach_err)?;
             Attachment::Netlink { link, added_clsact }
         };
-        let how = match attachment {
-            Attachment::Tcx(_) => "tcx",
-            Attachment::Netlink { .. } => "clsact",
-        };
-        self.attachments.insert((iface.to_string(), direction.as_str()), (name, attachment));
-        Ok(how)
+        self.attachments.insert(key.clone(), (name, attachment));
+        Ok(self.attachment_kind(&key))
     }
 
-    /// Detaches the classifiers from `iface`, both directions (and removes the
-    /// clsact qdisc if shaper added it, once nothing of its hangs there).
+    fn attachment_kind(&self, key: &(String, &'static str)) -> &'static str {
+        match self.attachments.get(key) {
+            Some((_, Attachment::Netlink { .. })) => "clsact",
+            _ => "tcx",
+        }
+    }
+
+    /// Detaches one classifier (and unpins its link).
+    fn detach_one(&mut self, key: &(String, &'static str)) -> Result<(), DatapathError> {
+        let Some((name, attachment)) = self.attachments.remove(key) else { return Ok(()) };
+        match attachment {
+            Attachment::Tcx { _link, pin } => {
+                if let Some(path) = pin {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(source) => return Err(DatapathError::Pin { action: "unpinning", path, source }),
+                    }
+                }
+                // Dropping the last descriptor of an unpinned link detaches it.
+                drop(_link);
+                Ok(())
+            }
+            Attachment::Netlink { link, added_clsact } => {
+                let result = program(&mut self.ebpf, name)?.detach(link).map_err(|source| {
+                    DatapathError::Attach { iface: key.0.clone(), direction: key.1, source }
+                });
+                if added_clsact {
+                    remove_clsact(&key.0);
+                }
+                result
+            }
+        }
+    }
+
+    /// Detaches the classifier of `iface` in `direction` (and unpins its link).
+    pub fn detach_direction(&mut self, iface: &str, direction: Direction) -> Result<(), DatapathError> {
+        self.detach_one(&(iface.to_string(), direction.as_str()))
+    }
+
+    /// Detaches the classifiers from `iface`, both directions, unpinning their
+    /// links (and removes the clsact qdisc if shaper added it).
     pub fn detach(&mut self, iface: &str) -> Result<(), DatapathError> {
         let keys: Vec<_> = self.attachments.keys().filter(|(name, _)| name == iface).cloned().collect();
-        let mut remove_clsact_after = false;
         let mut first_error = None;
         for key in keys {
-            let Some((name, attachment)) = self.attachments.remove(&key) else { continue };
-            let prog = program(&mut self.ebpf, name)?;
-            let detach_err =
-                |source| DatapathError::Attach { iface: iface.to_string(), direction: key.1, source };
-            let result = match attachment {
-                Attachment::Tcx(link) => prog.detach(link).map_err(detach_err),
-                Attachment::Netlink { link, added_clsact } => {
-                    remove_clsact_after |= added_clsact;
-                    prog.detach(link).map_err(detach_err)
-                }
-            };
-            if let Err(e) = result {
+            if let Err(e) = self.detach_one(&key) {
                 first_error.get_or_insert(e);
             }
         }
-        if remove_clsact_after {
-            remove_clsact(iface);
-        }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Removes the pinned links an earlier daemon left on interface `ifindex`
+    /// (which this daemon does not shape): with their pins gone, they detach.
+    pub fn unpin_iface_links(&mut self, ifindex: u32) {
+        let Some(pins) = &self.pins else { return };
+        for name in [names::PROG_TC_EGRESS, names::PROG_TC_INGRESS] {
+            let path = pins.tc_link(name, ifindex);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("unpinning {}: {e}", path.display());
+                }
+            }
+        }
     }
 
     /// Writes a new rule table into the idle bank, then makes it the active one
@@ -501,12 +794,19 @@ fn remove_clsact(iface: &str) {
 }
 
 impl Drop for Datapath {
+    /// Closes the descriptors: links without a pin detach, pinned links stay
+    /// (see [`Datapath::detach`] and [`Datapath::detach_cgroup`] to remove them).
+    /// cls_bpf filters do not go by themselves; they are removed here.
     fn drop(&mut self) {
-        self.detach_cgroup();
-        let ifaces: Vec<String> = self.attached().map(str::to_string).collect();
-        for iface in ifaces {
-            if let Err(e) = self.detach(&iface) {
-                log::warn!("detaching from {iface}: {e}");
+        let netlink: Vec<_> = self
+            .attachments
+            .iter()
+            .filter(|(_, (_, a))| matches!(a, Attachment::Netlink { .. }))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in netlink {
+            if let Err(e) = self.detach_one(&key) {
+                log::warn!("detaching from {}: {e}", key.0);
             }
         }
     }

@@ -50,7 +50,7 @@ impl CgroupIndex for NoCgroups {
 }
 
 /// A compiled rule table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
     pub nodes: Vec<RuleNode>,
     /// The table tests cgroups (the classifier must look up the socket's ancestry).

@@ -1,4 +1,8 @@
 //! A `shaper run` process inside a sandbox namespace, stopped on drop.
+//!
+//! Each daemon pins into a BPF filesystem of its own, mounted in its run
+//! directory (never the host's /sys/fs/bpf), which goes when the daemon value
+//! is dropped: whatever a test leaves pinned dies with that mount.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,13 +13,38 @@ use std::{
 use super::{Sandbox, SandboxError};
 use crate::control::{self, Command};
 
-/// A running daemon with its own directory (config, log, control socket).
+/// A running daemon with its own directory (config, log, control socket, pins).
 pub struct Daemon {
     child: Option<Child>,
     dir: PathBuf,
+    shaper: PathBuf,
+    ns: String,
+    cgroup: PathBuf,
+    bpffs: PathBuf,
     pub config: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// The pin directory (`--pin-dir`).
+    pub pins: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+fn mount_bpffs(at: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    let fstype = c"bpf";
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn unmount(at: &Path) {
+    if let Ok(c) = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()) {
+        // SAFETY: valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
 }
 
 impl Daemon {
@@ -30,25 +59,8 @@ impl Daemon {
     /// `status`; fails with its log if it exits first or takes longer than 30 s.
     pub fn start(sandbox: &Sandbox, shaper: &Path, config: &str) -> Result<Self, SandboxError> {
         let mut daemon = Self::spawn(sandbox, shaper, config, &[])?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if control::client::call(&daemon.socket, Command::Status).is_ok() {
-                return Ok(daemon);
-            }
-            if let Some(status) = daemon.try_wait()? {
-                return Err(SandboxError::Daemon(format!(
-                    "shaper run exited ({status}) before it was ready:\n{}",
-                    daemon.log_text()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(SandboxError::Daemon(format!(
-                    "shaper run not ready after 30 s:\n{}",
-                    daemon.log_text()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        daemon.wait_ready()?;
+        Ok(daemon)
     }
 
     /// Starts `shaper run` without waiting for it (for tests of start-up failures).
@@ -58,39 +70,132 @@ impl Daemon {
         config: &str,
         env: &[(&str, &str)],
     ) -> Result<Self, SandboxError> {
+        let mut daemon = Self::prepare(sandbox, shaper, config)?;
+        daemon.launch(env)?;
+        Ok(daemon)
+    }
+
+    /// The run directory, its BPF filesystem and config, without a daemon
+    /// (for `shaper start`, which launches its own). A daemon that the pid file
+    /// names is stopped on drop all the same.
+    pub fn prepare(sandbox: &Sandbox, shaper: &Path, config: &str) -> Result<Self, SandboxError> {
         let (ns, tag) = (&sandbox.a, &sandbox.tag);
         let dir = Self::dir_for(tag);
         let file_err = |action, path: &Path| {
             let path = path.to_path_buf();
             move |source| SandboxError::File { action, path, source }
         };
+        let bpffs = dir.join("bpf");
+        unmount(&bpffs);
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(file_err("creating", &dir))?;
+        std::fs::create_dir_all(&bpffs).map_err(file_err("creating", &bpffs))?;
+        mount_bpffs(&bpffs).map_err(file_err("mounting a BPF filesystem at", &bpffs))?;
         let config_path = dir.join("shaper.toml");
         std::fs::write(&config_path, config).map_err(file_err("writing", &config_path))?;
-        let socket = dir.join("shaper.sock");
-        let log = dir.join("daemon.log");
-        let log_file = std::fs::File::create(&log).map_err(file_err("creating", &log))?;
+        let daemon = Self {
+            child: None,
+            shaper: shaper.to_path_buf(),
+            ns: ns.name().to_string(),
+            cgroup: sandbox.cgroup.dir().to_path_buf(),
+            socket: dir.join("shaper.sock"),
+            log: dir.join("daemon.log"),
+            pins: bpffs.join("shaper"),
+            pid_file: dir.join("shaper.pid"),
+            bpffs,
+            config: config_path,
+            dir,
+        };
+        Ok(daemon)
+    }
+
+    /// Starts `shaper run` again in the same directory (same config, socket
+    /// and pins), after [`Daemon::kill`] or [`Daemon::stop`]; waits until it answers.
+    pub fn restart(&mut self) -> Result<(), SandboxError> {
+        if self.child.is_some() {
+            return Err(SandboxError::Daemon("the daemon is still running".into()));
+        }
+        self.launch(&[])?;
+        self.wait_ready()
+    }
+
+    fn launch(&mut self, env: &[(&str, &str)]) -> Result<(), SandboxError> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|source| SandboxError::File { action: "opening", path: self.log.clone(), source })?;
         // A mount namespace of its own: if the daemon has to mount bpffs, the
         // mount disappears with it instead of staying on the host.
-        let mut cmd = ns.command("unshare");
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns)).arg("--").arg("unshare");
         cmd.args(["--mount", "--propagation", "private", "--"])
-            .arg(shaper)
+            .arg(&self.shaper)
             .arg("run")
             .arg("--cgroup")
-            .arg(sandbox.cgroup.dir())
+            .arg(&self.cgroup)
             .arg("--config")
-            .arg(&config_path)
+            .arg(&self.config)
             .arg("--socket")
-            .arg(&socket);
+            .arg(&self.socket)
+            .arg("--pin-dir")
+            .arg(&self.pins)
+            .arg("--pid-file")
+            .arg(&self.pid_file);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .map_err(|source| SandboxError::Spawn { command: format!("{} run", shaper.display()), source })?;
-        Ok(Self { child: Some(child), dir, config: config_path, socket, log })
+        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+            command: format!("{} run", self.shaper.display()),
+            source,
+        })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self) -> Result<(), SandboxError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if control::client::call(&self.socket, Command::Status).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.try_wait()? {
+                self.child = None;
+                return Err(SandboxError::Daemon(format!(
+                    "shaper run exited ({status}) before it was ready:\n{}",
+                    self.log_text()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(SandboxError::Daemon(format!(
+                    "shaper run not ready after 30 s:\n{}",
+                    self.log_text()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's pid (of `unshare`, which execs into `shaper run`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the daemon dies without a chance to clean up, as in a crash.
+    pub fn kill(&mut self) -> Result<(), SandboxError> {
+        let Some(mut child) = self.child.take() else {
+            return Err(SandboxError::Daemon("the daemon is not running".into()));
+        };
+        let _ = child.kill();
+        child
+            .wait()
+            .map_err(|source| SandboxError::Spawn { command: "waiting for shaper run".into(), source })?;
+        Ok(())
+    }
+
+    /// Marks the daemon as gone after it exited on its own (e.g. `shaper stop`).
+    pub fn reap(&mut self, timeout: Duration) -> Result<ExitStatus, SandboxError> {
+        self.wait(timeout)
     }
 
     pub fn log_text(&self) -> String {
@@ -104,6 +209,32 @@ impl Daemon {
                 .map_err(|source| SandboxError::Spawn { command: "waiting for shaper run".into(), source }),
             None => Ok(None),
         }
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The arguments that give a `shaper run`/`start` this daemon's paths.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut out: Vec<std::ffi::OsString> = Vec::new();
+        for (flag, value) in [
+            ("--config", &self.config),
+            ("--socket", &self.socket),
+            ("--cgroup", &self.cgroup),
+            ("--pin-dir", &self.pins),
+            ("--pid-file", &self.pid_file),
+        ] {
+            out.push(flag.into());
+            out.push(value.into());
+        }
+        out
+    }
+
+    /// Every file pinned below the pin directory (see `pins::Pins::tree`).
+    pub fn pinned(&self) -> Vec<String> {
+        crate::pins::Pins::new(&self.pins).tree()
     }
 
     /// Sends a control request and returns the result.
@@ -145,6 +276,18 @@ impl Drop for Daemon {
                 let _ = child.wait();
             }
         }
+        // A daemon `shaper start` launched.
+        if let Some(pid) = crate::daemon::pidfile::running(&self.pid_file) {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while crate::daemon::pidfile::running(&self.pid_file).is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Whatever is still pinned (a test that ended with a killed daemon)
+        // goes with the mount.
+        unmount(&self.bpffs);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -26,6 +26,7 @@ const RTM_NEWQDISC: u16 = 36;
 const RTM_DELQDISC: u16 = 37;
 const RTM_GETQDISC: u16 = 38;
 const RTM_NEWTCLASS: u16 = 40;
+const RTM_DELTCLASS: u16 = 41;
 const RTM_GETTCLASS: u16 = 42;
 
 const IFLA_IFNAME: u16 = 3;
@@ -281,6 +282,15 @@ fn htb_handle(minor: u32) -> u32 {
     (shaper_common::HTB_MAJOR << 16) | minor
 }
 
+/// `struct tc_htb_glob`: version, rate2quantum, default class.
+fn htb_glob(default_minor: u32) -> [u8; 20] {
+    let mut glob = [0u8; 20];
+    glob[0..4].copy_from_slice(&3u32.to_ne_bytes()); // version
+    glob[4..8].copy_from_slice(&10u32.to_ne_bytes()); // rate2quantum (unused: quanta are explicit)
+    glob[8..12].copy_from_slice(&default_minor.to_ne_bytes());
+    glob
+}
+
 /// The messages that build `plan` on `ifindex`: the HTB qdisc, its root class,
 /// then each leaf class and the queue under it.
 fn htb_messages(ifindex: u32, plan: &HtbPlan) -> Vec<Message> {
@@ -288,12 +298,8 @@ fn htb_messages(ifindex: u32, plan: &HtbPlan) -> Vec<Message> {
     let mut msgs = Vec::with_capacity(2 + 2 * plan.leaves.len());
     let mut qdisc = Message::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, "adding the HTB root qdisc 1:");
     qdisc.push(&tcmsg(ifindex, qdisc_handle, TC_H_ROOT)).attr_str(TCA_KIND, "htb");
-    let mut glob = [0u8; 20];
-    glob[0..4].copy_from_slice(&3u32.to_ne_bytes()); // version
-    glob[4..8].copy_from_slice(&10u32.to_ne_bytes()); // rate2quantum (unused: quanta are explicit)
-    glob[8..12].copy_from_slice(&plan.default_minor.to_ne_bytes());
     let nest = qdisc.begin_nest(TCA_OPTIONS);
-    qdisc.attr(TCA_HTB_INIT, &glob);
+    qdisc.attr(TCA_HTB_INIT, &htb_glob(plan.default_minor));
     qdisc.end_nest(nest);
     msgs.push(qdisc);
     let root = htb_handle(plan.root.minor);
@@ -338,6 +344,78 @@ pub fn install_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan) -> Result<(), TcE
         return Err(e);
     }
     Ok(())
+}
+
+/// Whether `qdisc` is the HTB root shaper builds (handle `1:`): a shaper that
+/// stopped without removing it, or is restarting, left it; the next one takes it over.
+pub fn is_shapers_root(qdisc: &Qdisc) -> bool {
+    qdisc.kind == "htb" && qdisc.handle == shaper_common::HTB_MAJOR << 16 && qdisc.parent == TC_H_ROOT
+}
+
+/// Brings the HTB tree shaper left on `ifindex` to `plan` without taking it
+/// down: classes that exist are changed in place (their queued packets and
+/// counters stay), missing ones are added. Classes the plan no longer has are
+/// left for [`prune_htb`], once no flow is sent to them.
+pub fn sync_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan) -> Result<(), TcError> {
+    let existing: std::collections::HashSet<u32> =
+        class_stats(nl, ifindex)?.iter().map(|c| c.classid).collect();
+    // The default class of unclassified packets (the classifier stamps every
+    // packet, so this matters only for what it cannot see). Older kernels
+    // cannot change it in place; that is not worth a rebuild.
+    let qdisc_handle = shaper_common::HTB_MAJOR << 16;
+    let mut qdisc = Message::new(RTM_NEWQDISC, 0, "changing the HTB root qdisc 1:");
+    qdisc.push(&tcmsg(ifindex, qdisc_handle, TC_H_ROOT)).attr_str(TCA_KIND, "htb");
+    let nest = qdisc.begin_nest(TCA_OPTIONS);
+    qdisc.attr(TCA_HTB_INIT, &htb_glob(plan.default_minor));
+    qdisc.end_nest(nest);
+    if let Err(e) = nl.request(qdisc) {
+        log::debug!("{e}");
+    }
+    let root = htb_handle(plan.root.minor);
+    let mut msgs = Vec::new();
+    let root_flags = if existing.contains(&root) { 0 } else { NLM_F_CREATE | NLM_F_EXCL };
+    msgs.push(class_message(
+        ifindex,
+        &plan.root,
+        qdisc_handle,
+        root_flags,
+        "changing the HTB root class".into(),
+    ));
+    for leaf in &plan.leaves {
+        let handle = htb_handle(leaf.class.minor);
+        if existing.contains(&handle) {
+            let what = format!("changing HTB class {}", format_handle(handle));
+            msgs.push(class_message(ifindex, &leaf.class, root, 0, what));
+            msgs.push(leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_REPLACE));
+        } else {
+            let what = format!("adding HTB class {}", format_handle(handle));
+            msgs.push(class_message(ifindex, &leaf.class, root, NLM_F_CREATE | NLM_F_EXCL, what));
+            msgs.push(leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_EXCL));
+        }
+    }
+    nl.batch(&mut msgs)
+}
+
+/// Deletes the HTB classes of shaper's tree on `ifindex` that `plan` does not
+/// have (with their queues). Returns how many went.
+pub fn prune_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan) -> Result<usize, TcError> {
+    let keep: std::collections::HashSet<u32> = std::iter::once(plan.root.minor)
+        .chain(plan.leaves.iter().map(|l| l.class.minor))
+        .map(htb_handle)
+        .collect();
+    let mut msgs: Vec<Message> = class_stats(nl, ifindex)?
+        .into_iter()
+        .filter(|c| c.classid >> 16 == shaper_common::HTB_MAJOR && !keep.contains(&c.classid))
+        .map(|c| {
+            let mut msg =
+                Message::new(RTM_DELTCLASS, 0, format!("deleting HTB class {}", format_handle(c.classid)));
+            msg.push(&tcmsg(ifindex, c.classid, 0));
+            msg
+        })
+        .collect();
+    let n = msgs.len();
+    nl.batch(&mut msgs)?;
+    Ok(n)
 }
 
 /// Changes the parameters of an existing leaf class in place (no packet is lost).
