@@ -91,6 +91,7 @@ fn a_reload_changes_a_rate_under_load_and_a_bad_config_changes_nothing() {
     std::fs::write(&daemon.config, config(&sandbox.dev_a, "20mbit", "")).unwrap();
     let reloaded = daemon.call(Command::Reload).unwrap();
     assert_eq!(reloaded["classes_changed"], serde_json::json!(["bulk"]), "{reloaded:#}");
+    println!("reload applied in {} ms", reloaded["took_ms"]);
     std::thread::sleep(Duration::from_secs(1));
     let after = htb_rate(&daemon, "bulk", 2.0);
 
