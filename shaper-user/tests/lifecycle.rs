@@ -190,7 +190,7 @@ fn stop_restores_the_interface_and_stop_keep_hands_shaping_over() {
     let out = cli(&["stop", "--keep"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("shaping left in place"));
-    daemon.reap(Duration::from_secs(10)).unwrap();
+    daemon.wait(Duration::from_secs(10)).unwrap();
     assert_eq!((qdiscs(&sandbox), attached_programs(&sandbox), daemon.pinned()), shaping);
 
     daemon.restart().unwrap();
@@ -198,7 +198,7 @@ fn stop_restores_the_interface_and_stop_keep_hands_shaping_over() {
     let out = cli(&["stop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("every interface restored"));
-    daemon.reap(Duration::from_secs(10)).unwrap();
+    daemon.wait(Duration::from_secs(10)).unwrap();
     assert_eq!(qdiscs(&sandbox), qdiscs_before);
     assert_eq!(links(&sandbox), links_before);
     assert!(attached_programs(&sandbox).is_empty());

@@ -260,9 +260,10 @@ impl Shaper {
     }
 
     /// After the rules changed: decides again the flows the daemon decided
-    /// (with the process facts it knows), and hands back to the kernel those it
-    /// cannot (they are decided again at their next packet). Flows pinned by
-    /// `shaper move` stay, unless their class is gone.
+    /// (the scan does it, with the process facts it reads once per process),
+    /// and hands back to the kernel those it cannot (they are decided again
+    /// at their next packet). Flows pinned by `shaper move` stay, unless their
+    /// class is gone.
     fn reevaluate(&mut self) -> usize {
         let process_rules = self.has_process_rules();
         if process_rules {
@@ -272,22 +273,14 @@ impl Shaper {
         let mut n = 0;
         for (key, mut value) in self.datapath.flows() {
             let handback = match value.origin {
+                // The scan just decided it if it found the process behind it.
                 ORIGIN_DAEMON => {
-                    let facts = self.conns.get(&key).and_then(|c| c.pid).map(|pid| {
-                        crate::process::facts(pid, None, self.needs, &self.accounts, self.cgroups.as_ref())
-                    });
-                    if process_rules && facts.is_some() {
-                        let class = self.final_class(&key, facts.as_ref());
-                        if class != value.class {
-                            value.class = class;
-                            value.flags &= !FLOW_PROVISIONAL;
-                            let _ = self.datapath.insert_flow(&key, &value);
-                        }
+                    let seen = self.sockets.contains_key(&key)
+                        && self.conns.get(&key).is_some_and(|c| c.pid.is_some());
+                    if process_rules && seen {
                         n += 1;
-                        false
-                    } else {
-                        true
                     }
+                    !(process_rules && seen)
                 }
                 ORIGIN_PINNED => !classes.contains(&value.class),
                 _ => false,
@@ -295,6 +288,7 @@ impl Shaper {
             if handback {
                 value.origin = ORIGIN_KERNEL;
                 value.rules_gen = 0;
+                value.flags &= !FLOW_PROVISIONAL;
                 if self.datapath.insert_flow(&key, &value).is_ok() {
                     n += 1;
                 }

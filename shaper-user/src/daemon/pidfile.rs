@@ -23,7 +23,8 @@ pub enum PidFileError {
 
 /// The locked pid file of the running daemon; removed on drop.
 pub struct PidFile {
-    file: File,
+    /// Held open for the lock.
+    _lock: File,
     path: PathBuf,
 }
 
@@ -66,14 +67,13 @@ impl PidFile {
         file.set_len(0).map_err(io_err)?;
         file.rewind().map_err(io_err)?;
         writeln!(file, "{}", std::process::id()).map_err(io_err)?;
-        Ok(Self { file, path: path.to_path_buf() })
+        Ok(Self { _lock: file, path: path.to_path_buf() })
     }
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
-        let _ = &self.file;
     }
 }
 

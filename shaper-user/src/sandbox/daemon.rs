@@ -193,11 +193,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// Marks the daemon as gone after it exited on its own (e.g. `shaper stop`).
-    pub fn reap(&mut self, timeout: Duration) -> Result<ExitStatus, SandboxError> {
-        self.wait(timeout)
-    }
-
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -242,7 +237,8 @@ impl Daemon {
         control::client::call(&self.socket, command).map_err(|e| SandboxError::Daemon(crate::error_chain(&e)))
     }
 
-    /// Waits for the process to exit on its own (e.g. after a start-up error).
+    /// Waits for the process to exit on its own (after a start-up error, or
+    /// `shaper stop`).
     pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus, SandboxError> {
         let deadline = Instant::now() + timeout;
         loop {
