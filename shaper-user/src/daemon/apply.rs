@@ -102,6 +102,10 @@ fn resolve(nl: &Netlink, name: &str) -> Result<tc::Link, DaemonError> {
     Ok(link)
 }
 
+/// An interface whose trees are in place: its link, map slot, egress plan
+/// and ingress (IFB and plan).
+type SyncedTarget = (tc::Link, u32, Plan, Option<Ingress>);
+
 /// Checks a config against the host without changing anything.
 pub(super) fn check(config: &Config, nl: &Netlink, cgroups: &Option<Cgroups>) -> Result<(), DaemonError> {
     for iface in &config.interfaces {
@@ -163,31 +167,15 @@ impl Shaper {
         changes.classes_removed =
             previous_names.values().filter(|n| !new_names.contains(n.as_str())).cloned().collect();
 
-        // 1. Trees and IFBs, additions and changes only.
-        let mut shaped = Vec::new();
-        for t in targets {
-            let ifindex = t.link.index;
-            if !registered.contains_key(&ifindex) {
-                changes.interfaces_added.push(t.link.name.clone());
-            }
-            self.sync_tree(ifindex, &t.egress)?;
-            let ingress = match t.ingress {
-                Some(plan) => {
-                    let name = ifb_name(ifindex);
-                    let ifb = match tc::link_by_name(&self.netlink, &name)? {
-                        Some(ifb) => ifb,
-                        None => tc::create_ifb(&self.netlink, &name, t.link.mtu, IFB_TXQUEUELEN)?,
-                    };
-                    self.sync_tree(ifb.index, &plan)?;
-                    Some(Ingress { ifb, plan })
-                }
-                None => None,
-            };
-            shaped.push((t.link, t.slot, t.egress, ingress));
-        }
+        // 1. Trees and IFBs, additions and changes only. Until `shaped` holds
+        // the new plans (step 3), the kernel's trees may match neither.
+        let trust_applied = !self.trees_unknown;
+        self.trees_unknown = true;
+        let shaped = self.sync_trees(targets, &registered, &mut changes, trust_applied)?;
 
-        // 2. Names, interface map, rules.
-        for class in &new.classes {
+        // 2. Names, interface map, rules (what is already in the kernel as it
+        // should be is not written again: `set` on one class of 1 000 stays cheap).
+        for class in new.classes.iter().filter(|c| previous_names.get(&c.index) != Some(&c.name)) {
             self.datapath.set_class_name(class.index, Some(&class.name))?;
         }
         for (link, slot, egress, ingress) in &shaped {
@@ -199,9 +187,14 @@ impl Shaper {
             self.datapath.set_iface(link.index, &info)?;
         }
         self.needs = Needs::of(new.classes.iter().filter_map(|c| c.rule.as_ref().map(|r| &r.pred)));
+        // A daemon's first converge always writes its table (a pinned one may
+        // be an older daemon's), and so does one after a failed change.
+        let same_rules = trust_applied && !self.shaped.is_empty() && self.compiled == compiled;
         self.config = new;
         self.compiled = compiled;
-        self.apply_rules()?;
+        if !same_rules {
+            self.apply_rules()?;
+        }
 
         // 3. The classifier.
         let previous: Vec<Shaped> = std::mem::take(&mut self.shaped);
@@ -214,6 +207,7 @@ impl Shaper {
             }
             self.shaped.push(Shaped { name: link.name, ifindex: link.index, slot, egress, ingress, attach });
         }
+        self.trees_unknown = false;
 
         // 4. Connections.
         changes.flows_reevaluated = self.reevaluate();
@@ -250,10 +244,48 @@ impl Shaper {
         Ok(changes)
     }
 
-    /// Changes shaper's tree on `ifindex` to `plan`, or builds it.
-    fn sync_tree(&self, ifindex: u32, plan: &Plan) -> Result<(), DaemonError> {
+    /// Step 1 of [`Shaper::converge`]: each target's HTB trees (and IFB).
+    /// With `trust_applied`, the trees are as `self.shaped` last planned them,
+    /// and only what differs is sent.
+    fn sync_trees(
+        &self,
+        targets: Vec<Target>,
+        registered: &HashMap<u32, IfaceInfo>,
+        changes: &mut Changes,
+        trust_applied: bool,
+    ) -> Result<Vec<SyncedTarget>, DaemonError> {
+        let mut shaped = Vec::new();
+        for t in targets {
+            let ifindex = t.link.index;
+            if !registered.contains_key(&ifindex) {
+                changes.interfaces_added.push(t.link.name.clone());
+            }
+            let before = self.shaped.iter().find(|s| s.ifindex == ifindex).filter(|_| trust_applied);
+            self.sync_tree(ifindex, &t.egress, before.map(|s| &s.egress.htb))?;
+            let ingress = match t.ingress {
+                Some(plan) => {
+                    let name = ifb_name(ifindex);
+                    let ifb = match tc::link_by_name(&self.netlink, &name)? {
+                        Some(ifb) => ifb,
+                        None => tc::create_ifb(&self.netlink, &name, t.link.mtu, IFB_TXQUEUELEN)?,
+                    };
+                    let applied =
+                        before.and_then(|s| s.ingress.as_ref()).filter(|i| i.ifb.index == ifb.index);
+                    self.sync_tree(ifb.index, &plan, applied.map(|i| &i.plan.htb))?;
+                    Some(Ingress { ifb, plan })
+                }
+                None => None,
+            };
+            shaped.push((t.link, t.slot, t.egress, ingress));
+        }
+        Ok(shaped)
+    }
+
+    /// Changes shaper's tree on `ifindex` to `plan`, or builds it; `applied`
+    /// is the tree this daemon last applied there.
+    fn sync_tree(&self, ifindex: u32, plan: &Plan, applied: Option<&tc::HtbPlan>) -> Result<(), DaemonError> {
         match tc::root_qdisc(&self.netlink, ifindex)? {
-            Some(q) if tc::is_shapers_root(&q) => tc::sync_htb(&self.netlink, ifindex, &plan.htb)?,
+            Some(q) if tc::is_shapers_root(&q) => tc::sync_htb(&self.netlink, ifindex, &plan.htb, applied)?,
             _ => tc::install_htb(&self.netlink, ifindex, &plan.htb)?,
         }
         Ok(())

@@ -103,7 +103,7 @@ pub struct ClassStats {
 }
 
 /// Parameters of one HTB class.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HtbClass {
     /// Minor of the class id (`1:minor`).
     pub minor: u32,
@@ -119,13 +119,13 @@ pub struct HtbClass {
 }
 
 /// The queue under a leaf class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LeafQueue {
     /// A FIFO limited in bytes.
     Bfifo { limit_bytes: u32 },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HtbLeaf {
     pub class: HtbClass,
     pub queue: LeafQueue,
@@ -355,34 +355,51 @@ pub fn is_shapers_root(qdisc: &Qdisc) -> bool {
 /// Brings the HTB tree shaper left on `ifindex` to `plan` without taking it
 /// down: classes that exist are changed in place (their queued packets and
 /// counters stay), missing ones are added. Classes the plan no longer has are
-/// left for [`prune_htb`], once no flow is sent to them.
-pub fn sync_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan) -> Result<(), TcError> {
+/// left for [`prune_htb`], once no flow is sent to them. `previous` is the
+/// plan this process last applied to the tree, if any: what it already has,
+/// unchanged, is not sent again (one rate changed among 1 000 classes is one
+/// message, not 2 000).
+pub fn sync_htb(
+    nl: &Netlink,
+    ifindex: u32,
+    plan: &HtbPlan,
+    previous: Option<&HtbPlan>,
+) -> Result<(), TcError> {
     let existing: std::collections::HashSet<u32> =
         class_stats(nl, ifindex)?.iter().map(|c| c.classid).collect();
+    let qdisc_handle = shaper_common::HTB_MAJOR << 16;
     // The default class of unclassified packets (the classifier stamps every
     // packet, so this matters only for what it cannot see). Older kernels
     // cannot change it in place; that is not worth a rebuild.
-    let qdisc_handle = shaper_common::HTB_MAJOR << 16;
-    let mut qdisc = Message::new(RTM_NEWQDISC, 0, "changing the HTB root qdisc 1:");
-    qdisc.push(&tcmsg(ifindex, qdisc_handle, TC_H_ROOT)).attr_str(TCA_KIND, "htb");
-    let nest = qdisc.begin_nest(TCA_OPTIONS);
-    qdisc.attr(TCA_HTB_INIT, &htb_glob(plan.default_minor));
-    qdisc.end_nest(nest);
-    if let Err(e) = nl.request(qdisc) {
-        log::debug!("{e}");
+    if previous.is_none_or(|p| p.default_minor != plan.default_minor) {
+        let mut qdisc = Message::new(RTM_NEWQDISC, 0, "changing the HTB root qdisc 1:");
+        qdisc.push(&tcmsg(ifindex, qdisc_handle, TC_H_ROOT)).attr_str(TCA_KIND, "htb");
+        let nest = qdisc.begin_nest(TCA_OPTIONS);
+        qdisc.attr(TCA_HTB_INIT, &htb_glob(plan.default_minor));
+        qdisc.end_nest(nest);
+        if let Err(e) = nl.request(qdisc) {
+            log::debug!("{e}");
+        }
     }
     let root = htb_handle(plan.root.minor);
     let mut msgs = Vec::new();
-    let root_flags = if existing.contains(&root) { 0 } else { NLM_F_CREATE | NLM_F_EXCL };
-    msgs.push(class_message(
-        ifindex,
-        &plan.root,
-        qdisc_handle,
-        root_flags,
-        "changing the HTB root class".into(),
-    ));
+    if !existing.contains(&root) || previous.is_none_or(|p| p.root != plan.root) {
+        let root_flags = if existing.contains(&root) { 0 } else { NLM_F_CREATE | NLM_F_EXCL };
+        msgs.push(class_message(
+            ifindex,
+            &plan.root,
+            qdisc_handle,
+            root_flags,
+            "changing the HTB root class".into(),
+        ));
+    }
+    let applied: std::collections::HashSet<&HtbLeaf> =
+        previous.map(|p| p.leaves.iter().collect()).unwrap_or_default();
     for leaf in &plan.leaves {
         let handle = htb_handle(leaf.class.minor);
+        if existing.contains(&handle) && applied.contains(leaf) {
+            continue;
+        }
         if existing.contains(&handle) {
             let what = format!("changing HTB class {}", format_handle(handle));
             msgs.push(class_message(ifindex, &leaf.class, root, 0, what));
