@@ -276,7 +276,10 @@ impl Shaper {
         self.sockets = sockets.into_iter().map(|s| (s.key, s)).collect();
         let mut live = HashSet::new();
         for (key, value) in self.datapath.flows() {
-            if !self.sockets.contains_key(&key) && now.saturating_sub(value.last_seen_ns) > stale_after {
+            if !self.sockets.contains_key(&key)
+                && now.saturating_sub(value.last_seen_ns) > stale_after
+                && self.still_stale(&key, stale_after)
+            {
                 match self.datapath.remove_flow(&key) {
                     Ok(()) => report.removed += 1,
                     Err(e) => log::warn!("scan: removing a stale flow: {e}"),
@@ -292,6 +295,17 @@ impl Shaper {
         log::debug!("scan: {report:?}");
         self.last_scan = Some(report);
         report
+    }
+
+    /// Whether the flow is idle right now, not only in the walk's snapshot: with
+    /// 100 000 flows the walk takes a good part of a second, and a new
+    /// connection may meanwhile reuse the tuple of one that closed. Deleting its
+    /// entry then would leave its last packets, sent after close() dropped the
+    /// socket's owner record, to the default class.
+    fn still_stale(&self, key: &FlowKey, stale_after: u64) -> bool {
+        self.datapath
+            .flow(key)
+            .is_some_and(|v| procscan::monotonic_coarse_ns().saturating_sub(v.last_seen_ns) > stale_after)
     }
 
     /// Drops the answers of processes that exited (their pid may come back as another program).
