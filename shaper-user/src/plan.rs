@@ -6,9 +6,12 @@
 //!   to its ceil.
 //! - Ceilings above the interface capacity are clamped to it; a class without
 //!   a ceil may use the whole capacity.
-//! - Bursts cover [`BURST_TIME`] at the class's rate (at least one GSO packet):
-//!   tc's defaults shrink the burst at high rates until HTB cannot keep a
-//!   multi-gigabit class busy between timer wake-ups.
+//! - Bursts cover [`BURST_TIME`] at the class's rate: tc's defaults shrink the
+//!   burst at high rates until HTB cannot keep a multi-gigabit class busy
+//!   between timer wake-ups. Slower classes get [`BURST_SLACK`] of traffic, up
+//!   to one GSO packet, and at least two frames: enough to ride out a late
+//!   timer, and never half a second at line rate for a 1 Mbit/s class (a
+//!   packet larger than the burst still goes; the class waits it off).
 //! - Quanta follow the rate (weighted sharing of borrowed bandwidth), clamped to
 //!   [one frame, [`MAX_QUANTUM`]].
 //! - Leaves queue in a byte FIFO of [`QUEUE_TIME`] at the ceil: this kernel has no
@@ -23,6 +26,10 @@ use crate::{
 
 /// Time of traffic at the class rate a burst may carry.
 pub const BURST_TIME_US: u64 = 4_000;
+/// Below that, a burst covers this much time (up to one GSO packet): a class
+/// whose timer fires late loses what its burst cannot hold (a 20 Mbit/s class
+/// with 4 ms delivered 16.5 Mbit/s beside busy classes on a 2-core VM).
+pub const BURST_SLACK_US: u64 = 25_000;
 /// Largest segmentation-offload packet HTB may see at once.
 pub const GSO_MAX_BYTES: u64 = 65_536;
 /// Upper bound of a class quantum.
@@ -89,7 +96,10 @@ fn clamp_u32(v: u64) -> u32 {
 /// HTB parameters of a class at `rate_bps`/`ceil_bps`.
 fn htb_class(minor: u32, rate_bps: u64, ceil_bps: u64, priority: u8, mtu: u32) -> HtbClass {
     let frame = u64::from(mtu) + 14;
-    let burst = |bps| clamp_u32(time_bytes(bps, BURST_TIME_US).max(GSO_MAX_BYTES + frame));
+    let burst = |bps| {
+        let slack = time_bytes(bps, BURST_SLACK_US).min(GSO_MAX_BYTES + frame);
+        clamp_u32(time_bytes(bps, BURST_TIME_US).max(slack).max(2 * frame))
+    };
     let quantum = time_bytes(rate_bps, 1_000).clamp(frame, MAX_QUANTUM);
     HtbClass {
         minor,
@@ -204,9 +214,12 @@ mod tests {
         assert_eq!((fast.class.burst_bytes, fast.class.cburst_bytes), (2_500_000, 2_500_000));
         assert_eq!(fast.class.quantum, MAX_QUANTUM as u32);
         assert_eq!(fast.queue, LeafQueue::Bfifo { limit_bytes: 16 * 1024 * 1024 });
-        // 1 Mbit/s: at least one GSO packet and a frame, a quantum of one frame.
+        // 1 Mbit/s: 25 ms of traffic, a quantum of one frame.
         let slow = leaf(&class(1_000_000), 1500);
-        assert_eq!(slow.class.burst_bytes, 65_536 + 1514);
+        assert_eq!(slow.class.burst_bytes, 3_125);
+        // 20 Mbit/s: 25 ms; 100 Mbit/s: one GSO packet and a frame (5 ms).
+        assert_eq!(leaf(&class(20_000_000), 1500).class.burst_bytes, 62_500);
+        assert_eq!(leaf(&class(100_000_000), 1500).class.burst_bytes, 65_536 + 1514);
         assert_eq!(slow.class.quantum, 1514);
         assert_eq!(slow.queue, LeafQueue::Bfifo { limit_bytes: 128 * 1024 });
         assert_eq!(slow.class.minor, 0x10);
