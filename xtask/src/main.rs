@@ -35,7 +35,7 @@ enum Cmd {
     Lint,
     /// Shape live traffic in a throw-away sandbox and show the result.
     Demo,
-    /// Measure the classifier's cost and the throughput it leaves (see README, Performance).
+    /// Measure shaper against u32 chains, trickle, the pyshaper model and tc (see README, Performance).
     Bench {
         /// Only the sections whose name contains one of these words.
         sections: Vec<String>,

@@ -3,8 +3,8 @@
 //! - the `rust-src` component (the eBPF crate builds `core` with `-Z build-std`);
 //! - `bpf-linker`, built against the LLVM that ships inside the stable toolchain
 //!   (Debian's LLVM is far too old), see ../shared/TOOLCHAIN.md;
-//! - the Debian packages the tests and the demo run: iproute2, iperf3, bpftool,
-//!   iputils-ping.
+//! - the Debian packages the tests, the demo and the bench run: iproute2,
+//!   iperf3, bpftool, iputils-ping, python3-minimal, trickle, fonts-dejavu-core.
 //!
 //! Each step checks first and does nothing when its part is present.
 
@@ -21,8 +21,11 @@ use crate::exec;
 /// The toolchain that builds both sides (the eBPF crate through RUSTC_BOOTSTRAP).
 const TOOLCHAIN: &str = "stable";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-// python3-minimal: an unconnected UDP sender in the process tests.
-const PACKAGES: &[&str] = &["iproute2", "iperf3", "bpftool", "iputils-ping", "python3-minimal"];
+// python3-minimal: an unconnected UDP sender in the process tests; trickle:
+// the userspace shaper the bench compares with; fonts-dejavu-core: the
+// bench plot's labels.
+const PACKAGES: &[&str] =
+    &["iproute2", "iperf3", "bpftool", "iputils-ping", "python3-minimal", "trickle", "fonts-dejavu-core"];
 
 pub(crate) fn run() -> Result<()> {
     rust_src()?;
