@@ -24,7 +24,7 @@ use shaper_user::{
 };
 
 use super::{
-    in_netns, median,
+    call, in_netns, median,
     report::{Figure, Report, Row, Unit},
     SHAPER,
 };
@@ -122,7 +122,7 @@ pub fn run(report: &mut Report) -> Result<()> {
     let daemon = Daemon::start(&sandbox, Path::new(SHAPER), &config_text(&sandbox.dev_a, 1))?;
     std::fs::write(&daemon.config, config_text(&sandbox.dev_a, CLASSES)).context("writing the config")?;
     let reload_ms = cli(&daemon, &["reload"])?;
-    let rows: Vec<ClassRow> = serde_json::from_value(daemon.call(Request::Classes)?)?;
+    let rows: Vec<ClassRow> = call(&daemon, Request::Classes)?;
     // The classes and the implicit default.
     if rows.len() != CLASSES + 1 {
         bail!("after the reload the daemon has {} classes, expected {}", rows.len(), CLASSES + 1);

@@ -30,6 +30,7 @@ use shaper_user::{
 };
 
 use super::{
+    call,
     helper::{self, exe, start_server, Helper},
     median,
     report::{Figure, Report, Row, Unit},
@@ -87,10 +88,6 @@ fn status_kb(pid: u32, field: &str) -> Result<f64> {
         })
         .map(|kb| kb * 1024.0)
         .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
-}
-
-fn call<T: serde::de::DeserializeOwned>(daemon: &Daemon, command: Command) -> Result<T> {
-    Ok(serde_json::from_value(daemon.call(command)?)?)
 }
 
 fn packets(rows: &[ClassRow], name: &str) -> u64 {

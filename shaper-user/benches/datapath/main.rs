@@ -29,10 +29,11 @@ use anyhow::{anyhow, Context as _, Result};
 use shaper_common::{names, FlowKey, FlowValue, IfaceInfo, FAMILY_V4, ORIGIN_KERNEL, PROTO_TCP};
 use shaper_user::{
     config,
+    control::Command,
     datapath::{Datapath, LoadOptions},
     packets::Frame,
     rules::{compile::NoCgroups, SystemEnv},
-    sandbox::Netns,
+    sandbox::{Daemon, Netns},
 };
 
 mod apply;
@@ -214,6 +215,11 @@ fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result
 fn run_stats(dp: &mut Datapath, name: &'static str) -> Result<(u64, u64)> {
     let info = dp.program(name)?.info()?;
     Ok((info.run_time().as_nanos() as u64, info.run_count()))
+}
+
+/// A control request to `daemon`, its result read as `T`.
+fn call<T: serde::de::DeserializeOwned>(daemon: &Daemon, command: Command) -> Result<T> {
+    Ok(serde_json::from_value(daemon.call(command)?)?)
 }
 
 /// Where results go: bench/ at the top of the workspace.

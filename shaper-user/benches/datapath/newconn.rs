@@ -10,12 +10,7 @@
 //! "escaped" is the most the client ever got ahead of the limit in the first
 //! seconds: max over t of (bytes arrived by t − limit × t).
 
-use std::{
-    io::{BufRead as _, BufReader},
-    path::Path,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Stdio, time::Duration};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
@@ -23,6 +18,7 @@ use shaper_user::sandbox::{Daemon, Sandbox};
 
 use super::{
     helper::{self, exe, Helper},
+    meter::Meter,
     report::{Figure, Report, Row, Unit},
     SHAPER,
 };
@@ -71,13 +67,8 @@ fn run_once(tool: Tool) -> Result<Arrivals> {
             Some(Daemon::start(&sandbox, Path::new(SHAPER), &config)?)
         }
     };
-    let mut sink = Helper::spawn(
-        sandbox.b.command(&exe()?).args([helper::FLAG, "count", &PORT.to_string()]).stdout(Stdio::piped()),
-    )?;
-    let lines = BufReader::new(sink.0.stdout.take().ok_or_else(|| anyhow!("no output from the counter"))?);
-    let mut lines = lines.lines();
-    // The counter is up once it prints; the client starts after.
-    lines.next().ok_or_else(|| anyhow!("the counter printed nothing"))??;
+    let counter = Meter::spawn(sandbox.b.command(&exe()?).args([helper::FLAG, "count", &PORT.to_string()]))?;
+    helper::wait_listening(&sandbox.b, PORT)?;
     let client_args = [
         helper::FLAG.to_string(),
         "connect".into(),
@@ -102,24 +93,16 @@ fn run_once(tool: Tool) -> Result<Arrivals> {
     };
     let t0 = helper::monotonic_ns();
     let _client = Helper::spawn(client.stdin(Stdio::null()).stdout(Stdio::null()))?;
-    let mut points = Vec::new();
-    let deadline = Instant::now() + OBSERVE + Duration::from_secs(5);
-    for line in lines {
-        let line = line.context("reading the counter")?;
-        let mut fields = line.split_whitespace().map(str::parse::<u64>);
-        let (Some(Ok(ns)), Some(Ok(bytes))) = (fields.next(), fields.next()) else {
-            bail!("the counter printed {line:?}");
-        };
-        let t = ns.saturating_sub(t0) as f64 / 1e9;
-        if ns >= t0 {
-            points.push((t, bytes));
-        }
-        if t >= OBSERVE.as_secs_f64() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the counter stopped reporting");
-        }
+    std::thread::sleep(OBSERVE + Duration::from_millis(100));
+    let points: Vec<(f64, u64)> = counter
+        .finish()
+        .into_iter()
+        .filter(|(ns, _)| *ns >= t0)
+        .map(|(ns, bytes)| ((ns - t0) as f64 / 1e9, bytes))
+        .filter(|(t, _)| *t <= OBSERVE.as_secs_f64())
+        .collect();
+    if points.is_empty() {
+        bail!("the counter reported nothing while the client ran");
     }
     Ok(Arrivals(points))
 }

@@ -11,6 +11,7 @@ use shaper_user::{
 };
 
 use super::{
+    call,
     helper::{self, exe, start_server},
     newconn::SECTION,
     report::{Figure, Report, Row, Unit},
@@ -21,10 +22,6 @@ const CONNECTIONS: usize = 1000;
 const BYTES_PER_CONNECTION: usize = 64 * 1024;
 const SINK_PORT: u16 = 5300;
 const MARKER: &str = "shp-bench-marker";
-
-fn call<T: serde::de::DeserializeOwned>(daemon: &Daemon, command: Command) -> Result<T> {
-    Ok(serde_json::from_value(daemon.call(command)?)?)
-}
 
 fn class_bytes(rows: &[ClassRow], name: &str) -> u64 {
     rows.iter().find(|r| r.name == name).map_or(0, |r| r.bytes)

@@ -22,6 +22,7 @@ use shaper_user::{
 };
 
 use super::{
+    call,
     helper::{self, exe, monotonic_ns, Helper},
     median,
     meter::{rate_between, Meter},
@@ -235,9 +236,7 @@ pub fn timeline(report: &mut Report) -> Result<()> {
         Event { at: 6.0, label: "interactive (UDP 30M) starts".into() },
         Event { at: set_at, label: "shaper set web 20mbit:40mbit".into() },
     ];
-    let classes = |daemon: &Daemon| -> Result<Vec<ClassRow>> {
-        Ok(serde_json::from_value(daemon.call(Command::Classes)?)?)
-    };
+    let classes = |daemon: &Daemon| -> Result<Vec<ClassRow>> { call(daemon, Command::Classes) };
     let sent = |rows: &[ClassRow], name: &str| {
         rows.iter().find(|r| r.name == name && r.direction == "egress").map_or(0, |r| r.sent_bytes)
     };

@@ -169,8 +169,8 @@ impl Shaper {
 
         // 1. Trees and IFBs, additions and changes only. Until `shaped` holds
         // the new plans (step 3), the kernel's trees may match neither.
-        let trust_applied = !self.trees_unknown;
-        self.trees_unknown = true;
+        let trust_applied = !self.applied_unknown;
+        self.applied_unknown = true;
         let shaped = self.sync_trees(targets, &registered, &mut changes, trust_applied)?;
 
         // 2. Names, interface map, rules (what is already in the kernel as it
@@ -207,7 +207,7 @@ impl Shaper {
             }
             self.shaped.push(Shaped { name: link.name, ifindex: link.index, slot, egress, ingress, attach });
         }
-        self.trees_unknown = false;
+        self.applied_unknown = false;
 
         // 4. Connections.
         changes.flows_reevaluated = self.reevaluate();

@@ -102,9 +102,9 @@ pub struct Shaper {
     /// Who is behind each flow, and how its class was decided.
     pub(super) conns: HashMap<FlowKey, ConnInfo>,
     pub(super) decisions: DecisionStats,
-    /// A change failed part way: the kernel's HTB trees may differ from the
-    /// plans in `shaped`, so the next change sends every class again.
-    pub(super) trees_unknown: bool,
+    /// A change failed part way: the kernel's HTB trees and rule table may
+    /// differ from `shaped` and `compiled`, so the next change writes them all.
+    pub(super) applied_unknown: bool,
 }
 
 impl Shaper {
@@ -160,7 +160,7 @@ impl Shaper {
             meters: BTreeMap::new(),
             conns: HashMap::new(),
             decisions: DecisionStats::default(),
-            trees_unknown: false,
+            applied_unknown: false,
         };
         let target = shaper.config.clone();
         let ready = shaper.converge(target).and_then(|_| shaper.attach_hooks(hook_dir));
