@@ -38,6 +38,31 @@ pub const fn classid_of(class: u32) -> u32 {
     (HTB_MAJOR << 16) | (HTB_LEAF_MINOR_BASE + class)
 }
 
+/// Which way a packet crosses an interface, seen from this host. The one
+/// direction type of the workspace: the classifier, the HTB plans, the
+/// attachments and the control protocol all use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "lowercase"))]
+pub enum Direction {
+    /// Leaving the host (uploads).
+    Egress,
+    /// Arriving at the host (downloads, shaped through an IFB).
+    Ingress,
+}
+
+impl Direction {
+    /// Both directions, egress first.
+    pub const BOTH: [Direction; 2] = [Direction::Egress, Direction::Ingress];
+
+    /// "egress" or "ingress", as the CLI and the config spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress",
+        }
+    }
+}
+
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;

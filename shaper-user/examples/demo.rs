@@ -134,7 +134,9 @@ fn demo() -> Result<(), String> {
     let mut limits = vec![(0, 0); streams.len()];
     let mut expected = vec![0; streams.len()];
     for (way, direction) in [(Up, plan::Direction::Egress), (Down, plan::Direction::Ingress)] {
-        let Some(plan) = plan::plan(&conf, iface, direction, 1500) else { continue };
+        let Some(plan) = plan::plan(&conf, &conf.class_ids_in_file_order(), iface, direction, 1500) else {
+            continue;
+        };
         let mine: Vec<usize> = (0..streams.len()).filter(|i| streams[*i].4 == way).collect();
         for &i in &mine {
             limits[i] = plan

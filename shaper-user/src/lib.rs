@@ -6,6 +6,7 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`config`] | the TOML config: schema, validation, errors with file:line:col |
+//! | [`classids`] | class names ↔ the kernel's class indices (HTB ids, counter slots) |
 //! | [`units`] | rates, durations and sizes: parsing and human formatting |
 //! | [`rules`] | the `match` language: parser, typing, compiler to the kernel rule table |
 //! | [`accounts`] | user and group names ↔ ids |
@@ -26,6 +27,7 @@
 
 pub mod accounts;
 pub mod cgroups;
+pub mod classids;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -7,12 +7,13 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use shaper_common::Direction;
 use shaper_user::{
     cgroups::{self, Cgroups},
     config::{self, Config},
-    control::{self, Applied, ClassRow, Command, ConnRow, SetClass, Status},
+    control::{self, Applied, ClassRow, Command, ConnRow, Moved, SetClass, Status},
     daemon::{self, RunOptions},
     error_chain, plan,
     rules::SystemEnv,
@@ -161,7 +162,7 @@ fn dispatch(verb: Verb) -> Result<()> {
     match verb {
         Verb::Run(args) => {
             let options = args.options();
-            let conf = daemon::load_config(&options).map_err(anyhow::Error::msg)?;
+            let conf = daemon::load_config(&options)?;
             let names: Vec<String> = conf.interfaces.iter().map(|i| i.name.clone()).collect();
             log::info!(
                 "config {}: {} classes on {}",
@@ -174,7 +175,7 @@ fn dispatch(verb: Verb) -> Result<()> {
         }
         Verb::Start(args) => {
             let options = args.options();
-            let conf = daemon::load_config(&options).map_err(anyhow::Error::msg)?;
+            let conf = daemon::load_config(&options)?;
             let started = supervise::start(&options, &conf)?;
             println!(
                 "shaper started (pid {}): control socket {}, log {}",
@@ -204,15 +205,11 @@ fn dispatch(verb: Verb) -> Result<()> {
             print_applied(&applied, client.json)
         }
         Verb::Move { conn, class, client } => {
-            let moved: serde_json::Value = call(&client, Command::Move { conn, class })?;
+            let moved: Moved = call(&client, Command::Move { conn, class })?;
             if client.json {
                 return print_json(&moved);
             }
-            println!(
-                "moved {} to {} (pinned until it ends)",
-                moved["conn"].as_str().unwrap_or("?"),
-                moved["class"].as_str().unwrap_or("?")
-            );
+            println!("moved {} to {} (pinned until it ends)", moved.conn, moved.class);
             Ok(())
         }
         Verb::Check { config } => check(&config),
@@ -242,9 +239,7 @@ fn socket_path(args: &ClientArgs) -> Result<PathBuf> {
 }
 
 fn call<T: serde::de::DeserializeOwned>(args: &ClientArgs, command: Command) -> Result<T> {
-    let socket = socket_path(args)?;
-    let value = control::client::call(&socket, command)?;
-    serde_json::from_value(value).context("the daemon's reply has an unexpected shape")
+    Ok(control::client::request(&socket_path(args)?, command)?)
 }
 
 fn print_applied(applied: &Applied, json: bool) -> Result<()> {
@@ -269,15 +264,16 @@ fn check(path: &Path) -> Result<()> {
         conf.check_interfaces_exist(|name| tc::link_by_name(&netlink, name).ok().flatten().is_some())?;
     }
     // Cgroup and unit names resolve against this host's hierarchy, if it has one.
+    let ids = conf.class_ids_in_file_order();
     let compiled = match cgroups::v2_root() {
-        Ok(root) => conf.compile_rules(&Cgroups::new(root))?,
-        Err(_) => conf.compile_rules(&shaper_user::rules::compile::NoCgroups)?,
+        Ok(root) => conf.compile_rules(&ids, &Cgroups::new(root))?,
+        Err(_) => conf.compile_rules(&ids, &shaper_user::rules::compile::NoCgroups)?,
     };
     println!("{}: ok", path.display());
     for iface in &conf.interfaces {
         let ingress = iface.ingress_bps.map_or_else(|| "not shaped".to_string(), format_rate);
         println!("interface {}: egress {}, ingress {}", iface.name, format_rate(iface.egress_bps), ingress);
-        let Some(egress) = plan::plan(&conf, iface, plan::Direction::Egress, 1500) else { continue };
+        let Some(egress) = plan::plan(&conf, &ids, iface, Direction::Egress, 1500) else { continue };
         let mut table = Table::new(&[
             ("CLASS", false),
             ("CLASSID", false),
@@ -287,7 +283,7 @@ fn check(path: &Path) -> Result<()> {
             ("MATCH", false),
         ]);
         for class in &egress.classes {
-            let conf_class = conf.class_by_index(class.index);
+            let conf_class = conf.class(&class.name);
             let mut name = class.name.clone();
             if class.index == egress.default_class {
                 name.push_str(" (default)");
@@ -341,7 +337,7 @@ fn print_status(status: &Status, json: bool) -> Result<()> {
             i.name,
             i.ifindex,
             format_rate(i.egress_bps),
-            i.attach,
+            i.attach.as_str(),
             i.default_class
         );
     }
@@ -412,7 +408,7 @@ fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
         table.row(vec![
             r.name.clone(),
             r.interface.clone(),
-            r.direction.clone(),
+            r.direction.as_str().to_string(),
             r.classid.clone(),
             r.priority.to_string(),
             format_rate(r.rate_bps),
@@ -457,12 +453,12 @@ fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
             r.proto.clone(),
             r.local.clone(),
             r.remote.clone(),
-            r.state.clone(),
+            r.state.to_string(),
             r.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
             r.user.clone().unwrap_or_else(|| "-".to_string()),
             r.cmd.clone().unwrap_or_else(|| "-".to_string()),
             r.class.clone(),
-            r.origin.clone(),
+            r.origin.as_str().to_string(),
             format_bytes(r.tx_bytes),
         ];
         if received {

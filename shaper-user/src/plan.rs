@@ -20,7 +20,8 @@
 use shaper_common::{HTB_LEAF_MINOR_BASE, HTB_ROOT_MINOR, MAX_CLASSES};
 
 use crate::{
-    config::{ClassConfig, Config, InterfaceConfig, Limit},
+    classids::ClassIds,
+    config::{ClassConfig, Config, InterfaceConfig},
     tc::{HtbClass, HtbLeaf, HtbPlan, LeafQueue},
 };
 
@@ -41,20 +42,7 @@ pub const MAX_QUEUE_BYTES: u64 = 16 * 1024 * 1024;
 /// HTB needs a rate above zero even for classes that reserve nothing.
 pub const MIN_RATE_BPS: u64 = 8_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Egress,
-    Ingress,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Egress => "egress",
-            Self::Ingress => "ingress",
-        }
-    }
-}
+pub use shaper_common::Direction;
 
 /// One leaf as planned, with the class it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,53 +109,48 @@ pub fn leaf(class: &PlannedClass, mtu: u32) -> HtbLeaf {
     }
 }
 
-fn limit(class: &ClassConfig, direction: Direction) -> Option<&Limit> {
-    match direction {
-        Direction::Egress => class.egress.as_ref(),
-        Direction::Ingress => class.ingress.as_ref(),
-    }
-}
-
-/// The plan for `iface` in `direction`, or `None` when the interface has no
-/// capacity set for that direction (ingress is optional).
-pub fn plan(config: &Config, iface: &InterfaceConfig, direction: Direction, mtu: u32) -> Option<Plan> {
+/// The plan for `iface` in `direction` with the class indices `ids`, or
+/// `None` when the interface has no capacity set for that direction (ingress
+/// is optional) or `ids` has no index for its default class.
+pub fn plan(
+    config: &Config,
+    ids: &ClassIds,
+    iface: &InterfaceConfig,
+    direction: Direction,
+    mtu: u32,
+) -> Option<Plan> {
     let capacity = match direction {
         Direction::Egress => iface.egress_bps,
         Direction::Ingress => iface.ingress_bps?,
     };
+    let default_class = ids.index(&iface.default_class)?;
     let classes: Vec<&ClassConfig> = config.classes_on(iface).collect();
-    let reserved: u64 = classes.iter().filter_map(|c| limit(c, direction).and_then(|l| l.rate_bps)).sum();
+    let reserved: u64 = classes.iter().filter_map(|c| c.limit(direction).and_then(|l| l.rate_bps)).sum();
     let unrated =
-        classes.iter().filter(|c| limit(c, direction).and_then(|l| l.rate_bps).is_none()).count() as u64;
+        classes.iter().filter(|c| c.limit(direction).and_then(|l| l.rate_bps).is_none()).count() as u64;
     let share = capacity.saturating_sub(reserved).checked_div(unrated).unwrap_or(0).max(MIN_RATE_BPS);
     let planned: Vec<PlannedClass> = classes
         .iter()
         .take(MAX_CLASSES as usize)
-        .map(|c| {
-            let l = limit(c, direction);
+        .filter_map(|c| {
+            let l = c.limit(direction);
             let ceil = l.and_then(|l| l.ceil_bps).unwrap_or(capacity).min(capacity);
             let rate = l.and_then(|l| l.rate_bps).unwrap_or(share).min(ceil);
-            PlannedClass {
-                index: c.index,
+            Some(PlannedClass {
+                index: ids.index(&c.name)?,
                 name: c.name.clone(),
                 rate_bps: rate,
                 ceil_bps: ceil,
                 priority: c.priority,
-            }
+            })
         })
         .collect();
     let htb = HtbPlan {
-        default_minor: leaf_minor(iface.default_class),
+        default_minor: leaf_minor(default_class),
         root: htb_class(HTB_ROOT_MINOR, capacity, capacity, 0, mtu),
         leaves: planned.iter().map(|c| leaf(c, mtu)).collect(),
     };
-    Some(Plan {
-        direction,
-        capacity_bps: capacity,
-        default_class: iface.default_class,
-        classes: planned,
-        htb,
-    })
+    Some(Plan { direction, capacity_bps: capacity, default_class, classes: planned, htb })
 }
 
 #[cfg(test)]
@@ -180,7 +163,7 @@ mod tests {
     fn plan_of(text: &str) -> Plan {
         let env = crate::rules::SystemEnv::default();
         let conf = config::parse(Path::new("t.toml"), text, &env.env()).unwrap();
-        plan(&conf, &conf.interfaces[0], Direction::Egress, 1500).unwrap()
+        plan(&conf, &conf.class_ids_in_file_order(), &conf.interfaces[0], Direction::Egress, 1500).unwrap()
     }
 
     #[test]

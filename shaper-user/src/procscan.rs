@@ -24,8 +24,7 @@ pub struct ScanError {
 #[derive(Clone, Debug)]
 pub struct Socket {
     pub key: FlowKey,
-    /// TCP state in lowercase ("established", "time_wait", …), "udp" for UDP.
-    pub state: String,
+    pub state: SockState,
     pub uid: u32,
     pub inode: u64,
 }
@@ -41,7 +40,7 @@ pub fn connected_sockets() -> Result<Vec<Socket>, ScanError> {
             }
             sockets.push(Socket {
                 key: flows::key(PROTO_TCP, e.local_address, e.remote_address),
-                state: tcp_state(&e.state).to_string(),
+                state: tcp_state(&e.state),
                 uid: e.uid,
                 inode: e.inode,
             });
@@ -54,7 +53,7 @@ pub fn connected_sockets() -> Result<Vec<Socket>, ScanError> {
             }
             sockets.push(Socket {
                 key: flows::key(PROTO_UDP, e.local_address, e.remote_address),
-                state: "udp".to_string(),
+                state: SockState::Udp,
                 uid: e.uid,
                 inode: e.inode,
             });
@@ -63,39 +62,72 @@ pub fn connected_sockets() -> Result<Vec<Socket>, ScanError> {
     Ok(sockets)
 }
 
-/// A TCP state as `ss` spells it, in lowercase.
-fn tcp_state(state: &TcpState) -> &'static str {
-    match state {
-        TcpState::Established => "established",
-        TcpState::SynSent => "syn-sent",
-        TcpState::SynRecv => "syn-recv",
-        TcpState::FinWait1 => "fin-wait-1",
-        TcpState::FinWait2 => "fin-wait-2",
-        TcpState::TimeWait => "time-wait",
-        TcpState::Close => "close",
-        TcpState::CloseWait => "close-wait",
-        TcpState::LastAck => "last-ack",
-        TcpState::Listen => "listen",
-        TcpState::Closing => "closing",
-        TcpState::NewSynRecv => "new-syn-recv",
+/// A socket's state: TCP's states as `ss` names them, "udp" for a UDP
+/// socket, and "gone" for a flow whose socket no longer exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SockState {
+    Established,
+    SynSent,
+    SynRecv,
+    #[serde(rename = "fin-wait-1")]
+    FinWait1,
+    #[serde(rename = "fin-wait-2")]
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    Udp,
+    Gone,
+}
+
+impl SockState {
+    /// The name as `ss` prints it ("established", "time-wait", …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SockState::Established => "established",
+            SockState::SynSent => "syn-sent",
+            SockState::SynRecv => "syn-recv",
+            SockState::FinWait1 => "fin-wait-1",
+            SockState::FinWait2 => "fin-wait-2",
+            SockState::TimeWait => "time-wait",
+            SockState::Close => "close",
+            SockState::CloseWait => "close-wait",
+            SockState::LastAck => "last-ack",
+            SockState::Listen => "listen",
+            SockState::Closing => "closing",
+            SockState::NewSynRecv => "new-syn-recv",
+            SockState::Udp => "udp",
+            SockState::Gone => "gone",
+        }
     }
 }
 
-/// What one reconcile pass did.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct ScanReport {
-    /// Connected sockets found.
-    pub sockets: usize,
-    /// Flows entered into the flow map for sockets the classifier had not seen.
-    pub adopted: usize,
-    /// Flow entries removed: no socket and idle for longer than the scan interval.
-    pub removed: usize,
-    /// Flows moved to another class because their process is not what the
-    /// kernel knew (it exec'd, or the socket changed hands).
-    #[serde(default)]
-    pub corrected: usize,
-    /// Wall time of the pass, microseconds.
-    pub micros: u64,
+impl std::fmt::Display for SockState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn tcp_state(state: &TcpState) -> SockState {
+    match state {
+        TcpState::Established => SockState::Established,
+        TcpState::SynSent => SockState::SynSent,
+        TcpState::SynRecv => SockState::SynRecv,
+        TcpState::FinWait1 => SockState::FinWait1,
+        TcpState::FinWait2 => SockState::FinWait2,
+        TcpState::TimeWait => SockState::TimeWait,
+        TcpState::Close => SockState::Close,
+        TcpState::CloseWait => SockState::CloseWait,
+        TcpState::LastAck => SockState::LastAck,
+        TcpState::Listen => SockState::Listen,
+        TcpState::Closing => SockState::Closing,
+        TcpState::NewSynRecv => SockState::NewSynRecv,
+    }
 }
 
 /// Monotonic clock in the time base of the classifier's `last_seen_ns`.
@@ -121,4 +153,18 @@ impl Stopwatch {
 /// A flow without a socket is stale once it has been idle this long.
 pub fn stale_after(scan_interval: Duration) -> u64 {
     scan_interval.as_nanos().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SockState;
+
+    #[test]
+    fn states_are_named_as_ss_names_them_on_the_wire_too() {
+        for state in [SockState::FinWait1, SockState::TimeWait, SockState::NewSynRecv, SockState::Gone] {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(serde_json::from_str::<SockState>(&json).unwrap(), state);
+        }
+    }
 }

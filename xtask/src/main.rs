@@ -4,6 +4,7 @@
 //! first; `setup` is idempotent and a fast no-op when everything is present.
 
 mod setup;
+mod structure;
 
 use std::{
     path::{Path, PathBuf},
@@ -31,7 +32,7 @@ enum Cmd {
         /// Only run tests whose name contains this string.
         filter: Option<String>,
     },
-    /// rustfmt and clippy, as CI runs them.
+    /// rustfmt, clippy and the structure check (no import cycles, short daemon functions), as CI runs them.
     Lint,
     /// Shape live traffic in a throw-away sandbox and show the result.
     Demo,
@@ -58,7 +59,7 @@ fn main() -> Result<()> {
         }
         Cmd::Lint => {
             setup::run()?;
-            lint()
+            lint(&root)
         }
         Cmd::Demo => {
             setup::run()?;
@@ -83,8 +84,9 @@ fn main() -> Result<()> {
     }
 }
 
-/// rustfmt, then clippy on the host crates and on the eBPF crate for its own target.
-fn lint() -> Result<()> {
+/// rustfmt, then clippy on the host crates and on the eBPF crate for its own
+/// target, then the structure check.
+fn lint(root: &Path) -> Result<()> {
     exec(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
     exec(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     exec(
@@ -93,7 +95,8 @@ fn lint() -> Result<()> {
             .env("RUSTC_BOOTSTRAP", "1")
             .args(["clippy", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .args(["--", "-D", "warnings"]),
-    )
+    )?;
+    structure::check(root)
 }
 
 fn build_release() -> Result<()> {

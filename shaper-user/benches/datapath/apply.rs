@@ -147,7 +147,8 @@ pub fn run(report: &mut Report) -> Result<()> {
         &SystemEnv::load().env(),
     )?;
     let iface = conf.interfaces.first().ok_or_else(|| anyhow!("no interface"))?;
-    let plan = plan::plan(&conf, iface, plan::Direction::Egress, 1500).ok_or_else(|| anyhow!("no plan"))?;
+    let plan = plan::plan(&conf, &conf.class_ids_in_file_order(), iface, plan::Direction::Egress, 1500)
+        .ok_or_else(|| anyhow!("no plan"))?;
     let expected = plan.htb.leaves.len() + 1;
     let commands = tc_commands(&sandbox.dev_a, &plan.htb);
     let tree: Vec<String> = commands.iter().filter(|c| !c.starts_with("filter")).cloned().collect();

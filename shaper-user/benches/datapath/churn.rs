@@ -91,7 +91,10 @@ fn status_kb(pid: u32, field: &str) -> Result<f64> {
 }
 
 fn packets(rows: &[ClassRow], name: &str) -> u64 {
-    rows.iter().filter(|r| r.name == name && r.direction == "egress").map(|r| r.packets).sum()
+    rows.iter()
+        .filter(|r| r.name == name && r.direction == shaper_common::Direction::Egress)
+        .map(|r| r.packets)
+        .sum()
 }
 
 /// Waits until the daemon's flow map satisfies `done`; returns the count.

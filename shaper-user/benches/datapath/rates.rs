@@ -238,7 +238,9 @@ pub fn timeline(report: &mut Report) -> Result<()> {
     ];
     let classes = |daemon: &Daemon| -> Result<Vec<ClassRow>> { call(daemon, Command::Classes) };
     let sent = |rows: &[ClassRow], name: &str| {
-        rows.iter().find(|r| r.name == name && r.direction == "egress").map_or(0, |r| r.sent_bytes)
+        rows.iter()
+            .find(|r| r.name == name && r.direction == shaper_common::Direction::Egress)
+            .map_or(0, |r| r.sent_bytes)
     };
     let start = Instant::now();
     let mut clients = Vec::new();

@@ -54,7 +54,7 @@ fn first_packet_ns(n: usize) -> Result<f64> {
     let conf = config::parse(Path::new("bench.toml"), &config_text(n), &SystemEnv::load().env())?;
     let mut dp = Datapath::load(LoadOptions { max_flows: 131_072, kernel_log_level: 0, pins: None })
         .context("loading the eBPF object (are you root?)")?;
-    dp.set_rules(&conf.compile_rules(&NoCgroups)?.nodes)?;
+    dp.set_rules(&conf.compile_rules(&conf.class_ids_in_file_order(), &NoCgroups)?.nodes)?;
     let mut info = IfaceInfo::new(0, 0, 14);
     for class in 0..conf.classes.len() as u32 {
         info.add_class(class);
@@ -75,8 +75,7 @@ fn first_packet_ns(n: usize) -> Result<f64> {
 /// Mean time of the daemon's decision for one flow with `n` rules (ns).
 fn userspace_ns(n: usize) -> Result<f64> {
     let conf = config::parse(Path::new("bench.toml"), &config_text(n), &SystemEnv::load().env())?;
-    let rules: Vec<(u16, &rules::Pred)> =
-        conf.classes.iter().filter_map(|c| c.rule.as_ref().map(|r| (c.index, &r.pred))).collect();
+    let rules = conf.rules(&conf.class_ids_in_file_order());
     let process = ProcessFacts {
         pid: 4242,
         uid: 1000,

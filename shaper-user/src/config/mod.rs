@@ -14,16 +14,17 @@ use std::{
     time::Duration,
 };
 
-use shaper_common::{DEFAULT_MAX_FLOWS, MAX_CLASSES, MAX_IFACES};
+use shaper_common::{Direction, DEFAULT_MAX_FLOWS, MAX_CLASSES, MAX_IFACES};
 use toml::Spanned;
 
 pub use position::Pos;
 use raw::{RateValue, RawClass, RawConfig, RawInterface, RawLimit};
 
 use crate::{
+    classids::ClassIds,
     rules::{
         self,
-        compile::{CgroupIndex, Compiled, NoCgroups, TooLarge},
+        compile::{CgroupIndex, Compiled, TooLarge},
         Env, Rule,
     },
     units,
@@ -103,8 +104,8 @@ pub struct InterfaceConfig {
     pub name: String,
     pub egress_bps: u64,
     pub ingress_bps: Option<u64>,
-    /// Index of the default class in [`Config::classes`].
-    pub default_class: u16,
+    /// Name of the class unmatched traffic goes to (one of [`Config::classes`]).
+    pub default_class: String,
     /// Where the interface's name is written, for errors found later.
     pub pos: Pos,
 }
@@ -112,19 +113,28 @@ pub struct InterfaceConfig {
 /// `[[class]]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClassConfig {
-    /// Position in [`Config::classes`]; also the class's index in the kernel.
-    pub index: u16,
     pub name: String,
     pub priority: u8,
     pub egress: Option<Limit>,
     pub ingress: Option<Limit>,
     pub rule: Option<Rule>,
-    /// The `match` as written.
+    /// The `match` as written, and where.
     pub rule_source: Option<String>,
+    pub rule_pos: Option<Pos>,
     /// `None`: on every interface.
     pub interfaces: Option<Vec<String>>,
     /// Created by shaper as an interface's default, not written in the file.
     pub implicit: bool,
+}
+
+impl ClassConfig {
+    /// The class's limit in `direction`, if it sets one.
+    pub fn limit(&self, direction: Direction) -> Option<Limit> {
+        match direction {
+            Direction::Egress => self.egress,
+            Direction::Ingress => self.ingress,
+        }
+    }
 }
 
 /// A validated config.
@@ -163,48 +173,30 @@ impl Config {
         self.classes.iter().find(|c| c.name == name)
     }
 
-    /// The class with kernel index `index`.
-    pub fn class_by_index(&self, index: u16) -> Option<&ClassConfig> {
-        self.classes.iter().find(|c| c.index == index)
+    /// Class indices for a host with no shaper state: in file order.
+    pub fn class_ids_in_file_order(&self) -> ClassIds {
+        ClassIds::in_order(self.class_names())
     }
 
-    /// Gives every class the index `previous` gave its name, and new classes
-    /// the lowest free ones, so a reload or a restart keeps each class's HTB
-    /// id and counters. (Indices otherwise follow file order.)
-    pub fn renumber(&mut self, previous: &std::collections::BTreeMap<u16, String>) {
-        let by_name: HashMap<&str, u16> = previous.iter().map(|(i, n)| (n.as_str(), *i)).collect();
-        let mut taken: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
-        let mut assigned: Vec<Option<u16>> = Vec::with_capacity(self.classes.len());
-        for class in &self.classes {
-            let kept = by_name.get(class.name.as_str()).copied().filter(|i| taken.insert(*i));
-            assigned.push(kept);
-        }
-        let mut next = 0u16;
-        let mut remap: HashMap<u16, u16> = HashMap::new();
-        for (class, kept) in self.classes.iter_mut().zip(assigned) {
-            let index = match kept {
-                Some(i) => i,
-                None => {
-                    while taken.contains(&next) {
-                        next += 1;
-                    }
-                    taken.insert(next);
-                    next
-                }
-            };
-            remap.insert(class.index, index);
-            class.index = index;
-        }
-        for iface in &mut self.interfaces {
-            iface.default_class = remap.get(&iface.default_class).copied().unwrap_or(iface.default_class);
-        }
+    /// The classes' names, in file order.
+    pub fn class_names(&self) -> impl Iterator<Item = &str> {
+        self.classes.iter().map(|c| c.name.as_str())
     }
 
-    /// The kernel rule table for the classes' `match` rules, in file order.
-    pub fn compile_rules(&self, cgroups: &dyn CgroupIndex) -> Result<Compiled, TooLarge> {
-        let rules: Vec<(u16, &rules::Pred)> =
-            self.classes.iter().filter_map(|c| c.rule.as_ref().map(|r| (c.index, &r.pred))).collect();
-        rules::compile::compile(&rules, cgroups)
+    /// The classes' `match` rules in file order, each with its class's index.
+    pub fn rules<'a>(&'a self, ids: &ClassIds) -> Vec<(u16, &'a rules::Pred)> {
+        self.classes.iter().filter_map(|c| Some((ids.index(&c.name)?, &c.rule.as_ref()?.pred))).collect()
+    }
+
+    /// The kernel rule table for the classes' `match` rules, in file order,
+    /// with the class indices `ids`. A table too large for the kernel is an
+    /// error at the last rule.
+    pub fn compile_rules(&self, ids: &ClassIds, cgroups: &dyn CgroupIndex) -> Result<Compiled, ConfigError> {
+        rules::compile::compile(&self.rules(ids), cgroups).map_err(|e: TooLarge| ConfigError::At {
+            path: self.path.clone(),
+            pos: self.classes.iter().rev().find_map(|c| c.rule_pos).unwrap_or_default(),
+            message: e.to_string(),
+        })
     }
 
     /// Checks that every interface exists (`exists` asks the host).
@@ -297,10 +289,6 @@ impl Validator<'_> {
         for (iface, raw_iface) in config.interfaces.iter().zip(&raw.interface) {
             self.check_reserved(&config, iface, raw_iface.get_ref())?;
         }
-        if let Err(e) = config.compile_rules(&NoCgroups) {
-            let last = raw.class.iter().rev().find_map(|c| c.get_ref().rule.as_ref());
-            return Err(self.error_at(last.map_or(0, |r| r.span().start), e.to_string()));
-        }
         Ok(config)
     }
 
@@ -387,7 +375,13 @@ impl Validator<'_> {
         Ok(bps)
     }
 
-    fn limit(&self, raw: &Spanned<RawLimit>, class: &str, direction: &str) -> Result<Limit, ConfigError> {
+    fn limit(
+        &self,
+        raw: &Spanned<RawLimit>,
+        class: &str,
+        direction: Direction,
+    ) -> Result<Limit, ConfigError> {
+        let direction = direction.as_str();
         let what = format!("the {direction} rate of class \"{class}\"");
         match raw.get_ref() {
             RawLimit::Plain(v) => {
@@ -427,7 +421,7 @@ impl Validator<'_> {
     fn classes(&self, raw: &[Spanned<RawClass>]) -> Result<Vec<ClassConfig>, ConfigError> {
         let mut classes: Vec<ClassConfig> = Vec::new();
         let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (index, spanned) in raw.iter().enumerate() {
+        for spanned in raw {
             let c = spanned.get_ref();
             let name = c.name.get_ref();
             if name.is_empty() || name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
@@ -454,8 +448,8 @@ impl Validator<'_> {
                     })?
                 }
             };
-            let egress = c.egress.as_ref().map(|l| self.limit(l, name, "egress")).transpose()?;
-            let ingress = c.ingress.as_ref().map(|l| self.limit(l, name, "ingress")).transpose()?;
+            let egress = c.egress.as_ref().map(|l| self.limit(l, name, Direction::Egress)).transpose()?;
+            let ingress = c.ingress.as_ref().map(|l| self.limit(l, name, Direction::Ingress)).transpose()?;
             let rule = match &c.rule {
                 None => None,
                 Some(source) => Some(Rule::parse(source.get_ref(), self.env).map_err(|e| {
@@ -466,12 +460,12 @@ impl Validator<'_> {
                 })?),
             };
             classes.push(ClassConfig {
-                index: index as u16,
                 name: name.clone(),
                 priority,
                 egress,
                 ingress,
                 rule_source: c.rule.as_ref().map(|r| r.get_ref().clone()),
+                rule_pos: c.rule.as_ref().map(|r| position::pos(self.text, r.span().start)),
                 rule,
                 interfaces: c.interfaces.as_ref().map(|l| l.iter().map(|n| n.get_ref().clone()).collect()),
                 implicit: false,
@@ -497,33 +491,33 @@ impl Validator<'_> {
             .map(|r| self.rate(r, &format!("the ingress capacity of {name}")))
             .transpose()?;
         let default_name = raw.default.as_ref().map_or(DEFAULT_CLASS_NAME, |d| d.get_ref().as_str());
-        let default_class = match classes.iter().find(|c| c.name == default_name) {
-            Some(class) => {
+        let default_class = match classes.iter().position(|c| c.name == default_name) {
+            Some(position) => {
+                let class = &classes[position];
                 if class.interfaces.as_ref().is_some_and(|l| !l.iter().any(|n| n == name)) {
                     let at = raw.default.as_ref().map_or(raw.name.span().start, |d| d.span().start);
-                    let class_at = raw_classes.get(usize::from(class.index)).map_or(0, |c| c.span().start);
+                    let class_at = raw_classes.get(position).map_or(0, |c| c.span().start);
                     let line = position::pos(self.text, class_at).line;
                     return Err(self.error_at(
                         at,
                         format!("default class \"{default_name}\" is not on interface {name} (its `interfaces` on line {line} leave it out)"),
                     ));
                 }
-                class.index
+                class.name.clone()
             }
             None if default_name == DEFAULT_CLASS_NAME => {
-                let index = classes.len() as u16;
                 classes.push(ClassConfig {
-                    index,
                     name: DEFAULT_CLASS_NAME.to_string(),
                     priority: DEFAULT_PRIORITY,
                     egress: None,
                     ingress: None,
                     rule: None,
                     rule_source: None,
+                    rule_pos: None,
                     interfaces: None,
                     implicit: true,
                 });
-                index
+                DEFAULT_CLASS_NAME.to_string()
             }
             None => {
                 let known: Vec<&str> = classes.iter().map(|c| c.name.as_str()).collect();
@@ -551,12 +545,12 @@ impl Validator<'_> {
         raw: &RawInterface,
     ) -> Result<(), ConfigError> {
         let directions = [
-            ("egress", Some(iface.egress_bps), Some(&raw.egress)),
-            ("ingress", iface.ingress_bps, raw.ingress.as_ref()),
+            (Direction::Egress, Some(iface.egress_bps), Some(&raw.egress)),
+            (Direction::Ingress, iface.ingress_bps, raw.ingress.as_ref()),
         ];
         for (direction, capacity, at) in directions {
             let (Some(capacity), Some(at)) = (capacity, at) else { continue };
-            let limit = |c: &ClassConfig| if direction == "egress" { c.egress } else { c.ingress };
+            let limit = |c: &ClassConfig| c.limit(direction);
             let reserved: u64 =
                 config.classes_on(iface).filter_map(|c| limit(c).and_then(|l| l.rate_bps)).sum();
             if reserved > capacity {
@@ -571,9 +565,10 @@ impl Validator<'_> {
                 return Err(self.error(
                     at,
                     format!(
-                        "the classes on {} guarantee {} of {direction} ({}), more than its capacity of {}",
+                        "the classes on {} guarantee {} of {} ({}), more than its capacity of {}",
                         iface.name,
                         units::format_rate(reserved),
+                        direction.as_str(),
                         parts.join(" + "),
                         units::format_rate(capacity)
                     ),

@@ -58,7 +58,7 @@ match = 'rport in [80, 443] and raddr in 198.18.0.0/15'
     let default = c.class("default").unwrap();
     assert!(default.implicit);
     assert_eq!((default.egress, default.priority), (None, 4));
-    assert_eq!(eth0.default_class, default.index);
+    assert_eq!(eth0.default_class, "default");
 }
 
 #[test]
@@ -92,7 +92,7 @@ name = "bulk"
     let on = |i: usize| c.classes_on(&c.interfaces[i]).map(|c| c.name.as_str()).collect::<Vec<_>>();
     assert_eq!(on(0), ["web", "bulk", "default"]);
     assert_eq!(on(1), ["bulk", "default"]);
-    assert_eq!(c.interfaces[1].default_class, c.class("bulk").unwrap().index);
+    assert_eq!(c.interfaces[1].default_class, "bulk");
 }
 
 #[test]
@@ -261,7 +261,8 @@ fn rules_compile_in_file_order() {
     let c = ok(&format!(
         "{IFACE}[[class]]\nname = \"a\"\nmatch = 'rport == 1'\n[[class]]\nname = \"quiet\"\n[[class]]\nname = \"b\"\nmatch = 'rport in 1..2'\n"
     ));
-    let nodes = c.compile_rules(&crate::rules::compile::NoCgroups).unwrap().nodes;
+    let ids = c.class_ids_in_file_order();
+    let nodes = c.compile_rules(&ids, &crate::rules::compile::NoCgroups).unwrap().nodes;
     let key = |port| {
         crate::flows::key(
             6,
@@ -271,8 +272,8 @@ fn rules_compile_in_file_order() {
     };
     use shaper_common::target_class;
     let eval = |port| rules::table::eval(&nodes, &rules::table::KernelFacts::packet(&key(port))).0;
-    assert_eq!(eval(1), target_class(c.class("a").unwrap().index));
-    assert_eq!(eval(2), target_class(c.class("b").unwrap().index));
+    assert_eq!(eval(1), target_class(ids.index("a").unwrap()));
+    assert_eq!(eval(2), target_class(ids.index("b").unwrap()));
     assert_eq!(eval(3), shaper_common::TARGET_DEFAULT);
 }
 
@@ -292,21 +293,6 @@ fn the_example_configs_in_the_repository_are_valid() {
         let c = load(&path, &crate::rules::SystemEnv::load().env()).unwrap_or_else(|e| panic!("{e}"));
         assert!(!c.classes.is_empty(), "{name}");
     }
-}
-
-#[test]
-fn renumbering_keeps_each_name_on_its_index_and_fills_the_gaps() {
-    let mut c = ok(&format!(
-        "{IFACE}default = \"b\"\n[[class]]\nname = \"new\"\n[[class]]\nname = \"b\"\n[[class]]\nname = \"a\"\n"
-    ));
-    // Before: a = 0, gone = 1, b = 2.
-    let previous: std::collections::BTreeMap<u16, String> =
-        [(0, "a"), (1, "gone"), (2, "b")].into_iter().map(|(i, n)| (i, n.to_string())).collect();
-    c.renumber(&previous);
-    let index = |name: &str| c.class(name).map(|cl| cl.index);
-    assert_eq!((index("a"), index("b"), index("new")), (Some(0), Some(2), Some(1)));
-    assert_eq!(c.interfaces[0].default_class, 2, "the default follows its class");
-    assert_eq!(c.class_by_index(1).map(|cl| cl.name.as_str()), Some("new"));
 }
 
 #[test]

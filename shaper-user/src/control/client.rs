@@ -31,6 +31,13 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// Sends one request and decodes the `result` of a successful reply as `T`,
+/// the type control/protocol.rs gives that request's result.
+pub fn request<T: serde::de::DeserializeOwned>(socket: &Path, command: Command) -> Result<T, ClientError> {
+    let value = call(socket, command)?;
+    serde_json::from_value(value).map_err(|e| ClientError::BadReply(format!("unexpected result: {e}")))
+}
+
 /// Sends one request and returns the `result` of a successful reply.
 pub fn call(socket: &Path, command: Command) -> Result<serde_json::Value, ClientError> {
     let io = |source| ClientError::Io { path: socket.to_path_buf(), source };

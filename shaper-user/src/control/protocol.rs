@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::{datapath::AttachMode, procscan::SockState};
+pub use shaper_common::Direction;
+
 /// Version of the protocol; a request with another version gets an error reply.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest request line the daemon reads; a longer one gets an error and the connection is closed.
@@ -44,15 +47,72 @@ pub struct SetClass {
     pub priority: Option<u8>,
 }
 
+/// What a change of the running config did (the reply to `shaper reload`
+/// and `shaper set`, inside [`Applied`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub classes_added: Vec<String>,
+    pub classes_removed: Vec<String>,
+    /// Classes whose rate, ceil, priority, rule or interfaces changed.
+    pub classes_changed: Vec<String>,
+    pub interfaces_added: Vec<String>,
+    pub interfaces_removed: Vec<String>,
+    /// Flows the daemon decided that it decided again (the kernel redoes its
+    /// own at their next packet).
+    pub flows_reevaluated: usize,
+}
+
+impl Changes {
+    /// One line for people: "classes changed: web; 3 flows re-evaluated".
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("classes added", &self.classes_added),
+            ("classes removed", &self.classes_removed),
+            ("classes changed", &self.classes_changed),
+            ("interfaces added", &self.interfaces_added),
+            ("interfaces removed", &self.interfaces_removed),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{what}: {}", list.join(", ")));
+            }
+        }
+        if parts.is_empty() {
+            parts.push("no class changed".to_string());
+        }
+        parts.push(format!("{} flows re-evaluated", self.flows_reevaluated));
+        parts.join("; ")
+    }
+}
+
 /// The reply to `reload` and `set`: what changed, and what needs a restart.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Applied {
     #[serde(flatten)]
-    pub changes: crate::daemon::Changes,
+    pub changes: Changes,
     /// `[daemon]` settings that changed in the file but take effect at the next start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart_needed: Vec<String>,
     pub took_ms: u64,
+}
+
+/// The reply to `move`: the connection, now pinned into `class`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    /// The connection's full id (as `shaper conns` shows it).
+    pub id: String,
+    /// "tcp 198.18.0.1:41486 → 198.18.0.2:6001".
+    pub conn: String,
+    pub class: String,
+}
+
+/// The reply to `stop`: the daemon exits once it has sent it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    pub stopping: bool,
+    /// Shaping is left in place for the next daemon.
+    pub keep: bool,
+    pub pid: u32,
 }
 
 /// The last reload (`status`).
@@ -94,6 +154,14 @@ impl Reply {
     pub fn ok(result: serde_json::Value) -> Self {
         Self { v: PROTOCOL_VERSION, ok: true, result: Some(result), error: None }
     }
+    /// A successful reply carrying `result`, one of this module's result types.
+    pub fn with<T: Serialize>(result: &T) -> Self {
+        match serde_json::to_value(result) {
+            Ok(value) => Self::ok(value),
+            Err(e) => Self::error(format!("encoding the reply: {e}")),
+        }
+    }
+
     pub fn error(message: impl Into<String>) -> Self {
         Self { v: PROTOCOL_VERSION, ok: false, result: None, error: Some(message.into()) }
     }
@@ -117,7 +185,7 @@ pub struct Status {
     /// ended without a verdict, packets on an interface missing from the map.
     pub errors: std::collections::BTreeMap<String, u64>,
     pub scan_interval_ms: u64,
-    pub last_scan: Option<crate::procscan::ScanReport>,
+    pub last_scan: Option<ScanReport>,
     /// The cgroup the socket hooks are attached to (absent: process rules are
     /// left to the /proc scan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,9 +235,50 @@ pub struct InterfaceStatus {
     /// The IFB device downloads are shaped on, when ingress is shaped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifb: Option<String>,
-    /// "tcx" or "clsact".
-    pub attach: String,
+    pub attach: AttachMode,
     pub default_class: String,
+}
+
+/// What one reconcile pass of the daemon did (`status`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct ScanReport {
+    /// Connected sockets found.
+    pub sockets: usize,
+    /// Flows entered into the flow map for sockets the classifier had not seen.
+    pub adopted: usize,
+    /// Flow entries removed: no socket and idle for longer than the scan interval.
+    pub removed: usize,
+    /// Flows moved to another class because their process is not what the
+    /// kernel knew (it exec'd, or the socket changed hands).
+    #[serde(default)]
+    pub corrected: usize,
+    /// Wall time of the pass, microseconds.
+    pub micros: u64,
+}
+
+/// Who decided a flow's class (`shaper conns`' BY column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The classifier, at the flow's first packet.
+    Kernel,
+    /// The daemon, on the classifier's report.
+    Daemon,
+    /// The daemon's periodic reconcile.
+    Scan,
+    /// An operator, with `shaper move`.
+    Pinned,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Kernel => "kernel",
+            Origin::Daemon => "daemon",
+            Origin::Scan => "scan",
+            Origin::Pinned => "pinned",
+        }
+    }
 }
 
 /// One HTB class on one interface and direction (`shaper classes`).
@@ -177,8 +286,7 @@ pub struct InterfaceStatus {
 pub struct ClassRow {
     pub name: String,
     pub interface: String,
-    /// "egress" or "ingress".
-    pub direction: String,
+    pub direction: Direction,
     /// tc notation, e.g. "1:10".
     pub classid: String,
     pub rate_bps: u64,
@@ -212,9 +320,8 @@ pub struct ConnRow {
     pub remote: String,
     /// Class name ("default" classes by their name too).
     pub class: String,
-    /// Who decided the class: "kernel" (the classifier, at the first packet),
-    /// "daemon" (on the classifier's report), "scan" (the /proc scan) or "pinned".
-    pub origin: String,
+    /// Who decided the class.
+    pub origin: Origin,
     /// The process behind the connection, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -231,8 +338,8 @@ pub struct ConnRow {
     pub decided_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisional_bytes: Option<u64>,
-    /// TCP state from /proc ("established", …), "udp", or "gone" if the socket no longer exists.
-    pub state: String,
+    /// The socket's state ("established", …, "udp"), or "gone" when it no longer exists.
+    pub state: SockState,
     pub tx_bytes: u64,
     pub tx_packets: u64,
     /// Counted on interfaces whose ingress is shaped (0 elsewhere).

@@ -1,23 +1,19 @@
-//! Changes to a running shaper: `shaper reload` (and SIGHUP, and a watched
-//! config file), `shaper set` and `shaper move`.
+//! The config in force and how it changes: `shaper reload` (and SIGHUP, and
+//! a watched config file) and `shaper set`.
 //!
 //! A reload validates the whole file first; a bad file changes nothing and
 //! its error (file:line:col: reason) goes back to whoever asked. `set` changes
 //! the config in force without touching the file; `status` lists those
-//! changes as drift until the next reload drops them.
+//! changes as drift until the next reload drops them. This module only
+//! computes the configs; the daemon applies them.
 
-use std::{
-    collections::BTreeMap,
-    time::{Instant, SystemTime},
-};
+use std::{collections::BTreeMap, time::SystemTime};
 
-use shaper_common::{FlowValue, FLOW_PROVISIONAL, ORIGIN_PINNED};
-
-use super::Shaper;
+use super::error::{LimitError, RequestError};
 use crate::{
-    config::{Config, DaemonConfig, Limit},
-    control::{Applied, ReloadStatus, SetClass},
-    flows, units,
+    config::{Config, DaemonConfig, Limit, MAX_PRIORITY},
+    control::{ReloadStatus, SetClass},
+    units,
 };
 
 /// A class changed with `shaper set`.
@@ -30,143 +26,103 @@ pub struct ClassOverride {
 
 /// How the last reload went (`status`).
 #[derive(Clone, Debug)]
-pub struct LastReload {
-    pub at: SystemTime,
-    pub error: Option<String>,
+struct LastReload {
+    at: SystemTime,
+    error: Option<String>,
 }
 
-impl LastReload {
-    pub fn status(&self) -> ReloadStatus {
-        ReloadStatus {
-            at: self.at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            ok: self.error.is_none(),
-            error: self.error.clone(),
-        }
-    }
+/// The config in force, the file's, and what `shaper set` changed.
+pub struct ConfigState {
+    /// The config in force: the file's, with `shaper set` changes applied.
+    config: Config,
+    /// The config as the file has it.
+    file: Config,
+    overrides: BTreeMap<String, ClassOverride>,
+    last_reload: Option<LastReload>,
 }
 
-/// `[daemon]` settings a running daemon cannot change.
-fn restart_needed(old: &DaemonConfig, new: &DaemonConfig) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |name: &str, differs: bool| {
-        if differs {
-            out.push(name.to_string());
-        }
-    };
-    check("scan_interval", old.scan_interval != new.scan_interval);
-    check("control_socket", old.control_socket != new.control_socket);
-    check("max_flows", old.max_flows != new.max_flows);
-    check("cgroup", old.cgroup != new.cgroup);
-    check("event_driven", old.event_driven != new.event_driven);
-    check("pin_dir", old.pin_dir != new.pin_dir);
-    check("pid_file", old.pid_file != new.pid_file);
-    check("watch_config", old.watch_config != new.watch_config);
-    out
+/// A config to apply, and what it will leave in force if it applies.
+pub struct Pending {
+    pub config: Config,
+    overrides: BTreeMap<String, ClassOverride>,
+    /// `[daemon]` settings that changed in the file but wait for a restart.
+    pub restart_needed: Vec<String>,
 }
 
-/// "RATE" (rate and ceil, like a plain rate in the config) or "RATE:CEIL", as
-/// in `shaper set --egress`.
-pub fn parse_limit(text: &str) -> Result<Limit, String> {
-    let (rate, ceil) = match text.split_once(':') {
-        Some((r, c)) => (r, Some(c)),
-        None => (text, None),
-    };
-    let parse = |t: &str| match units::parse_rate(t.trim()) {
-        Ok(0) => Err(format!("{t:?}: a rate must be above zero")),
-        Ok(bps) => Ok(bps),
-        Err(e) => Err(format!("{t:?}: {e}")),
-    };
-    let rate_bps = parse(rate)?;
-    let ceil_bps = Some(ceil.map(parse).transpose()?.unwrap_or(rate_bps));
-    if let Some(c) = ceil_bps.filter(|c| *c < rate_bps) {
-        return Err(format!(
-            "the ceil ({}) is below the rate ({})",
-            units::format_rate(c),
-            units::format_rate(rate_bps)
-        ));
-    }
-    Ok(Limit { rate_bps: Some(rate_bps), ceil_bps })
-}
-
-fn format_limit(limit: &Limit) -> String {
-    let rate = limit.rate_bps.map_or_else(|| "-".to_string(), units::format_rate);
-    match limit.ceil_bps {
-        Some(c) if Some(c) != limit.rate_bps => format!("{rate} (ceil {})", units::format_rate(c)),
-        _ => rate,
-    }
-}
-
-impl Shaper {
-    /// Re-reads the config file and applies it. On a bad file nothing changes
-    /// and the error is returned.
-    pub fn reload(&mut self) -> Result<Applied, String> {
-        let started = Instant::now();
-        let result = super::load_config(&self.options).and_then(|new| {
-            let restart = restart_needed(&self.file_config.daemon, &new.daemon);
-            let mut new = new;
-            // The running daemon keeps its own settings; the rest applies now.
-            new.daemon = self.config.daemon.clone();
-            let changes = self.converge(new).map_err(|e| crate::error_chain(&e))?;
-            Ok((changes, restart))
-        });
-        self.last_reload = Some(LastReload { at: SystemTime::now(), error: result.as_ref().err().cloned() });
-        let (changes, restart_needed) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                log::error!("reload refused, the running config stays in force: {e}");
-                return Err(e);
-            }
-        };
-        self.overrides.clear();
-        self.file_config = self.config.clone();
-        let took_ms = started.elapsed().as_millis() as u64;
-        log::info!("reloaded {} in {took_ms} ms: {}", self.config.path.display(), changes.summary());
-        if !restart_needed.is_empty() {
-            log::warn!(
-                "changed [daemon] settings take effect at the next start: {}",
-                restart_needed.join(", ")
-            );
-        }
-        Ok(Applied { changes, restart_needed, took_ms })
+impl ConfigState {
+    pub fn new(config: Config) -> Self {
+        Self { file: config.clone(), config, overrides: BTreeMap::new(), last_reload: None }
     }
 
-    /// `shaper set`: changes one class of the config in force.
-    pub fn set_class(&mut self, set: &SetClass) -> Result<Applied, String> {
-        let started = Instant::now();
-        if self.file_config.class(&set.class).is_none() {
-            return Err(format!("no class named {:?}", set.class));
+    /// The config in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// What a reload of the file just read (`new`) applies: the running
+    /// daemon keeps its own `[daemon]` settings; the rest applies now.
+    pub fn reload(&self, mut new: Config) -> Pending {
+        let restart_needed = restart_needed(&self.file.daemon, &new.daemon);
+        new.daemon = self.config.daemon.clone();
+        Pending { config: new, overrides: BTreeMap::new(), restart_needed }
+    }
+
+    /// What `shaper set` applies: one class of the file's config changed,
+    /// on top of the earlier `set`s.
+    pub fn set(&self, set: &SetClass) -> Result<Pending, RequestError> {
+        if self.file.class(&set.class).is_none() {
+            return Err(RequestError::UnknownClass(set.class.clone()));
         }
         if set.egress.is_none() && set.ingress.is_none() && set.priority.is_none() {
-            return Err("nothing to change: give --egress, --ingress or --priority".into());
+            return Err(RequestError::NothingToChange);
         }
         let mut change = self.overrides.get(&set.class).cloned().unwrap_or_default();
         if let Some(text) = &set.egress {
-            change.egress = Some(parse_limit(text).map_err(|e| format!("--egress {e}"))?);
+            change.egress =
+                Some(parse_limit(text).map_err(|source| RequestError::Limit { flag: "egress", source })?);
         }
         if let Some(text) = &set.ingress {
-            change.ingress = Some(parse_limit(text).map_err(|e| format!("--ingress {e}"))?);
+            change.ingress =
+                Some(parse_limit(text).map_err(|source| RequestError::Limit { flag: "ingress", source })?);
         }
         if let Some(p) = set.priority {
-            if p > crate::config::MAX_PRIORITY {
-                return Err(format!(
-                    "priority must be 0 (served first) to {}, not {p}",
-                    crate::config::MAX_PRIORITY
-                ));
+            if p > MAX_PRIORITY {
+                return Err(RequestError::Priority { given: p, max: MAX_PRIORITY });
             }
             change.priority = Some(p);
         }
         let mut overrides = self.overrides.clone();
         overrides.insert(set.class.clone(), change);
-        let target = with_overrides(&self.file_config, &overrides);
-        let changes = self.converge(target).map_err(|e| crate::error_chain(&e))?;
-        self.overrides = overrides;
-        let took_ms = started.elapsed().as_millis() as u64;
-        log::info!("set {}: {}", set.class, self.drift().join("; "));
-        Ok(Applied { changes, restart_needed: Vec::new(), took_ms })
+        let mut config = with_overrides(&self.file, &overrides);
+        config.daemon = self.config.daemon.clone();
+        Ok(Pending { config, overrides, restart_needed: Vec::new() })
     }
 
-    /// What `shaper set` changed, for `status`.
-    pub(super) fn drift(&self) -> Vec<String> {
+    /// `pending` is in force now. After a reload the file's config is too.
+    pub fn applied(&mut self, pending: Pending, reloaded: bool) {
+        if reloaded {
+            self.file = pending.config.clone();
+            self.last_reload = Some(LastReload { at: SystemTime::now(), error: None });
+        }
+        self.config = pending.config;
+        self.overrides = pending.overrides;
+    }
+
+    /// A reload was refused; the config in force stays.
+    pub fn refused(&mut self, error: String) {
+        self.last_reload = Some(LastReload { at: SystemTime::now(), error: Some(error) });
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadStatus> {
+        self.last_reload.as_ref().map(|r| ReloadStatus {
+            at: r.at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            ok: r.error.is_none(),
+            error: r.error.clone(),
+        })
+    }
+
+    /// What `shaper set` changed, for `status`: "web: egress 5 Mbit/s (ceil 20 Mbit/s)".
+    pub fn drift(&self) -> Vec<String> {
         self.overrides
             .iter()
             .map(|(name, o)| {
@@ -184,40 +140,56 @@ impl Shaper {
             })
             .collect()
     }
+}
 
-    /// `shaper move`: pins the connection `conn` (its id in `shaper conns`)
-    /// into `class`; neither the rules nor the daemon move it again while it lives.
-    pub fn move_conn(&mut self, conn: &str, class: &str) -> Result<serde_json::Value, String> {
-        let conn = conn.trim().to_ascii_lowercase();
-        if conn.len() < 4 {
-            return Err(format!("{conn:?}: give at least 4 digits of a connection id from `shaper conns`"));
-        }
-        let Some(target) = self.config.class(class) else { return Err(format!("no class named {class:?}")) };
-        let index = target.index;
-        let matches: Vec<(shaper_common::FlowKey, FlowValue)> =
-            self.datapath.flows().into_iter().filter(|(k, _)| flows::id(k).starts_with(&conn)).collect();
-        let (key, mut value) = match matches.as_slice() {
-            [one] => *one,
-            [] => return Err(format!("no connection {conn:?} (see `shaper conns`)")),
-            _ => return Err(format!("{conn:?} names {} connections; give more digits", matches.len())),
-        };
-        value.class = index;
-        value.origin = ORIGIN_PINNED;
-        value.flags &= !FLOW_PROVISIONAL;
-        self.datapath.insert_flow(&key, &value).map_err(|e| crate::error_chain(&e))?;
-        let shown = format!(
-            "{} {} → {}",
-            flows::proto_name(key.proto),
-            flows::endpoint(&key, true),
-            flows::endpoint(&key, false)
-        );
-        log::info!("moved {shown} to {class} (pinned)");
-        Ok(serde_json::json!({ "id": flows::id(&key), "conn": shown, "class": class }))
+/// `[daemon]` settings a running daemon cannot change.
+fn restart_needed(old: &DaemonConfig, new: &DaemonConfig) -> Vec<String> {
+    let checks = [
+        ("scan_interval", old.scan_interval != new.scan_interval),
+        ("control_socket", old.control_socket != new.control_socket),
+        ("max_flows", old.max_flows != new.max_flows),
+        ("cgroup", old.cgroup != new.cgroup),
+        ("event_driven", old.event_driven != new.event_driven),
+        ("pin_dir", old.pin_dir != new.pin_dir),
+        ("pid_file", old.pid_file != new.pid_file),
+        ("watch_config", old.watch_config != new.watch_config),
+    ];
+    checks.iter().filter(|(_, differs)| *differs).map(|(name, _)| (*name).to_string()).collect()
+}
+
+/// "RATE" (rate and ceil, like a plain rate in the config) or "RATE:CEIL", as
+/// in `shaper set --egress`.
+pub fn parse_limit(text: &str) -> Result<Limit, LimitError> {
+    let (rate, ceil) = match text.split_once(':') {
+        Some((r, c)) => (r, Some(c)),
+        None => (text, None),
+    };
+    let parse = |t: &str| match units::parse_rate(t.trim()) {
+        Ok(0) => Err(LimitError::Zero { text: t.to_string() }),
+        Ok(bps) => Ok(bps),
+        Err(source) => Err(LimitError::Rate { text: t.to_string(), source }),
+    };
+    let rate_bps = parse(rate)?;
+    let ceil_bps = ceil.map(parse).transpose()?.unwrap_or(rate_bps);
+    if ceil_bps < rate_bps {
+        return Err(LimitError::CeilBelowRate {
+            rate: units::format_rate(rate_bps),
+            ceil: units::format_rate(ceil_bps),
+        });
+    }
+    Ok(Limit { rate_bps: Some(rate_bps), ceil_bps: Some(ceil_bps) })
+}
+
+fn format_limit(limit: &Limit) -> String {
+    let rate = limit.rate_bps.map_or_else(|| "-".to_string(), units::format_rate);
+    match limit.ceil_bps {
+        Some(c) if Some(c) != limit.rate_bps => format!("{rate} (ceil {})", units::format_rate(c)),
+        _ => rate,
     }
 }
 
 /// The file's config with `shaper set` changes applied.
-pub(super) fn with_overrides(file: &Config, overrides: &BTreeMap<String, ClassOverride>) -> Config {
+fn with_overrides(file: &Config, overrides: &BTreeMap<String, ClassOverride>) -> Config {
     let mut config = file.clone();
     for class in &mut config.classes {
         let Some(o) = overrides.get(&class.name) else { continue };
@@ -248,8 +220,8 @@ mod tests {
             parse_limit("5mbit:10mbit").unwrap(),
             Limit { rate_bps: Some(5_000_000), ceil_bps: Some(10_000_000) }
         );
-        assert!(parse_limit("10mbit:5mbit").unwrap_err().contains("below the rate"));
-        assert!(parse_limit("0").unwrap_err().contains("above zero"));
+        assert!(parse_limit("10mbit:5mbit").unwrap_err().to_string().contains("below the rate"));
+        assert!(parse_limit("0").unwrap_err().to_string().contains("above zero"));
         assert!(parse_limit("fast").is_err());
     }
 }

@@ -1,66 +1,44 @@
-//! The running shaper: what it owns on the host, how it starts (fresh, or
-//! taking over what an earlier daemon pinned), and how it stops.
+//! The running shaper: its parts, how it starts (fresh, or taking over what an
+//! earlier daemon pinned), the requests it answers, and how it stops.
+//!
+//! Three parts own their state, and this struct sequences them:
+//!
+//! | part | owns |
+//! |---|---|
+//! | [`Host`] | the shaped interfaces, their HTB trees and IFBs, the rate meters |
+//! | [`Datapath`] | the BPF programs, maps and links, and the class indices pinned with them |
+//! | [`Decider`] | the rules in force, the connections, and the daemon's decisions |
 //!
 //! Start-up checks everything it can before the first change to the host
 //! (config, interfaces, existing qdiscs): a bad config attaches nothing. The
-//! changes themselves are [`Shaper::converge`]'s (apply.rs), the same code a
-//! reload runs. Maps, programs and links are pinned, so shaping continues while
-//! no daemon runs; [`Shaper::stop`] either removes everything (`shaper stop`,
+//! changes themselves go through [`apply::converge`], the same path a reload
+//! takes. Maps, programs and links are pinned, so shaping continues while no
+//! daemon runs; [`Shaper::stop`] either removes everything (`shaper stop`,
 //! SIGTERM) or leaves it in place for the next daemon (`shaper stop --keep`).
 //! Dropping a `Shaper` without `stop` leaves the pinned state too, as a crash would.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Instant,
-};
+use std::{path::PathBuf, time::Instant};
 
-use shaper_common::{FlowKey, CLASS_DEFAULT, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES};
+use aya::maps::{MapData, RingBuf};
+use shaper_common::FlowEvent;
 
 use super::{
-    decide::{ConnInfo, DecisionStats},
-    live::{ClassOverride, LastReload},
-    report::Meter,
-    DaemonError, RunOptions,
+    apply::{self, Parts},
+    decider::{Decider, LiveSystem},
+    error::{DaemonError, RequestError},
+    host::Host,
+    live::{ConfigState, Pending},
+    options::{self, RunOptions},
+    report::View,
 };
 use crate::{
-    accounts::SystemAccounts,
     cgroups::{self, Cgroups},
     config::Config,
+    control::{Applied, Command, Moved, Reply, ScanReport, SetClass},
     datapath::{Datapath, LoadOptions},
+    flows,
     pins::{self, Pins},
-    plan::Plan,
-    process::Needs,
-    procscan::{ScanReport, Socket},
-    rules::{compile::Compiled, Pred},
-    tc::{self, Netlink},
 };
-
-/// One interface as shaper set it up.
-pub(super) struct Shaped {
-    pub name: String,
-    pub ifindex: u32,
-    pub slot: u32,
-    pub egress: Plan,
-    /// Shaped downloads: the IFB device the interface's ingress traffic goes
-    /// through, and the HTB tree on it.
-    pub ingress: Option<Ingress>,
-    pub attach: &'static str,
-}
-
-pub(super) struct Ingress {
-    pub ifb: tc::Link,
-    pub plan: Plan,
-}
-
-/// Transmit queue of the IFB devices: between the HTB tree and the tasklet that
-/// hands packets back to the interface. The kernel's default of 32 stops HTB
-/// whenever the tasklet falls behind and costs a fifth of a TCP stream here.
-pub const IFB_TXQUEUELEN: u32 = 1000;
-
-/// The name of the IFB device shaper makes for interface `ifindex`.
-pub fn ifb_name(ifindex: u32) -> String {
-    format!("shpifb{ifindex}")
-}
 
 /// How the daemon leaves the host when it stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,45 +51,23 @@ pub enum StopMode {
 
 /// Everything the running daemon owns.
 pub struct Shaper {
-    /// The config in force: the file's, with `shaper set` changes applied.
-    pub(super) config: Config,
-    /// The config as the file has it (for `status` to show drift).
-    pub(super) file_config: Config,
-    pub(super) options: RunOptions,
-    pub(super) overrides: BTreeMap<String, ClassOverride>,
-    pub(super) accounts: SystemAccounts,
-    pub(super) netlink: Netlink,
-    pub(super) datapath: Datapath,
-    pub(super) shaped: Vec<Shaped>,
-    pub(super) compiled: Compiled,
-    /// The cgroup v2 hierarchy, when it is mounted.
-    pub(super) cgroups: Option<Cgroups>,
+    state: ConfigState,
+    options: RunOptions,
+    host: Host,
+    datapath: Datapath,
+    decider: Decider,
     /// The cgroup the socket hooks are attached to.
-    pub(super) hooks: Option<std::path::PathBuf>,
-    /// The classifier tests owner records and reports new flows (socket hooks
-    /// are attached); off, process rules are left to the scan.
-    pub(super) event_driven: bool,
-    pub(super) needs: Needs,
-    pub(super) started: Instant,
+    hooks: Option<PathBuf>,
+    started: Instant,
     /// The daemon took over shaping an earlier daemon left pinned.
-    pub(super) adopted: bool,
-    pub(super) last_reload: Option<LastReload>,
-    pub(super) last_scan: Option<ScanReport>,
-    pub(super) sockets: HashMap<FlowKey, Socket>,
-    pub(super) meters: BTreeMap<u32, Meter>,
-    /// Who is behind each flow, and how its class was decided.
-    pub(super) conns: HashMap<FlowKey, ConnInfo>,
-    pub(super) decisions: DecisionStats,
-    /// A change failed part way: the kernel's HTB trees and rule table may
-    /// differ from `shaped` and `compiled`, so the next change writes them all.
-    pub(super) applied_unknown: bool,
+    adopted: bool,
 }
 
 impl Shaper {
     /// Checks everything, then shapes every configured interface, taking over
     /// the pinned state of an earlier daemon if there is one.
     pub fn start(config: Config, options: &RunOptions) -> Result<Self, DaemonError> {
-        let netlink = Netlink::open()?;
+        let host = Host::open()?;
         let cgroups = match cgroups::v2_root() {
             Ok(root) => Some(Cgroups::new(root)),
             Err(e) => {
@@ -125,9 +81,9 @@ impl Shaper {
             (None, None) => None,
         }
         .filter(|_| config.daemon.event_driven);
-        // Everything that can fail on the config alone fails here, before the
-        // kernel sees anything.
-        super::apply::check(&config, &netlink, &cgroups)?;
+        // What can fail on the config and the host alone fails here, before
+        // the kernel sees anything.
+        host.check(&config)?;
         let datapath = Datapath::load(LoadOptions {
             max_flows: config.daemon.max_flows,
             kernel_log_level: options.kernel_log_level,
@@ -137,186 +93,240 @@ impl Shaper {
         if adopted {
             log::info!("taking over the shaping state pinned at {}", config.daemon.pin_dir.display());
         }
-        let needs = Needs::of(config.classes.iter().filter_map(|c| c.rule.as_ref().map(|r| &r.pred)));
+        let system = Box::new(LiveSystem::new(cgroups));
+        let decider = Decider::new(system, hook_dir.is_some(), config.daemon.scan_interval);
         let mut shaper = Self {
-            file_config: config.clone(),
-            config,
+            state: ConfigState::new(config),
             options: options.clone(),
-            overrides: BTreeMap::new(),
-            accounts: SystemAccounts::default(),
-            netlink,
+            host,
             datapath,
-            shaped: Vec::new(),
-            compiled: Compiled::default(),
-            cgroups,
+            decider,
             hooks: None,
-            event_driven: hook_dir.is_some(),
-            needs,
             started: Instant::now(),
             adopted,
-            last_reload: None,
-            last_scan: None,
-            sockets: HashMap::new(),
-            meters: BTreeMap::new(),
-            conns: HashMap::new(),
-            decisions: DecisionStats::default(),
-            applied_unknown: false,
         };
-        let target = shaper.config.clone();
-        let ready = shaper.converge(target).and_then(|_| shaper.attach_hooks(hook_dir));
+        shaper.first_converge(hook_dir)?;
+        shaper.finish_start();
+        Ok(shaper)
+    }
+
+    /// Shapes the config's interfaces and attaches the socket hooks. A fresh
+    /// start that fails undoes itself; a takeover leaves the earlier state
+    /// (still shaping) for the next attempt.
+    fn first_converge(&mut self, hook_dir: Option<PathBuf>) -> Result<(), DaemonError> {
+        let config = self.state.config().clone();
+        let ready =
+            apply::converge(&mut self.parts(), None, &config).map(|_| ()).and_then(|()| match hook_dir {
+                Some(dir) => {
+                    self.datapath.attach_cgroup(&dir)?;
+                    log::info!("socket hooks attached to cgroup {}", dir.display());
+                    self.hooks = Some(dir);
+                    Ok(())
+                }
+                None => Ok(()),
+            });
         if let Err(e) = ready {
-            // A fresh start undoes itself; a takeover leaves the earlier state
-            // (still shaping) for the next attempt.
-            if !adopted {
-                shaper.stop(StopMode::Restore);
+            if !self.adopted {
+                self.restore();
             }
             return Err(e);
         }
-        shaper.file_config = shaper.config.clone();
+        Ok(())
+    }
+
+    /// Pins the programs and drops the pins of older layouts.
+    fn finish_start(&mut self) {
         log::info!(
             "shaping {}: {} classes{}",
-            super::apply::describe(&shaper.shaped),
-            shaper.config.classes.len(),
-            if adopted { ", taken over without a gap" } else { "" }
+            self.host.describe(),
+            self.state.config().classes.len(),
+            if self.adopted { ", taken over without a gap" } else { "" }
         );
-        if let Err(e) = shaper.datapath.pin_programs() {
+        if let Err(e) = self.datapath.pin_programs() {
             log::warn!("{}", crate::error_chain(&e));
         }
         // Pins of an older layout: its links still run its programs next to
         // ours; with the pins gone they detach.
-        if let Some(p) = shaper.datapath.pins() {
+        if let Some(p) = self.datapath.pins() {
             for old in p.other_layouts() {
                 log::info!("removing the pins of an earlier layout at {}", old.display());
                 pins::remove_layout(&old);
             }
         }
-        Ok(shaper)
     }
 
-    fn attach_hooks(&mut self, dir: Option<std::path::PathBuf>) -> Result<(), DaemonError> {
-        if let Some(dir) = dir {
-            self.datapath.attach_cgroup(&dir)?;
-            log::info!("socket hooks attached to cgroup {}", dir.display());
-            self.hooks = Some(dir);
-        }
-        Ok(())
+    fn parts(&mut self) -> Parts<'_> {
+        Parts { host: &mut self.host, datapath: &mut self.datapath, decider: &mut self.decider }
     }
 
-    /// Writes the compiled rules and the settings that go with them.
-    pub(super) fn apply_rules(&mut self) -> Result<(), DaemonError> {
-        let mut flags = 0;
-        if self.event_driven {
-            flags |= SETTING_PROCESS_RULES;
-        }
-        if self.compiled.cgroups {
-            flags |= SETTING_CGROUP_RULES;
-        }
-        self.datapath.set_flags(flags);
-        let gen = self.datapath.set_rules(&self.compiled.nodes)?;
-        log::info!("rule table: {} nodes (generation {gen})", self.compiled.nodes.len());
-        Ok(())
-    }
-
-    /// The classes' rules in file order, for evaluation.
-    pub(super) fn rules(&self) -> Vec<(u16, &Pred)> {
-        self.config.classes.iter().filter_map(|c| c.rule.as_ref().map(|r| (c.index, &r.pred))).collect()
-    }
-
-    /// Whether any rule tests the process behind a connection.
-    pub(super) fn has_process_rules(&self) -> bool {
-        self.rules().iter().any(|(_, p)| p.any_atom(&|a| a.is_process()))
-    }
-
-    /// The name of "the default class" for flows no rule matched: the class's
-    /// name when every interface has the same default.
-    pub(super) fn default_name(&self) -> String {
-        let mut defaults = self.config.interfaces.iter().map(|i| i.default_class);
-        match defaults.next() {
-            Some(first) if defaults.all(|d| d == first) => self.class_name(first),
-            _ => "(interface default)".to_string(),
+    fn view(&self) -> View<'_> {
+        View {
+            host: &self.host,
+            datapath: &self.datapath,
+            decider: &self.decider,
+            state: &self.state,
+            started: self.started,
+            adopted: self.adopted,
+            hooks: self.hooks.as_deref(),
         }
     }
 
-    pub(super) fn class_name(&self, index: u16) -> String {
-        if index == CLASS_DEFAULT {
-            return self.default_name();
+    /// The classifier's event ring buffer, for the main loop (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.datapath.take_events()
+    }
+
+    /// The loaded object, for the kernel log reader.
+    pub fn ebpf_mut(&mut self) -> &mut aya::Ebpf {
+        self.datapath.ebpf_mut()
+    }
+
+    /// A new flow the classifier reported.
+    pub fn on_event(&mut self, event: &FlowEvent) {
+        self.decider.on_event(&mut self.datapath, event);
+    }
+
+    /// One pass of the periodic reconcile.
+    pub fn reconcile(&mut self) -> ScanReport {
+        self.decider.reconcile(&mut self.datapath)
+    }
+
+    /// Samples HTB's counters for the "rate now" column.
+    pub fn sample_rates(&mut self) {
+        self.host.sample_rates();
+    }
+
+    /// Applies `pending`; on success it is the config in force.
+    fn apply(&mut self, pending: Pending, reloaded: bool) -> Result<Applied, RequestError> {
+        let started = Instant::now();
+        let old = self.state.config().clone();
+        let changes = apply::converge(&mut self.parts(), Some(&old), &pending.config)?;
+        let restart_needed = pending.restart_needed.clone();
+        self.state.applied(pending, reloaded);
+        Ok(Applied { changes, restart_needed, took_ms: started.elapsed().as_millis() as u64 })
+    }
+
+    /// Re-reads the config file and applies it. On a bad file nothing changes
+    /// and the error is returned.
+    pub fn reload(&mut self) -> Result<Applied, RequestError> {
+        let result = options::load_config(&self.options)
+            .map_err(RequestError::from)
+            .and_then(|new| self.apply(self.state.reload(new), true));
+        match &result {
+            Ok(applied) => {
+                log::info!(
+                    "reloaded {} in {} ms: {}",
+                    self.state.config().path.display(),
+                    applied.took_ms,
+                    applied.changes.summary()
+                );
+                if !applied.restart_needed.is_empty() {
+                    log::warn!(
+                        "changed [daemon] settings take effect at the next start: {}",
+                        applied.restart_needed.join(", ")
+                    );
+                }
+            }
+            Err(e) => {
+                let reason = crate::error_chain(e);
+                log::error!("reload refused, the running config stays in force: {reason}");
+                self.state.refused(reason);
+            }
         }
-        self.config.class_by_index(index).map_or_else(|| format!("#{index}"), |c| c.name.clone())
+        result
+    }
+
+    /// `shaper set`: changes one class of the config in force.
+    pub fn set_class(&mut self, set: &SetClass) -> Result<Applied, RequestError> {
+        let pending = self.state.set(set)?;
+        let applied = self.apply(pending, false)?;
+        log::info!("set {}: {}", set.class, self.state.drift().join("; "));
+        Ok(applied)
+    }
+
+    /// `shaper move`: pins the connection `conn` (its id in `shaper conns`)
+    /// into `class`; neither the rules nor the daemon move it again while it lives.
+    pub fn move_conn(&mut self, conn: &str, class: &str) -> Result<Moved, RequestError> {
+        let conn = conn.trim().to_ascii_lowercase();
+        if conn.len() < 4 {
+            return Err(RequestError::ShortId(conn));
+        }
+        let index =
+            self.datapath.class_ids().index(class).ok_or_else(|| RequestError::UnknownClass(class.into()))?;
+        let matches: Vec<_> = self
+            .datapath
+            .flows()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| flows::id(k).starts_with(&conn))
+            .collect();
+        let key = match matches.as_slice() {
+            [one] => *one,
+            [] => return Err(RequestError::NoConnection(conn)),
+            _ => return Err(RequestError::Ambiguous { id: conn, count: matches.len() }),
+        };
+        self.decider.pin(&mut self.datapath, &key, index).map_err(RequestError::Pin)?;
+        let shown = format!(
+            "{} {} → {}",
+            flows::proto_name(key.proto),
+            flows::endpoint(&key, true),
+            flows::endpoint(&key, false)
+        );
+        log::info!("moved {shown} to {class} (pinned)");
+        Ok(Moved { id: flows::id(&key), conn: shown, class: class.to_string() })
+    }
+
+    /// Answers a control request (`stop` is the main loop's).
+    pub fn handle(&mut self, command: Command) -> Reply {
+        let refused = |e: RequestError| Reply::error(crate::error_chain(&e));
+        match command {
+            Command::Reload => self.reload().map_or_else(refused, |a| Reply::with(&a)),
+            Command::Set(set) => self.set_class(&set).map_or_else(refused, |a| Reply::with(&a)),
+            Command::Move { conn, class } => {
+                self.move_conn(&conn, &class).map_or_else(refused, |m| Reply::with(&m))
+            }
+            Command::Stop { .. } => Reply::error("stop is handled by the daemon's main loop"),
+            Command::Status => Reply::with(&self.view().status()),
+            Command::Classes => match self.view().classes() {
+                Ok(rows) => Reply::with(&rows),
+                Err(e) => Reply::error(crate::error_chain(&e)),
+            },
+            Command::Conns => Reply::with(&self.view().conns()),
+        }
     }
 
     /// Stops shaping: either removes everything shaper made (hooks, programs,
     /// qdiscs, IFBs, pins) and restores every interface, or leaves it all
     /// running for the next daemon.
     pub fn stop(mut self, mode: StopMode) {
-        if mode == StopMode::Keep {
-            log::info!(
+        match mode {
+            StopMode::Keep => log::info!(
                 "leaving shaping in place (pinned at {}); the next daemon takes it over",
-                self.config.daemon.pin_dir.display()
-            );
-            return;
+                self.state.config().daemon.pin_dir.display()
+            ),
+            StopMode::Restore => self.restore(),
         }
+    }
+
+    fn restore(&mut self) {
         // The hooks first: no new owner records while the rest goes.
         self.datapath.detach_cgroup();
-        while let Some(shaped) = self.shaped.pop() {
-            self.unshape(shaped.ifindex, Some(&shaped.name));
+        while let Some(shaped) = self.host.pop() {
+            let name = shaped.name().to_string();
+            apply::unshape(&mut self.parts(), shaped.ifindex(), Some(&name));
         }
-        // Interfaces an earlier daemon shaped that this one never took over.
+        // Interfaces an earlier daemon shaped that this one never took over,
+        // and trees a failed start built before it could register them.
         for (ifindex, _) in self.datapath.ifaces() {
-            self.unshape(ifindex, None);
+            apply::unshape(&mut self.parts(), ifindex, None);
+        }
+        for iface in self.state.config().interfaces.clone() {
+            if let Ok(Some(link)) = crate::tc::link_by_name(self.host.netlink(), &iface.name) {
+                self.host.unshape_if_ours(link.index, &iface.name);
+            }
         }
         if let Some(p) = self.datapath.pins() {
             p.remove_all();
         }
-    }
-
-    /// Takes shaping off interface `ifindex`: the classifier, its entry in the
-    /// interface map, the HTB root (if still shaper's) and the IFB.
-    pub(super) fn unshape(&mut self, ifindex: u32, name: Option<&str>) {
-        let shown = name.map_or_else(|| format!("interface {ifindex}"), str::to_string);
-        if let Some(name) = name {
-            if let Err(e) = self.datapath.detach(name) {
-                log::warn!("{shown}: {}", crate::error_chain(&e));
-            }
-        }
-        self.datapath.unpin_iface_links(ifindex);
-        if let Err(e) = self.datapath.remove_iface(ifindex) {
-            log::warn!("{shown}: {}", crate::error_chain(&e));
-        }
-        match tc::root_qdisc(&self.netlink, ifindex) {
-            Ok(Some(q)) if tc::is_shapers_root(&q) => {
-                if let Err(e) = tc::remove_root_qdisc(&self.netlink, ifindex) {
-                    log::warn!("{shown}: removing the HTB root: {}", crate::error_chain(&e));
-                }
-            }
-            Ok(Some(_)) => log::warn!("{shown}: the root qdisc is no longer shaper's; leaving it"),
-            Ok(None) => {}
-            Err(e) => log::debug!("{shown}: {}", crate::error_chain(&e)),
-        }
-        let ifb = ifb_name(ifindex);
-        match tc::link_by_name(&self.netlink, &ifb) {
-            Ok(Some(link)) => {
-                if let Err(e) = tc::delete_link(&self.netlink, link.index, &ifb) {
-                    log::warn!("{shown}: {}", crate::error_chain(&e));
-                }
-            }
-            Ok(None) => {}
-            Err(e) => log::warn!("{shown}: {}", crate::error_chain(&e)),
-        }
-        let restored = tc::root_qdisc(&self.netlink, ifindex).ok().flatten();
-        log::info!(
-            "restored {shown}: root qdisc {}",
-            restored.as_ref().map_or("none".to_string(), |q| q.kind.clone()),
-        );
-    }
-}
-
-/// Link-layer header length in front of IP for an ARPHRD device type.
-pub(super) fn l2_len(arphrd: u16) -> u16 {
-    const ARPHRD_ETHER: u16 = 1;
-    const ARPHRD_LOOPBACK: u16 = 772;
-    match arphrd {
-        ARPHRD_ETHER | ARPHRD_LOOPBACK => 14,
-        // tun, WireGuard, PPP, IP tunnels: packets start with the IP header.
-        _ => 0,
     }
 }

@@ -4,7 +4,9 @@
 
 mod cgroup;
 
-use crate::plan::Direction;
+use shaper_common::Direction;
+
+use crate::classids::ClassIds;
 
 use std::collections::BTreeMap;
 
@@ -56,10 +58,10 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
-    #[error("attaching the classifier to {iface} ({direction})")]
+    #[error("attaching the classifier to {iface} ({})", direction.as_str())]
     Attach {
         iface: String,
-        direction: &'static str,
+        direction: Direction,
         #[source]
         source: ProgramError,
     },
@@ -123,6 +125,25 @@ pub struct LoadOptions {
     /// pinned there. `None`: nothing outlives this process (benchmarks, tests
     /// of the programs alone).
     pub pins: Option<Pins>,
+}
+
+/// How the classifier hangs on an interface, as `status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// A tcx link (kernel 6.6 and later): pinned, it outlives the daemon.
+    Tcx,
+    /// A cls_bpf filter on a clsact qdisc (older kernels).
+    Clsact,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Tcx => "tcx",
+            AttachMode::Clsact => "clsact",
+        }
+    }
 }
 
 /// How the classifier hangs on an interface.
@@ -219,13 +240,15 @@ pub struct Datapath {
     listeners: HashMap<MapData, ListenKey, Owner>,
     proc_tests: HashMap<MapData, u32, ProcTests>,
     class_names: Array<MapData, ClassName>,
+    /// What CLASS_NAMES holds (index → name): the class indices in force.
+    recorded_classes: BTreeMap<u16, String>,
     events: Option<RingBuf<MapData>>,
     rules_gen: u32,
     /// `SETTING_*` flags written with the rule generation.
     settings_flags: u32,
     cgroup_links: Vec<cgroup::HookLink>,
     /// (interface name, direction) → the attached program and how it hangs.
-    attachments: BTreeMap<(String, &'static str), (&'static str, Attachment)>,
+    attachments: BTreeMap<(String, Direction), (&'static str, Attachment)>,
     pins: Option<Pins>,
     /// The maps were taken over from an earlier daemon.
     adopted: bool,
@@ -294,6 +317,7 @@ impl Datapath {
         // Continue the rule generations of the table in force: the next table
         // goes to the bank the classifier is not reading.
         let current: Settings = settings.get(&0, 0).unwrap_or_default();
+        let recorded_classes = read_class_names(&class_names);
         Ok(Self {
             ebpf,
             flows,
@@ -306,6 +330,7 @@ impl Datapath {
             listeners,
             proc_tests,
             class_names,
+            recorded_classes,
             events,
             rules_gen: current.rules_gen,
             settings_flags: current.flags,
@@ -356,22 +381,45 @@ impl Datapath {
         self.ifaces.iter().filter_map(Result::ok).collect()
     }
 
-    /// The class names an earlier daemon left (index → name).
-    pub fn class_names(&self) -> BTreeMap<u16, String> {
-        let mut out = BTreeMap::new();
-        for index in 0..MAX_CLASSES {
-            let Ok(entry) = self.class_names.get(&index, 0) else { continue };
-            if entry.used == 0 {
-                continue;
+    /// The class indices in force: pinned with the counters, so a restarted
+    /// daemon gives each class its old index (see [`crate::classids`]).
+    pub fn class_ids(&self) -> ClassIds {
+        ClassIds::from_recorded(self.recorded_classes.clone())
+    }
+
+    /// Records the class indices of a new config before any rule can send
+    /// traffic to them: names that changed are written, and an index that
+    /// passes from one class to another starts from zeroed counters. Indices
+    /// `next` no longer uses stay recorded until [`Datapath::release_classes`].
+    pub fn record_class_ids(&mut self, next: &ClassIds) -> Result<(), DatapathError> {
+        for (index, name) in next.iter() {
+            match self.recorded_classes.get(&index) {
+                Some(old) if old == name => continue,
+                Some(_) => self.clear_class_stats(index)?,
+                None => {}
             }
-            let end = entry.name.iter().position(|b| *b == 0).unwrap_or(entry.name.len());
-            out.insert(index as u16, String::from_utf8_lossy(&entry.name[..end]).into_owned());
+            self.set_class_name(index, Some(name))?;
+            self.recorded_classes.insert(index, name.to_string());
         }
-        out
+        Ok(())
+    }
+
+    /// Forgets the indices `next` does not use (once no flow can reach them):
+    /// their names are cleared and their counters zeroed. Returns their names.
+    pub fn release_classes(&mut self, next: &ClassIds) -> Result<Vec<String>, DatapathError> {
+        let released: Vec<u16> =
+            self.recorded_classes.keys().copied().filter(|i| next.name(*i).is_none()).collect();
+        let mut names = Vec::new();
+        for index in released {
+            self.set_class_name(index, None)?;
+            self.clear_class_stats(index)?;
+            names.extend(self.recorded_classes.remove(&index));
+        }
+        Ok(names)
     }
 
     /// Records which class name index `index` stands for (`None`: unused).
-    pub fn set_class_name(&mut self, index: u16, name: Option<&str>) -> Result<(), DatapathError> {
+    fn set_class_name(&mut self, index: u16, name: Option<&str>) -> Result<(), DatapathError> {
         let mut entry = ClassName::default();
         if let Some(name) = name {
             entry.used = 1;
@@ -388,7 +436,7 @@ impl Datapath {
 
     /// Zeroes the counters of class `class` on every interface slot (before its
     /// index is given to another class).
-    pub fn clear_class_stats(&mut self, class: u16) -> Result<(), DatapathError> {
+    fn clear_class_stats(&mut self, class: u16) -> Result<(), DatapathError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
             action: "counting CPUs for",
             map: names::MAP_CLASS_STATS,
@@ -421,14 +469,14 @@ impl Datapath {
     }
 
     /// Attaches the egress classifier to `iface` (tcx when the kernel has it,
-    /// a cls_bpf filter on clsact otherwise); returns which ("tcx" or "clsact").
-    pub fn attach_egress(&mut self, iface: &str, ifindex: u32) -> Result<&'static str, DatapathError> {
+    /// a cls_bpf filter on clsact otherwise); returns which.
+    pub fn attach_egress(&mut self, iface: &str, ifindex: u32) -> Result<AttachMode, DatapathError> {
         self.attach(names::PROG_TC_EGRESS, iface, ifindex, Direction::Egress)
     }
 
     /// Attaches the ingress classifier to `iface` (it redirects to the
     /// interface's IFB, set with [`Datapath::set_iface`]).
-    pub fn attach_ingress(&mut self, iface: &str, ifindex: u32) -> Result<&'static str, DatapathError> {
+    pub fn attach_ingress(&mut self, iface: &str, ifindex: u32) -> Result<AttachMode, DatapathError> {
         self.attach(names::PROG_TC_INGRESS, iface, ifindex, Direction::Ingress)
     }
 
@@ -442,18 +490,14 @@ impl Datapath {
         iface: &str,
         ifindex: u32,
         direction: Direction,
-    ) -> Result<&'static str, DatapathError> {
-        let key = (iface.to_string(), direction.as_str());
+    ) -> Result<AttachMode, DatapathError> {
+        let key = (iface.to_string(), direction);
         if self.attachments.get(&key).is_some_and(|(attached, _)| *attached == name) {
             return Ok(self.attachment_kind(&key));
         }
         self.detach_one(&key)?;
         let hook = tc_hook(direction);
-        let attach_err = |source| DatapathError::Attach {
-            iface: iface.to_string(),
-            direction: direction.as_str(),
-            source,
-        };
+        let attach_err = |source| DatapathError::Attach { iface: iface.to_string(), direction, source };
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         let pin = self.pins.as_ref().map(|p| p.tc_link(name, ifindex));
         let prog = program(&mut self.ebpf, name)?;
@@ -501,15 +545,15 @@ impl Datapath {
         Ok(self.attachment_kind(&key))
     }
 
-    fn attachment_kind(&self, key: &(String, &'static str)) -> &'static str {
+    fn attachment_kind(&self, key: &(String, Direction)) -> AttachMode {
         match self.attachments.get(key) {
-            Some((_, Attachment::Netlink { .. })) => "clsact",
-            _ => "tcx",
+            Some((_, Attachment::Netlink { .. })) => AttachMode::Clsact,
+            _ => AttachMode::Tcx,
         }
     }
 
     /// Detaches one classifier (and unpins its link).
-    fn detach_one(&mut self, key: &(String, &'static str)) -> Result<(), DatapathError> {
+    fn detach_one(&mut self, key: &(String, Direction)) -> Result<(), DatapathError> {
         let Some((name, attachment)) = self.attachments.remove(key) else { return Ok(()) };
         match attachment {
             Attachment::Tcx { _link, pin } => {
@@ -538,7 +582,7 @@ impl Datapath {
 
     /// Detaches the classifier of `iface` in `direction` (and unpins its link).
     pub fn detach_direction(&mut self, iface: &str, direction: Direction) -> Result<(), DatapathError> {
-        self.detach_one(&(iface.to_string(), direction.as_str()))
+        self.detach_one(&(iface.to_string(), direction))
     }
 
     /// Detaches the classifiers from `iface`, both directions, unpinning their
@@ -768,6 +812,20 @@ impl Datapath {
     pub fn attached(&self) -> impl Iterator<Item = &str> {
         self.attachments.keys().map(|(name, _)| name.as_str())
     }
+}
+
+/// What CLASS_NAMES holds: index → name of every index in use.
+fn read_class_names(map: &Array<MapData, ClassName>) -> BTreeMap<u16, String> {
+    let mut out = BTreeMap::new();
+    for index in 0..MAX_CLASSES {
+        let Ok(entry) = map.get(&index, 0) else { continue };
+        if entry.used == 0 {
+            continue;
+        }
+        let end = entry.name.iter().position(|b| *b == 0).unwrap_or(entry.name.len());
+        out.insert(index as u16, String::from_utf8_lossy(&entry.name[..end]).into_owned());
+    }
+    out
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {

@@ -90,9 +90,9 @@ impl Qdisc {
     }
 }
 
-/// Counters of one class, as the kernel keeps them.
+/// What HTB counted for one class (sent, dropped, queued), as the kernel keeps it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClassStats {
+pub struct HtbStats {
     pub classid: u32,
     pub bytes: u64,
     pub packets: u64,
@@ -366,7 +366,7 @@ pub fn sync_htb(
     previous: Option<&HtbPlan>,
 ) -> Result<(), TcError> {
     let existing: std::collections::HashSet<u32> =
-        class_stats(nl, ifindex)?.iter().map(|c| c.classid).collect();
+        htb_stats(nl, ifindex)?.iter().map(|c| c.classid).collect();
     let qdisc_handle = shaper_common::HTB_MAJOR << 16;
     // The default class of unclassified packets (the classifier stamps every
     // packet, so this matters only for what it cannot see). Older kernels
@@ -420,7 +420,7 @@ pub fn prune_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan) -> Result<usize, Tc
         .chain(plan.leaves.iter().map(|l| l.class.minor))
         .map(htb_handle)
         .collect();
-    let mut msgs: Vec<Message> = class_stats(nl, ifindex)?
+    let mut msgs: Vec<Message> = htb_stats(nl, ifindex)?
         .into_iter()
         .filter(|c| c.classid >> 16 == shaper_common::HTB_MAJOR && !keep.contains(&c.classid))
         .map(|c| {
@@ -453,7 +453,7 @@ pub fn remove_root_qdisc(nl: &Netlink, ifindex: u32) -> Result<(), TcError> {
 }
 
 /// Counters of every class on `ifindex`.
-pub fn class_stats(nl: &Netlink, ifindex: u32) -> Result<Vec<ClassStats>, TcError> {
+pub fn htb_stats(nl: &Netlink, ifindex: u32) -> Result<Vec<HtbStats>, TcError> {
     let mut msg = Message::new(RTM_GETTCLASS, 0, "reading class counters");
     msg.push(&tcmsg(ifindex, 0, 0));
     let mut out = Vec::new();
@@ -462,7 +462,7 @@ pub fn class_stats(nl: &Netlink, ifindex: u32) -> Result<Vec<ClassStats>, TcErro
             continue;
         }
         let mut stats =
-            ClassStats { classid: reply.get(8..12).and_then(u32_of).unwrap_or(0), ..ClassStats::default() };
+            HtbStats { classid: reply.get(8..12).and_then(u32_of).unwrap_or(0), ..HtbStats::default() };
         for (kind, value) in attrs(reply.get(20..).unwrap_or_default()) {
             if kind != TCA_STATS2 {
                 continue;

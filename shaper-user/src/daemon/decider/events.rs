@@ -1,0 +1,47 @@
+//! The classifier's reports of new flows.
+
+use shaper_common::{FlowEvent, EVENT_OWNER, EVENT_PROVISIONAL};
+
+use super::{ConnInfo, Decider, Tables};
+use crate::control::protocol::Origin;
+
+impl Decider {
+    /// Handles a new flow reported by the classifier.
+    pub fn on_event(&mut self, tables: &mut dyn Tables, event: &FlowEvent) {
+        self.stats.events += 1;
+        let provisional = event.flags & EVENT_PROVISIONAL != 0;
+        if provisional {
+            self.stats.provisional += 1;
+        }
+        if event.flags & EVENT_OWNER == 0 {
+            // A socket made before the hooks were attached: the reconcile finds its process.
+            return;
+        }
+        let owner = &event.owner;
+        let facts = self.system.facts(owner.tgid, Some(owner), self.rules.needs);
+        let alive = self.system.alive(owner.tgid);
+        let class = self.rules.class_of(&event.key, Some(&facts));
+        if alive {
+            self.remember(tables, &facts);
+        }
+        let mut info = ConnInfo::of(&facts, Origin::Kernel);
+        // A provisional verdict always gets the daemon's answer. A decided one is
+        // revisited only with the process in view (its name, not its thread's).
+        if provisional || (alive && class != event.class) {
+            let sent = self.settle(tables, &event.key, class);
+            info.by = Origin::Daemon;
+            if class != event.class {
+                self.stats.changed += 1;
+            }
+            if provisional {
+                let latency_us = self.system.monotonic_ns().saturating_sub(event.ts_ns) / 1000;
+                self.stats.record(latency_us);
+                let wrong = if class == event.class { 0 } else { sent.unwrap_or(0) };
+                self.stats.provisional_bytes += wrong;
+                info.decided_us = Some(latency_us);
+                info.provisional_bytes = Some(wrong);
+            }
+        }
+        self.conns.insert(event.key, info);
+    }
+}

@@ -1,0 +1,218 @@
+//! The decider: which class each connection belongs to, beyond what the
+//! classifier decides alone.
+//!
+//! 1. Events (events.rs): the classifier reports each new flow with its
+//!    socket's owner record. The daemon reads the owner's process from /proc,
+//!    evaluates every rule, leaves the answers to the userspace tests in
+//!    PROC_TESTS for the process's next connections, and moves the flow if
+//!    the class differs.
+//! 2. The reconcile (scan.rs, every `scan_interval`): it adopts connections
+//!    that predate the daemon, corrects classes of sockets whose process
+//!    changed (exec, fd passing), and drops flows whose socket is gone.
+//!
+//! It owns its state (connections, sockets, decision statistics, the rules in
+//! force) and reaches the kernel and the host only through [`Tables`] and
+//! [`System`], so unit tests drive it with neither.
+
+mod conn;
+mod events;
+mod ruleset;
+mod scan;
+mod system;
+mod tables;
+#[cfg(test)]
+mod tests;
+
+pub use conn::{ConnInfo, DecisionStats};
+pub use ruleset::RuleSet;
+pub use system::{LiveSystem, System};
+pub use tables::Tables;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use shaper_common::{
+    FlowKey, FlowValue, FLOW_PROVISIONAL, ORIGIN_DAEMON, ORIGIN_KERNEL, ORIGIN_PINNED, SETTING_CGROUP_RULES,
+    SETTING_PROCESS_RULES,
+};
+
+use crate::{
+    control::protocol::ScanReport,
+    datapath::DatapathError,
+    flows,
+    procscan::Socket,
+    rules::{self, compile::CgroupIndex, pred::ProcessFacts},
+};
+
+/// Decides connections' classes with the rules in force.
+pub struct Decider {
+    system: Box<dyn System>,
+    rules: RuleSet,
+    /// The classifier tests owner records and reports new flows (the socket
+    /// hooks are attached); off, process rules are left to the reconcile.
+    event_driven: bool,
+    /// A flow without a socket is stale once idle this long.
+    stale_after_ns: u64,
+    /// Who is behind each flow, and how its class was decided.
+    conns: HashMap<FlowKey, ConnInfo>,
+    /// The sockets the last reconcile found.
+    sockets: HashMap<FlowKey, Socket>,
+    stats: DecisionStats,
+    last_scan: Option<ScanReport>,
+}
+
+impl Decider {
+    pub fn new(system: Box<dyn System>, event_driven: bool, scan_interval: Duration) -> Self {
+        Self {
+            system,
+            rules: RuleSet::default(),
+            event_driven,
+            stale_after_ns: scan_interval.as_nanos().min(u128::from(u64::MAX)) as u64,
+            conns: HashMap::new(),
+            sockets: HashMap::new(),
+            stats: DecisionStats::default(),
+            last_scan: None,
+        }
+    }
+
+    /// Where the rules' cgroup paths and units are looked up.
+    pub fn cgroups(&self) -> &dyn CgroupIndex {
+        self.system.cgroups()
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Whether `rules` would write the same table as the one in force.
+    pub fn same_table(&self, rules: &RuleSet) -> bool {
+        self.rules.compiled == rules.compiled
+    }
+
+    /// Puts `rules` in force; with `write`, their table goes to the kernel
+    /// (the classifier sees the old table or the new one, never a mix).
+    pub fn install(
+        &mut self,
+        tables: &mut dyn Tables,
+        rules: RuleSet,
+        write: bool,
+    ) -> Result<(), DatapathError> {
+        self.rules = rules;
+        if write {
+            self.write_table(tables)?;
+        }
+        Ok(())
+    }
+
+    fn write_table(&mut self, tables: &mut dyn Tables) -> Result<(), DatapathError> {
+        let mut flags = 0;
+        if self.event_driven {
+            flags |= SETTING_PROCESS_RULES;
+        }
+        if self.rules.compiled.cgroups {
+            flags |= SETTING_CGROUP_RULES;
+        }
+        let gen = tables.write_rules(&self.rules.compiled, flags)?;
+        log::info!("rule table: {} nodes (generation {gen})", self.rules.compiled.nodes.len());
+        Ok(())
+    }
+
+    pub fn conn(&self, key: &FlowKey) -> Option<&ConnInfo> {
+        self.conns.get(key)
+    }
+
+    pub fn socket(&self, key: &FlowKey) -> Option<&Socket> {
+        self.sockets.get(key)
+    }
+
+    pub fn stats(&self) -> &DecisionStats {
+        &self.stats
+    }
+
+    pub fn last_scan(&self) -> Option<ScanReport> {
+        self.last_scan
+    }
+
+    /// Puts flow `key` into `class` for good; returns the bytes it had sent until
+    /// now (`None` for a flow an operator pinned, which stays where it is).
+    fn settle(&mut self, tables: &mut dyn Tables, key: &FlowKey, class: u16) -> Option<u64> {
+        let mut value = match tables.flow(key) {
+            Some(v) if v.origin == ORIGIN_PINNED => return None,
+            Some(v) => v,
+            None => FlowValue {
+                rules_gen: tables.rules_gen(),
+                last_seen_ns: self.system.coarse_ns(),
+                ..FlowValue::default()
+            },
+        };
+        let sent = value.tx_bytes;
+        value.class = class;
+        value.origin = ORIGIN_DAEMON;
+        value.flags &= !FLOW_PROVISIONAL;
+        if let Err(e) = tables.insert_flow(key, &value) {
+            log::warn!("moving {} to class {class}: {}", flows::remote(key), crate::error_chain(&e));
+        }
+        Some(sent)
+    }
+
+    /// Tells the kernel the answers to the userspace tests for this process, so
+    /// its next connections are decided from their first packet.
+    fn remember(&self, tables: &mut dyn Tables, process: &ProcessFacts) {
+        if self.rules.compiled.userspace.is_empty() || !self.event_driven {
+            return;
+        }
+        let tests = rules::answers(&self.rules.compiled.userspace, process, tables.rules_gen());
+        if let Err(e) = tables.set_proc_tests(process.pid, &tests) {
+            log::debug!("{}", crate::error_chain(&e));
+        }
+    }
+
+    /// Pins flow `key` into `class` (`shaper move`): neither the rules nor the
+    /// daemon move it again while it lives.
+    pub fn pin(&mut self, tables: &mut dyn Tables, key: &FlowKey, class: u16) -> Result<(), DatapathError> {
+        let mut value = tables.flow(key).unwrap_or_default();
+        value.class = class;
+        value.origin = ORIGIN_PINNED;
+        value.flags &= !FLOW_PROVISIONAL;
+        tables.insert_flow(key, &value)
+    }
+
+    /// After the rules changed: decides again the flows the daemon decided
+    /// (the reconcile does it, with the process facts it reads once per
+    /// process), and hands back to the kernel those it cannot (they are decided
+    /// again at their next packet). Flows pinned by `shaper move` stay, unless
+    /// their class is gone (not in `classes`). Returns how many were redone.
+    pub fn reevaluate(&mut self, tables: &mut dyn Tables, classes: &HashSet<u16>) -> usize {
+        let process_rules = self.rules.process;
+        if process_rules {
+            self.reconcile(tables);
+        }
+        let mut n = 0;
+        for (key, mut value) in tables.flows() {
+            let handback = match value.origin {
+                // The reconcile just decided it if it found the process behind it.
+                ORIGIN_DAEMON => {
+                    let seen = self.sockets.contains_key(&key)
+                        && self.conns.get(&key).is_some_and(|c| c.pid.is_some());
+                    if process_rules && seen {
+                        n += 1;
+                    }
+                    !(process_rules && seen)
+                }
+                ORIGIN_PINNED => !classes.contains(&value.class),
+                _ => false,
+            };
+            if handback {
+                value.origin = ORIGIN_KERNEL;
+                value.rules_gen = 0;
+                value.flags &= !FLOW_PROVISIONAL;
+                if tables.insert_flow(&key, &value).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+}

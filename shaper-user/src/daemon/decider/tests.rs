@@ -1,0 +1,241 @@
+//! The decider driven with a flow table in memory and a made-up host: no
+//! kernel, no netlink, no /proc.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use shaper_common::{
+    FlowEvent, FlowKey, FlowValue, ListenKey, Owner, ProcTests, CLASS_DEFAULT, EVENT_OWNER,
+    EVENT_PROVISIONAL, ORIGIN_DAEMON, ORIGIN_KERNEL, ORIGIN_PINNED, PROTO_TCP,
+};
+
+use super::{Decider, RuleSet, System, Tables};
+use crate::{
+    control::protocol::Origin,
+    datapath::DatapathError,
+    process::Needs,
+    procscan::{ScanError, SockState, Socket},
+    rules::{
+        compile::{CgroupIndex, Compiled, NoCgroups},
+        pred::ProcessFacts,
+    },
+};
+
+#[derive(Default)]
+struct FakeTables {
+    flows: BTreeMap<(u16, u16), (FlowKey, FlowValue)>,
+    proc_tests: HashMap<u32, ProcTests>,
+    writes: usize,
+}
+
+fn slot(key: &FlowKey) -> (u16, u16) {
+    (key.lport, key.rport)
+}
+
+impl Tables for FakeTables {
+    fn rules_gen(&self) -> u32 {
+        1
+    }
+    fn write_rules(&mut self, _: &Compiled, _: u32) -> Result<u32, DatapathError> {
+        self.writes += 1;
+        Ok(1)
+    }
+    fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.values().copied().collect()
+    }
+    fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.flows.get(&slot(key)).map(|(_, v)| *v)
+    }
+    fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DatapathError> {
+        self.flows.insert(slot(key), (*key, *value));
+        Ok(())
+    }
+    fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
+        self.flows.remove(&slot(key));
+        Ok(())
+    }
+    fn set_proc_tests(&mut self, tgid: u32, tests: &ProcTests) -> Result<(), DatapathError> {
+        self.proc_tests.insert(tgid, *tests);
+        Ok(())
+    }
+    fn proc_tests_pids(&self) -> Vec<u32> {
+        self.proc_tests.keys().copied().collect()
+    }
+    fn remove_proc_tests(&mut self, tgid: u32) -> Result<(), DatapathError> {
+        self.proc_tests.remove(&tgid);
+        Ok(())
+    }
+    fn owner(&self, _: u64) -> Option<Owner> {
+        None
+    }
+    fn listeners(&self) -> Vec<(ListenKey, Owner)> {
+        Vec::new()
+    }
+    fn remove_listener(&mut self, _: &ListenKey) -> Result<(), DatapathError> {
+        Ok(())
+    }
+}
+
+/// A host with the given sockets (and their holders) and processes.
+#[derive(Clone, Default)]
+struct FakeSystem {
+    sockets: Vec<(Socket, Option<u32>)>,
+    processes: HashMap<u32, ProcessFacts>,
+    now_ns: Arc<AtomicU64>,
+}
+
+impl System for FakeSystem {
+    fn sockets(&self) -> Result<Vec<Socket>, ScanError> {
+        Ok(self.sockets.iter().map(|(s, _)| s.clone()).collect())
+    }
+    fn holders(&self, inodes: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
+        self.sockets
+            .iter()
+            .filter(|(s, _)| inodes.contains(&s.inode))
+            .filter_map(|(s, pid)| Some((s.inode, vec![(*pid)?])))
+            .collect()
+    }
+    fn facts(&self, pid: u32, _: Option<&Owner>, _: Needs) -> ProcessFacts {
+        self.processes.get(&pid).cloned().unwrap_or(ProcessFacts { pid, ..ProcessFacts::default() })
+    }
+    fn alive(&self, pid: u32) -> bool {
+        self.processes.contains_key(&pid)
+    }
+    fn cgroups(&self) -> &dyn CgroupIndex {
+        &NoCgroups
+    }
+    fn coarse_ns(&self) -> u64 {
+        self.now_ns.load(Ordering::Relaxed)
+    }
+    fn monotonic_ns(&self) -> u64 {
+        self.now_ns.load(Ordering::Relaxed)
+    }
+}
+
+const CONFIG: &str = r#"
+[[interface]]
+name = "eth0"
+egress = "100mbit"
+[[class]]
+name = "backup"
+match = 'cmd == "backupjob"'
+[[class]]
+name = "fetch"
+match = 'args ~ "*--fetch*"'
+"#;
+
+fn key(lport: u16) -> FlowKey {
+    crate::flows::key(
+        PROTO_TCP,
+        format!("198.18.0.1:{lport}").parse().unwrap(),
+        "198.18.0.2:5201".parse().unwrap(),
+    )
+}
+
+fn process(pid: u32, cmd: &str, args: &[&str]) -> ProcessFacts {
+    ProcessFacts {
+        pid,
+        cmd: cmd.into(),
+        args: Some(args.iter().map(|a| a.to_string()).collect()),
+        ..ProcessFacts::default()
+    }
+}
+
+/// A decider with CONFIG's rules; class indices: backup 0, fetch 1, default 2.
+fn decider(system: FakeSystem, tables: &mut FakeTables) -> Decider {
+    let env = crate::rules::SystemEnv::default();
+    let config = crate::config::parse(Path::new("t.toml"), CONFIG, &env.env()).unwrap();
+    let ids = config.class_ids_in_file_order();
+    let rules = RuleSet::compile(&config, &ids, &NoCgroups).unwrap();
+    let mut d = Decider::new(Box::new(system), true, Duration::from_secs(5));
+    d.install(tables, rules, true).unwrap();
+    d
+}
+
+fn socket(lport: u16, inode: u64, state: SockState) -> Socket {
+    Socket { key: key(lport), state, uid: 0, inode }
+}
+
+#[test]
+fn a_provisional_flow_gets_the_daemons_class_and_its_process_is_remembered() {
+    let mut tables = FakeTables::default();
+    let system = FakeSystem {
+        processes: HashMap::from([(40, process(40, "curl", &["curl", "--fetch", "x"]))]),
+        ..FakeSystem::default()
+    };
+    let mut d = decider(system, &mut tables);
+    assert_eq!(tables.writes, 1, "the table went to the kernel");
+    let k = key(41000);
+    tables
+        .insert_flow(&k, &FlowValue { class: CLASS_DEFAULT, tx_bytes: 900, ..FlowValue::default() })
+        .unwrap();
+    let event = FlowEvent {
+        key: k,
+        owner: Owner { tgid: 40, ..Owner::default() },
+        class: CLASS_DEFAULT,
+        flags: EVENT_OWNER | EVENT_PROVISIONAL,
+        ..FlowEvent::default()
+    };
+    d.on_event(&mut tables, &event);
+    let flow = tables.flow(&k).unwrap();
+    assert_eq!((flow.class, flow.origin), (1, ORIGIN_DAEMON), "args matched: class fetch");
+    assert_eq!(d.stats().provisional_bytes, 900, "what ran in the wrong class is counted");
+    assert_eq!(d.conn(&k).map(|c| c.by), Some(Origin::Daemon));
+    let answers = tables.proc_tests.get(&40).copied().unwrap();
+    assert_eq!((answers.known & 1, answers.values & 1), (1, 1), "the args test is answered for pid 40");
+}
+
+#[test]
+fn the_reconcile_adopts_corrects_and_drops_stale_flows_but_never_moves_a_pinned_one() {
+    let mut tables = FakeTables::default();
+    let now = Arc::new(AtomicU64::new(100_000_000_000));
+    let t = now.load(Ordering::Relaxed);
+    let system = FakeSystem {
+        sockets: vec![
+            (socket(1, 11, SockState::Established), Some(7)),
+            (socket(2, 12, SockState::Established), Some(7)),
+            (socket(3, 13, SockState::Established), Some(7)),
+            (socket(4, 14, SockState::TimeWait), None),
+        ],
+        processes: HashMap::from([(7, process(7, "backupjob", &["backupjob"]))]),
+        now_ns: Arc::clone(&now),
+    };
+    let mut d = decider(system, &mut tables);
+    // 2: decided by the kernel before the process exec'd into backupjob; 3: pinned;
+    // 9: no socket any more and idle for 6 s.
+    let kernel = FlowValue { class: CLASS_DEFAULT, origin: ORIGIN_KERNEL, ..FlowValue::default() };
+    tables.insert_flow(&key(2), &FlowValue { last_seen_ns: t, ..kernel }).unwrap();
+    tables.insert_flow(&key(3), &FlowValue { origin: ORIGIN_PINNED, last_seen_ns: t, ..kernel }).unwrap();
+    tables.insert_flow(&key(9), &FlowValue { last_seen_ns: t - 6_000_000_000, ..kernel }).unwrap();
+    let report = d.reconcile(&mut tables);
+    assert_eq!((report.sockets, report.adopted, report.corrected, report.removed), (4, 1, 1, 1));
+    assert_eq!(tables.flow(&key(1)).map(|f| (f.class, f.origin)), Some((0, ORIGIN_DAEMON)), "adopted");
+    assert_eq!(tables.flow(&key(2)).map(|f| (f.class, f.origin)), Some((0, ORIGIN_DAEMON)), "corrected");
+    assert_eq!(tables.flow(&key(3)).map(|f| f.class), Some(CLASS_DEFAULT), "pinned stays");
+    assert_eq!(tables.flow(&key(4)), None, "time-wait sockets are not adopted");
+    assert_eq!(tables.flow(&key(9)), None, "stale");
+    assert_eq!(d.conn(&key(2)).map(|c| (c.by, c.pid)), Some((Origin::Scan, Some(7))));
+}
+
+#[test]
+fn a_rule_change_hands_undecidable_flows_back_to_the_kernel() {
+    let mut tables = FakeTables::default();
+    let mut d = decider(FakeSystem::default(), &mut tables);
+    let daemon = FlowValue { class: 0, origin: ORIGIN_DAEMON, rules_gen: 1, ..FlowValue::default() };
+    tables.insert_flow(&key(5), &daemon).unwrap();
+    tables.insert_flow(&key(6), &FlowValue { class: 7, origin: ORIGIN_PINNED, ..daemon }).unwrap();
+    tables.insert_flow(&key(8), &FlowValue { class: 1, origin: ORIGIN_PINNED, ..daemon }).unwrap();
+    let n = d.reevaluate(&mut tables, &HashSet::from([0, 1, 2]));
+    assert_eq!(n, 2);
+    let back = tables.flow(&key(5)).unwrap();
+    assert_eq!((back.origin, back.rules_gen), (ORIGIN_KERNEL, 0), "no socket: the kernel decides again");
+    assert_eq!(tables.flow(&key(6)).map(|f| f.origin), Some(ORIGIN_KERNEL), "its class is gone");
+    assert_eq!(tables.flow(&key(8)).map(|f| f.origin), Some(ORIGIN_PINNED), "its class stays");
+}

@@ -1,0 +1,387 @@
+//! The host part of the daemon: the interfaces it shapes, their HTB trees and
+//! IFB devices (rtnetlink), and the meters of HTB's counters ("rate now").
+//!
+//! It knows nothing of rules, connections or BPF maps: the daemon hands it
+//! plans and asks it to bring the trees to them.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::Instant,
+};
+
+use shaper_common::{Direction, IfaceInfo, MAX_IFACES};
+
+use crate::{
+    classids::ClassIds,
+    config::Config,
+    datapath::AttachMode,
+    plan::{self, Plan},
+    tc::{self, HtbStats, Netlink},
+};
+
+/// Transmit queue of the IFB devices: between the HTB tree and the tasklet that
+/// hands packets back to the interface. The kernel's default of 32 stops HTB
+/// whenever the tasklet falls behind and costs a fifth of a TCP stream here.
+pub const IFB_TXQUEUELEN: u32 = 1000;
+
+/// The name of the IFB device shaper makes for interface `ifindex`.
+pub fn ifb_name(ifindex: u32) -> String {
+    format!("shpifb{ifindex}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error(
+        "interface {iface} already has a root qdisc ({kind} {handle}) that shaper did not create; shaper replaces \
+         the root qdisc and could not put yours back exactly, so it leaves it alone. Remove it first \
+         (`tc qdisc del dev {iface} root`) or shape another interface"
+    )]
+    ForeignQdisc { iface: String, kind: String, handle: String },
+    #[error("shaper shapes at most {0} interfaces")]
+    TooManyInterfaces(u32),
+    #[error("netlink")]
+    Netlink(#[from] tc::TcError),
+}
+
+/// One interface as shaper set it up.
+pub struct Shaped {
+    pub link: tc::Link,
+    /// The interface's slot in the classifier's counters.
+    pub slot: u32,
+    pub egress: Plan,
+    /// Shaped downloads: the IFB device the interface's ingress traffic goes
+    /// through, and the HTB tree on it.
+    pub ingress: Option<Ingress>,
+    pub attach: AttachMode,
+}
+
+impl Shaped {
+    pub fn name(&self) -> &str {
+        &self.link.name
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.link.index
+    }
+
+    /// Each HTB tree of the interface: its direction, plan and the device it is on.
+    pub fn trees(&self) -> impl Iterator<Item = (Direction, &Plan, u32)> {
+        std::iter::once((Direction::Egress, &self.egress, self.link.index))
+            .chain(self.ingress.as_ref().map(|i| (Direction::Ingress, &i.plan, i.ifb.index)))
+    }
+}
+
+pub struct Ingress {
+    pub ifb: tc::Link,
+    pub plan: Plan,
+}
+
+/// An interface the config shapes, resolved on the host and planned.
+pub struct Target {
+    pub link: tc::Link,
+    pub slot: u32,
+    pub egress: Plan,
+    pub ingress: Option<Plan>,
+}
+
+/// A target whose trees are in place, waiting for its classifier.
+pub struct Synced {
+    pub link: tc::Link,
+    pub slot: u32,
+    pub egress: Plan,
+    pub ingress: Option<Ingress>,
+}
+
+impl Synced {
+    /// What the classifier needs to know about the interface.
+    pub fn iface_info(&self) -> IfaceInfo {
+        let mut info = IfaceInfo::new(self.slot, self.egress.default_class, l2_len(self.link.arphrd));
+        for class in &self.egress.classes {
+            info.add_class(u32::from(class.index));
+        }
+        info.ifb_ifindex = self.ingress.as_ref().map_or(0, |i| i.ifb.index);
+        info
+    }
+
+    pub fn shaped(self, attach: AttachMode) -> Shaped {
+        Shaped { link: self.link, slot: self.slot, egress: self.egress, ingress: self.ingress, attach }
+    }
+}
+
+/// Sent-byte samples of the HTB classes of one device, for "rate now".
+#[derive(Default)]
+struct Meter {
+    samples: VecDeque<(Instant, HashMap<u32, u64>)>,
+}
+
+const METER_WINDOW: usize = 4;
+
+impl Meter {
+    fn push(&mut self, at: Instant, sent: HashMap<u32, u64>) {
+        self.samples.push_back((at, sent));
+        while self.samples.len() > METER_WINDOW {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Bits per second class `classid` sent over the sampled window.
+    fn rate(&self, classid: u32) -> u64 {
+        let (Some((t0, first)), Some((t1, last))) = (self.samples.front(), self.samples.back()) else {
+            return 0;
+        };
+        let secs = t1.duration_since(*t0).as_secs_f64();
+        let (Some(a), Some(b)) = (first.get(&classid), last.get(&classid)) else { return 0 };
+        if secs <= 0.0 {
+            return 0;
+        }
+        (b.saturating_sub(*a) as f64 * 8.0 / secs) as u64
+    }
+}
+
+/// The interfaces shaper shapes and the trees on them.
+pub struct Host {
+    netlink: Netlink,
+    shaped: Vec<Shaped>,
+    meters: BTreeMap<u32, Meter>,
+    /// A change failed part way: the kernel's trees may differ from `shaped`,
+    /// so the next change sends them whole.
+    trees_unknown: bool,
+}
+
+impl Host {
+    pub fn open() -> Result<Self, HostError> {
+        Ok(Self {
+            netlink: Netlink::open()?,
+            shaped: Vec::new(),
+            meters: BTreeMap::new(),
+            trees_unknown: false,
+        })
+    }
+
+    pub fn netlink(&self) -> &Netlink {
+        &self.netlink
+    }
+
+    pub fn shaped(&self) -> &[Shaped] {
+        &self.shaped
+    }
+
+    /// Whether the kernel's trees are as [`Host::shaped`] says (no change
+    /// failed part way since the last [`Host::commit`]).
+    pub fn trusted(&self) -> bool {
+        !self.trees_unknown
+    }
+
+    /// The interface `name`, if shaper may shape it: its root qdisc must be the
+    /// kernel's default or shaper's own HTB (left by an earlier daemon).
+    pub fn resolve(&self, name: &str) -> Result<tc::Link, HostError> {
+        let nl = &self.netlink;
+        let link = tc::link_by_name(nl, name)?.ok_or_else(|| HostError::NoInterface(name.to_string()))?;
+        let root = tc::root_qdisc(nl, link.index)?;
+        if let Some(q) = root.as_ref().filter(|q| !q.is_kernel_default() && !tc::is_shapers_root(q)) {
+            return Err(HostError::ForeignQdisc {
+                iface: name.to_string(),
+                kind: q.kind.clone(),
+                handle: tc::format_handle(q.handle),
+            });
+        }
+        Ok(link)
+    }
+
+    /// Checks that every interface of `config` can be shaped, changing nothing.
+    pub fn check(&self, config: &Config) -> Result<(), HostError> {
+        config.interfaces.iter().try_for_each(|i| self.resolve(&i.name).map(|_| ()))
+    }
+
+    /// Resolves and plans every interface of `config`; `registered` are the
+    /// interfaces the classifier knows already (their slots are kept).
+    pub fn targets(
+        &self,
+        config: &Config,
+        ids: &ClassIds,
+        registered: &HashMap<u32, IfaceInfo>,
+    ) -> Result<Vec<Target>, HostError> {
+        let mut used_slots: Vec<u32> = registered.values().map(|i| i.slot).collect();
+        let mut targets = Vec::new();
+        for iface in &config.interfaces {
+            let link = self.resolve(&iface.name)?;
+            let egress = plan::plan(config, ids, iface, Direction::Egress, link.mtu)
+                .ok_or_else(|| HostError::NoInterface(iface.name.clone()))?;
+            let ingress = plan::plan(config, ids, iface, Direction::Ingress, link.mtu);
+            let slot = match registered.get(&link.index) {
+                Some(info) => info.slot,
+                None => (0..MAX_IFACES)
+                    .find(|s| !used_slots.contains(s))
+                    .ok_or(HostError::TooManyInterfaces(MAX_IFACES))?,
+            };
+            used_slots.push(slot);
+            targets.push(Target { link, slot, egress, ingress });
+        }
+        Ok(targets)
+    }
+
+    /// Brings each target's HTB trees (and IFB) to its plans: classes changed
+    /// in place and added, never rebuilt; classes the plans dropped stay until
+    /// [`Host::prune`]. Until [`Host::commit`], the trees may match neither
+    /// the old plans nor the new ones.
+    pub fn sync_trees(&mut self, targets: Vec<Target>) -> Result<Vec<Synced>, HostError> {
+        let trust = !self.trees_unknown;
+        self.trees_unknown = true;
+        let mut synced = Vec::new();
+        for t in targets {
+            let ifindex = t.link.index;
+            let before = self.shaped.iter().find(|s| s.ifindex() == ifindex).filter(|_| trust);
+            self.sync_tree(ifindex, &t.egress, before.map(|s| &s.egress.htb))?;
+            let ingress = match t.ingress {
+                Some(plan) => {
+                    let ifb = self.ifb_for(&t.link)?;
+                    let applied =
+                        before.and_then(|s| s.ingress.as_ref()).filter(|i| i.ifb.index == ifb.index);
+                    self.sync_tree(ifb.index, &plan, applied.map(|i| &i.plan.htb))?;
+                    Some(Ingress { ifb, plan })
+                }
+                None => None,
+            };
+            synced.push(Synced { link: t.link, slot: t.slot, egress: t.egress, ingress });
+        }
+        Ok(synced)
+    }
+
+    /// The IFB of interface `link`: the one an earlier daemon left, or a new one.
+    fn ifb_for(&self, link: &tc::Link) -> Result<tc::Link, HostError> {
+        let name = ifb_name(link.index);
+        Ok(match tc::link_by_name(&self.netlink, &name)? {
+            Some(ifb) => ifb,
+            None => tc::create_ifb(&self.netlink, &name, link.mtu, IFB_TXQUEUELEN)?,
+        })
+    }
+
+    /// Changes shaper's tree on `ifindex` to `plan`, or builds it; `applied`
+    /// is the tree this daemon last applied there.
+    fn sync_tree(&self, ifindex: u32, plan: &Plan, applied: Option<&tc::HtbPlan>) -> Result<(), HostError> {
+        match tc::root_qdisc(&self.netlink, ifindex)? {
+            Some(q) if tc::is_shapers_root(&q) => tc::sync_htb(&self.netlink, ifindex, &plan.htb, applied)?,
+            _ => tc::install_htb(&self.netlink, ifindex, &plan.htb)?,
+        }
+        Ok(())
+    }
+
+    /// The interfaces are now as `shaped` says; returns what was shaped before.
+    pub fn commit(&mut self, shaped: Vec<Shaped>) -> Vec<Shaped> {
+        self.trees_unknown = false;
+        std::mem::replace(&mut self.shaped, shaped)
+    }
+
+    /// Deletes the HTB classes the plans in force no longer have.
+    pub fn prune(&self) -> Result<(), HostError> {
+        for s in &self.shaped {
+            for (_, plan, device) in s.trees() {
+                tc::prune_htb(&self.netlink, device, &plan.htb)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the IFB an earlier config gave interface `ifindex`.
+    pub fn remove_ifb(&self, ifindex: u32, ifb_ifindex: u32) {
+        if let Err(e) = tc::delete_link(&self.netlink, ifb_ifindex, &ifb_name(ifindex)) {
+            log::warn!("{}", crate::error_chain(&e));
+        }
+    }
+
+    /// Takes the next shaped interface off the list (for a full stop).
+    pub fn pop(&mut self) -> Option<Shaped> {
+        self.shaped.pop()
+    }
+
+    /// Removes shaper's HTB root (if it still is shaper's) and IFB from
+    /// interface `ifindex` (`shown` names it in logs).
+    pub fn unshape(&self, ifindex: u32, shown: &str) {
+        let nl = &self.netlink;
+        match tc::root_qdisc(nl, ifindex) {
+            Ok(Some(q)) if tc::is_shapers_root(&q) => {
+                if let Err(e) = tc::remove_root_qdisc(nl, ifindex) {
+                    log::warn!("{shown}: removing the HTB root: {}", crate::error_chain(&e));
+                }
+            }
+            Ok(Some(_)) => log::warn!("{shown}: the root qdisc is no longer shaper's; leaving it"),
+            Ok(None) => {}
+            Err(e) => log::debug!("{shown}: {}", crate::error_chain(&e)),
+        }
+        let ifb = ifb_name(ifindex);
+        match tc::link_by_name(nl, &ifb) {
+            Ok(Some(link)) => {
+                if let Err(e) = tc::delete_link(nl, link.index, &ifb) {
+                    log::warn!("{shown}: {}", crate::error_chain(&e));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("{shown}: {}", crate::error_chain(&e)),
+        }
+        let restored = tc::root_qdisc(nl, ifindex).ok().flatten();
+        log::info!("restored {shown}: root qdisc {}", restored.as_ref().map_or("none", |q| q.kind.as_str()));
+    }
+
+    /// [`Host::unshape`], only where shaper left something: its HTB root or its IFB.
+    pub fn unshape_if_ours(&self, ifindex: u32, shown: &str) {
+        let root = tc::root_qdisc(&self.netlink, ifindex).ok().flatten();
+        let ifb = tc::link_by_name(&self.netlink, &ifb_name(ifindex)).ok().flatten();
+        if root.as_ref().is_some_and(tc::is_shapers_root) || ifb.is_some() {
+            self.unshape(ifindex, shown);
+        }
+    }
+
+    /// Samples the HTB counters of every tree for the "rate now" column.
+    pub fn sample_rates(&mut self) {
+        let at = Instant::now();
+        let devices: Vec<u32> = self.shaped.iter().flat_map(|s| s.trees().map(|(_, _, d)| d)).collect();
+        for device in devices {
+            match tc::htb_stats(&self.netlink, device) {
+                Ok(stats) => {
+                    let sent = stats.iter().map(|s| (s.classid, s.bytes)).collect();
+                    self.meters.entry(device).or_default().push(at, sent);
+                }
+                Err(e) => log::debug!("sampling device {device}: {e}"),
+            }
+        }
+    }
+
+    /// HTB's counters of the classes on `device`, by class id.
+    pub fn htb_stats(&self, device: u32) -> Result<HashMap<u32, HtbStats>, HostError> {
+        Ok(tc::htb_stats(&self.netlink, device)?.into_iter().map(|s| (s.classid, s)).collect())
+    }
+
+    /// Bits per second class `classid` sent on `device` lately.
+    pub fn rate_now(&self, device: u32, classid: u32) -> u64 {
+        self.meters.get(&device).map_or(0, |m| m.rate(classid))
+    }
+
+    /// Names of what is shaped, for logs: "eth0 (egress, ingress through shpifb2)".
+    pub fn describe(&self) -> String {
+        let parts: BTreeMap<&str, String> = self
+            .shaped
+            .iter()
+            .map(|s| {
+                let how = match &s.ingress {
+                    Some(i) => format!("egress, ingress through {}", i.ifb.name),
+                    None => "egress".to_string(),
+                };
+                (s.name(), how)
+            })
+            .collect();
+        parts.iter().map(|(n, h)| format!("{n} ({h})")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Link-layer header length in front of IP for an ARPHRD device type.
+fn l2_len(arphrd: u16) -> u16 {
+    const ARPHRD_ETHER: u16 = 1;
+    const ARPHRD_LOOPBACK: u16 = 772;
+    match arphrd {
+        ARPHRD_ETHER | ARPHRD_LOOPBACK => 14,
+        // tun, WireGuard, PPP, IP tunnels: packets start with the IP header.
+        _ => 0,
+    }
+}

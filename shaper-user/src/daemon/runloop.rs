@@ -1,0 +1,230 @@
+//! `shaper run`'s main loop. One thread runs everything: the control socket,
+//! the classifier's event ring buffer, the scan and rate timers, the config
+//! watch, and the signals (SIGHUP reloads; SIGINT and SIGTERM stop and restore).
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, Signal, SignalKind},
+};
+
+use super::{
+    error::DaemonError,
+    notify,
+    options::RunOptions,
+    pidfile::PidFile,
+    shaper::{Shaper, StopMode},
+    watch::ConfigWatch,
+};
+use crate::{
+    config::Config,
+    control::{
+        server::{ControlSocket, Handler},
+        Command, Reply, Stopping,
+    },
+    events,
+};
+
+fn lock(state: &Mutex<Shaper>) -> MutexGuard<'_, Shaper> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs the daemon until SIGINT, SIGTERM or `shaper stop`.
+pub fn run(config: Config, options: RunOptions) -> Result<(), DaemonError> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
+    let (state, mode, socket, pid_file) = runtime.block_on(run_async(config, options))?;
+    // Client tasks end with the runtime; then the shaper is ours alone.
+    drop(runtime);
+    let shaper = match Arc::try_unwrap(state) {
+        Ok(mutex) => mutex.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner),
+        Err(_) => {
+            log::error!("the daemon's state is still shared; leaving shaping in place");
+            return Ok(());
+        }
+    };
+    shaper.stop(mode);
+    // Last: whoever waits for the socket or the pid file to go sees a finished stop.
+    drop(socket);
+    drop(pid_file);
+    Ok(())
+}
+
+/// What the loop listens to besides the control socket.
+struct Sources {
+    sigint: Signal,
+    sigterm: Signal,
+    sighup: Signal,
+    events: Option<AsyncFd<RingBuf<MapData>>>,
+    watch: Option<AsyncFd<ConfigWatch>>,
+    _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+type Stopped = (Arc<Mutex<Shaper>>, StopMode, ControlSocket, PidFile);
+
+async fn run_async(config: Config, options: RunOptions) -> Result<Stopped, DaemonError> {
+    let signals = |kind| signal(kind).map_err(DaemonError::Signals);
+    let (sigint, sigterm, sighup) = (
+        signals(SignalKind::interrupt())?,
+        signals(SignalKind::terminate())?,
+        signals(SignalKind::hangup())?,
+    );
+    // Bind first: a second daemon must fail before it touches anything.
+    let socket = ControlSocket::bind(&config.daemon.control_socket)?;
+    let pid_file = PidFile::create(&config.daemon.pid_file)?;
+    let scan_interval = config.daemon.scan_interval;
+    let watched = config.daemon.watch_config.then(|| config.path.clone());
+    let state = Arc::new(Mutex::new(Shaper::start(config, &options)?));
+    let events = match lock(&state).take_events() {
+        // SAFETY: the ring buffer owns its map fd for as long as it lives, and
+        // the AsyncFd owns the ring buffer.
+        Some(ring) => Some(
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| DaemonError::Events(e.into_parts().1))?,
+        ),
+        None => None,
+    };
+    let watch = watched.and_then(|path| watch_file(&path));
+    let logger = if options.kernel_log_level > 0 { kernel_logger(&state) } else { None };
+    let mut sources = Sources { sigint, sigterm, sighup, events, watch, _logger: logger };
+    let first = lock(&state).reconcile();
+    log::info!(
+        "ready: control socket {}, {} connections found, {} adopted",
+        socket.path().display(),
+        first.sockets,
+        first.adopted
+    );
+    notify::notify(&format!("READY=1\nSTATUS=shaping, {} connections", first.sockets));
+    let mode = serve(&state, &socket, &mut sources, scan_interval).await;
+    notify::notify("STOPPING=1");
+    drop(sources);
+    Ok((state, mode, socket, pid_file))
+}
+
+/// Watches the config file for `[daemon] watch_config`.
+fn watch_file(path: &std::path::Path) -> Option<AsyncFd<ConfigWatch>> {
+    // SAFETY: the watch owns its inotify descriptor, and the AsyncFd owns the watch.
+    let watch = ConfigWatch::new(path).and_then(|w| {
+        unsafe { AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+    });
+    match watch {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::warn!("not watching {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// The control socket's handler: `stop` goes to the loop, the rest to the shaper.
+fn handler(state: &Arc<Mutex<Shaper>>, stop_tx: tokio::sync::mpsc::UnboundedSender<StopMode>) -> Handler {
+    let state = Arc::clone(state);
+    Arc::new(move |command| match command {
+        Command::Stop { keep } => {
+            let mode = if keep { StopMode::Keep } else { StopMode::Restore };
+            let _ = stop_tx.send(mode);
+            Reply::with(&Stopping { stopping: true, keep, pid: std::process::id() })
+        }
+        other => lock(&state).handle(other),
+    })
+}
+
+/// Serves until a stop is asked for; returns how to stop.
+async fn serve(
+    state: &Arc<Mutex<Shaper>>,
+    socket: &ControlSocket,
+    s: &mut Sources,
+    scan_interval: Duration,
+) -> StopMode {
+    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::unbounded_channel::<StopMode>();
+    let mut scan = tokio::time::interval(scan_interval);
+    scan.tick().await;
+    let mut meter = tokio::time::interval(Duration::from_secs(1));
+    let mut clients = Box::pin(socket.serve(handler(state, stop_tx)));
+    loop {
+        tokio::select! {
+            _ = &mut clients => {}
+            ready = async { s.events.as_mut()?.readable_mut().await.ok() }, if s.events.is_some() => {
+                if let Some(mut guard) = ready {
+                    drain(guard.get_inner_mut(), state);
+                    guard.clear_ready();
+                }
+            }
+            ready = async { s.watch.as_mut()?.readable_mut().await.ok() }, if s.watch.is_some() => {
+                if let Some(mut guard) = ready {
+                    let changed = guard.get_inner().changed();
+                    guard.clear_ready();
+                    if changed {
+                        // Let the editor finish writing (several events, one reload).
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if let Some(w) = s.watch.as_ref() { w.get_ref().changed(); }
+                        reload(state, "the config file changed");
+                    }
+                }
+            }
+            _ = scan.tick() => { lock(state).reconcile(); }
+            _ = meter.tick() => { lock(state).sample_rates(); }
+            _ = s.sighup.recv() => reload(state, "SIGHUP"),
+            mode = stop_rx.recv() => {
+                let mode = mode.unwrap_or(StopMode::Restore);
+                log::info!("stop requested ({})", if mode == StopMode::Keep { "keeping shaping in place" } else { "restoring" });
+                return mode;
+            }
+            _ = s.sigint.recv() => { log::info!("SIGINT: stopping"); return StopMode::Restore; }
+            _ = s.sigterm.recv() => { log::info!("SIGTERM: stopping"); return StopMode::Restore; }
+        }
+    }
+}
+
+/// Hands every event waiting in the ring buffer to the daemon.
+fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<Shaper>) {
+    let mut shaper = lock(state);
+    while let Some(record) = ring.next() {
+        match events::parse(&record) {
+            Some(event) => shaper.on_event(&event),
+            None => log::warn!("an event record of {} bytes, not a flow event", record.len()),
+        }
+    }
+}
+
+/// A reload on SIGHUP or a config change, with the supervisor told.
+fn reload(state: &Mutex<Shaper>, why: &str) {
+    log::info!("{why}: reloading the config");
+    notify::reloading();
+    // The reload logs its own outcome.
+    let _ = lock(state).reload();
+    notify::notify("READY=1");
+}
+
+/// Forwards aya-log records of the kernel programs to the `log` crate.
+fn kernel_logger(state: &Arc<Mutex<Shaper>>) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(lock(state).ebpf_mut()) {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("kernel logs unavailable: {e}");
+            return None;
+        }
+    };
+    // SAFETY: the logger owns its ring-buffer fd for as long as it lives, and the
+    // AsyncFd owns the logger.
+    let registered = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("kernel logs unavailable: {}", e.into_parts().1);
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}
