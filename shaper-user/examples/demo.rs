@@ -7,13 +7,8 @@
 
 use std::{path::Path, process::ExitCode, time::Duration};
 
-use shaper_user::{
-    config, error_chain, plan,
-    rules::SystemEnv,
-    sandbox::{finish_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox},
-    table::Table,
-    units::format_rate,
-};
+use shaper_testkit::sandbox::{finish_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox};
+use shaper_user::{config, error_chain, plan, rules::SystemEnv, table::Table, units::format_rate};
 
 const SECONDS: u32 = 10;
 /// Which way a demo stream goes.
@@ -80,7 +75,7 @@ fn demo() -> Result<(), String> {
     let config_path = root.join("config/demo.toml");
     let config =
         std::fs::read_to_string(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let err = |e: shaper_user::sandbox::SandboxError| error_chain(&e);
+    let err = |e: shaper_testkit::sandbox::SandboxError| error_chain(&e);
 
     step("creating a sandbox: two network namespaces joined by a veth pair (198.18.0.1 ↔ 198.18.0.2)");
     let sandbox = Sandbox::new("demo").map_err(err)?;

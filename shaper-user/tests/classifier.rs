@@ -16,10 +16,8 @@ use shaper_common::{
     classid_of, FlowKey, IfaceInfo, RuleNode, CLASS_DEFAULT, FAMILY_V4, FAMILY_V6, OP_RADDR, OP_RPORT,
     OP_TRUE, PROTO_TCP, TARGET_DEFAULT,
 };
-use shaper_user::{
-    datapath::{Datapath, LoadOptions},
-    packets::Frame,
-};
+use shaper_testkit::{packets::Frame, TestRunExt as _};
+use shaper_user::datapath::{Datapath, LoadOptions};
 
 /// ifindex of `lo`, which BPF_PROG_TEST_RUN uses as the packet's device by default.
 const IFINDEX: u32 = 1;

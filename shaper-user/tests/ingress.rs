@@ -14,8 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use shaper_user::{
-    control::Command,
+use shaper_testkit::{
     packets::Frame,
     sandbox::{
         finish_client,
@@ -23,6 +22,7 @@ use shaper_user::{
         spawn_client, Daemon, IperfServer, Sandbox,
     },
 };
+use shaper_user::control::Command;
 
 /// An interface with both directions shaped, and `classes`.
 fn config(sandbox: &Sandbox, classes: &str) -> String {

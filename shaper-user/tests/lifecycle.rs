@@ -18,10 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shaper_user::{
-    control::{Command, SetClass},
-    sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox},
-};
+use shaper_testkit::sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox};
+use shaper_user::control::{Command, SetClass};
 
 mod common;
 

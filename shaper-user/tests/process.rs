@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use shaper_user::sandbox::{
+use shaper_testkit::sandbox::{
     finish_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox, TestUser,
 };
 
@@ -347,15 +347,19 @@ fn connections_accepted_by_a_server_inherit_its_owner() {
     let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
     // A dual-stack server (bound to ::) in the shaped namespace, sending (-R)
     // to a client on the far side over IPv4: its sockets come from accept().
-    let _server = shaper_user::sandbox::IperfServer::start_cmd(
+    let _server = shaper_testkit::sandbox::IperfServer::start_cmd(
         sandbox.client(server.to_str().unwrap()).unwrap(),
         &sandbox.a,
         5501,
     )
     .unwrap();
-    let client =
-        shaper_user::sandbox::spawn_client(&sandbox.b, Sandbox::ADDR_A4, 5501, &["-t", "8", "-O", "2", "-R"])
-            .unwrap();
+    let client = shaper_testkit::sandbox::spawn_client(
+        &sandbox.b,
+        Sandbox::ADDR_A4,
+        5501,
+        &["-t", "8", "-O", "2", "-R"],
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let rows = conns(&daemon);
     let served: Vec<&Value> =

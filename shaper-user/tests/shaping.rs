@@ -13,10 +13,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use shaper_user::{
-    control::Command,
-    sandbox::{finish_client, run_client, spawn_client, Daemon, IperfServer, Sandbox},
-};
+use shaper_testkit::sandbox::{finish_client, run_client, spawn_client, Daemon, IperfServer, Sandbox};
+use shaper_user::control::Command;
 
 mod common;
 

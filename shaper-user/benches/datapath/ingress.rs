@@ -7,12 +7,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context as _, Result};
 use shaper_common::names;
-use shaper_user::{
-    control::Command,
-    plan::Direction,
-    sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox},
-    tc,
-};
+use shaper_testkit::sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox};
+use shaper_user::{control::Command, plan::Direction, tc};
 
 use super::{
     in_netns, load_datapath, median,

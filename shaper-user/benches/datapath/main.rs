@@ -27,13 +27,16 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use shaper_common::{names, FlowKey, FlowValue, IfaceInfo, FAMILY_V4, ORIGIN_KERNEL, PROTO_TCP};
+use shaper_testkit::{
+    packets::Frame,
+    sandbox::{Daemon, Netns},
+    TestRunExt as _,
+};
 use shaper_user::{
     config,
     control::Command,
     datapath::{Datapath, LoadOptions},
-    packets::Frame,
     rules::{compile::NoCgroups, SystemEnv},
-    sandbox::{Daemon, Netns},
 };
 
 mod apply;

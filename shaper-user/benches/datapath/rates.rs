@@ -16,10 +16,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
-use shaper_user::{
-    control::{ClassRow, Command, SetClass},
-    sandbox::{finish_client, spawn_client, Daemon, IperfServer, Netns, Sandbox},
-};
+use shaper_testkit::sandbox::{finish_client, spawn_client, Daemon, IperfServer, Netns, Sandbox};
+use shaper_user::control::{ClassRow, Command, SetClass};
 
 use super::{
     call,

@@ -4,10 +4,8 @@
 use std::path::Path;
 
 use serde_json::Value;
-use shaper_user::{
-    control::Command,
-    sandbox::{Daemon, Sandbox},
-};
+use shaper_testkit::sandbox::{Daemon, Sandbox};
+use shaper_user::control::Command;
 
 pub const SHAPER: &str = env!("CARGO_BIN_EXE_shaper");
 pub const MBIT: f64 = 1e6;

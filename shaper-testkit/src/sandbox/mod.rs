@@ -1,4 +1,4 @@
-//! Throw-away network sandboxes for tests, the demo and the benchmarks.
+//! Throw-away network sandboxes for the tests, the demo and the benchmarks.
 //!
 //! A [`Sandbox`] is two network namespaces joined by a veth pair, with addresses
 //! from the benchmarking ranges (198.18.0.0/15 and fd00::/8). Every name carries

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{Sandbox, SandboxError};
-use crate::control::{self, Command};
+use shaper_user::control::{self, Command};
 
 /// A running daemon with its own directory (config, log, control socket, pins).
 pub struct Daemon {
@@ -229,12 +229,13 @@ impl Daemon {
 
     /// Every file pinned below the pin directory (see `pins::Pins::tree`).
     pub fn pinned(&self) -> Vec<String> {
-        crate::pins::Pins::new(&self.pins).tree()
+        shaper_user::pins::Pins::new(&self.pins).tree()
     }
 
     /// Sends a control request and returns the result.
     pub fn call(&self, command: Command) -> Result<serde_json::Value, SandboxError> {
-        control::client::call(&self.socket, command).map_err(|e| SandboxError::Daemon(crate::error_chain(&e)))
+        control::client::call(&self.socket, command)
+            .map_err(|e| SandboxError::Daemon(shaper_user::error_chain(&e)))
     }
 
     /// Waits for the process to exit on its own (after a start-up error, or
@@ -273,11 +274,12 @@ impl Drop for Daemon {
             }
         }
         // A daemon `shaper start` launched.
-        if let Some(pid) = crate::daemon::pidfile::running(&self.pid_file) {
+        if let Some(pid) = shaper_user::daemon::pidfile::running(&self.pid_file) {
             // SAFETY: plain kill(2).
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(20);
-            while crate::daemon::pidfile::running(&self.pid_file).is_some() && Instant::now() < deadline {
+            while shaper_user::daemon::pidfile::running(&self.pid_file).is_some() && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
