@@ -264,3 +264,17 @@ fn ingress_packets_share_their_connections_flow_and_go_to_the_ifb() {
     let run = dp.test_run(ingress, &arp, IFINDEX, 1).unwrap();
     assert_eq!((run.priority, run.verdict), (classid_of(DEFAULT_CLASS as u32), TC_ACT_REDIRECT));
 }
+
+#[test]
+fn the_daemon_loads_only_the_programs_it_runs() {
+    use shaper_common::names;
+    let mut dp = datapath();
+    for name in [names::PROG_TC_EGRESS, names::PROG_TC_INGRESS] {
+        assert!(dp.program(name).unwrap().fd().is_ok(), "{name} is not loaded");
+    }
+    // The benchmark's empty program stays out of the kernel until the kit loads it.
+    assert!(dp.program(names::PROG_TC_PASSTHROUGH).unwrap().fd().is_err(), "the passthrough is loaded");
+    dp.load_program(names::PROG_TC_PASSTHROUGH).unwrap();
+    let frame = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build();
+    assert_eq!(dp.test_run(names::PROG_TC_PASSTHROUGH, &frame, IFINDEX, 1).unwrap().verdict, TC_ACT_UNSPEC);
+}

@@ -135,6 +135,8 @@ fn load_datapath(ifindex: u32, ifb: u32) -> Result<Datapath> {
     let conf = config::parse(Path::new("bench.toml"), RULES, &SystemEnv::load().env())?;
     let mut dp = Datapath::load(LoadOptions { max_flows: 131_072, kernel_log_level: 0, pins: None })
         .context("loading the eBPF object (are you root?)")?;
+    // The baseline: the daemon does not load it.
+    dp.load_program(names::PROG_TC_PASSTHROUGH)?;
     dp.set_rules(&conf.compile_rules(&NoCgroups)?.nodes)?;
     let mut info = IfaceInfo::new(0, 0, 14);
     info.ifb_ifindex = ifb;

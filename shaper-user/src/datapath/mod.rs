@@ -255,7 +255,9 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
-        for name in [names::PROG_TC_EGRESS, names::PROG_TC_INGRESS, names::PROG_TC_PASSTHROUGH] {
+        // Only what the daemon runs: the object's other classifier (the bench's
+        // empty `tc_passthrough`) stays unloaded unless the test kit loads it.
+        for name in [names::PROG_TC_EGRESS, names::PROG_TC_INGRESS] {
             program(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
         }
         cgroup::load(&mut ebpf)?;
