@@ -7,12 +7,12 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use shaper_user::{
     cgroups::{self, Cgroups},
     config::{self, Config},
-    control::{self, Applied, ClassRow, Command, ConnRow, SetClass, Status},
+    control::{self, Applied, ClassRow, ConnRow, SetClass, Status},
     daemon::{self, RunOptions},
     error_chain, plan,
     rules::SystemEnv,
@@ -195,37 +195,33 @@ fn dispatch(verb: Verb) -> Result<()> {
             Ok(())
         }
         Verb::Reload(args) => {
-            let applied: Applied = call(&args, Command::Reload)?;
+            let applied = control::client::reload(&socket_path(&args)?)?;
             print_applied(&applied, args.json)
         }
         Verb::Set { class, egress, ingress, priority, client } => {
-            let applied: Applied =
-                call(&client, Command::Set(SetClass { class, egress, ingress, priority }))?;
+            let set = SetClass { class, egress, ingress, priority };
+            let applied = control::client::set(&socket_path(&client)?, set)?;
             print_applied(&applied, client.json)
         }
         Verb::Move { conn, class, client } => {
-            let moved: serde_json::Value = call(&client, Command::Move { conn, class })?;
+            let moved = control::client::move_conn(&socket_path(&client)?, &conn, &class)?;
             if client.json {
                 return print_json(&moved);
             }
-            println!(
-                "moved {} to {} (pinned until it ends)",
-                moved["conn"].as_str().unwrap_or("?"),
-                moved["class"].as_str().unwrap_or("?")
-            );
+            println!("moved {} to {} (pinned until it ends)", moved.conn, moved.class);
             Ok(())
         }
         Verb::Check { config } => check(&config),
         Verb::Status(args) => {
-            let status: Status = call(&args, Command::Status)?;
+            let status = control::client::status(&socket_path(&args)?)?;
             print_status(&status, args.json)
         }
         Verb::Classes(args) => {
-            let rows: Vec<ClassRow> = call(&args, Command::Classes)?;
+            let rows = control::client::classes(&socket_path(&args)?)?;
             print_classes(&rows, args.json)
         }
         Verb::Conns(args) => {
-            let rows: Vec<ConnRow> = call(&args, Command::Conns)?;
+            let rows = control::client::conns(&socket_path(&args)?)?;
             print_conns(&rows, args.json)
         }
     }
@@ -239,12 +235,6 @@ fn socket_path(args: &ClientArgs) -> Result<PathBuf> {
         return Ok(load_config(config)?.daemon.control_socket);
     }
     Ok(PathBuf::from(DEFAULT_SOCKET))
-}
-
-fn call<T: serde::de::DeserializeOwned>(args: &ClientArgs, command: Command) -> Result<T> {
-    let socket = socket_path(args)?;
-    let value = control::client::call(&socket, command)?;
-    serde_json::from_value(value).context("the daemon's reply has an unexpected shape")
 }
 
 fn print_applied(applied: &Applied, json: bool) -> Result<()> {

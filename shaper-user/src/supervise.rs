@@ -15,7 +15,7 @@ use std::{
 
 use crate::{
     config::Config,
-    control::{self, client::ClientError, Command},
+    control::{self, client::ClientError},
     daemon::{pidfile, RunOptions},
 };
 
@@ -136,8 +136,7 @@ impl Drop for NotifyFile {
 /// Asks the daemon at `socket` to stop and waits until its process is gone.
 /// Returns its pid.
 pub fn stop(socket: &Path, keep: bool) -> Result<u32, SuperviseError> {
-    let reply = control::client::call(socket, Command::Stop { keep })?;
-    let pid = reply.get("pid").and_then(serde_json::Value::as_u64).unwrap_or(0) as u32;
+    let pid = control::client::stop(socket, keep)?.pid;
     let started = Instant::now();
     while pid != 0 && Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
         if started.elapsed() > STOP_TIMEOUT {

@@ -42,6 +42,9 @@ pub enum SandboxError {
     },
     #[error("{0}")]
     Daemon(String),
+    /// A control request failed (a refusal carries the daemon's reason).
+    #[error(transparent)]
+    Control(#[from] shaper_user::control::client::ClientError),
     #[error("iperf3: {0}")]
     Iperf(String),
     #[error("{action} {}", path.display())]

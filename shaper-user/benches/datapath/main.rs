@@ -224,7 +224,7 @@ fn run_stats(dp: &mut Datapath, name: &'static str) -> Result<(u64, u64)> {
 
 /// A control request to `daemon`, its result read as `T`.
 fn call<T: serde::de::DeserializeOwned>(daemon: &Daemon, command: Command) -> Result<T> {
-    Ok(serde_json::from_value(daemon.call(command)?)?)
+    Ok(daemon.request(command)?)
 }
 
 /// Where results go: bench/ at the top of the workspace.

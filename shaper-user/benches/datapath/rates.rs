@@ -259,12 +259,12 @@ pub fn timeline(report: &mut Report) -> Result<()> {
         }
         if !set_done && t >= set_at {
             let begun = Instant::now();
-            daemon.call(Command::Set(SetClass {
+            daemon.set(SetClass {
                 class: "web".into(),
                 egress: Some("20mbit:40mbit".into()),
                 ingress: None,
                 priority: None,
-            }))?;
+            })?;
             set_took = Some(begun.elapsed());
             set_done = true;
         }

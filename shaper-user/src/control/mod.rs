@@ -8,6 +8,6 @@ pub mod protocol;
 pub mod server;
 
 pub use protocol::{
-    Applied, ClassRow, Command, ConnRow, Decisions, InterfaceStatus, ReloadStatus, Reply, Request, SetClass,
-    Status, PROTOCOL_VERSION,
+    Applied, ClassRow, Command, ConnRow, Decisions, InterfaceStatus, Moved, ReloadStatus, Reply, Request,
+    SetClass, Status, Stopping, PROTOCOL_VERSION,
 };

@@ -16,7 +16,7 @@ use shaper_common::{FlowValue, FLOW_PROVISIONAL, ORIGIN_PINNED};
 use super::Shaper;
 use crate::{
     config::{Config, DaemonConfig, Limit},
-    control::{Applied, ReloadStatus, SetClass},
+    control::{Applied, Moved, ReloadStatus, SetClass},
     flows, units,
 };
 
@@ -187,7 +187,7 @@ impl Shaper {
 
     /// `shaper move`: pins the connection `conn` (its id in `shaper conns`)
     /// into `class`; neither the rules nor the daemon move it again while it lives.
-    pub fn move_conn(&mut self, conn: &str, class: &str) -> Result<serde_json::Value, String> {
+    pub fn move_conn(&mut self, conn: &str, class: &str) -> Result<Moved, String> {
         let conn = conn.trim().to_ascii_lowercase();
         if conn.len() < 4 {
             return Err(format!("{conn:?}: give at least 4 digits of a connection id from `shaper conns`"));
@@ -212,7 +212,7 @@ impl Shaper {
             flows::endpoint(&key, false)
         );
         log::info!("moved {shown} to {class} (pinned)");
-        Ok(serde_json::json!({ "id": flows::id(&key), "conn": shown, "class": class }))
+        Ok(Moved { id: flows::id(&key), conn: shown, class: class.to_string() })
     }
 }
 

@@ -41,7 +41,7 @@ use crate::{
     control::{
         self,
         server::{ControlSocket, Handler},
-        Command, Reply,
+        Command, Reply, Stopping,
     },
     datapath::DatapathError,
     events, pins, tc,
@@ -221,7 +221,7 @@ async fn run_async(config: Config, options: RunOptions) -> Result<Stopped, Daemo
             Command::Stop { keep } => {
                 let mode = if keep { StopMode::Keep } else { StopMode::Restore };
                 let _ = stop_tx.send(mode);
-                Reply::ok(serde_json::json!({ "stopping": true, "keep": keep, "pid": std::process::id() }))
+                Reply::encode(&Stopping::now(keep))
             }
             other => lock(&state).handle(other),
         })

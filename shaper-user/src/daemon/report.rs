@@ -219,7 +219,7 @@ impl Shaper {
                 Err(e) => return Reply::error(e),
             },
             Command::Move { conn, class } => match self.move_conn(&conn, &class) {
-                Ok(v) => Ok(v),
+                Ok(moved) => serde_json::to_value(moved),
                 Err(e) => return Reply::error(e),
             },
             Command::Stop { .. } => return Reply::error("stop is handled by the daemon's main loop"),
