@@ -71,6 +71,9 @@ fn shaper_output(
 
 fn demo() -> Result<(), String> {
     let shaper = std::env::args().nth(1).ok_or("usage: demo PATH-TO-SHAPER-BINARY")?;
+    if !shaper_testkit::is_root() {
+        return Err("the demo needs root: run `sudo -E cargo xtask demo`".into());
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace directory")?;
     let config_path = root.join("config/demo.toml");
     let config =

@@ -1,7 +1,8 @@
 //! End to end: downloads shaped through an IFB, UDP both ways, IPv6, and
 //! malformed frames that must pass and must not disturb anything.
 //!
-//! Needs root. Every test builds and removes its own sandbox.
+//! Needs root (without it each test reports "skipped: needs root"). Every
+//! test builds and removes its own sandbox.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,6 +17,7 @@ use std::time::Duration;
 use common::*;
 use shaper_testkit::{
     packets::Frame,
+    require_root,
     sandbox::{
         finish_client,
         raw::{marker_mac, RawSocket},
@@ -39,6 +41,7 @@ fn ifb_exists(sandbox: &Sandbox) -> bool {
 
 #[test]
 fn a_download_is_capped_by_an_ingress_class_and_the_ifb_goes_away_with_the_daemon() {
+    require_root!();
     let sandbox = Sandbox::new("down").unwrap();
     let before = qdiscs(&sandbox);
     let defs = "[[class]]\nname = \"down\"\ningress = \"10mbit\"\nmatch = 'rport == 5201'\n";
@@ -65,6 +68,7 @@ fn a_download_is_capped_by_an_ingress_class_and_the_ifb_goes_away_with_the_daemo
 
 #[test]
 fn two_ingress_classes_at_once() {
+    require_root!();
     let sandbox = Sandbox::new("down2").unwrap();
     let defs = "[[class]]\nname = \"slow\"\ningress = \"10mbit\"\nmatch = 'rport == 5201'\n\n\
                    [[class]]\nname = \"fast\"\ningress = \"20mbit\"\nmatch = 'rport == 5202'\n";
@@ -82,6 +86,7 @@ fn two_ingress_classes_at_once() {
 
 #[test]
 fn an_ipv6_download_is_capped_too() {
+    require_root!();
     let sandbox = Sandbox::new("down6").unwrap();
     let defs =
         "[[class]]\nname = \"down\"\ningress = \"10mbit\"\nmatch = 'raddr in fd00::/8 and rport == 5201'\n";
@@ -103,6 +108,7 @@ fn an_ipv6_download_is_capped_too() {
 
 #[test]
 fn udp_offered_at_50_mbits_into_a_10_mbit_class_both_ways_and_families() {
+    require_root!();
     let sandbox = Sandbox::new("udp").unwrap();
     // QUIC's port.
     let defs = "[[class]]\nname = \"quic\"\negress = \"10mbit\"\ningress = \"10mbit\"\n\
@@ -185,6 +191,7 @@ fn malformed_frames() -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn malformed_frames_pass_both_ways_and_break_nothing() {
+    require_root!();
     let sandbox = Sandbox::new("mal").unwrap();
     let defs = "[[class]]\nname = \"web\"\negress = \"10mbit\"\ningress = \"10mbit\"\nmatch = 'rport in [443, 5201]'\n";
     let daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox, defs)).unwrap();

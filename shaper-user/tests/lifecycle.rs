@@ -3,7 +3,8 @@
 //! pinned state over; `stop` and `stop --keep`; `start`; a hostile control
 //! socket client.
 //!
-//! Needs root. Every daemon pins into a BPF filesystem of its own (see
+//! Needs root (without it each test reports "skipped: needs root"). Every
+//! daemon pins into a BPF filesystem of its own (see the kit's
 //! `sandbox::Daemon`), never the host's.
 #![allow(
     clippy::unwrap_used,
@@ -18,7 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shaper_testkit::sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox};
+use shaper_testkit::{
+    require_root,
+    sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox},
+};
 use shaper_user::control::SetClass;
 
 mod common;
@@ -77,6 +81,7 @@ fn bytes_of(daemon: &Daemon, name: &str) -> u64 {
 
 #[test]
 fn a_reload_changes_a_rate_under_load_and_a_bad_config_changes_nothing() {
+    require_root!();
     let sandbox = Sandbox::new("reload").unwrap();
     let daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox.dev_a, "10mbit", "")).unwrap();
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
@@ -123,6 +128,7 @@ fn a_reload_changes_a_rate_under_load_and_a_bad_config_changes_nothing() {
 
 #[test]
 fn kill_9_under_load_keeps_shaping_and_a_restart_takes_it_over() {
+    require_root!();
     let sandbox = Sandbox::new("kill").unwrap();
     let before_start = qdiscs(&sandbox);
     let mut daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox.dev_a, "10mbit", "")).unwrap();
@@ -175,6 +181,7 @@ fn kill_9_under_load_keeps_shaping_and_a_restart_takes_it_over() {
 
 #[test]
 fn stop_restores_the_interface_and_stop_keep_hands_shaping_over() {
+    require_root!();
     let sandbox = Sandbox::new("stop").unwrap();
     let (qdiscs_before, links_before) = (qdiscs(&sandbox), links(&sandbox));
     let mut daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox.dev_a, "10mbit", "")).unwrap();
@@ -207,6 +214,7 @@ fn stop_restores_the_interface_and_stop_keep_hands_shaping_over() {
 
 #[test]
 fn start_returns_once_ready_and_refuses_a_second_start() {
+    require_root!();
     let sandbox = Sandbox::new("start").unwrap();
     let before = qdiscs(&sandbox);
     let daemon = Daemon::prepare(&sandbox, shaper(), &config(&sandbox.dev_a, "10mbit", "")).unwrap();
@@ -230,6 +238,7 @@ fn start_returns_once_ready_and_refuses_a_second_start() {
 
 #[test]
 fn set_move_and_watched_edits_change_a_running_shaper() {
+    require_root!();
     let sandbox = Sandbox::new("live").unwrap();
     let watched = config(&sandbox.dev_a, "5mbit", "")
         .replace("[[interface]]", "[daemon]\nwatch_config = true\n\n[[interface]]");
@@ -309,6 +318,7 @@ fn set_move_and_watched_edits_change_a_running_shaper() {
 
 #[test]
 fn hostile_control_clients_get_errors_and_never_block_the_daemon() {
+    require_root!();
     let sandbox = Sandbox::new("ctl").unwrap();
     let daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox.dev_a, "10mbit", "")).unwrap();
     let connect = || {

@@ -2,8 +2,8 @@
 //! behind a connection, with real programs started in the sandbox's cgroup
 //! (where the daemon's socket hooks are attached).
 //!
-//! Needs root. Every test builds and removes its own sandbox, cgroups, program
-//! copies and users.
+//! Needs root (without it each test reports "skipped: needs root"). Every
+//! test builds and removes its own sandbox, cgroups, program copies and users.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,8 +16,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use shaper_testkit::sandbox::{
-    finish_client, spawn_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox, TestUser,
+use shaper_testkit::{
+    require_root,
+    sandbox::{
+        finish_client, spawn_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox, TestUser,
+    },
 };
 use shaper_user::control::ConnRow;
 
@@ -44,6 +47,7 @@ fn data_conn(daemon: &Daemon, port: u16) -> ConnRow {
 
 #[test]
 fn two_copies_of_one_program_are_shaped_by_name() {
+    require_root!();
     let sandbox = Sandbox::new("names").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     let bulk = programs.copy("iperf3", "bulkapp").unwrap();
@@ -79,6 +83,7 @@ fn two_copies_of_one_program_are_shaped_by_name() {
 
 #[test]
 fn a_client_run_as_another_user_is_matched_by_user() {
+    require_root!();
     let sandbox = Sandbox::new("user").unwrap();
     let user = TestUser::create(&format!("shp-{}", sandbox.tag)).unwrap();
     let config = format!(
@@ -108,6 +113,7 @@ fn a_client_run_as_another_user_is_matched_by_user() {
 
 #[test]
 fn args_and_ancestor_rules_are_decided_by_the_daemon_within_milliseconds() {
+    require_root!();
     let sandbox = Sandbox::new("args").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     // A launcher script that runs the client as its child (not exec).
@@ -166,6 +172,7 @@ fn args_and_ancestor_rules_are_decided_by_the_daemon_within_milliseconds() {
 
 #[test]
 fn every_byte_of_a_kernel_decided_connection_is_in_its_class() {
+    require_root!();
     let sandbox = Sandbox::new("first3").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     let bulk = programs.copy("iperf3", "bulkapp").unwrap();
@@ -202,6 +209,7 @@ fn every_byte_of_a_kernel_decided_connection_is_in_its_class() {
 
 #[test]
 fn a_connection_opened_before_the_daemon_started_is_shaped_after_the_first_scan() {
+    require_root!();
     let sandbox = Sandbox::new("pre3").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     let bulk = programs.copy("iperf3", "bulkapp").unwrap();
@@ -229,6 +237,7 @@ fn a_connection_opened_before_the_daemon_started_is_shaped_after_the_first_scan(
 
 #[test]
 fn cgroup_and_unit_rules_are_decided_in_the_kernel() {
+    require_root!();
     let sandbox = Sandbox::new("cgrp").unwrap();
     let unit = sandbox.cgroup.child("shp-bulk.service").unwrap();
     let plain = sandbox.cgroup.child("fast").unwrap();
@@ -256,6 +265,7 @@ fn cgroup_and_unit_rules_are_decided_in_the_kernel() {
 
 #[test]
 fn unconnected_udp_over_ipv6_is_matched_by_program() {
+    require_root!();
     let sandbox = Sandbox::new("udp3").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     // Datagrams with sendto() on an unconnected socket, 1 MB in all.
@@ -288,6 +298,7 @@ fn unconnected_udp_over_ipv6_is_matched_by_program() {
 
 #[test]
 fn later_connections_of_a_process_are_decided_in_the_kernel_from_the_daemons_answers() {
+    require_root!();
     let sandbox = Sandbox::new("cache").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     // Five connections, a tenth of a second apart; the argument is what the rule tests.
@@ -322,6 +333,7 @@ fn later_connections_of_a_process_are_decided_in_the_kernel_from_the_daemons_ans
 
 #[test]
 fn connections_accepted_by_a_server_inherit_its_owner() {
+    require_root!();
     let sandbox = Sandbox::new("accept").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     let server = programs.copy("iperf3", "serverapp").unwrap();
@@ -354,6 +366,7 @@ fn connections_accepted_by_a_server_inherit_its_owner() {
 
 #[test]
 fn a_socket_kept_across_exec_is_reclassed_by_the_scan() {
+    require_root!();
     let sandbox = Sandbox::new("exec").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     // The far end reads whatever comes.

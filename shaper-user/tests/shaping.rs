@@ -1,8 +1,9 @@
 //! End to end: `shaper run` in one network namespace shapes real TCP traffic to
 //! iperf3 servers in another, through the eBPF classifier and HTB.
 //!
-//! Needs root. Every test builds its own sandbox (namespaces, veth pair, run
-//! directory and control socket) and tears it down on drop, failures included.
+//! Needs root (without it each test reports "skipped: needs root"). Every
+//! test builds its own sandbox (namespaces, veth pair, run directory and
+//! control socket) and tears it down on drop, failures included.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,7 +13,10 @@
 
 use std::time::Duration;
 
-use shaper_testkit::sandbox::{finish_client, run_client, spawn_client, Daemon, IperfServer, Sandbox};
+use shaper_testkit::{
+    require_root,
+    sandbox::{finish_client, run_client, spawn_client, Daemon, IperfServer, Sandbox},
+};
 use shaper_user::control::{ClassRow, ConnRow};
 
 mod common;
@@ -21,6 +25,7 @@ use common::*;
 
 #[test]
 fn two_port_classes_are_capped_at_once() {
+    require_root!();
     let sandbox = Sandbox::new("cap").unwrap();
     let config = format!(
         r#"
@@ -60,6 +65,7 @@ match = 'rport == 5202'
 
 #[test]
 fn cidr_and_port_range_rule_and_the_default_class() {
+    require_root!();
     let sandbox = Sandbox::new("cidr").unwrap();
     let config = format!(
         r#"
@@ -107,6 +113,7 @@ egress = {{ rate = "1mbit", ceil = "3mbit" }}
 
 #[test]
 fn a_new_connection_is_in_its_class_from_the_first_packet() {
+    require_root!();
     let sandbox = Sandbox::new("first").unwrap();
     let config = format!(
         r#"
@@ -160,6 +167,7 @@ match = 'rport == 5301'
 
 #[test]
 fn sigterm_restores_the_interface_exactly() {
+    require_root!();
     let sandbox = Sandbox::new("term").unwrap();
     let before = qdiscs(&sandbox);
     assert!(attached_programs(&sandbox).is_empty());
@@ -189,6 +197,7 @@ match = 'rport in [80, 443]'
 
 #[test]
 fn a_bad_config_fails_with_its_position_and_attaches_nothing() {
+    require_root!();
     let sandbox = Sandbox::new("bad").unwrap();
     let before = qdiscs(&sandbox);
     let config = format!(
@@ -207,6 +216,7 @@ fn a_bad_config_fails_with_its_position_and_attaches_nothing() {
 
 #[test]
 fn a_foreign_root_qdisc_is_refused_and_left_alone() {
+    require_root!();
     let sandbox = Sandbox::new("foreign").unwrap();
     sandbox
         .a
@@ -243,6 +253,7 @@ fn a_foreign_root_qdisc_is_refused_and_left_alone() {
 
 #[test]
 fn a_second_daemon_on_the_same_socket_is_refused() {
+    require_root!();
     let sandbox = Sandbox::new("twice").unwrap();
     let config = format!("[[interface]]\nname = \"{}\"\negress = \"100mbit\"\n", sandbox.dev_a);
     let first = Daemon::start(&sandbox, shaper(), &config).unwrap();
@@ -269,6 +280,7 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
 
 #[test]
 fn the_cli_prints_tables_and_the_documented_json() {
+    require_root!();
     let sandbox = Sandbox::new("cli").unwrap();
     let config = format!(
         "[[interface]]\nname = \"{}\"\negress = \"100mbit\"\n\n[[class]]\nname = \"web\"\npriority = 2\negress = {{ rate = \"10mbit\", ceil = \"50mbit\" }}\nmatch = 'rport == 5401'\n",
@@ -319,6 +331,7 @@ fn the_cli_prints_tables_and_the_documented_json() {
 
 #[test]
 fn a_connection_opened_before_the_daemon_is_shaped_once_it_starts() {
+    require_root!();
     let sandbox = Sandbox::new("before").unwrap();
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5501).unwrap();
     // An unshaped transfer, paced at 50 Mbit/s so the far end is not the limit.

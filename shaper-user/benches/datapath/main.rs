@@ -236,6 +236,9 @@ fn main() -> Result<()> {
     if let Some(result) = helper::run_if_requested() {
         return result;
     }
+    if !shaper_testkit::is_root() {
+        anyhow::bail!("the benchmarks need root: run `sudo -E cargo xtask bench`");
+    }
     // `cargo bench` passes --bench; other words select sections by name.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let started = Instant::now();
