@@ -81,22 +81,9 @@ fn tcp_state(state: &TcpState) -> &'static str {
     }
 }
 
-/// What one reconcile pass did.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct ScanReport {
-    /// Connected sockets found.
-    pub sockets: usize,
-    /// Flows entered into the flow map for sockets the classifier had not seen.
-    pub adopted: usize,
-    /// Flow entries removed: no socket and idle for longer than the scan interval.
-    pub removed: usize,
-    /// Flows moved to another class because their process is not what the
-    /// kernel knew (it exec'd, or the socket changed hands).
-    #[serde(default)]
-    pub corrected: usize,
-    /// Wall time of the pass, microseconds.
-    pub micros: u64,
-}
+/// What one reconcile pass did (its type travels in `status`, so it lives
+/// with the control protocol).
+pub use crate::control::ScanReport;
 
 /// Monotonic clock in the time base of the classifier's `last_seen_ns`.
 pub fn monotonic_coarse_ns() -> u64 {

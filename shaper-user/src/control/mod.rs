@@ -8,6 +8,6 @@ pub mod protocol;
 pub mod server;
 
 pub use protocol::{
-    Applied, ClassRow, Command, ConnRow, Decisions, InterfaceStatus, Moved, ReloadStatus, Reply, Request,
-    SetClass, Status, Stopping, PROTOCOL_VERSION,
+    Applied, Changes, ClassRow, Command, ConnRow, Decisions, InterfaceStatus, Moved, ReloadStatus, Reply,
+    Request, ScanReport, SetClass, Status, Stopping, PROTOCOL_VERSION,
 };

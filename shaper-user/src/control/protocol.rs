@@ -44,11 +44,48 @@ pub struct SetClass {
     pub priority: Option<u8>,
 }
 
+/// What a converge changed (in the reply to `shaper reload` and `shaper set`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub classes_added: Vec<String>,
+    pub classes_removed: Vec<String>,
+    /// Classes whose rate, ceil, priority, rule or interfaces changed.
+    pub classes_changed: Vec<String>,
+    pub interfaces_added: Vec<String>,
+    pub interfaces_removed: Vec<String>,
+    /// Flows the daemon decided that it decided again (the kernel redoes its
+    /// own at their next packet).
+    pub flows_reevaluated: usize,
+}
+
+impl Changes {
+    /// One line for people: "classes changed: web; 3 flows re-evaluated".
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("classes added", &self.classes_added),
+            ("classes removed", &self.classes_removed),
+            ("classes changed", &self.classes_changed),
+            ("interfaces added", &self.interfaces_added),
+            ("interfaces removed", &self.interfaces_removed),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{what}: {}", list.join(", ")));
+            }
+        }
+        if parts.is_empty() {
+            parts.push("no class changed".to_string());
+        }
+        parts.push(format!("{} flows re-evaluated", self.flows_reevaluated));
+        parts.join("; ")
+    }
+}
+
 /// The reply to `reload` and `set`: what changed, and what needs a restart.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Applied {
     #[serde(flatten)]
-    pub changes: crate::daemon::Changes,
+    pub changes: Changes,
     /// `[daemon]` settings that changed in the file but take effect at the next start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart_needed: Vec<String>,
@@ -152,7 +189,7 @@ pub struct Status {
     /// ended without a verdict, packets on an interface missing from the map.
     pub errors: std::collections::BTreeMap<String, u64>,
     pub scan_interval_ms: u64,
-    pub last_scan: Option<crate::procscan::ScanReport>,
+    pub last_scan: Option<ScanReport>,
     /// The cgroup the socket hooks are attached to (absent: process rules are
     /// left to the /proc scan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +208,23 @@ pub struct Status {
     /// "class: egress 10mbit:20mbit" (gone at the next reload).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,
+}
+
+/// What one reconcile pass did.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct ScanReport {
+    /// Connected sockets found.
+    pub sockets: usize,
+    /// Flows entered into the flow map for sockets the classifier had not seen.
+    pub adopted: usize,
+    /// Flow entries removed: no socket and idle for longer than the scan interval.
+    pub removed: usize,
+    /// Flows moved to another class because their process is not what the
+    /// kernel knew (it exec'd, or the socket changed hands).
+    #[serde(default)]
+    pub corrected: usize,
+    /// Wall time of the pass, microseconds.
+    pub micros: u64,
 }
 
 /// How the daemon decided flows the kernel could not (`status`).

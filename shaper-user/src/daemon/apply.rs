@@ -18,13 +18,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
 use shaper_common::{IfaceInfo, FLOW_PROVISIONAL, MAX_IFACES, ORIGIN_DAEMON, ORIGIN_KERNEL, ORIGIN_PINNED};
 
 use super::{
     shaper::{ifb_name, l2_len, Ingress, Shaped, IFB_TXQUEUELEN},
     DaemonError, Shaper,
 };
+pub use crate::control::Changes;
 use crate::{
     cgroups::Cgroups,
     config::{ClassConfig, Config},
@@ -33,43 +33,6 @@ use crate::{
     rules::compile::{Compiled, NoCgroups},
     tc::{self, Netlink},
 };
-
-/// What a converge changed (the reply to `shaper reload` and `shaper set`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Changes {
-    pub classes_added: Vec<String>,
-    pub classes_removed: Vec<String>,
-    /// Classes whose rate, ceil, priority, rule or interfaces changed.
-    pub classes_changed: Vec<String>,
-    pub interfaces_added: Vec<String>,
-    pub interfaces_removed: Vec<String>,
-    /// Flows the daemon decided that it decided again (the kernel redoes its
-    /// own at their next packet).
-    pub flows_reevaluated: usize,
-}
-
-impl Changes {
-    /// One line for people: "classes changed: web; 3 flows re-evaluated".
-    pub fn summary(&self) -> String {
-        let mut parts = Vec::new();
-        for (what, list) in [
-            ("classes added", &self.classes_added),
-            ("classes removed", &self.classes_removed),
-            ("classes changed", &self.classes_changed),
-            ("interfaces added", &self.interfaces_added),
-            ("interfaces removed", &self.interfaces_removed),
-        ] {
-            if !list.is_empty() {
-                parts.push(format!("{what}: {}", list.join(", ")));
-            }
-        }
-        if parts.is_empty() {
-            parts.push("no class changed".to_string());
-        }
-        parts.push(format!("{} flows re-evaluated", self.flows_reevaluated));
-        parts.join("; ")
-    }
-}
 
 /// One interface the config shapes, resolved on the host.
 struct Target {
