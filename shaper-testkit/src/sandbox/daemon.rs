@@ -50,7 +50,7 @@ fn unmount(at: &Path) {
 }
 
 impl Daemon {
-    /// The run directory used for `tag`: /tmp/shaper-test-<tag>.
+    /// The run directory used for `tag`: `/tmp/shaper-test-<tag>`.
     pub fn dir_for(tag: &str) -> PathBuf {
         std::env::temp_dir().join(format!("shaper-test-{tag}"))
     }

@@ -401,7 +401,7 @@ impl Datapath {
         Ok(())
     }
 
-    /// The underlying object, for benchmarks and the aya-log reader.
+    /// The underlying object, for the aya-log reader.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
