@@ -50,6 +50,12 @@ pub enum Direction {
     Ingress,
 }
 
+impl core::fmt::Display for Direction {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Direction {
     /// Both directions, egress first.
     pub const BOTH: [Direction; 2] = [Direction::Egress, Direction::Ingress];

@@ -6,6 +6,7 @@ pub const PROG_TC_EGRESS: &str = "tc_egress";
 /// Ingress classifier: classifies with the reverse tuple and redirects to the IFB.
 pub const PROG_TC_INGRESS: &str = "tc_ingress";
 /// A classifier that does nothing: the baseline of the per-packet cost benchmark.
+/// The daemon never loads it; the benchmark does, through the test kit.
 pub const PROG_TC_PASSTHROUGH: &str = "tc_passthrough";
 
 /// cgroup/sock_create: records the owner of every new IPv4/IPv6 socket.

@@ -7,13 +7,8 @@
 
 use std::{path::Path, process::ExitCode, time::Duration};
 
-use shaper_user::{
-    config, error_chain, plan,
-    rules::SystemEnv,
-    sandbox::{finish_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox},
-    table::Table,
-    units::format_rate,
-};
+use shaper_testkit::sandbox::{finish_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox};
+use shaper_user::{config, error_chain, plan, rules::SystemEnv, table::Table, units::format_rate};
 
 const SECONDS: u32 = 10;
 /// Which way a demo stream goes.
@@ -76,11 +71,14 @@ fn shaper_output(
 
 fn demo() -> Result<(), String> {
     let shaper = std::env::args().nth(1).ok_or("usage: demo PATH-TO-SHAPER-BINARY")?;
+    if !shaper_testkit::is_root() {
+        return Err("the demo needs root: run `sudo -E cargo xtask demo`".into());
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace directory")?;
     let config_path = root.join("config/demo.toml");
     let config =
         std::fs::read_to_string(&config_path).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let err = |e: shaper_user::sandbox::SandboxError| error_chain(&e);
+    let err = |e: shaper_testkit::sandbox::SandboxError| error_chain(&e);
 
     step("creating a sandbox: two network namespaces joined by a veth pair (198.18.0.1 ↔ 198.18.0.2)");
     let sandbox = Sandbox::new("demo").map_err(err)?;

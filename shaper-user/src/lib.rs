@@ -2,6 +2,8 @@
 //!
 //! The daemon and every CLI verb are thin layers over these modules; data flows
 //! one way: config → rules → kernel tables, and kernel counters → daemon → CLI.
+//! The test kit (network-namespace sandboxes, crafted frames, BPF_PROG_TEST_RUN)
+//! is the dev-only crate `shaper-testkit`, not part of this library.
 //!
 //! | module | what lives there |
 //! |---|---|
@@ -23,7 +25,6 @@
 //! | [`control`] | the control socket protocol, server and client |
 //! | [`supervise`] | `shaper start` and `stop`: the daemon in the background |
 //! | [`flows`], [`table`] | small helpers |
-//! | [`packets`], [`sandbox`] | crafted frames and network namespaces for tests, demo, benchmarks |
 
 pub mod accounts;
 pub mod cgroups;
@@ -34,13 +35,11 @@ pub mod daemon;
 pub mod datapath;
 pub mod events;
 pub mod flows;
-pub mod packets;
 pub mod pins;
 pub mod plan;
 pub mod process;
 pub mod procscan;
 pub mod rules;
-pub mod sandbox;
 pub mod services;
 pub mod supervise;
 pub mod table;

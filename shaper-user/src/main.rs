@@ -9,11 +9,10 @@ use std::{
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use shaper_common::Direction;
 use shaper_user::{
     cgroups::{self, Cgroups},
     config::{self, Config},
-    control::{self, Applied, ClassRow, Command, ConnRow, Moved, SetClass, Status},
+    control::{self, Applied, ClassRow, ConnRow, SetClass, Status},
     daemon::{self, RunOptions},
     error_chain, plan,
     rules::SystemEnv,
@@ -196,16 +195,16 @@ fn dispatch(verb: Verb) -> Result<()> {
             Ok(())
         }
         Verb::Reload(args) => {
-            let applied: Applied = call(&args, Command::Reload)?;
+            let applied = control::client::reload(&socket_path(&args)?)?;
             print_applied(&applied, args.json)
         }
         Verb::Set { class, egress, ingress, priority, client } => {
-            let applied: Applied =
-                call(&client, Command::Set(SetClass { class, egress, ingress, priority }))?;
+            let set = SetClass { class, egress, ingress, priority };
+            let applied = control::client::set(&socket_path(&client)?, set)?;
             print_applied(&applied, client.json)
         }
         Verb::Move { conn, class, client } => {
-            let moved: Moved = call(&client, Command::Move { conn, class })?;
+            let moved = control::client::move_conn(&socket_path(&client)?, &conn, &class)?;
             if client.json {
                 return print_json(&moved);
             }
@@ -214,15 +213,15 @@ fn dispatch(verb: Verb) -> Result<()> {
         }
         Verb::Check { config } => check(&config),
         Verb::Status(args) => {
-            let status: Status = call(&args, Command::Status)?;
+            let status = control::client::status(&socket_path(&args)?)?;
             print_status(&status, args.json)
         }
         Verb::Classes(args) => {
-            let rows: Vec<ClassRow> = call(&args, Command::Classes)?;
+            let rows = control::client::classes(&socket_path(&args)?)?;
             print_classes(&rows, args.json)
         }
         Verb::Conns(args) => {
-            let rows: Vec<ConnRow> = call(&args, Command::Conns)?;
+            let rows = control::client::conns(&socket_path(&args)?)?;
             print_conns(&rows, args.json)
         }
     }
@@ -236,10 +235,6 @@ fn socket_path(args: &ClientArgs) -> Result<PathBuf> {
         return Ok(load_config(config)?.daemon.control_socket);
     }
     Ok(PathBuf::from(DEFAULT_SOCKET))
-}
-
-fn call<T: serde::de::DeserializeOwned>(args: &ClientArgs, command: Command) -> Result<T> {
-    Ok(control::client::request(&socket_path(args)?, command)?)
 }
 
 fn print_applied(applied: &Applied, json: bool) -> Result<()> {
@@ -273,7 +268,7 @@ fn check(path: &Path) -> Result<()> {
     for iface in &conf.interfaces {
         let ingress = iface.ingress_bps.map_or_else(|| "not shaped".to_string(), format_rate);
         println!("interface {}: egress {}, ingress {}", iface.name, format_rate(iface.egress_bps), ingress);
-        let Some(egress) = plan::plan(&conf, &ids, iface, Direction::Egress, 1500) else { continue };
+        let Some(egress) = plan::plan(&conf, &ids, iface, plan::Direction::Egress, 1500) else { continue };
         let mut table = Table::new(&[
             ("CLASS", false),
             ("CLASSID", false),

@@ -15,7 +15,7 @@ use std::{
 
 use crate::{
     config::Config,
-    control::{self, client::ClientError, Command, Stopping},
+    control::{self, client::ClientError},
     daemon::{pidfile, RunOptions},
 };
 
@@ -136,8 +136,7 @@ impl Drop for NotifyFile {
 /// Asks the daemon at `socket` to stop and waits until its process is gone.
 /// Returns its pid.
 pub fn stop(socket: &Path, keep: bool) -> Result<u32, SuperviseError> {
-    let reply: Stopping = control::client::request(socket, Command::Stop { keep })?;
-    let pid = reply.pid;
+    let pid = control::client::stop(socket, keep)?.pid;
     let started = Instant::now();
     while pid != 0 && Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
         if started.elapsed() > STOP_TIMEOUT {

@@ -2,7 +2,8 @@
 //! parsing (IPv4, IPv6 with extension headers, fragments, truncation), the
 //! rule-table walk, the flow cache and the per-class counters.
 //!
-//! Needs root (loads BPF programs); attaches nothing to any interface.
+//! Needs root (loads BPF programs; without it each test reports "skipped:
+//! needs root"); attaches nothing to any interface.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,10 +17,8 @@ use shaper_common::{
     classid_of, FlowKey, IfaceInfo, RuleNode, CLASS_DEFAULT, FAMILY_V4, FAMILY_V6, OP_RADDR, OP_RPORT,
     OP_TRUE, PROTO_TCP, TARGET_DEFAULT,
 };
-use shaper_user::{
-    datapath::{Datapath, LoadOptions},
-    packets::Frame,
-};
+use shaper_testkit::{packets::Frame, require_root, TestRunExt as _};
+use shaper_user::datapath::{Datapath, LoadOptions};
 
 /// ifindex of `lo`, which BPF_PROG_TEST_RUN uses as the packet's device by default.
 const IFINDEX: u32 = 1;
@@ -82,6 +81,7 @@ fn classify(dp: &mut Datapath, frame: &[u8]) -> u32 {
 
 #[test]
 fn frames_get_the_class_of_the_first_matching_rule() {
+    require_root!();
     let mut dp = datapath();
     dp.set_rules(&rules()).unwrap();
     let cases = [
@@ -101,6 +101,7 @@ fn frames_get_the_class_of_the_first_matching_rule() {
 
 #[test]
 fn ipv6_extension_headers_are_skipped_and_fragments_take_the_default() {
+    require_root!();
     let mut dp = datapath();
     dp.set_rules(&rules()).unwrap();
     let mut frame = Frame::tcp(ip("fd00::1"), 40000, ip("fd00::2"), 5201);
@@ -120,6 +121,7 @@ fn ipv6_extension_headers_are_skipped_and_fragments_take_the_default() {
 
 #[test]
 fn truncated_and_non_ip_frames_pass_with_the_default_class() {
+    require_root!();
     let mut dp = datapath();
     dp.set_rules(&rules()).unwrap();
     let mut with_ext = Frame::tcp(ip("fd00::1"), 40000, ip("fd00::2"), 5201);
@@ -163,6 +165,7 @@ fn truncated_and_non_ip_frames_pass_with_the_default_class() {
 
 #[test]
 fn flows_are_cached_counted_and_re_evaluated_after_a_rule_swap() {
+    require_root!();
     let mut dp = datapath();
     dp.set_rules(&rules()).unwrap();
     let frame = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201);
@@ -204,6 +207,7 @@ fn flows_are_cached_counted_and_re_evaluated_after_a_rule_swap() {
 
 #[test]
 fn classes_missing_on_an_interface_fall_back_to_its_default() {
+    require_root!();
     let mut dp = datapath();
     dp.set_rules(&rules()).unwrap();
     let mut info = IfaceInfo::new(0, DEFAULT_CLASS, 14);
@@ -219,6 +223,7 @@ fn classes_missing_on_an_interface_fall_back_to_its_default() {
 
 #[test]
 fn no_rules_loaded_means_default_class() {
+    require_root!();
     let mut dp = datapath();
     let frame = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build();
     assert_eq!(classify(&mut dp, &frame), classid_of(DEFAULT_CLASS as u32));
@@ -232,6 +237,7 @@ const TC_ACT_UNSPEC: i32 = -1;
 
 #[test]
 fn ingress_packets_share_their_connections_flow_and_go_to_the_ifb() {
+    require_root!();
     let mut dp = datapath();
     dp.set_rules(&rules()).unwrap();
     let ingress = shaper_common::names::PROG_TC_INGRESS;
@@ -265,4 +271,19 @@ fn ingress_packets_share_their_connections_flow_and_go_to_the_ifb() {
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let run = dp.test_run(ingress, &arp, IFINDEX, 1).unwrap();
     assert_eq!((run.priority, run.verdict), (classid_of(DEFAULT_CLASS as u32), TC_ACT_REDIRECT));
+}
+
+#[test]
+fn the_daemon_loads_only_the_programs_it_runs() {
+    require_root!();
+    use shaper_common::names;
+    let mut dp = datapath();
+    for name in [names::PROG_TC_EGRESS, names::PROG_TC_INGRESS] {
+        assert!(dp.program(name).unwrap().fd().is_ok(), "{name} is not loaded");
+    }
+    // The benchmark's empty program stays out of the kernel until the kit loads it.
+    assert!(dp.program(names::PROG_TC_PASSTHROUGH).unwrap().fd().is_err(), "the passthrough is loaded");
+    dp.load_program(names::PROG_TC_PASSTHROUGH).unwrap();
+    let frame = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build();
+    assert_eq!(dp.test_run(names::PROG_TC_PASSTHROUGH, &frame, IFINDEX, 1).unwrap().verdict, TC_ACT_UNSPEC);
 }

@@ -1,7 +1,8 @@
 //! End to end: downloads shaped through an IFB, UDP both ways, IPv6, and
 //! malformed frames that must pass and must not disturb anything.
 //!
-//! Needs root. Every test builds and removes its own sandbox.
+//! Needs root (without it each test reports "skipped: needs root"). Every
+//! test builds and removes its own sandbox.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,15 +15,16 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use shaper_user::{
-    control::Command,
+use shaper_testkit::{
     packets::Frame,
+    require_root,
     sandbox::{
         finish_client,
         raw::{marker_mac, RawSocket},
         spawn_client, Daemon, IperfServer, Sandbox,
     },
 };
+use shaper_user::control::{ClassRow, Direction};
 
 /// An interface with both directions shaped, and `classes`.
 fn config(sandbox: &Sandbox, classes: &str) -> String {
@@ -39,6 +41,7 @@ fn ifb_exists(sandbox: &Sandbox) -> bool {
 
 #[test]
 fn a_download_is_capped_by_an_ingress_class_and_the_ifb_goes_away_with_the_daemon() {
+    require_root!();
     let sandbox = Sandbox::new("down").unwrap();
     let before = qdiscs(&sandbox);
     let defs = "[[class]]\nname = \"down\"\ningress = \"10mbit\"\nmatch = 'rport == 5201'\n";
@@ -52,13 +55,10 @@ fn a_download_is_capped_by_an_ingress_class_and_the_ifb_goes_away_with_the_daemo
     println!("download {:.2} Mbit/s", down.received_bps / MBIT);
     assert_near("a download in a 10 Mbit/s ingress class", down.received_bps, 10.0 * MBIT, 0.10);
     let rows = classes(&daemon);
-    let ingress = rows.iter().find(|r| r["name"] == "down" && r["direction"] == "ingress").unwrap();
-    assert!(ingress["bytes"].as_u64().unwrap() > 5_000_000, "{ingress:#}");
-    assert!(ingress["sent_bytes"].as_u64().unwrap() > 5_000_000, "{ingress:#}");
-    assert_eq!(
-        (ingress["rate_bps"].as_u64(), ingress["ceil_bps"].as_u64()),
-        (Some(10_000_000), Some(10_000_000))
-    );
+    let ingress = class_in(&rows, "down", Direction::Ingress);
+    assert!(ingress.bytes > 5_000_000, "{ingress:#?}");
+    assert!(ingress.sent_bytes > 5_000_000, "{ingress:#?}");
+    assert_eq!((ingress.rate_bps, ingress.ceil_bps), (10_000_000, 10_000_000));
     let status = daemon.stop().unwrap();
     assert!(status.success(), "{}", daemon.log_text());
     assert!(!ifb_exists(&sandbox), "the IFB device outlived the daemon");
@@ -68,6 +68,7 @@ fn a_download_is_capped_by_an_ingress_class_and_the_ifb_goes_away_with_the_daemo
 
 #[test]
 fn two_ingress_classes_at_once() {
+    require_root!();
     let sandbox = Sandbox::new("down2").unwrap();
     let defs = "[[class]]\nname = \"slow\"\ningress = \"10mbit\"\nmatch = 'rport == 5201'\n\n\
                    [[class]]\nname = \"fast\"\ningress = \"20mbit\"\nmatch = 'rport == 5202'\n";
@@ -85,6 +86,7 @@ fn two_ingress_classes_at_once() {
 
 #[test]
 fn an_ipv6_download_is_capped_too() {
+    require_root!();
     let sandbox = Sandbox::new("down6").unwrap();
     let defs =
         "[[class]]\nname = \"down\"\ningress = \"10mbit\"\nmatch = 'raddr in fd00::/8 and rport == 5201'\n";
@@ -97,15 +99,16 @@ fn an_ipv6_download_is_capped_too() {
     assert_near("an IPv6 download in a 10 Mbit/s ingress class", down.received_bps, 10.0 * MBIT, 0.10);
     let conn = conns(&daemon)
         .into_iter()
-        .filter(|c| c["remote"] == format!("[{}]:5201", Sandbox::ADDR_B6))
-        .max_by_key(|c| c["rx_bytes"].as_u64())
+        .filter(|c| c.remote == format!("[{}]:5201", Sandbox::ADDR_B6))
+        .max_by_key(|c| c.rx_bytes)
         .unwrap();
-    assert_eq!(conn["class"], "down", "{conn:#}");
-    assert!(conn["rx_bytes"].as_u64().unwrap() > 5_000_000, "{conn:#}");
+    assert_eq!(conn.class, "down", "{conn:#?}");
+    assert!(conn.rx_bytes > 5_000_000, "{conn:#?}");
 }
 
 #[test]
 fn udp_offered_at_50_mbits_into_a_10_mbit_class_both_ways_and_families() {
+    require_root!();
     let sandbox = Sandbox::new("udp").unwrap();
     // QUIC's port.
     let defs = "[[class]]\nname = \"quic\"\negress = \"10mbit\"\ningress = \"10mbit\"\n\
@@ -128,10 +131,9 @@ fn udp_offered_at_50_mbits_into_a_10_mbit_class_both_ways_and_families() {
     // the full queue, and on this test rig the download's too, since a packet
     // crossing namespaces keeps its socket (on a real link the excess of a
     // download is dropped at the class's queue). The class saw all of it.
-    let row =
-        |direction: &str| rows.iter().find(|r| r["name"] == "quic" && r["direction"] == direction).unwrap();
-    assert!(row("ingress")["bytes"].as_u64().unwrap() > 6_000_000, "{:#}", row("ingress"));
-    let sent = up.json["end"]["sum_sent"]["bits_per_second"].as_f64().unwrap();
+    let ingress = class_in(&rows, "quic", Direction::Ingress);
+    assert!(ingress.bytes > 6_000_000, "{ingress:#?}");
+    let sent = up.sent_bps;
     assert!(sent < 15.0 * MBIT, "the local sender was not slowed down: {:.1} Mbit/s", sent / MBIT);
 }
 
@@ -189,11 +191,12 @@ fn malformed_frames() -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn malformed_frames_pass_both_ways_and_break_nothing() {
+    require_root!();
     let sandbox = Sandbox::new("mal").unwrap();
     let defs = "[[class]]\nname = \"web\"\negress = \"10mbit\"\ningress = \"10mbit\"\nmatch = 'rport in [443, 5201]'\n";
     let daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox, defs)).unwrap();
-    let status: serde_json::Value = daemon.call(Command::Status).unwrap();
-    let ifb = status["interfaces"][0]["ifb"].as_str().unwrap().to_string();
+    let status = daemon.status().unwrap();
+    let ifb = status.interfaces[0].ifb.clone().unwrap();
     let frames = malformed_frames();
     let all: Vec<u8> = (0..frames.len() as u8).collect();
     // Ingress: sent by the far end, seen leaving the IFB, i.e. through the
@@ -221,24 +224,20 @@ fn malformed_frames_pass_both_ways_and_break_nothing() {
     // All went to the default class but the well-formed IPv6 chain, whose
     // ports match the rule on ingress (the daemon is alive to say so).
     let after = classes(&daemon);
-    let grew = |direction: &str, class: &str, field: &str| {
-        let pick = |rows: &[serde_json::Value]| {
-            rows.iter().find(|r| r["name"] == class && r["direction"] == direction).unwrap()[field]
-                .as_u64()
-                .unwrap()
-        };
+    let grew = |direction: Direction, class: &str| {
+        let pick = |rows: &[ClassRow]| class_in(rows, class, direction).packets;
         pick(&after) - pick(&before)
     };
-    for direction in ["egress", "ingress"] {
+    for direction in Direction::BOTH {
         println!(
             "{direction}: default +{} packets, web +{}",
-            grew(direction, "default", "packets"),
-            grew(direction, "web", "packets")
+            grew(direction, "default"),
+            grew(direction, "web")
         );
-        let matching = if direction == "ingress" { 3 } else { 0 };
-        assert!(grew(direction, "default", "packets") >= 3 * frames.len() as u64 - matching, "{direction}");
+        let matching = if direction == Direction::Ingress { 3 } else { 0 };
+        assert!(grew(direction, "default") >= 3 * frames.len() as u64 - matching, "{direction}");
         assert_eq!(
-            grew(direction, "web", "packets") - matching,
+            grew(direction, "web") - matching,
             0,
             "{direction}: a malformed frame was put in a rule's class"
         );

@@ -3,7 +3,8 @@
 //! pinned state over; `stop` and `stop --keep`; `start`; a hostile control
 //! socket client.
 //!
-//! Needs root. Every daemon pins into a BPF filesystem of its own (see
+//! Needs root (without it each test reports "skipped: needs root"). Every
+//! daemon pins into a BPF filesystem of its own (see the kit's
 //! `sandbox::Daemon`), never the host's.
 #![allow(
     clippy::unwrap_used,
@@ -18,10 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shaper_user::{
-    control::{Command, SetClass},
+use shaper_testkit::{
+    require_root,
     sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox},
 };
+use shaper_user::control::SetClass;
 
 mod common;
 
@@ -74,11 +76,12 @@ fn links(sandbox: &Sandbox) -> Vec<String> {
 }
 
 fn bytes_of(daemon: &Daemon, name: &str) -> u64 {
-    class(&classes(daemon), name)["bytes"].as_u64().unwrap()
+    class(&classes(daemon), name).bytes
 }
 
 #[test]
 fn a_reload_changes_a_rate_under_load_and_a_bad_config_changes_nothing() {
+    require_root!();
     let sandbox = Sandbox::new("reload").unwrap();
     let daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox.dev_a, "10mbit", "")).unwrap();
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
@@ -86,24 +89,24 @@ fn a_reload_changes_a_rate_under_load_and_a_bad_config_changes_nothing() {
     std::thread::sleep(Duration::from_secs(2));
     let before = htb_rate(&daemon, "bulk", 2.0);
     let bytes_before = bytes_of(&daemon, "bulk");
-    let htb_sent_before = class(&classes(&daemon), "bulk")["sent_bytes"].as_u64().unwrap();
+    let htb_sent_before = class(&classes(&daemon), "bulk").sent_bytes;
 
     std::fs::write(&daemon.config, config(&sandbox.dev_a, "20mbit", "")).unwrap();
-    let reloaded = daemon.call(Command::Reload).unwrap();
-    assert_eq!(reloaded["classes_changed"], serde_json::json!(["bulk"]), "{reloaded:#}");
-    println!("reload applied in {} ms", reloaded["took_ms"]);
+    let reloaded = daemon.reload().unwrap();
+    assert_eq!(reloaded.changes.classes_changed, ["bulk"], "{reloaded:#?}");
+    println!("reload applied in {} ms", reloaded.took_ms);
     std::thread::sleep(Duration::from_secs(1));
     let after = htb_rate(&daemon, "bulk", 2.0);
 
     // A typo: refused with its position; the 20 Mbit/s stay.
     let broken = config(&sandbox.dev_a, "5mbit", "").replace("match = 'rport", "match = 'rprot");
     std::fs::write(&daemon.config, broken).unwrap();
-    let err = daemon.call(Command::Reload).unwrap_err().to_string();
+    let err = daemon.reload().unwrap_err().to_string();
     let expected = format!("{}:10:10: unknown attribute \"rprot\"", daemon.config.display());
     assert!(err.contains(&expected), "expected `{expected}` in: {err}");
     let kept = htb_rate(&daemon, "bulk", 2.0);
-    let status = daemon.call(Command::Status).unwrap();
-    assert_eq!(status["last_reload"]["ok"], false, "{status:#}");
+    let status = daemon.status().unwrap();
+    assert_eq!(status.last_reload.as_ref().map(|r| r.ok), Some(false), "{status:#?}");
 
     let run = finish_client(client).unwrap();
     println!(
@@ -118,25 +121,26 @@ fn a_reload_changes_a_rate_under_load_and_a_bad_config_changes_nothing() {
     assert_near("after the refused reload (still 20 Mbit/s)", kept, 20.0 * MBIT, 0.10);
     // The same HTB class and the same counters: nothing was rebuilt.
     let rows = classes(&daemon);
-    assert!(class(&rows, "bulk")["sent_bytes"].as_u64().unwrap() > htb_sent_before + 2_000_000);
+    assert!(class(&rows, "bulk").sent_bytes > htb_sent_before + 2_000_000);
     assert!(bytes_of(&daemon, "bulk") > bytes_before + 2_000_000);
     assert_eq!(qdiscs(&sandbox).matches("qdisc htb 1: root").count(), 1);
 }
 
 #[test]
 fn kill_9_under_load_keeps_shaping_and_a_restart_takes_it_over() {
+    require_root!();
     let sandbox = Sandbox::new("kill").unwrap();
     let before_start = qdiscs(&sandbox);
     let mut daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox.dev_a, "10mbit", "")).unwrap();
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
     let client = spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5201, &["-t", "14"]).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let classid = class(&classes(&daemon), "bulk")["classid"].as_str().unwrap().to_string();
+    let classid = class(&classes(&daemon), "bulk").classid.clone();
     let (pins, tc_before, progs, links_before) =
         (daemon.pinned(), qdiscs(&sandbox), attached_programs(&sandbox), links(&sandbox));
     let bytes_before = bytes_of(&daemon, "bulk");
     let names_before: Vec<String> =
-        classes(&daemon).iter().map(|r| format!("{} {}", r["name"], r["direction"])).collect();
+        classes(&daemon).iter().map(|r| format!("{} {}", r.name, r.direction)).collect();
 
     daemon.kill().unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -144,11 +148,11 @@ fn kill_9_under_load_keeps_shaping_and_a_restart_takes_it_over() {
     assert_eq!(attached_programs(&sandbox), progs, "the classifier went with the daemon");
 
     daemon.restart().unwrap();
-    let status = daemon.call(Command::Status).unwrap();
-    assert_eq!(status["adopted"], true, "{status:#}");
+    let status = daemon.status().unwrap();
+    assert!(status.adopted, "{status:#?}");
     let after = htb_rate(&daemon, "bulk", 2.0);
     let rows = classes(&daemon);
-    let names: Vec<String> = rows.iter().map(|r| format!("{} {}", r["name"], r["direction"])).collect();
+    let names: Vec<String> = rows.iter().map(|r| format!("{} {}", r.name, r.direction)).collect();
     let run = finish_client(client).unwrap();
     println!(
         "bulk: {:.2} Mbit/s while no daemon ran, {:.2} after the restart; iperf3 {:.2} Mbit/s",
@@ -177,6 +181,7 @@ fn kill_9_under_load_keeps_shaping_and_a_restart_takes_it_over() {
 
 #[test]
 fn stop_restores_the_interface_and_stop_keep_hands_shaping_over() {
+    require_root!();
     let sandbox = Sandbox::new("stop").unwrap();
     let (qdiscs_before, links_before) = (qdiscs(&sandbox), links(&sandbox));
     let mut daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox.dev_a, "10mbit", "")).unwrap();
@@ -194,7 +199,7 @@ fn stop_restores_the_interface_and_stop_keep_hands_shaping_over() {
     assert_eq!((qdiscs(&sandbox), attached_programs(&sandbox), daemon.pinned()), shaping);
 
     daemon.restart().unwrap();
-    assert_eq!(daemon.call(Command::Status).unwrap()["adopted"], true);
+    assert!(daemon.status().unwrap().adopted);
     let out = cli(&["stop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("every interface restored"));
@@ -209,6 +214,7 @@ fn stop_restores_the_interface_and_stop_keep_hands_shaping_over() {
 
 #[test]
 fn start_returns_once_ready_and_refuses_a_second_start() {
+    require_root!();
     let sandbox = Sandbox::new("start").unwrap();
     let before = qdiscs(&sandbox);
     let daemon = Daemon::prepare(&sandbox, shaper(), &config(&sandbox.dev_a, "10mbit", "")).unwrap();
@@ -217,7 +223,7 @@ fn start_returns_once_ready_and_refuses_a_second_start() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Ready means shaping: no polling needed.
     assert!(qdiscs(&sandbox).contains("qdisc htb 1: root"));
-    let pid = daemon.call(Command::Status).unwrap()["pid"].as_u64().unwrap();
+    let pid = daemon.status().unwrap().pid;
     assert_eq!(std::fs::read_to_string(&daemon.pid_file).unwrap().trim(), pid.to_string());
     let again = start();
     assert!(!again.status.success());
@@ -232,6 +238,7 @@ fn start_returns_once_ready_and_refuses_a_second_start() {
 
 #[test]
 fn set_move_and_watched_edits_change_a_running_shaper() {
+    require_root!();
     let sandbox = Sandbox::new("live").unwrap();
     let watched = config(&sandbox.dev_a, "5mbit", "")
         .replace("[[interface]]", "[daemon]\nwatch_config = true\n\n[[interface]]");
@@ -242,49 +249,46 @@ fn set_move_and_watched_edits_change_a_running_shaper() {
 
     // set: 5 → 15 Mbit/s, reported as drift.
     let set = SetClass { class: "bulk".into(), egress: Some("15mbit".into()), ..SetClass::default() };
-    daemon.call(Command::Set(set)).unwrap();
+    daemon.set(set).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let set_rate = htb_rate(&daemon, "bulk", 2.0);
-    let status = daemon.call(Command::Status).unwrap();
-    assert_eq!(status["drift"], serde_json::json!(["bulk: egress 15 Mbit/s"]), "{status:#}");
+    let status = daemon.status().unwrap();
+    assert_eq!(status.drift, ["bulk: egress 15 Mbit/s"], "{status:#?}");
 
     // move: the data connection (iperf3 also has an idle control connection
     // to the same port) into "other" (30 Mbit/s), pinned there.
     let conn = conns(&daemon)
         .into_iter()
-        .filter(|c| c["remote"] == format!("{}:5201", Sandbox::ADDR_B4))
-        .max_by_key(|c| c["tx_bytes"].as_u64().unwrap())
+        .filter(|c| c.remote == format!("{}:5201", Sandbox::ADDR_B4))
+        .max_by_key(|c| c.tx_bytes)
         .unwrap();
-    let id = conn["id"].as_str().unwrap().to_string();
-    daemon.call(Command::Move { conn: id[..6].to_string(), class: "other".into() }).unwrap();
+    let id = conn.id;
+    let moved = daemon.move_conn(&id[..6], "other").unwrap();
+    assert_eq!((moved.id.as_str(), moved.class.as_str()), (id.as_str(), "other"), "{moved:#?}");
     std::thread::sleep(Duration::from_secs(1));
     let moved_rate = htb_rate(&daemon, "other", 2.0);
-    let conn = conns(&daemon).into_iter().find(|c| c["id"] == id.as_str()).unwrap();
-    assert_eq!(
-        (conn["class"].as_str(), conn["origin"].as_str()),
-        (Some("other"), Some("pinned")),
-        "{conn:#}"
-    );
+    let conn = conns(&daemon).into_iter().find(|c| c.id == id).unwrap();
+    assert_eq!((conn.class.as_str(), conn.origin.as_str()), ("other", "pinned"), "{conn:#?}");
 
     // An edit of the watched file: a new class appears, drift is gone, the
     // pinned connection stays where it was put.
     let extra = "\n[[class]]\nname = \"extra\"\negress = \"1mbit\"\nmatch = 'rport == 9999'\n";
     std::fs::write(&daemon.config, watched.clone() + extra).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while !classes(&daemon).iter().any(|r| r["name"] == "extra") {
+    while !classes(&daemon).iter().any(|r| r.name == "extra") {
         assert!(Instant::now() < deadline, "the edit was not picked up: {}", daemon.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = daemon.call(Command::Status).unwrap();
-    assert!(status.get("drift").is_none(), "{status:#}");
-    let extra_id = class(&classes(&daemon), "extra")["classid"].as_str().unwrap().to_string();
+    let status = daemon.status().unwrap();
+    assert!(status.drift.is_empty(), "{status:#?}");
+    let extra_id = class(&classes(&daemon), "extra").classid.clone();
     let tc_classes = || {
         let out = sandbox.a.run("tc", &["class", "show", "dev", &sandbox.dev_a]).unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(tc_classes().contains(&format!("class htb {extra_id} ")), "{}", tc_classes());
-    let conn = conns(&daemon).into_iter().find(|c| c["id"] == id.as_str()).unwrap();
-    assert_eq!(conn["class"], "other");
+    let conn = conns(&daemon).into_iter().find(|c| c.id == id).unwrap();
+    assert_eq!(conn.class, "other");
     let run = finish_client(client).unwrap();
     println!(
         "bulk set to 15 Mbit/s: {:.2}; moved into other (30 Mbit/s): {:.2}; iperf3 {:.2} Mbit/s",
@@ -296,15 +300,15 @@ fn set_move_and_watched_edits_change_a_running_shaper() {
     assert_near("after move (30 Mbit/s)", moved_rate, 30.0 * MBIT, 0.10);
 
     // Bad requests are refused with a reason.
-    let err = daemon.call(Command::Move { conn: "ffffffff".into(), class: "other".into() }).unwrap_err();
+    let err = daemon.move_conn("ffffffff", "other").unwrap_err();
     assert!(err.to_string().contains("no connection"), "{err}");
     let bad = SetClass { class: "bulk".into(), egress: Some("10mbit:5mbit".into()), ..SetClass::default() };
-    let err = daemon.call(Command::Set(bad)).unwrap_err();
+    let err = daemon.set(bad).unwrap_err();
     assert!(err.to_string().contains("below the rate"), "{err}");
     // Removing the class again (an edit the watch picks up) takes its HTB class away.
     std::fs::write(&daemon.config, &watched).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while classes(&daemon).iter().any(|r| r["name"] == "extra") {
+    while classes(&daemon).iter().any(|r| r.name == "extra") {
         assert!(Instant::now() < deadline, "the edit was not picked up: {}", daemon.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -314,6 +318,7 @@ fn set_move_and_watched_edits_change_a_running_shaper() {
 
 #[test]
 fn hostile_control_clients_get_errors_and_never_block_the_daemon() {
+    require_root!();
     let sandbox = Sandbox::new("ctl").unwrap();
     let daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox.dev_a, "10mbit", "")).unwrap();
     let connect = || {
@@ -349,7 +354,7 @@ fn hostile_control_clients_get_errors_and_never_block_the_daemon() {
     // Meanwhile every other client is served at once.
     for _ in 0..20 {
         let t = Instant::now();
-        daemon.call(Command::Status).unwrap();
+        daemon.status().unwrap();
         assert!(t.elapsed() < Duration::from_millis(500), "status took {:?}", t.elapsed());
     }
 
@@ -392,5 +397,5 @@ fn hostile_control_clients_get_errors_and_never_block_the_daemon() {
     }
     let idle = held.elapsed();
     assert!(idle >= Duration::from_secs(9), "dropped after {idle:?}");
-    daemon.call(Command::Status).unwrap();
+    daemon.status().unwrap();
 }

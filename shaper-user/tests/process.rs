@@ -2,8 +2,8 @@
 //! behind a connection, with real programs started in the sandbox's cgroup
 //! (where the daemon's socket hooks are attached).
 //!
-//! Needs root. Every test builds and removes its own sandbox, cgroups, program
-//! copies and users.
+//! Needs root (without it each test reports "skipped: needs root"). Every
+//! test builds and removes its own sandbox, cgroups, program copies and users.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,10 +16,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
-use shaper_user::sandbox::{
-    finish_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox, TestUser,
+use shaper_testkit::{
+    require_root,
+    sandbox::{
+        finish_client, spawn_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox, TestUser,
+    },
 };
+use shaper_user::control::{ConnRow, Origin};
 
 fn interface(sandbox: &Sandbox) -> String {
     format!("[[interface]]\nname = \"{}\"\negress = \"1gbit\"\n", sandbox.dev_a)
@@ -27,26 +30,24 @@ fn interface(sandbox: &Sandbox) -> String {
 
 /// iperf3's connections to `port`: (control, data), the data connection being
 /// the one that carried the bytes.
-fn iperf_conns(daemon: &Daemon, port: u16) -> (Value, Value) {
+fn iperf_conns(daemon: &Daemon, port: u16) -> (ConnRow, ConnRow) {
     let rows = conns(daemon);
-    let mut mine: Vec<Value> = rows
-        .iter()
-        .filter(|c| c["remote"].as_str().is_some_and(|r| r.ends_with(&format!(":{port}"))))
-        .cloned()
-        .collect();
-    mine.sort_by_key(|c| c["tx_bytes"].as_u64());
-    match <[Value; 2]>::try_from(mine) {
+    let mut mine: Vec<ConnRow> =
+        rows.iter().filter(|c| c.remote.ends_with(&format!(":{port}"))).cloned().collect();
+    mine.sort_by_key(|c| c.tx_bytes);
+    match <[ConnRow; 2]>::try_from(mine) {
         Ok([control, data]) => (control, data),
         Err(other) => panic!("expected two connections to port {port}, found {other:#?}"),
     }
 }
 
-fn data_conn(daemon: &Daemon, port: u16) -> Value {
+fn data_conn(daemon: &Daemon, port: u16) -> ConnRow {
     iperf_conns(daemon, port).1
 }
 
 #[test]
 fn two_copies_of_one_program_are_shaped_by_name() {
+    require_root!();
     let sandbox = Sandbox::new("names").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     let bulk = programs.copy("iperf3", "bulkapp").unwrap();
@@ -72,16 +73,17 @@ fn two_copies_of_one_program_are_shaped_by_name() {
     assert_near("fastapp (cmd rule, 20 Mbit/s)", f.received_bps, 20.0 * MBIT, 0.10);
     // The kernel decided from the first packet; conns shows who is behind each flow.
     for (conn, cmd, class) in [(&bulk_conn, "bulkapp", "bulk"), (&fast_conn, "fastapp", "fast")] {
-        assert_eq!((conn["cmd"].as_str(), conn["class"].as_str()), (Some(cmd), Some(class)), "{conn:#}");
-        assert_eq!(conn["origin"], "kernel", "{conn:#}");
-        assert_eq!(conn["user"], "root", "{conn:#}");
-        assert!(conn["pid"].as_u64().is_some_and(|p| p > 1), "{conn:#}");
-        assert_eq!(conn["rule"], format!("cmd == \"{cmd}\""), "{conn:#}");
+        assert_eq!((conn.cmd.as_deref(), conn.class.as_str()), (Some(cmd), class), "{conn:#?}");
+        assert_eq!(conn.origin, Origin::Kernel, "{conn:#?}");
+        assert_eq!(conn.user.as_deref(), Some("root"), "{conn:#?}");
+        assert!(conn.pid.is_some_and(|p| p > 1), "{conn:#?}");
+        assert_eq!(conn.rule.as_deref(), Some(format!("cmd == \"{cmd}\"").as_str()), "{conn:#?}");
     }
 }
 
 #[test]
 fn a_client_run_as_another_user_is_matched_by_user() {
+    require_root!();
     let sandbox = Sandbox::new("user").unwrap();
     let user = TestUser::create(&format!("shp-{}", sandbox.tag)).unwrap();
     let config = format!(
@@ -103,14 +105,15 @@ fn a_client_run_as_another_user_is_matched_by_user() {
     assert_near(&format!("user {} (5 Mbit/s)", user.name), theirs.received_bps, 5.0 * MBIT, 0.10);
     assert_near("root's client, the default class (20 Mbit/s)", root.received_bps, 20.0 * MBIT, 0.10);
     assert_eq!(
-        (conn["user"].as_str(), conn["class"].as_str()),
-        (Some(user.name.as_str()), Some("theirs")),
-        "{conn:#}"
+        (conn.user.as_deref(), conn.class.as_str()),
+        (Some(user.name.as_str()), "theirs"),
+        "{conn:#?}"
     );
 }
 
 #[test]
 fn args_and_ancestor_rules_are_decided_by_the_daemon_within_milliseconds() {
+    require_root!();
     let sandbox = Sandbox::new("args").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     // A launcher script that runs the client as its child (not exec).
@@ -139,7 +142,7 @@ fn args_and_ancestor_rules_are_decided_by_the_daemon_within_milliseconds() {
     .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let (titled_conns, launched_conns) = (iperf_conns(&daemon, 5201), iperf_conns(&daemon, 5202));
-    let status = daemon.call(shaper_user::control::Command::Status).unwrap();
+    let status = daemon.status().unwrap();
     let (titled, launched) = (finish_client(titled).unwrap(), finish_client(launched).unwrap());
     assert_near("iperf3 -T shp-args-1 (args rule, 5 Mbit/s)", titled.received_bps, 5.0 * MBIT, 0.10);
     assert_near(
@@ -151,29 +154,25 @@ fn args_and_ancestor_rules_are_decided_by_the_daemon_within_milliseconds() {
     for ((control, data), class) in [(&titled_conns, "titled"), (&launched_conns, "launched")] {
         // A process's first connection waits for the daemon, which reads /proc;
         // it ran in its provisional class until then: report it.
-        assert_eq!(
-            (control["class"].as_str(), control["origin"].as_str()),
-            (Some(class), Some("daemon")),
-            "{control:#}"
-        );
-        let (us, bytes) =
-            (control["decided_us"].as_u64().unwrap(), control["provisional_bytes"].as_u64().unwrap());
+        assert_eq!((control.class.as_str(), control.origin.as_str()), (class, "daemon"), "{control:#?}");
+        let (us, bytes) = (control.decided_us.unwrap(), control.provisional_bytes.unwrap());
         println!(
             "{class}: first connection decided after {us} µs, {bytes} bytes sent in the provisional class"
         );
-        assert!(bytes < 64 * 1024, "{bytes} bytes ran in the provisional class: {control:#}");
+        assert!(bytes < 64 * 1024, "{bytes} bytes ran in the provisional class: {control:#?}");
         // The data connection follows within a millisecond or so: decided by
         // the kernel from the daemon's answers if they were there already,
         // else by the daemon; in its class either way.
-        assert_eq!(data["class"].as_str(), Some(class), "{data:#}");
+        assert_eq!(data.class, class, "{data:#?}");
     }
-    let decisions = &status["decisions"];
-    println!("daemon decisions: {decisions:#}");
-    assert!(decisions["provisional"].as_u64() >= Some(2), "{status:#}");
+    let decisions = &status.decisions;
+    println!("daemon decisions: {decisions:#?}");
+    assert!(decisions.provisional >= 2, "{status:#?}");
 }
 
 #[test]
 fn every_byte_of_a_kernel_decided_connection_is_in_its_class() {
+    require_root!();
     let sandbox = Sandbox::new("first3").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     let bulk = programs.copy("iperf3", "bulkapp").unwrap();
@@ -184,7 +183,7 @@ fn every_byte_of_a_kernel_decided_connection_is_in_its_class() {
     let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B6, 5201).unwrap();
     let before = classes(&daemon);
-    let default_before = class(&before, "default")["sent_bytes"].as_u64().unwrap();
+    let default_before = class(&before, "default").sent_bytes;
     let run = finish_client(
         spawn_client_cmd(
             sandbox.client(bulk.to_str().unwrap()).unwrap(),
@@ -196,11 +195,8 @@ fn every_byte_of_a_kernel_decided_connection_is_in_its_class() {
     )
     .unwrap();
     let rows = classes(&daemon);
-    let (in_class, htb_sent) = (
-        class(&rows, "bulk")["bytes"].as_u64().unwrap(),
-        class(&rows, "bulk")["sent_bytes"].as_u64().unwrap(),
-    );
-    let default_growth = class(&rows, "default")["sent_bytes"].as_u64().unwrap() - default_before;
+    let (in_class, htb_sent) = (class(&rows, "bulk").bytes, class(&rows, "bulk").sent_bytes);
+    let default_growth = class(&rows, "default").sent_bytes - default_before;
     println!(
         "received {}; classifier counted {in_class}, HTB sent {htb_sent}; default grew {default_growth}",
         run.received_bytes
@@ -208,11 +204,12 @@ fn every_byte_of_a_kernel_decided_connection_is_in_its_class() {
     assert!(in_class >= run.received_bytes && htb_sent >= run.received_bytes);
     assert!(default_growth < 2_000, "the default class grew by {default_growth} bytes");
     let conn = data_conn(&daemon, 5201);
-    assert_eq!((conn["origin"].as_str(), conn["class"].as_str()), (Some("kernel"), Some("bulk")), "{conn:#}");
+    assert_eq!((conn.origin.as_str(), conn.class.as_str()), ("kernel", "bulk"), "{conn:#?}");
 }
 
 #[test]
 fn a_connection_opened_before_the_daemon_started_is_shaped_after_the_first_scan() {
+    require_root!();
     let sandbox = Sandbox::new("pre3").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     let bulk = programs.copy("iperf3", "bulkapp").unwrap();
@@ -233,13 +230,14 @@ fn a_connection_opened_before_the_daemon_started_is_shaped_after_the_first_scan(
     let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let conn = data_conn(&daemon, 5201);
-    assert_eq!((conn["class"].as_str(), conn["cmd"].as_str()), (Some("bulk"), Some("bulkapp")), "{conn:#}");
+    assert_eq!((conn.class.as_str(), conn.cmd.as_deref()), ("bulk", Some("bulkapp")), "{conn:#?}");
     assert_near("a transfer that predates the daemon", htb_rate(&daemon, "bulk", 3.0), 5.0 * MBIT, 0.10);
     finish_client(client).unwrap();
 }
 
 #[test]
 fn cgroup_and_unit_rules_are_decided_in_the_kernel() {
+    require_root!();
     let sandbox = Sandbox::new("cgrp").unwrap();
     let unit = sandbox.cgroup.child("shp-bulk.service").unwrap();
     let plain = sandbox.cgroup.child("fast").unwrap();
@@ -262,11 +260,12 @@ fn cgroup_and_unit_rules_are_decided_in_the_kernel() {
     let (u, p) = (finish_client(u).unwrap(), finish_client(p).unwrap());
     assert_near("a process in shp-bulk.service (unit rule, 5 Mbit/s)", u.received_bps, 5.0 * MBIT, 0.10);
     assert_near("a process in …/fast (cgroup rule, 20 Mbit/s)", p.received_bps, 20.0 * MBIT, 0.10);
-    assert_eq!(unit_conn["origin"], "kernel", "{unit_conn:#}");
+    assert_eq!(unit_conn.origin, Origin::Kernel, "{unit_conn:#?}");
 }
 
 #[test]
 fn unconnected_udp_over_ipv6_is_matched_by_program() {
+    require_root!();
     let sandbox = Sandbox::new("udp3").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     // Datagrams with sendto() on an unconnected socket, 1 MB in all.
@@ -290,9 +289,7 @@ fn unconnected_udp_over_ipv6_is_matched_by_program() {
     assert!(status.success());
     std::thread::sleep(Duration::from_millis(300));
     let rows = classes(&daemon);
-    let grew = |name: &str| {
-        class(&rows, name)["bytes"].as_u64().unwrap() - class(&before, name)["bytes"].as_u64().unwrap()
-    };
+    let grew = |name: &str| class(&rows, name).bytes - class(&before, name).bytes;
     println!("udp class +{} bytes, default +{} bytes", grew("udp"), grew("default"));
     // 1000 datagrams of 1000 bytes plus headers, all in the class.
     assert!(grew("udp") >= 1_000_000, "udp class grew by {}", grew("udp"));
@@ -301,6 +298,7 @@ fn unconnected_udp_over_ipv6_is_matched_by_program() {
 
 #[test]
 fn later_connections_of_a_process_are_decided_in_the_kernel_from_the_daemons_answers() {
+    require_root!();
     let sandbox = Sandbox::new("cache").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     // Five connections, a tenth of a second apart; the argument is what the rule tests.
@@ -322,14 +320,12 @@ fn later_connections_of_a_process_are_decided_in_the_kernel_from_the_daemons_ans
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
     let status = sandbox.client(client.to_str().unwrap()).unwrap().arg("shp-cache-tag").status().unwrap();
     assert!(status.success());
-    let mut mine: Vec<Value> =
-        conns(&daemon).into_iter().filter(|c| c["remote"] == format!("{}:5201", Sandbox::ADDR_B4)).collect();
-    mine.sort_by_key(|c| {
-        c["local"].as_str().map(|l| l.rsplit(':').next().unwrap_or("").parse::<u32>().unwrap_or(0))
-    });
+    let mut mine: Vec<ConnRow> =
+        conns(&daemon).into_iter().filter(|c| c.remote == format!("{}:5201", Sandbox::ADDR_B4)).collect();
+    mine.sort_by_key(|c| c.local.rsplit(':').next().unwrap_or("").parse::<u32>().unwrap_or(0));
     assert_eq!(mine.len(), 5, "{mine:#?}");
-    let origins: Vec<&str> = mine.iter().map(|c| c["origin"].as_str().unwrap()).collect();
-    assert!(mine.iter().all(|c| c["class"] == "tagged"), "{mine:#?}");
+    let origins: Vec<&str> = mine.iter().map(|c| c.origin.as_str()).collect();
+    assert!(mine.iter().all(|c| c.class == "tagged"), "{mine:#?}");
     // The first waited for the daemon; the others did not.
     assert_eq!(origins.iter().filter(|o| **o == "daemon").count(), 1, "{mine:#?}");
     assert_eq!(origins.iter().filter(|o| **o == "kernel").count(), 4, "{mine:#?}");
@@ -337,6 +333,7 @@ fn later_connections_of_a_process_are_decided_in_the_kernel_from_the_daemons_ans
 
 #[test]
 fn connections_accepted_by_a_server_inherit_its_owner() {
+    require_root!();
     let sandbox = Sandbox::new("accept").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     let server = programs.copy("iperf3", "serverapp").unwrap();
@@ -347,19 +344,13 @@ fn connections_accepted_by_a_server_inherit_its_owner() {
     let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
     // A dual-stack server (bound to ::) in the shaped namespace, sending (-R)
     // to a client on the far side over IPv4: its sockets come from accept().
-    let _server = shaper_user::sandbox::IperfServer::start_cmd(
-        sandbox.client(server.to_str().unwrap()).unwrap(),
-        &sandbox.a,
-        5501,
-    )
-    .unwrap();
-    let client =
-        shaper_user::sandbox::spawn_client(&sandbox.b, Sandbox::ADDR_A4, 5501, &["-t", "8", "-O", "2", "-R"])
-            .unwrap();
+    let _server =
+        IperfServer::start_cmd(sandbox.client(server.to_str().unwrap()).unwrap(), &sandbox.a, 5501).unwrap();
+    let client = spawn_client(&sandbox.b, Sandbox::ADDR_A4, 5501, &["-t", "8", "-O", "2", "-R"]).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let rows = conns(&daemon);
-    let served: Vec<&Value> =
-        rows.iter().filter(|c| c["local"] == format!("{}:5501", Sandbox::ADDR_A4)).collect();
+    let served: Vec<&ConnRow> =
+        rows.iter().filter(|c| c.local == format!("{}:5501", Sandbox::ADDR_A4)).collect();
     let result = finish_client(client).unwrap();
     assert_near(
         "a download from serverapp (cmd rule on the listener, 5 Mbit/s)",
@@ -369,16 +360,13 @@ fn connections_accepted_by_a_server_inherit_its_owner() {
     );
     assert!(!served.is_empty(), "{rows:#?}");
     for conn in served {
-        assert_eq!(
-            (conn["class"].as_str(), conn["origin"].as_str()),
-            (Some("served"), Some("kernel")),
-            "{conn:#}"
-        );
+        assert_eq!((conn.class.as_str(), conn.origin.as_str()), ("served", "kernel"), "{conn:#?}");
     }
 }
 
 #[test]
 fn a_socket_kept_across_exec_is_reclassed_by_the_scan() {
+    require_root!();
     let sandbox = Sandbox::new("exec").unwrap();
     let programs = Programs::create(&sandbox.tag).unwrap();
     // The far end reads whatever comes.
@@ -408,24 +396,24 @@ fn a_socket_kept_across_exec_is_reclassed_by_the_scan() {
     let mut client = sandbox.client("bash").unwrap().args(["-c", &script]).spawn().unwrap();
     std::thread::sleep(Duration::from_secs(4));
     let rate = htb_rate(&daemon, "execd", 3.0);
-    let status = daemon.call(shaper_user::control::Command::Status).unwrap();
+    let status = daemon.status().unwrap();
     let _ = client.wait();
     let _ = sink.kill();
     let _ = sink.wait();
     assert_near("a socket bash made, used by execd after exec", rate, 5.0 * MBIT, 0.10);
-    let corrected = status["last_scan"]["corrected"].as_u64().unwrap_or(0);
+    let corrected = status.last_scan.as_ref().map_or(0, |s| s.corrected);
     let conn = data_conn_to(&daemon, 5601);
-    println!("scan corrected {corrected} flows; {conn:#}");
+    println!("scan corrected {corrected} flows; {conn:#?}");
     assert_eq!(
-        (conn["cmd"].as_str(), conn["class"].as_str(), conn["origin"].as_str()),
-        (Some("execd"), Some("execd"), Some("scan")),
-        "{conn:#}"
+        (conn.cmd.as_deref(), conn.class.as_str(), conn.origin.as_str()),
+        (Some("execd"), "execd", "scan"),
+        "{conn:#?}"
     );
 }
 
-fn data_conn_to(daemon: &Daemon, port: u16) -> Value {
+fn data_conn_to(daemon: &Daemon, port: u16) -> ConnRow {
     conns(daemon)
         .into_iter()
-        .find(|c| c["remote"].as_str().is_some_and(|r| r.ends_with(&format!(":{port}"))))
+        .find(|c| c.remote.ends_with(&format!(":{port}")))
         .unwrap_or_else(|| panic!("no connection to port {port}"))
 }

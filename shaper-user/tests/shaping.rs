@@ -1,8 +1,9 @@
 //! End to end: `shaper run` in one network namespace shapes real TCP traffic to
 //! iperf3 servers in another, through the eBPF classifier and HTB.
 //!
-//! Needs root. Every test builds its own sandbox (namespaces, veth pair, run
-//! directory and control socket) and tears it down on drop, failures included.
+//! Needs root (without it each test reports "skipped: needs root"). Every
+//! test builds its own sandbox (namespaces, veth pair, run directory and
+//! control socket) and tears it down on drop, failures included.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,11 +13,11 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use shaper_user::{
-    control::Command,
+use shaper_testkit::{
+    require_root,
     sandbox::{finish_client, run_client, spawn_client, Daemon, IperfServer, Sandbox},
 };
+use shaper_user::control::{ClassRow, ConnRow, Direction};
 
 mod common;
 
@@ -24,6 +25,7 @@ use common::*;
 
 #[test]
 fn two_port_classes_are_capped_at_once() {
+    require_root!();
     let sandbox = Sandbox::new("cap").unwrap();
     let config = format!(
         r#"
@@ -56,13 +58,14 @@ match = 'rport == 5202'
     let rows = classes(&daemon);
     for name in ["slow", "fast"] {
         let row = class(&rows, name);
-        assert!(row["bytes"].as_u64().unwrap() > 1_000_000, "{row:#}");
-        assert!(row["sent_bytes"].as_u64().unwrap() > 1_000_000, "{row:#}");
+        assert!(row.bytes > 1_000_000, "{row:#?}");
+        assert!(row.sent_bytes > 1_000_000, "{row:#?}");
     }
 }
 
 #[test]
 fn cidr_and_port_range_rule_and_the_default_class() {
+    require_root!();
     let sandbox = Sandbox::new("cidr").unwrap();
     let config = format!(
         r#"
@@ -110,6 +113,7 @@ egress = {{ rate = "1mbit", ceil = "3mbit" }}
 
 #[test]
 fn a_new_connection_is_in_its_class_from_the_first_packet() {
+    require_root!();
     let sandbox = Sandbox::new("first").unwrap();
     let config = format!(
         r#"
@@ -127,15 +131,15 @@ match = 'rport == 5301'
     let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5301).unwrap();
     let before = classes(&daemon);
-    let default_before = class(&before, "default")["bytes"].as_u64().unwrap();
-    let htb_default_before = class(&before, "default")["sent_bytes"].as_u64().unwrap();
+    let default_before = class(&before, "default").bytes;
+    let htb_default_before = class(&before, "default").sent_bytes;
     // One second of traffic on connections opened after the daemon started.
     let run = run_client(&sandbox.a, Sandbox::ADDR_B4, 5301, &["-t", "1"]).unwrap();
     let rows = classes(&daemon);
     let capped = class(&rows, "capped");
-    let (in_class, htb_sent) = (capped["bytes"].as_u64().unwrap(), capped["sent_bytes"].as_u64().unwrap());
-    let default_growth = class(&rows, "default")["bytes"].as_u64().unwrap() - default_before;
-    let htb_default_growth = class(&rows, "default")["sent_bytes"].as_u64().unwrap() - htb_default_before;
+    let (in_class, htb_sent) = (capped.bytes, capped.sent_bytes);
+    let default_growth = class(&rows, "default").bytes - default_before;
+    let htb_default_growth = class(&rows, "default").sent_bytes - htb_default_before;
     println!(
         "server received {} payload bytes; classifier counted {in_class} into the class, HTB sent {htb_sent} from it; \
          default grew by {default_growth} (HTB: {htb_default_growth})",
@@ -163,6 +167,7 @@ match = 'rport == 5301'
 
 #[test]
 fn sigterm_restores_the_interface_exactly() {
+    require_root!();
     let sandbox = Sandbox::new("term").unwrap();
     let before = qdiscs(&sandbox);
     assert!(attached_programs(&sandbox).is_empty());
@@ -192,6 +197,7 @@ match = 'rport in [80, 443]'
 
 #[test]
 fn a_bad_config_fails_with_its_position_and_attaches_nothing() {
+    require_root!();
     let sandbox = Sandbox::new("bad").unwrap();
     let before = qdiscs(&sandbox);
     let config = format!(
@@ -210,6 +216,7 @@ fn a_bad_config_fails_with_its_position_and_attaches_nothing() {
 
 #[test]
 fn a_foreign_root_qdisc_is_refused_and_left_alone() {
+    require_root!();
     let sandbox = Sandbox::new("foreign").unwrap();
     sandbox
         .a
@@ -246,6 +253,7 @@ fn a_foreign_root_qdisc_is_refused_and_left_alone() {
 
 #[test]
 fn a_second_daemon_on_the_same_socket_is_refused() {
+    require_root!();
     let sandbox = Sandbox::new("twice").unwrap();
     let config = format!("[[interface]]\nname = \"{}\"\negress = \"100mbit\"\n", sandbox.dev_a);
     let first = Daemon::start(&sandbox, shaper(), &config).unwrap();
@@ -267,11 +275,12 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another shaper daemon is already listening"), "{stderr}");
     // The first one still answers.
-    first.call(Command::Status).unwrap();
+    first.status().unwrap();
 }
 
 #[test]
 fn the_cli_prints_tables_and_the_documented_json() {
+    require_root!();
     let sandbox = Sandbox::new("cli").unwrap();
     let config = format!(
         "[[interface]]\nname = \"{}\"\negress = \"100mbit\"\n\n[[class]]\nname = \"web\"\npriority = 2\negress = {{ rate = \"10mbit\", ceil = \"50mbit\" }}\nmatch = 'rport == 5401'\n",
@@ -286,26 +295,24 @@ fn the_cli_prints_tables_and_the_documented_json() {
         assert!(out.status.success(), "shaper {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    let classes: Vec<Value> = serde_json::from_str(&cli(&["classes", "--json"])).unwrap();
+    // Decoding into the protocol's rows checks every documented key and its
+    // type (the counters `bytes`, `packets`, `drops` among them).
+    let classes: Vec<ClassRow> = serde_json::from_str(&cli(&["classes", "--json"])).unwrap();
     let web = class(&classes, "web");
-    assert_eq!(web["interface"], sandbox.dev_a.as_str());
-    assert_eq!(web["direction"], "egress");
-    assert_eq!(web["classid"], "1:10");
-    assert_eq!((web["rate_bps"].as_u64(), web["ceil_bps"].as_u64()), (Some(10_000_000), Some(50_000_000)));
-    assert_eq!(web["priority"], 2);
-    for key in ["bytes", "packets", "drops"] {
-        assert!(web[key].is_u64(), "{key} in {web:#}");
-    }
-    assert_eq!(class(&classes, "default")["classid"], "1:11");
-    let conns: Vec<Value> = serde_json::from_str(&cli(&["conns", "--json"])).unwrap();
+    assert_eq!(web.interface, sandbox.dev_a);
+    assert_eq!(web.direction, Direction::Egress);
+    assert_eq!(web.classid, "1:10");
+    assert_eq!((web.rate_bps, web.ceil_bps), (10_000_000, 50_000_000));
+    assert_eq!(web.priority, 2);
+    assert_eq!(class(&classes, "default").classid, "1:11");
+    let conns: Vec<ConnRow> = serde_json::from_str(&cli(&["conns", "--json"])).unwrap();
     let remote = format!("[{}]:5401", Sandbox::ADDR_B6);
-    let data =
-        conns.iter().find(|c| c["remote"] == remote.as_str() && c["tx_bytes"].as_u64() > Some(100_000));
+    let data = conns.iter().find(|c| c.remote == remote && c.tx_bytes > 100_000);
     let Some(data) = data else {
         panic!("no data connection to {remote} in {conns:#?}; the client said {:?}", finish_client(client));
     };
-    assert_eq!((&data["proto"], &data["class"]), (&Value::from("tcp"), &Value::from("web")));
-    assert!(data["local"].as_str().unwrap().starts_with(&format!("[{}]:", Sandbox::ADDR_A6)), "{data:#}");
+    assert_eq!((data.proto.as_str(), data.class.as_str()), ("tcp", "web"));
+    assert!(data.local.starts_with(&format!("[{}]:", Sandbox::ADDR_A6)), "{data:#?}");
     // Human output: aligned tables with human rates.
     let table = cli(&["classes"]);
     let mut lines = table.lines();
@@ -324,6 +331,7 @@ fn the_cli_prints_tables_and_the_documented_json() {
 
 #[test]
 fn a_connection_opened_before_the_daemon_is_shaped_once_it_starts() {
+    require_root!();
     let sandbox = Sandbox::new("before").unwrap();
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5501).unwrap();
     // An unshaped transfer, paced at 50 Mbit/s so the far end is not the limit.
@@ -338,13 +346,13 @@ fn a_connection_opened_before_the_daemon_is_shaped_once_it_starts() {
     assert_eq!(classes_of(&daemon, &format!("{}:5501", Sandbox::ADDR_B4)), ["capped", "capped"]);
     // And the running transfer is capped: HTB's own counter of the class, over 3 s.
     std::thread::sleep(Duration::from_secs(1));
-    let sent = |rows: &[Value]| class(rows, "capped")["sent_bytes"].as_u64().unwrap();
+    let sent = |rows: &[ClassRow]| class(rows, "capped").sent_bytes;
     let (t0, b0) = (std::time::Instant::now(), sent(&classes(&daemon)));
     std::thread::sleep(Duration::from_secs(3));
     let (t1, b1) = (std::time::Instant::now(), sent(&classes(&daemon)));
     let rate = (b1 - b0) as f64 * 8.0 / (t1 - t0).as_secs_f64();
     assert_near("a transfer that predates the daemon", rate, 5.0 * MBIT, 0.10);
-    let status = daemon.call(Command::Status).unwrap();
-    assert!(status["last_scan"]["sockets"].as_u64() >= Some(2), "{status:#}");
+    let status = daemon.status().unwrap();
+    assert!(status.last_scan.as_ref().map(|s| s.sockets) >= Some(2), "{status:#?}");
     finish_client(client).unwrap();
 }

@@ -14,12 +14,12 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
+use shaper_testkit::sandbox::{Daemon, Sandbox};
 use shaper_user::{
     config,
     control::{ClassRow, Command as Request},
     plan,
     rules::SystemEnv,
-    sandbox::{Daemon, Sandbox},
     tc,
 };
 

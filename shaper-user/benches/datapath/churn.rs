@@ -24,10 +24,8 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
-use shaper_user::{
-    control::{ClassRow, Command, Status},
-    sandbox::{Daemon, Sandbox},
-};
+use shaper_testkit::sandbox::{Daemon, Sandbox};
+use shaper_user::control::{ClassRow, Command, Status};
 
 use super::{
     call,

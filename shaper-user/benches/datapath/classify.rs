@@ -16,12 +16,12 @@ use std::{path::Path, process::Stdio};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
 use shaper_common::{names, IfaceInfo};
+use shaper_testkit::sandbox::{finish_client, spawn_client, IperfServer, Sandbox};
 use shaper_user::{
     config,
     datapath::{Datapath, LoadOptions},
     plan::Direction,
     rules::{compile::NoCgroups, SystemEnv},
-    sandbox::{finish_client, spawn_client, IperfServer, Sandbox},
     tc,
 };
 

@@ -67,14 +67,14 @@ pub fn exe() -> Result<String> {
 
 /// Starts a server helper (`mode` and its arguments) in `ns` and waits until
 /// it listens on `port`.
-pub fn start_server(ns: &shaper_user::sandbox::Netns, args: &[&str], port: u16) -> Result<Helper> {
+pub fn start_server(ns: &shaper_testkit::sandbox::Netns, args: &[&str], port: u16) -> Result<Helper> {
     let helper = Helper::spawn(ns.command(&exe()?).arg(FLAG).args(args).stdin(Stdio::null()))?;
     wait_listening(ns, port)?;
     Ok(helper)
 }
 
 /// Waits until something in `ns` listens on TCP `port`.
-pub fn wait_listening(ns: &shaper_user::sandbox::Netns, port: u16) -> Result<()> {
+pub fn wait_listening(ns: &shaper_testkit::sandbox::Netns, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while ns.run("ss", &["-Hltn", &format!("sport = :{port}")])?.stdout.is_empty() {
         if Instant::now() > deadline {

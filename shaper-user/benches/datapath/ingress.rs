@@ -7,12 +7,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context as _, Result};
 use shaper_common::names;
-use shaper_user::{
-    control::Command,
-    plan::Direction,
-    sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox},
-    tc,
-};
+use shaper_testkit::sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox};
+use shaper_user::{plan::Direction, tc};
 
 use super::{
     in_netns, load_datapath, median,
@@ -80,9 +76,9 @@ fn throughput(report: &mut Report) -> Result<()> {
         shaped.dev_a
     );
     let daemon = Daemon::start(&shaped, Path::new(SHAPER), &config)?;
-    let status = daemon.call(Command::Status)?;
-    if status["interfaces"][0]["ifb"].as_str().is_none() {
-        return Err(anyhow!("no IFB in {status}"));
+    let status = daemon.status()?;
+    if status.interfaces.first().and_then(|i| i.ifb.as_ref()).is_none() {
+        return Err(anyhow!("no IFB in {status:?}"));
     }
     let _s1 = IperfServer::start(&bare.b, Sandbox::ADDR_B4, 5201)?;
     let _s2 = IperfServer::start(&shaped.b, Sandbox::ADDR_B4, 5201)?;

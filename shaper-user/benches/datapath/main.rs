@@ -27,13 +27,16 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use shaper_common::{names, FlowKey, FlowValue, IfaceInfo, FAMILY_V4, ORIGIN_KERNEL, PROTO_TCP};
+use shaper_testkit::{
+    packets::Frame,
+    sandbox::{Daemon, Netns},
+    TestRunExt as _,
+};
 use shaper_user::{
     config,
     control::Command,
     datapath::{Datapath, LoadOptions},
-    packets::Frame,
     rules::{compile::NoCgroups, SystemEnv},
-    sandbox::{Daemon, Netns},
 };
 
 mod apply;
@@ -132,6 +135,8 @@ fn load_datapath(ifindex: u32, ifb: u32) -> Result<Datapath> {
     let conf = config::parse(Path::new("bench.toml"), RULES, &SystemEnv::load().env())?;
     let mut dp = Datapath::load(LoadOptions { max_flows: 131_072, kernel_log_level: 0, pins: None })
         .context("loading the eBPF object (are you root?)")?;
+    // The baseline: the daemon does not load it.
+    dp.load_program(names::PROG_TC_PASSTHROUGH)?;
     dp.set_rules(&conf.compile_rules(&conf.class_ids_in_file_order(), &NoCgroups)?.nodes)?;
     let mut info = IfaceInfo::new(0, 0, 14);
     info.ifb_ifindex = ifb;
@@ -219,7 +224,7 @@ fn run_stats(dp: &mut Datapath, name: &'static str) -> Result<(u64, u64)> {
 
 /// A control request to `daemon`, its result read as `T`.
 fn call<T: serde::de::DeserializeOwned>(daemon: &Daemon, command: Command) -> Result<T> {
-    Ok(serde_json::from_value(daemon.call(command)?)?)
+    Ok(daemon.request(command)?)
 }
 
 /// Where results go: bench/ at the top of the workspace.
@@ -230,6 +235,9 @@ fn out_dir() -> PathBuf {
 fn main() -> Result<()> {
     if let Some(result) = helper::run_if_requested() {
         return result;
+    }
+    if !shaper_testkit::is_root() {
+        anyhow::bail!("the benchmarks need root: run `sudo -E cargo xtask bench`");
     }
     // `cargo bench` passes --bench; other words select sections by name.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();

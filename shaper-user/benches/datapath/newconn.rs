@@ -14,7 +14,7 @@ use std::{path::Path, process::Stdio, time::Duration};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
-use shaper_user::sandbox::{Daemon, Sandbox};
+use shaper_testkit::sandbox::{Daemon, Sandbox};
 
 use super::{
     helper::{self, exe, Helper},

@@ -5,10 +5,8 @@
 use std::{path::Path, process::Stdio, time::Duration};
 
 use anyhow::{bail, Result};
-use shaper_user::{
-    control::{ClassRow, Command, Status},
-    sandbox::{Daemon, Sandbox},
-};
+use shaper_testkit::sandbox::{Daemon, Sandbox};
+use shaper_user::control::{ClassRow, Command, Status};
 
 use super::{
     call,

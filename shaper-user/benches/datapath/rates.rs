@@ -16,10 +16,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
-use shaper_user::{
-    control::{ClassRow, Command, SetClass},
-    sandbox::{finish_client, spawn_client, Daemon, IperfServer, Netns, Sandbox},
-};
+use shaper_testkit::sandbox::{finish_client, spawn_client, Daemon, IperfServer, Netns, Sandbox};
+use shaper_user::control::{ClassRow, Command, SetClass};
 
 use super::{
     call,
@@ -263,12 +261,12 @@ pub fn timeline(report: &mut Report) -> Result<()> {
         }
         if !set_done && t >= set_at {
             let begun = Instant::now();
-            daemon.call(Command::Set(SetClass {
+            daemon.set(SetClass {
                 class: "web".into(),
                 egress: Some("20mbit:40mbit".into()),
                 ingress: None,
                 priority: None,
-            }))?;
+            })?;
             set_took = Some(begun.elapsed());
             set_done = true;
         }

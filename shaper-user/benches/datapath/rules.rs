@@ -12,10 +12,10 @@ use std::{hint::black_box, path::Path, time::Instant};
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use shaper_common::{names, IfaceInfo, PROTO_TCP};
+use shaper_testkit::{packets::Frame, TestRunExt as _};
 use shaper_user::{
     config,
     datapath::{Datapath, LoadOptions},
-    packets::Frame,
     rules::{
         self,
         compile::NoCgroups,

@@ -1,4 +1,5 @@
-//! The CLI side of the control socket.
+//! The CLI side of the control socket, typed: one function per request,
+//! returning its result type from [`super::protocol`] ([`request`] underneath).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -7,7 +8,11 @@ use std::{
     time::Duration,
 };
 
-use super::protocol::{Command, Reply, Request, PROTOCOL_VERSION};
+use serde::de::DeserializeOwned;
+
+use super::protocol::{
+    Applied, ClassRow, Command, ConnRow, Moved, Reply, Request, SetClass, Status, Stopping, PROTOCOL_VERSION,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -31,15 +36,50 @@ pub enum ClientError {
     Refused(String),
 }
 
-/// Sends one request and decodes the `result` of a successful reply as `T`,
-/// the type control/protocol.rs gives that request's result.
-pub fn request<T: serde::de::DeserializeOwned>(socket: &Path, command: Command) -> Result<T, ClientError> {
-    let value = call(socket, command)?;
-    serde_json::from_value(value).map_err(|e| ClientError::BadReply(format!("unexpected result: {e}")))
+/// `status`: what the daemon is doing.
+pub fn status(socket: &Path) -> Result<Status, ClientError> {
+    request(socket, Command::Status)
+}
+
+/// `classes`: one row per class, interface and direction.
+pub fn classes(socket: &Path) -> Result<Vec<ClassRow>, ClientError> {
+    request(socket, Command::Classes)
+}
+
+/// `conns`: one row per flow.
+pub fn conns(socket: &Path) -> Result<Vec<ConnRow>, ClientError> {
+    request(socket, Command::Conns)
+}
+
+/// `reload`: re-read the config file and apply it.
+pub fn reload(socket: &Path) -> Result<Applied, ClientError> {
+    request(socket, Command::Reload)
+}
+
+/// `set`: change a running class without touching the file.
+pub fn set(socket: &Path, set: SetClass) -> Result<Applied, ClientError> {
+    request(socket, Command::Set(set))
+}
+
+/// `move`: pin connection `conn` (an id prefix from `conns`) into `class`.
+pub fn move_conn(socket: &Path, conn: &str, class: &str) -> Result<Moved, ClientError> {
+    request(socket, Command::Move { conn: conn.to_string(), class: class.to_string() })
+}
+
+/// `stop`: the daemon replies, then exits (`keep`: leaving shaping in place).
+pub fn stop(socket: &Path, keep: bool) -> Result<Stopping, ClientError> {
+    request(socket, Command::Stop { keep })
+}
+
+/// Sends one request and decodes the `result` of a successful reply as `T`
+/// (the functions above pair each command with its type).
+pub fn request<T: DeserializeOwned>(socket: &Path, command: Command) -> Result<T, ClientError> {
+    let result = exchange(socket, command)?;
+    serde_json::from_value(result).map_err(|e| ClientError::BadReply(e.to_string()))
 }
 
 /// Sends one request and returns the `result` of a successful reply.
-pub fn call(socket: &Path, command: Command) -> Result<serde_json::Value, ClientError> {
+fn exchange(socket: &Path, command: Command) -> Result<serde_json::Value, ClientError> {
     let io = |source| ClientError::Io { path: socket.to_path_buf(), source };
     let mut stream = UnixStream::connect(socket)
         .map_err(|source| ClientError::Connect { path: socket.to_path_buf(), source })?;

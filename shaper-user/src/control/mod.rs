@@ -8,6 +8,7 @@ pub mod protocol;
 pub mod server;
 
 pub use protocol::{
-    Applied, Changes, ClassRow, Command, ConnRow, Decisions, InterfaceStatus, Moved, ReloadStatus, Reply,
-    Request, ScanReport, SetClass, Status, Stopping, PROTOCOL_VERSION,
+    Applied, AttachMode, Changes, ClassRow, Command, ConnRow, Decisions, Direction, InterfaceStatus, Moved,
+    Origin, ReloadStatus, Reply, Request, ScanReport, SetClass, SockState, Status, Stopping,
+    PROTOCOL_VERSION,
 };

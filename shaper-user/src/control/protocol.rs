@@ -47,8 +47,7 @@ pub struct SetClass {
     pub priority: Option<u8>,
 }
 
-/// What a change of the running config did (the reply to `shaper reload`
-/// and `shaper set`, inside [`Applied`]).
+/// What a converge changed (in the reply to `shaper reload` and `shaper set`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Changes {
     pub classes_added: Vec<String>,
@@ -96,23 +95,32 @@ pub struct Applied {
     pub took_ms: u64,
 }
 
-/// The reply to `move`: the connection, now pinned into `class`.
+/// The reply to `move`: the connection now pinned into `class`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Moved {
-    /// The connection's full id (as `shaper conns` shows it).
+    /// The connection's full id (`shaper conns`), of which the request gave a prefix.
     pub id: String,
-    /// "tcp 198.18.0.1:41486 → 198.18.0.2:6001".
+    /// The connection for people: "tcp 198.18.0.1:40000 → 198.18.0.2:5201".
     pub conn: String,
     pub class: String,
 }
 
-/// The reply to `stop`: the daemon exits once it has sent it.
+/// The reply to `stop`, sent before the daemon exits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stopping {
+    /// Always true: the daemon took the request and is on its way out.
     pub stopping: bool,
-    /// Shaping is left in place for the next daemon.
+    /// Shaping is left in place for the next daemon (`stop --keep`).
     pub keep: bool,
+    /// The daemon's process, gone once it has finished (`shaper stop` waits for that).
     pub pid: u32,
+}
+
+impl Stopping {
+    /// What this process answers to `stop`.
+    pub fn now(keep: bool) -> Self {
+        Self { stopping: true, keep, pid: std::process::id() }
+    }
 }
 
 /// The last reload (`status`).
@@ -154,16 +162,15 @@ impl Reply {
     pub fn ok(result: serde_json::Value) -> Self {
         Self { v: PROTOCOL_VERSION, ok: true, result: Some(result), error: None }
     }
-    /// A successful reply carrying `result`, one of this module's result types.
-    pub fn with<T: Serialize>(result: &T) -> Self {
+    pub fn error(message: impl Into<String>) -> Self {
+        Self { v: PROTOCOL_VERSION, ok: false, result: None, error: Some(message.into()) }
+    }
+    /// A successful reply carrying `result` (one of the result types above).
+    pub fn encode<T: Serialize>(result: &T) -> Self {
         match serde_json::to_value(result) {
             Ok(value) => Self::ok(value),
             Err(e) => Self::error(format!("encoding the reply: {e}")),
         }
-    }
-
-    pub fn error(message: impl Into<String>) -> Self {
-        Self { v: PROTOCOL_VERSION, ok: false, result: None, error: Some(message.into()) }
     }
 }
 
@@ -372,6 +379,27 @@ mod tests {
                 ..Default::default()
             })
         );
+    }
+
+    #[test]
+    fn move_and_stop_results_keep_their_documented_shape() {
+        let moved = Moved {
+            id: "3fa2c1d0".into(),
+            conn: "tcp 198.18.0.1:40000 → 198.18.0.2:5201".into(),
+            class: "bulk".into(),
+        };
+        // On the wire (a `result` is a JSON value, whose keys serde_json sorts),
+        // byte for byte what the daemon sent when it built these with `json!`.
+        let line = serde_json::to_string(&Reply::encode(&moved)).unwrap();
+        let wire = r#"{"class":"bulk","conn":"tcp 198.18.0.1:40000 → 198.18.0.2:5201","id":"3fa2c1d0"}"#;
+        assert_eq!(line, format!(r#"{{"v":1,"ok":true,"result":{wire}}}"#));
+        assert_eq!(serde_json::from_str::<Moved>(wire).unwrap(), moved);
+        let stopping = Stopping { stopping: true, keep: true, pid: 4242 };
+        let line = serde_json::to_string(&Reply::encode(&stopping)).unwrap();
+        let wire = r#"{"keep":true,"pid":4242,"stopping":true}"#;
+        assert_eq!(line, format!(r#"{{"v":1,"ok":true,"result":{wire}}}"#));
+        assert_eq!(serde_json::from_str::<Stopping>(wire).unwrap(), stopping);
+        assert_eq!(Stopping::now(false).pid, std::process::id());
     }
 
     #[test]

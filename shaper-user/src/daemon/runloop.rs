@@ -129,7 +129,7 @@ fn handler(state: &Arc<Mutex<Shaper>>, stop_tx: tokio::sync::mpsc::UnboundedSend
         Command::Stop { keep } => {
             let mode = if keep { StopMode::Keep } else { StopMode::Restore };
             let _ = stop_tx.send(mode);
-            Reply::with(&Stopping { stopping: true, keep, pid: std::process::id() })
+            Reply::encode(&Stopping::now(keep))
         }
         other => lock(&state).handle(other),
     })

@@ -280,18 +280,18 @@ impl Shaper {
     pub fn handle(&mut self, command: Command) -> Reply {
         let refused = |e: RequestError| Reply::error(crate::error_chain(&e));
         match command {
-            Command::Reload => self.reload().map_or_else(refused, |a| Reply::with(&a)),
-            Command::Set(set) => self.set_class(&set).map_or_else(refused, |a| Reply::with(&a)),
+            Command::Reload => self.reload().map_or_else(refused, |a| Reply::encode(&a)),
+            Command::Set(set) => self.set_class(&set).map_or_else(refused, |a| Reply::encode(&a)),
             Command::Move { conn, class } => {
-                self.move_conn(&conn, &class).map_or_else(refused, |m| Reply::with(&m))
+                self.move_conn(&conn, &class).map_or_else(refused, |m| Reply::encode(&m))
             }
             Command::Stop { .. } => Reply::error("stop is handled by the daemon's main loop"),
-            Command::Status => Reply::with(&self.view().status()),
+            Command::Status => Reply::encode(&self.view().status()),
             Command::Classes => match self.view().classes() {
-                Ok(rows) => Reply::with(&rows),
+                Ok(rows) => Reply::encode(&rows),
                 Err(e) => Reply::error(crate::error_chain(&e)),
             },
-            Command::Conns => Reply::with(&self.view().conns()),
+            Command::Conns => Reply::encode(&self.view().conns()),
         }
     }
 

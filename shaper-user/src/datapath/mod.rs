@@ -103,17 +103,6 @@ pub enum DatapathError {
     },
 }
 
-/// What one BPF_PROG_TEST_RUN of a classifier gave.
-#[derive(Clone, Copy, Debug)]
-pub struct TestRun {
-    /// The `skb->priority` it set (the HTB class id).
-    pub priority: u32,
-    /// Its return value (`TC_ACT_*`).
-    pub verdict: i32,
-    /// The kernel's mean run time per repetition.
-    pub duration: std::time::Duration,
-}
-
 /// Options fixed for the lifetime of a load.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -289,7 +278,9 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
-        for name in [names::PROG_TC_EGRESS, names::PROG_TC_INGRESS, names::PROG_TC_PASSTHROUGH] {
+        // Only what the daemon runs: the object's other classifier (the bench's
+        // empty `tc_passthrough`) stays unloaded unless the test kit loads it.
+        for name in [names::PROG_TC_EGRESS, names::PROG_TC_INGRESS] {
             program(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
         }
         cgroup::load(&mut ebpf)?;
@@ -458,12 +449,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// The underlying object, for benchmarks and the aya-log reader.
+    /// The underlying object, for the aya-log reader.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
 
-    /// A loaded classifier program by name (see `shaper_common::names`).
+    /// A classifier program of the object by name (see `shaper_common::names`),
+    /// loaded or not. For tools beside the daemon: the test kit runs it with
+    /// BPF_PROG_TEST_RUN (and loads the programs the daemon leaves unloaded),
+    /// the benchmarks read its run-time statistics.
     pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
         program(&mut self.ebpf, name)
     }
@@ -770,42 +764,6 @@ impl Datapath {
                 Err(DatapathError::Map { action: "removing a flow", map: names::MAP_FLOWS, source })
             }
         }
-    }
-
-    /// Runs `program` once per repetition on `frame` with BPF_PROG_TEST_RUN, as if
-    /// the packet crossed interface `ifindex`.
-    pub fn test_run(
-        &mut self,
-        name: &'static str,
-        frame: &[u8],
-        ifindex: u32,
-        repeat: u32,
-    ) -> Result<TestRun, DatapathError> {
-        use aya::programs::{TestRun as _, TestRunOptions};
-
-        use crate::packets::{SKB_CTX_SIZE, SKB_IFINDEX_OFFSET, SKB_PRIORITY_OFFSET};
-        let mut ctx_in = [0u8; SKB_CTX_SIZE];
-        ctx_in[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut ctx_out = [0u8; SKB_CTX_SIZE];
-        let mut data_out = vec![0u8; frame.len() + 256];
-        let prog = program(&mut self.ebpf, name)?;
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut data_out),
-                ctx_in: Some(&ctx_in),
-                ctx_out: Some(&mut ctx_out),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .map_err(|source| DatapathError::Program { name, source })?;
-        let mut priority = [0u8; 4];
-        priority.copy_from_slice(&ctx_out[SKB_PRIORITY_OFFSET..SKB_PRIORITY_OFFSET + 4]);
-        Ok(TestRun {
-            priority: u32::from_ne_bytes(priority),
-            verdict: result.return_value as i32,
-            duration: result.duration,
-        })
     }
 
     /// Names of the interfaces the classifier is attached to.

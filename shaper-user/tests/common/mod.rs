@@ -3,11 +3,8 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-use shaper_user::{
-    control::Command,
-    sandbox::{Daemon, Sandbox},
-};
+use shaper_testkit::sandbox::{Daemon, Sandbox};
+use shaper_user::control::{ClassRow, ConnRow, Direction};
 
 pub const SHAPER: &str = env!("CARGO_BIN_EXE_shaper");
 pub const MBIT: f64 = 1e6;
@@ -28,12 +25,19 @@ pub fn assert_near(what: &str, measured: f64, expected: f64, tolerance: f64) {
     );
 }
 
-pub fn classes(daemon: &Daemon) -> Vec<Value> {
-    daemon.call(Command::Classes).unwrap().as_array().cloned().unwrap()
+pub fn classes(daemon: &Daemon) -> Vec<ClassRow> {
+    daemon.classes().unwrap()
 }
 
-pub fn class<'a>(rows: &'a [Value], name: &str) -> &'a Value {
-    rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no class {name} in {rows:#?}"))
+pub fn class<'a>(rows: &'a [ClassRow], name: &str) -> &'a ClassRow {
+    rows.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no class {name} in {rows:#?}"))
+}
+
+/// The row of class `name` in `direction`.
+pub fn class_in<'a>(rows: &'a [ClassRow], name: &str, direction: Direction) -> &'a ClassRow {
+    rows.iter()
+        .find(|r| r.name == name && r.direction == direction)
+        .unwrap_or_else(|| panic!("no class {name} ({direction}) in {rows:#?}"))
 }
 
 pub fn qdiscs(sandbox: &Sandbox) -> String {
@@ -48,25 +52,18 @@ pub fn attached_programs(sandbox: &Sandbox) -> Vec<String> {
 
 /// The classes `shaper conns` gives the flows to `remote`.
 pub fn classes_of(daemon: &Daemon, remote: &str) -> Vec<String> {
-    let conns = daemon.call(Command::Conns).unwrap();
-    conns
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["remote"] == remote)
-        .map(|c| c["class"].as_str().unwrap().to_string())
-        .collect()
+    conns(daemon).into_iter().filter(|c| c.remote == remote).map(|c| c.class).collect()
 }
 
 /// Every row of `shaper conns`.
-pub fn conns(daemon: &Daemon) -> Vec<Value> {
-    daemon.call(Command::Conns).unwrap().as_array().cloned().unwrap()
+pub fn conns(daemon: &Daemon) -> Vec<ConnRow> {
+    daemon.conns().unwrap()
 }
 
 /// The rate HTB sent class `name` at over the next `secs` seconds, bits/s (HTB's
 /// own counter: independent of the classifier's).
 pub fn htb_rate(daemon: &Daemon, name: &str, secs: f64) -> f64 {
-    let sent = |rows: &[Value]| class(rows, name)["sent_bytes"].as_u64().unwrap();
+    let sent = |rows: &[ClassRow]| class(rows, name).sent_bytes;
     let (t0, b0) = (std::time::Instant::now(), sent(&classes(daemon)));
     std::thread::sleep(std::time::Duration::from_secs_f64(secs));
     let (t1, b1) = (std::time::Instant::now(), sent(&classes(daemon)));

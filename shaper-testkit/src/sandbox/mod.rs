@@ -1,4 +1,4 @@
-//! Throw-away network sandboxes for tests, the demo and the benchmarks.
+//! Throw-away network sandboxes for the tests, the demo and the benchmarks.
 //!
 //! A [`Sandbox`] is two network namespaces joined by a veth pair, with addresses
 //! from the benchmarking ranges (198.18.0.0/15 and fd00::/8). Every name carries
@@ -42,6 +42,9 @@ pub enum SandboxError {
     },
     #[error("{0}")]
     Daemon(String),
+    /// A control request failed (a refusal carries the daemon's reason).
+    #[error(transparent)]
+    Control(#[from] shaper_user::control::client::ClientError),
     #[error("iperf3: {0}")]
     Iperf(String),
     #[error("{action} {}", path.display())]

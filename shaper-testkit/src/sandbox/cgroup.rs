@@ -21,7 +21,8 @@ pub struct Cgroup {
 impl Cgroup {
     /// Creates `<cgroup v2 root>/shaper-test-<tag>`.
     pub fn create(tag: &str) -> Result<Self, SandboxError> {
-        let root = crate::cgroups::v2_root().map_err(|e| SandboxError::Daemon(crate::error_chain(&e)))?;
+        let root = shaper_user::cgroups::v2_root()
+            .map_err(|e| SandboxError::Daemon(shaper_user::error_chain(&e)))?;
         Self::create_at(root.join(format!("shaper-test-{tag}")))
     }
 
@@ -41,7 +42,7 @@ impl Cgroup {
 
     /// The cgroup's path as /proc/PID/cgroup writes it ("/shaper-test-…").
     pub fn path(&self) -> String {
-        let root = crate::cgroups::v2_root().unwrap_or_default();
+        let root = shaper_user::cgroups::v2_root().unwrap_or_default();
         format!("/{}", self.dir.strip_prefix(&root).unwrap_or(&self.dir).display())
     }
 

@@ -10,8 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde::de::DeserializeOwned;
+use shaper_user::control::{client, Applied, ClassRow, Command, ConnRow, Moved, SetClass, Status};
+
 use super::{Sandbox, SandboxError};
-use crate::control::{self, Command};
 
 /// A running daemon with its own directory (config, log, control socket, pins).
 pub struct Daemon {
@@ -48,7 +50,7 @@ fn unmount(at: &Path) {
 }
 
 impl Daemon {
-    /// The run directory used for `tag`: /tmp/shaper-test-<tag>.
+    /// The run directory used for `tag`: `/tmp/shaper-test-<tag>`.
     pub fn dir_for(tag: &str) -> PathBuf {
         std::env::temp_dir().join(format!("shaper-test-{tag}"))
     }
@@ -156,7 +158,7 @@ impl Daemon {
     fn wait_ready(&mut self) -> Result<(), SandboxError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if control::client::call(&self.socket, Command::Status).is_ok() {
+            if client::status(&self.socket).is_ok() {
                 return Ok(());
             }
             if let Some(status) = self.try_wait()? {
@@ -229,12 +231,43 @@ impl Daemon {
 
     /// Every file pinned below the pin directory (see `pins::Pins::tree`).
     pub fn pinned(&self) -> Vec<String> {
-        crate::pins::Pins::new(&self.pins).tree()
+        shaper_user::pins::Pins::new(&self.pins).tree()
     }
 
-    /// Sends a control request and returns the result.
-    pub fn call(&self, command: Command) -> Result<serde_json::Value, SandboxError> {
-        control::client::call(&self.socket, command).map_err(|e| SandboxError::Daemon(crate::error_chain(&e)))
+    /// Sends a control request; its result decoded as `T` (prefer the typed
+    /// calls below, which pair each request with its result type).
+    pub fn request<T: DeserializeOwned>(&self, command: Command) -> Result<T, SandboxError> {
+        Ok(client::request(&self.socket, command)?)
+    }
+
+    /// `shaper status`.
+    pub fn status(&self) -> Result<Status, SandboxError> {
+        Ok(client::status(&self.socket)?)
+    }
+
+    /// `shaper classes`.
+    pub fn classes(&self) -> Result<Vec<ClassRow>, SandboxError> {
+        Ok(client::classes(&self.socket)?)
+    }
+
+    /// `shaper conns`.
+    pub fn conns(&self) -> Result<Vec<ConnRow>, SandboxError> {
+        Ok(client::conns(&self.socket)?)
+    }
+
+    /// `shaper reload`.
+    pub fn reload(&self) -> Result<Applied, SandboxError> {
+        Ok(client::reload(&self.socket)?)
+    }
+
+    /// `shaper set`.
+    pub fn set(&self, set: SetClass) -> Result<Applied, SandboxError> {
+        Ok(client::set(&self.socket, set)?)
+    }
+
+    /// `shaper move CONN CLASS`.
+    pub fn move_conn(&self, conn: &str, class: &str) -> Result<Moved, SandboxError> {
+        Ok(client::move_conn(&self.socket, conn, class)?)
     }
 
     /// Waits for the process to exit on its own (after a start-up error, or
@@ -273,11 +306,12 @@ impl Drop for Daemon {
             }
         }
         // A daemon `shaper start` launched.
-        if let Some(pid) = crate::daemon::pidfile::running(&self.pid_file) {
+        if let Some(pid) = shaper_user::daemon::pidfile::running(&self.pid_file) {
             // SAFETY: plain kill(2).
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(20);
-            while crate::daemon::pidfile::running(&self.pid_file).is_some() && Instant::now() < deadline {
+            while shaper_user::daemon::pidfile::running(&self.pid_file).is_some() && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
