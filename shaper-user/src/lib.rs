@@ -21,7 +21,7 @@
 //! | [`process`] | what /proc tells about a process: the facts rules test, who holds which socket |
 //! | [`cgroups`] | the cgroup v2 hierarchy: paths ↔ ids |
 //! | [`events`] | the classifier's reports of new flows |
-//! | [`daemon`] | `shaper run`: start-up, the reconcile loop, teardown |
+//! | [`daemon`] | `shaper run`: its parts (host: interfaces and HTB trees; decider: connections and decisions; the datapath), sequenced by a thin loop |
 //! | [`control`] | the control socket protocol, server and client |
 //! | [`supervise`] | `shaper start` and `stop`: the daemon in the background |
 //! | [`flows`], [`table`] | small helpers |
