@@ -15,6 +15,7 @@
 //! | [`datapath`] | the eBPF object: loading, maps, attaching to interfaces |
 //! | [`pins`] | the pin directory: what outlives the daemon, and how the next one finds it |
 //! | [`procscan`] | the /proc scan of connected sockets |
+//! | [`sockdiag`] | connected sockets from the kernel (NETLINK_SOCK_DIAG), with their cookies |
 //! | [`process`] | what /proc tells about a process: the facts rules test, who holds which socket |
 //! | [`cgroups`] | the cgroup v2 hierarchy: paths ↔ ids |
 //! | [`events`] | the classifier's reports of new flows |
@@ -40,6 +41,7 @@ pub mod procscan;
 pub mod rules;
 pub mod sandbox;
 pub mod services;
+pub mod sockdiag;
 pub mod supervise;
 pub mod table;
 pub mod tc;
