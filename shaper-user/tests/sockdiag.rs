@@ -1,8 +1,13 @@
-//! The NETLINK_SOCK_DIAG dump against the sockets a test opens itself in a
-//! sandbox namespace: each is found with the key, state, uid, inode and
-//! cookie the kernel gives it elsewhere (/proc/net, fstat, SO_COOKIE), and
-//! nothing else is (no listener, no unconnected socket, nothing from another
-//! namespace).
+//! The kernel-side sources of the reconcile, checked against what the kernel
+//! says elsewhere:
+//! - the NETLINK_SOCK_DIAG dump, against sockets a test opens itself in a
+//!   sandbox namespace: each is found with the key, state, uid, inode and
+//!   cookie that /proc/net, fstat and SO_COOKIE give it, and nothing else is
+//!   (no listener, no unconnected socket, nothing from another namespace);
+//! - the batched dumps of FLOWS and OWNERS, against aya's per-entry walk, and
+//!   a dump while another thread writes the map;
+//! - the join: a socket's cookie from the dump finds the owner record the
+//!   socket hooks wrote for the process that made it.
 //!
 //! Needs root; says "skipped: needs root" otherwise.
 #![allow(
@@ -27,9 +32,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{HashMap as AyaHashMap, MapData};
 use procfs::FromReadSI as _;
-use shaper_common::{FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use shaper_common::{FlowKey, FlowValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 use shaper_user::{
+    datapath::{batch, Datapath, LoadOptions},
     flows,
     sandbox::{Netns, Sandbox},
     sockdiag::{SockDiag, SockState, Socket, Table},
@@ -312,4 +319,225 @@ fn the_dump_finds_each_socket_with_its_key_state_uid_inode_and_cookie() {
     });
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
+}
+
+fn load_datapath() -> Datapath {
+    Datapath::load(LoadOptions { max_flows: 131_072, kernel_log_level: 0, pins: None }).unwrap()
+}
+
+fn flow_key(i: u32) -> FlowKey {
+    let mut key = FlowKey {
+        family: FAMILY_V4,
+        proto: PROTO_TCP,
+        lport: 10_000 + (i % 50_000) as u16,
+        rport: 443,
+        ..FlowKey::default()
+    };
+    key.laddr[..4].copy_from_slice(&[198, 19, 0, 1]);
+    key.raddr[..4].copy_from_slice(&[198, 19, (i >> 16) as u8 + 1, (i >> 8) as u8]);
+    key
+}
+
+#[test]
+fn the_batched_flow_dump_gives_what_the_per_entry_walk_gives() {
+    if !is_root() {
+        println!("skipped: needs root");
+        return;
+    }
+    const N: u32 = 20_000;
+    let mut dp = load_datapath();
+    for i in 0..N {
+        let value = FlowValue {
+            class: (i % 7) as u16,
+            tx_bytes: u64::from(i) * 1000,
+            last_seen_ns: u64::from(i),
+            ..FlowValue::default()
+        };
+        dp.insert_flow(&flow_key(i), &value).unwrap();
+    }
+    let mut batched = HashMap::new();
+    let walked = dp.for_each_flow(|k, v| assert!(batched.insert(*k, *v).is_none(), "{k:?} twice")).unwrap();
+    let per_entry: HashMap<FlowKey, FlowValue> = dp.flows().into_iter().collect();
+    assert_eq!(per_entry.len(), N as usize);
+    assert_eq!(batched, per_entry);
+    assert!(walked.batched, "{walked:?}");
+    assert_eq!(walked.entries, N as usize);
+    assert!(walked.syscalls <= N as usize / batch::CHUNK + 2, "{walked:?}");
+    assert_eq!(batched[&flow_key(1234)].tx_bytes, 1_234_000);
+}
+
+#[test]
+fn a_bucket_larger_than_a_chunk_and_the_per_entry_fallback_lose_nothing() {
+    if !is_root() {
+        println!("skipped: needs root");
+        return;
+    }
+    // A plain hash map of 1 000 entries in 1 024 buckets: many buckets hold
+    // two or more, more than a chunk of one.
+    let mut map = AyaHashMap::<MapData, u32, u64>::create(1024, 0).unwrap();
+    for i in 0..1000u32 {
+        map.insert(i * 7919, u64::from(i), 0).unwrap();
+    }
+    for (mode, chunk) in [(batch::Mode::Batched, 1), (batch::Mode::Batched, 4096), (batch::Mode::PerEntry, 1)]
+    {
+        let mut seen = HashMap::new();
+        let walked = batch::for_each(&map, mode, chunk, &mut |k: &u32, v: &u64| {
+            assert!(seen.insert(*k, *v).is_none(), "{k} twice");
+        })
+        .unwrap();
+        assert_eq!(
+            (seen.len(), walked.entries, walked.batched),
+            (1000, 1000, mode == batch::Mode::Batched),
+            "{mode:?} {chunk}"
+        );
+        assert!((0..1000u32).all(|i| seen.get(&(i * 7919)) == Some(&u64::from(i))));
+    }
+}
+
+/// While another thread keeps inserting and deleting keys, every batched dump
+/// lists each key that stayed in the map exactly once.
+#[test]
+fn a_batched_dump_while_the_map_changes_lists_every_lasting_entry_once() {
+    if !is_root() {
+        println!("skipped: needs root");
+        return;
+    }
+    const LASTING: u32 = 10_000;
+    const CHURNING: u32 = 10_000;
+    let mut map = AyaHashMap::<MapData, FlowKey, FlowValue>::create(32_768, 0).unwrap();
+    for i in 0..LASTING {
+        map.insert(flow_key(i), FlowValue { tx_bytes: 1, ..FlowValue::default() }, 0).unwrap();
+    }
+    let id = aya::maps::IterableMap::map(&map).info().unwrap().id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let data = MapData::from_id(id).unwrap();
+            let mut other =
+                AyaHashMap::<MapData, FlowKey, FlowValue>::try_from(aya::maps::Map::HashMap(data)).unwrap();
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for i in LASTING..LASTING + CHURNING {
+                    other.insert(flow_key(i), FlowValue::default(), 0).unwrap();
+                }
+                for i in LASTING..LASTING + CHURNING {
+                    other.remove(&flow_key(i)).unwrap();
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let (mut batched_twice, mut per_entry_twice, mut per_entry_missed) = (0, 0, 0);
+    for round in 0..20 {
+        let mode = if round % 2 == 0 { batch::Mode::Batched } else { batch::Mode::PerEntry };
+        let mut seen: HashMap<FlowKey, u32> = HashMap::new();
+        batch::for_each(&map, mode, batch::CHUNK, &mut |k: &FlowKey, _| *seen.entry(*k).or_default() += 1)
+            .unwrap();
+        let twice = seen.values().filter(|n| **n > 1).count();
+        let lasting = (0..LASTING).filter(|i| seen.contains_key(&flow_key(*i))).count();
+        match mode {
+            batch::Mode::PerEntry => {
+                per_entry_twice += twice;
+                per_entry_missed += LASTING as usize - lasting;
+            }
+            _ => {
+                batched_twice += twice;
+                assert_eq!(lasting, LASTING as usize, "a lasting entry missing from a batched dump");
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rounds = churn.join().unwrap();
+    println!(
+        "{rounds} churn rounds; keys listed twice: batched {batched_twice}, per entry {per_entry_twice}; \
+         lasting keys the per-entry walk missed: {per_entry_missed}"
+    );
+    assert!(rounds > 0, "the other thread never changed the map during the dumps");
+    assert_eq!(batched_twice, 0, "a batched dump listed a key twice");
+}
+
+/// Set in the environment of this test binary run again as a helper process.
+const HOLD_ENV: &str = "SHAPER_TEST_HOLD_UDP";
+/// Sockets the helper holds: more than one batch of OWNERS.
+const HELD: usize = 5_000;
+
+/// The helper: when run with [`HOLD_ENV`] set to a count, connects that many
+/// UDP sockets to the far end of the sandbox, prints "ready" and keeps them
+/// until its standard input closes. Run normally, it does nothing.
+#[test]
+fn helper_holding_udp_sockets() {
+    let Some(count) = std::env::var(HOLD_ENV).ok().and_then(|c| c.parse::<usize>().ok()) else { return };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    let held: Vec<UdpSocket> = (0..count)
+        .map(|_| {
+            let s = UdpSocket::bind((Sandbox::ADDR_A4, 0)).unwrap();
+            s.connect((Sandbox::ADDR_B4, UDP_PORT)).unwrap();
+            s
+        })
+        .collect();
+    println!("ready");
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    drop(held);
+}
+
+/// The join the reconcile makes: a socket from the dump → its owner record by
+/// cookie → the process that made it.
+#[test]
+fn each_dumped_socket_finds_its_owner_record_by_cookie() {
+    use std::io::BufRead as _;
+    if !is_root() {
+        println!("skipped: needs root");
+        return;
+    }
+    let sandbox = Sandbox::new("sdown").unwrap();
+    let mut dp = load_datapath();
+    dp.attach_cgroup(sandbox.cgroup.dir()).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = sandbox
+        .client(exe.to_str().unwrap())
+        .unwrap()
+        .args(["--exact", "helper_holding_udp_sockets", "--nocapture", "--test-threads=1"])
+        .env(HOLD_ENV, HELD.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open until the helper exits (it prints more as it ends).
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.by_ref().map_while(Result::ok).any(|l| l.trim_end().ends_with("ready"));
+    assert!(ready, "the helper did not open its sockets");
+    let pid = child.id();
+    // The record names the thread that made the socket: the harness names
+    // the helper's test thread after the test.
+    let thread = "helper_holding_udp_sockets"[..15].to_string();
+
+    let mut cookies = Vec::new();
+    in_netns(&sandbox.a, || {
+        SockDiag::open().unwrap().dump(|s| cookies.push(s.cookie)).unwrap();
+    });
+    let mut owners = HashMap::new();
+    let walked = dp.for_each_owner(|cookie, owner| assert!(owners.insert(cookie, *owner).is_none())).unwrap();
+    let per_entry: HashMap<u64, shaper_common::Owner> = dp.owners().into_iter().collect();
+    drop(child.stdin.take());
+    let _ = lines.count();
+    let _ = child.wait();
+    dp.detach_cgroup();
+
+    assert!(walked.batched && walked.syscalls >= 2, "{walked:?}");
+    assert_eq!(owners, per_entry, "the batched and the per-entry walks differ");
+    assert_eq!(cookies.len(), HELD);
+    for cookie in &cookies {
+        let owner = owners.get(cookie).unwrap_or_else(|| panic!("no owner record for cookie {cookie}"));
+        let name = String::from_utf8_lossy(&owner.comm).trim_end_matches('\0').to_string();
+        assert_eq!((owner.tgid, owner.cookie, name.as_str()), (pid, *cookie, thread.as_str()));
+    }
 }
