@@ -20,7 +20,7 @@
 //! the host's before anything is cleaned up.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::File,
     io::{BufRead as _, BufReader},
     os::fd::AsRawFd as _,
@@ -39,7 +39,7 @@ use shaper_user::{
     procscan,
     rules::pred::ProcessFacts,
     sandbox::{Netns, Sandbox},
-    sockdiag::SockDiag,
+    sockdiag::{DumpStats, SockDiag, Table},
 };
 
 use super::{
@@ -95,32 +95,51 @@ fn status_bytes(field: &str) -> Result<f64> {
         .ok_or_else(|| anyhow!("no {field} in /proc/self/status"))
 }
 
-/// Wall time (median, ms) and peak RSS growth (largest, bytes) of `f` over `RUNS` passes.
+/// Wall time and CPU time of this thread (medians, ms) and peak RSS growth
+/// (largest, bytes) of `f` over `RUNS` passes.
 struct Measured {
     ms: f64,
+    cpu_ms: f64,
     rss: f64,
     count: usize,
     spread: (f64, f64),
 }
 
+/// CPU time of the calling thread, (user, system) in ms.
+fn thread_cpu_ms() -> (f64, f64) {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_THREAD with a valid rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    (ms(usage.ru_utime), ms(usage.ru_stime))
+}
+
 fn measure(what: &str, mut f: impl FnMut() -> Result<usize>) -> Result<Measured> {
-    let (mut times, mut peaks, mut count) = (Vec::new(), Vec::new(), 0);
+    let (mut times, mut cpu, mut sys, mut peaks, mut count) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
     for _ in 0..RUNS {
         // "5" resets the peak RSS (VmHWM) to the current RSS.
         std::fs::write("/proc/self/clear_refs", "5").context("resetting VmHWM")?;
         let base = status_bytes("VmRSS")?;
-        let start = Instant::now();
+        let (start, cpu0) = (Instant::now(), thread_cpu_ms());
         count = f()?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
+        let cpu1 = thread_cpu_ms();
+        cpu.push(cpu1.0 - cpu0.0 + cpu1.1 - cpu0.1);
+        sys.push(cpu1.1 - cpu0.1);
         peaks.push(status_bytes("VmHWM")? - base);
     }
     let spread = times.iter().fold((f64::MAX, 0f64), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
-    let m = Measured { ms: median(times), rss: peaks.iter().copied().fold(0.0, f64::max), count, spread };
+    let rss = peaks.iter().copied().fold(0.0, f64::max);
+    let m = Measured { ms: median(times), cpu_ms: median(cpu), rss, count, spread };
     eprintln!(
-        "  {what}: {:.1} ms (min {:.1}, max {:.1}), peak RSS +{:.1} MB, {count} items",
+        "  {what}: {:.1} ms (min {:.1}, max {:.1}; CPU {:.1} ms, {:.1} of it in the kernel), peak RSS +{:.1} MB, {count} items",
         m.ms,
         m.spread.0,
         m.spread.1,
+        m.cpu_ms,
+        median(sys),
         m.rss / 1e6
     );
     Ok(m)
@@ -182,6 +201,8 @@ struct Joined {
     unowned: usize,
     processes: usize,
     stale: usize,
+    /// ms spent: the owner records into a map, the sockets joined, the flows checked.
+    phases: [f64; 3],
 }
 
 /// sock_diag ⋈ OWNERS ⋈ cached facts; flows without a socket.
@@ -191,13 +212,19 @@ fn join(
     cache: &mut ProcCache,
     accounts: &SystemAccounts,
 ) -> Result<Joined> {
+    let mut joined = Joined::default();
+    let mut clock = Instant::now();
+    let mut lap = |joined: &mut Joined, phase: usize| {
+        joined.phases[phase] = clock.elapsed().as_secs_f64() * 1e3;
+        clock = Instant::now();
+    };
     let mut owners: HashMap<u64, Owner> = HashMap::new();
     dp.for_each_owner(|cookie, owner| {
         owners.insert(cookie, *owner);
     })?;
+    lap(&mut joined, 0);
     let mut live: HashSet<FlowKey> = HashSet::new();
     let mut facts: HashMap<u32, ProcessFacts> = HashMap::new();
-    let mut joined = Joined::default();
     diag.dump(|s| {
         joined.sockets += 1;
         live.insert(s.key);
@@ -211,11 +238,62 @@ fn join(
         }
     })?;
     joined.processes = facts.len();
+    lap(&mut joined, 1);
     dp.for_each_flow(|key, _| {
         if !live.contains(key) {
             joined.stale += 1;
         }
     })?;
+    lap(&mut joined, 2);
+    Ok(joined)
+}
+
+/// A total order of flow keys, for sorting and binary search.
+fn order(k: &FlowKey) -> (u8, u8, u16, u16, [u8; 16], [u8; 16]) {
+    (k.family, k.proto, k.lport, k.rport, k.laddr, k.raddr)
+}
+
+/// The same join over sorted vectors instead of hash maps: less memory (no
+/// empty slots), binary searches instead of hashing.
+fn join_sorted(
+    dp: &Datapath,
+    diag: &mut SockDiag,
+    cache: &mut ProcCache,
+    accounts: &SystemAccounts,
+) -> Result<Joined> {
+    let mut joined = Joined::default();
+    let mut clock = Instant::now();
+    let mut lap = |joined: &mut Joined, phase: usize| {
+        joined.phases[phase] = clock.elapsed().as_secs_f64() * 1e3;
+        clock = Instant::now();
+    };
+    let mut owners: Vec<(u64, Owner)> = Vec::new();
+    dp.for_each_owner(|cookie, owner| owners.push((cookie, *owner)))?;
+    owners.sort_unstable_by_key(|(cookie, _)| *cookie);
+    lap(&mut joined, 0);
+    let mut keys: Vec<FlowKey> = Vec::new();
+    let mut facts: HashMap<u32, ProcessFacts> = HashMap::new();
+    diag.dump(|s| {
+        keys.push(s.key);
+        match owners.binary_search_by_key(&s.cookie, |(cookie, _)| *cookie) {
+            Ok(at) => {
+                let owner = &owners[at].1;
+                facts
+                    .entry(owner.tgid)
+                    .or_insert_with(|| cache.facts(owner.tgid, Some(owner), ALL, accounts, None));
+            }
+            Err(_) => joined.unowned += 1,
+        }
+    })?;
+    keys.sort_unstable_by_key(order);
+    (joined.sockets, joined.processes) = (keys.len(), facts.len());
+    lap(&mut joined, 1);
+    dp.for_each_flow(|key, _| {
+        if keys.binary_search_by_key(&order(key), order).is_err() {
+            joined.stale += 1;
+        }
+    })?;
+    lap(&mut joined, 2);
     Ok(joined)
 }
 
@@ -240,25 +318,8 @@ fn today(dp: &Datapath, accounts: &SystemAccounts) -> Result<Joined> {
     Ok(joined)
 }
 
-fn row(report: &mut Report, what: String, ours: &Measured, peer: &str, theirs: &Measured) {
-    report.push(Row::new(
-        S,
-        what,
-        Figure::new(ours.ms, Unit::Millis),
-        peer,
-        Figure::new(theirs.ms, Unit::Millis),
-    ));
-}
-
-fn rss_row(report: &mut Report, what: String, ours: &Measured, peer: &str, theirs: &Measured) {
-    report.push(Row::new(
-        S,
-        what,
-        Figure::new(ours.rss, Unit::Bytes),
-        peer,
-        Figure::new(theirs.rss, Unit::Bytes),
-    ));
-}
+/// Every measurement of the section, by name.
+type Parts = BTreeMap<&'static str, Measured>;
 
 pub fn run(report: &mut Report) -> Result<()> {
     let sandbox = Sandbox::new("bscan")?;
@@ -266,128 +327,178 @@ pub fn run(report: &mut Report) -> Result<()> {
         .context("loading the eBPF object (are you root?)")?;
     dp.attach_cgroup(sandbox.cgroup.dir())?;
     let (_servers, holders) = hold(&sandbox)?;
-    let result = measure_all(report, &sandbox, &mut dp, &holders);
+    let result = (|| {
+        let inside = MainThreadIn::enter(&sandbox.a)?;
+        let mut diag = SockDiag::open()?;
+        let flows = fill_flows(&mut dp, &mut diag)?;
+        eprintln!("  {flows} flows in the map");
+        let parts = measure_parts(&dp, &mut diag)?;
+        drop(inside);
+        push_rows(report, &parts, flows);
+        let facts = facts_per_lookup(report, &holders)?;
+        let figures = |f: fn(&Measured) -> f64| -> serde_json::Map<String, serde_json::Value> {
+            parts.iter().map(|(name, m)| (name.to_string(), json!(f(m)))).collect()
+        };
+        report.detail(
+            "scan",
+            json!({
+                "held": HELD, "flows": flows, "runs": RUNS, "ms": figures(|m| m.ms),
+                "cpu_ms": figures(|m| m.cpu_ms), "peak_rss_bytes": figures(|m| m.rss), "facts_us": facts,
+            }),
+        );
+        Ok(())
+    })();
     dp.detach_cgroup();
     result
 }
 
-fn measure_all(report: &mut Report, sandbox: &Sandbox, dp: &mut Datapath, holders: &[Helper]) -> Result<()> {
-    let _inside = MainThreadIn::enter(&sandbox.a)?;
-    let mut diag = SockDiag::open()?;
-    let flows = fill_flows(dp, &mut diag)?;
-    eprintln!("  {flows} flows in the map");
-    let accounts = SystemAccounts::default();
-
-    let dump = measure("sock_diag dump", || {
-        let mut n = 0;
-        diag.dump(|_| n += 1)?;
-        Ok(n)
-    })?;
-    let proc_net = measure("procscan::connected_sockets", || Ok(procscan::connected_sockets()?.len()))?;
-    if dump.count < HELD || proc_net.count < HELD {
-        bail!("sock_diag listed {}, /proc/net {}; expected {HELD}", dump.count, proc_net.count);
+/// Times every source, and the two joins, inside the sandbox's namespace.
+fn measure_parts(dp: &Datapath, diag: &mut SockDiag) -> Result<Parts> {
+    let mut parts = Parts::new();
+    for table in Table::ALL {
+        let name = format!("sock_diag, {table} only");
+        measure(&name, || {
+            let mut stats = DumpStats::default();
+            diag.dump_table(table, &mut stats, &mut |_| {})?;
+            Ok(stats.sockets)
+        })?;
     }
-    let owners_batched = measure("OWNERS, batched", || Ok(dp.for_each_owner(|_, _| {})?.entries))?;
-    let owners_walk = measure("OWNERS, per entry", || Ok(dp.owners().len()))?;
+    parts.insert("sock_diag", measure("sock_diag dump", || Ok(diag.dump(|_| {})?.sockets))?);
+    parts.insert(
+        "procscan",
+        measure("procscan::connected_sockets", || Ok(procscan::connected_sockets()?.len()))?,
+    );
+    parts.insert("owners_batched", measure("OWNERS, batched", || Ok(dp.for_each_owner(|_, _| {})?.entries))?);
+    parts.insert("owners_walk", measure("OWNERS, per entry", || Ok(dp.owners().len()))?);
     let inodes: HashSet<u64> = procscan::connected_sockets()?.iter().map(|s| s.inode).collect();
-    let fd_scan = measure("fd scan (socket_holders)", || Ok(process::socket_holders(&inodes).len()))?;
-    let flows_batched = measure("FLOWS, batched", || Ok(dp.for_each_flow(|_, _| {})?.entries))?;
-    let flows_walk = measure("FLOWS, per entry", || Ok(dp.flows().len()))?;
-    if owners_batched.count < HELD || flows_batched.count < HELD || owners_walk.count != owners_batched.count
-    {
-        bail!("OWNERS {} / {}, FLOWS {}", owners_batched.count, owners_walk.count, flows_batched.count);
-    }
+    parts.insert(
+        "fd_scan",
+        measure("fd scan (socket_holders)", || Ok(process::socket_holders(&inodes).len()))?,
+    );
+    parts.insert("flows_batched", measure("FLOWS, batched", || Ok(dp.for_each_flow(|_, _| {})?.entries))?);
+    parts.insert("flows_walk", measure("FLOWS, per entry", || Ok(dp.flows().len()))?);
+    let accounts = SystemAccounts::default();
     let mut cache = ProcCache::new(8192, Freshness::default());
-    let mut new_join = Joined::default();
-    let joined = measure("join", || {
-        new_join = join(dp, &mut diag, &mut cache, &accounts)?;
-        Ok(new_join.sockets)
-    })?;
-    let mut old_join = Joined::default();
-    let old = measure("today's sources", || {
-        old_join = today(dp, &accounts)?;
-        Ok(old_join.sockets)
-    })?;
-    eprintln!("  join: {new_join:?}\n  today: {old_join:?}");
-    if new_join.stale != STALE || new_join.unowned != 0 || new_join.processes != usize::from(HOLDERS) {
-        bail!("the join found {new_join:?}; expected {STALE} stale flows and {HOLDERS} processes");
+    let (mut ours, mut theirs) = (Joined::default(), Joined::default());
+    parts.insert(
+        "join",
+        measure("join", || {
+            ours = join(dp, diag, &mut cache, &accounts)?;
+            Ok(ours.sockets)
+        })?,
+    );
+    parts.insert(
+        "today",
+        measure("today's sources", || {
+            theirs = today(dp, &accounts)?;
+            Ok(theirs.sockets)
+        })?,
+    );
+    let mut sorted = Joined::default();
+    parts.insert(
+        "join_sorted",
+        measure("join, sorted vectors", || {
+            sorted = join_sorted(dp, diag, &mut cache, &accounts)?;
+            Ok(sorted.sockets)
+        })?,
+    );
+    eprintln!("  join: {ours:?}\n  join, sorted: {sorted:?}\n  today: {theirs:?}");
+    let count = |name: &str| parts.get(name).map_or(0, |m| m.count);
+    if ["sock_diag", "procscan", "owners_batched", "flows_batched"].iter().any(|n| count(n) < HELD)
+        || count("owners_walk") != count("owners_batched")
+    {
+        bail!(
+            "a source missed connections: {:?}",
+            parts.iter().map(|(n, m)| (n, m.count)).collect::<Vec<_>>()
+        );
     }
+    for found in [&ours, &sorted] {
+        if found.stale != STALE || found.unowned != 0 || found.processes != usize::from(HOLDERS) {
+            bail!("a join found {found:?}; expected {STALE} stale flows and {HOLDERS} processes");
+        }
+    }
+    Ok(parts)
+}
 
-    let n = format!("{HELD}");
-    row(
-        report,
-        format!("connected sockets ({n} TCP): one sock_diag dump"),
-        &dump,
-        "/proc/net (procscan)",
-        &proc_net,
-    );
-    row(
-        report,
-        format!("the process of each socket: OWNERS dump, batched ({n} records)"),
-        &owners_batched,
-        "readlink of every /proc/*/fd",
-        &fd_scan,
-    );
-    row(
-        report,
-        format!("FLOWS dump, {flows} entries, batched"),
-        &flows_batched,
-        "per entry (aya iter)",
-        &flows_walk,
-    );
-    row(
-        report,
-        format!("OWNERS dump, {} entries, batched", owners_batched.count),
-        &owners_batched,
-        "per entry (aya iter)",
-        &owners_walk,
-    );
-    row(
-        report,
-        "the join: sock_diag, OWNERS by cookie, cached facts per process, stale flows".into(),
-        &joined,
-        "today: /proc/net, fd scan, facts per pid, flow walk",
-        &old,
-    );
-    rss_row(
-        report,
-        "peak RSS growth: sock_diag dump (streamed)".into(),
-        &dump,
-        "procscan (a Vec of sockets)",
-        &proc_net,
-    );
-    rss_row(
-        report,
-        "peak RSS growth: FLOWS, batched (streamed)".into(),
-        &flows_batched,
-        "per entry (a Vec)",
-        &flows_walk,
-    );
-    rss_row(report, "peak RSS growth: the join".into(), &joined, "today's sources", &old);
-    let facts = facts_per_lookup(report, holders, &accounts)?;
-    report.detail(
-        "scan",
-        json!({
-            "held": HELD, "flows": flows, "runs": RUNS,
-            "ms": {
-                "sock_diag": dump.ms, "procscan": proc_net.ms, "owners_batched": owners_batched.ms,
-                "owners_walk": owners_walk.ms, "fd_scan": fd_scan.ms, "flows_batched": flows_batched.ms,
-                "flows_walk": flows_walk.ms, "join": joined.ms, "today": old.ms,
-            },
-            "peak_rss_bytes": {
-                "sock_diag": dump.rss, "procscan": proc_net.rss, "owners_batched": owners_batched.rss,
-                "owners_walk": owners_walk.rss, "fd_scan": fd_scan.rss, "flows_batched": flows_batched.rss,
-                "flows_walk": flows_walk.rss, "join": joined.rss, "today": old.rss,
-            },
-            "facts_us": facts,
-        }),
-    );
-    Ok(())
+/// The table rows: (what, ours, the peer, theirs, RSS rather than time).
+fn push_rows(report: &mut Report, parts: &Parts, flows: usize) {
+    let rows = [
+        (
+            format!("connected sockets ({HELD} TCP): one sock_diag dump"),
+            "sock_diag",
+            "/proc/net (procscan)",
+            "procscan",
+            false,
+        ),
+        (
+            format!("the process of each socket: OWNERS dump, batched ({HELD} records)"),
+            "owners_batched",
+            "readlink of every /proc/*/fd",
+            "fd_scan",
+            false,
+        ),
+        (
+            format!("FLOWS dump, {flows} entries, batched"),
+            "flows_batched",
+            "per entry (aya iter)",
+            "flows_walk",
+            false,
+        ),
+        (
+            format!("OWNERS dump, {HELD} entries, batched"),
+            "owners_batched",
+            "per entry (aya iter)",
+            "owners_walk",
+            false,
+        ),
+        (
+            "the join: sock_diag, OWNERS by cookie, cached facts per process, stale flows".to_string(),
+            "join",
+            "today: /proc/net, fd scan, facts per pid, flow walk",
+            "today",
+            false,
+        ),
+        (
+            "peak RSS growth: sock_diag dump (streamed)".to_string(),
+            "sock_diag",
+            "procscan (a Vec of sockets)",
+            "procscan",
+            true,
+        ),
+        (
+            "peak RSS growth: FLOWS, batched (streamed)".to_string(),
+            "flows_batched",
+            "per entry (a Vec)",
+            "flows_walk",
+            true,
+        ),
+        ("the join over sorted vectors".to_string(), "join_sorted", "today's sources", "today", false),
+        ("peak RSS growth: the join".to_string(), "join", "today's sources", "today", true),
+        (
+            "peak RSS growth: the join over sorted vectors".to_string(),
+            "join_sorted",
+            "today's sources",
+            "today",
+            true,
+        ),
+    ];
+    for (what, ours, peer, theirs, rss) in rows {
+        let (Some(ours), Some(theirs)) = (parts.get(ours), parts.get(theirs)) else { continue };
+        let figure = |m: &Measured| {
+            if rss {
+                Figure::new(m.rss, Unit::Bytes)
+            } else {
+                Figure::new(m.ms, Unit::Millis)
+            }
+        };
+        report.push(Row::new(S, what, figure(ours), peer, figure(theirs)));
+    }
 }
 
 /// One process's facts (exe, args, ancestors): the cache answering from its
 /// entry, the cache with its stat check, and `process::facts`, in µs per lookup.
-fn facts_per_lookup(report: &mut Report, holders: &[Helper], accounts: &SystemAccounts) -> Result<[f64; 3]> {
+fn facts_per_lookup(report: &mut Report, holders: &[Helper]) -> Result<[f64; 3]> {
+    let accounts = &SystemAccounts::default();
     let pids: Vec<u32> = holders.iter().map(|h| h.0.id()).collect();
     let per_lookup = |f: &mut dyn FnMut(u32) -> ProcessFacts| -> Result<f64> {
         let start = Instant::now();
