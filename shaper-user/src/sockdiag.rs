@@ -46,6 +46,8 @@ const INET_DIAG_CGROUP_ID: u16 = 21;
 const TCP_LISTEN: u8 = 10;
 /// The kernel fills dump datagrams up to 32 KiB; the buffer leaves room.
 const RECV_BUFFER: usize = 64 * 1024;
+/// Seconds a dump may go without a datagram before it fails.
+const RECV_TIMEOUT_S: libc::time_t = 10;
 
 /// A socket table the kernel dumps separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,7 +235,7 @@ pub struct Socket {
 }
 
 /// What one dump saw.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DumpStats {
     /// Sockets handed to the visitor.
     pub sockets: usize,
@@ -241,6 +243,10 @@ pub struct DumpStats {
     pub skipped: usize,
     /// Datagrams received.
     pub datagrams: usize,
+    /// Tables the kernel has no diag support for (`udp_diag` not built or
+    /// loaded): their sockets are missing from the dump; the caller must
+    /// read them elsewhere (procscan) or say the scan is degraded.
+    pub unavailable: Vec<Table>,
 }
 
 /// A NETLINK_SOCK_DIAG socket and its receive buffer, kept between dumps.
@@ -261,14 +267,37 @@ impl SockDiag {
         }
         // SAFETY: `fd` is a fresh descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A dump that stops answering ends in an error instead of a hang.
+        let timeout = libc::timeval { tv_sec: RECV_TIMEOUT_S, tv_usec: 0 };
+        // SAFETY: SO_RCVTIMEO reads a timeval of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(SockDiagError::Open(io::Error::last_os_error()));
+        }
         Ok(Self { fd, buf: vec![0; RECV_BUFFER], seq: 0 })
     }
 
     /// Every connected TCP and UDP socket (IPv4 and IPv6), one at a time.
+    /// A table the kernel cannot dump (ENOENT: no diag module for the
+    /// protocol) is listed in [`DumpStats::unavailable`]; any other error
+    /// ends the dump.
     pub fn dump(&mut self, mut visit: impl FnMut(&Socket)) -> Result<DumpStats, SockDiagError> {
         let mut stats = DumpStats::default();
         for table in Table::ALL {
-            self.dump_table(table, &mut stats, &mut visit)?;
+            match self.dump_table(table, &mut stats, &mut visit) {
+                Err(SockDiagError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+                    stats.unavailable.push(table);
+                }
+                result => result?,
+            }
         }
         Ok(stats)
     }
@@ -284,18 +313,22 @@ impl SockDiag {
         self.send(table)?;
         let mut failure = None;
         loop {
-            let len = self.recv(table)?;
+            let len = match self.recv(table) {
+                Ok(len) => len,
+                // After a malformed datagram the end may never come: the
+                // receive timeout ends the wait, and the first error stands.
+                Err(e) => return Err(failure.unwrap_or(e)),
+            };
             stats.datagrams += 1;
-            match walk(&self.buf[..len], self.seq, table, stats, visit) {
-                Ok(Walk::More) => {}
-                Ok(Walk::Done) => break,
-                // Read the rest of the dump, so the next one starts clean.
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
+            // After a malformed message the rest of the dump is read all
+            // the same, so the next one starts clean.
+            match walk(&self.buf[..len], self.seq, table, stats, visit, &mut failure) {
+                Walk::More => {}
+                Walk::Done => return failure.map_or(Ok(()), Err),
+                // The kernel ended the dump with an error: nothing more comes.
+                Walk::Failed(e) => return Err(failure.unwrap_or(e)),
             }
         }
-        failure.map_or(Ok(()), Err)
     }
 
     fn send(&self, table: Table) -> Result<(), SockDiagError> {
@@ -368,6 +401,8 @@ fn request(table: Table, seq: u32) -> [u8; NLMSG_HDRLEN + REQ_LEN] {
 enum Walk {
     More,
     Done,
+    /// The kernel refused the request or ended the dump with an error.
+    Failed(SockDiagError),
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -394,12 +429,16 @@ fn walk(
     table: Table,
     stats: &mut DumpStats,
     visit: &mut dyn FnMut(&Socket),
-) -> Result<Walk, SockDiagError> {
-    let malformed = |detail| SockDiagError::Malformed { table, detail };
+    failure: &mut Option<SockDiagError>,
+) -> Walk {
+    let mut malformed = |detail| {
+        failure.get_or_insert(SockDiagError::Malformed { table, detail });
+    };
     while data.len() >= NLMSG_HDRLEN {
         let len = u32_at(data, 0) as usize;
         if len < NLMSG_HDRLEN || len > data.len() {
-            return Err(malformed("a message length beyond its datagram"));
+            malformed("a message length beyond its datagram");
+            return Walk::More;
         }
         let (kind, msg_seq) = (u16_at(data, 4), u32_at(data, 8));
         let body = &data[NLMSG_HDRLEN..len];
@@ -407,28 +446,28 @@ fn walk(
         if msg_seq != seq {
             continue; // the end of an earlier, abandoned dump
         }
+        // NLMSG_ERROR carries the errno of a refused request (0: an
+        // acknowledgement); NLMSG_DONE that of a dump that failed midway.
+        let errno = if body.len() >= 4 { -(u32_at(body, 0) as i32) } else { 0 };
+        let failed = |errno| SockDiagError::Kernel { table, source: io::Error::from_raw_os_error(errno) };
         match kind {
-            NLMSG_DONE => return Ok(Walk::Done),
-            NLMSG_ERROR => {
-                let errno = if body.len() >= 4 { -(u32_at(body, 0) as i32) } else { libc::EIO };
-                if errno == 0 {
-                    continue; // an acknowledgement
-                }
-                return Err(SockDiagError::Kernel { table, source: io::Error::from_raw_os_error(errno) });
-            }
+            NLMSG_DONE if errno > 0 => return Walk::Failed(failed(errno)),
+            NLMSG_DONE => return Walk::Done,
+            NLMSG_ERROR if errno > 0 => return Walk::Failed(failed(errno)),
+            NLMSG_ERROR => {}
             NLMSG_NOOP => {}
             SOCK_DIAG_BY_FAMILY => match parse(body, table) {
                 Some(socket) => {
                     stats.sockets += 1;
                     visit(&socket);
                 }
-                None if body.len() < MSG_LEN => return Err(malformed("a socket record too short")),
+                None if body.len() < MSG_LEN => malformed("a socket record too short"),
                 None => stats.skipped += 1,
             },
             _ => {}
         }
     }
-    Ok(Walk::More)
+    Walk::More
 }
 
 /// Decodes one `inet_diag_msg` and its attributes; `None` for a socket
@@ -574,22 +613,34 @@ mod tests {
         let mut datagram = message(SOCK_DIAG_BY_FAMILY, 7, &one);
         datagram.extend(message(SOCK_DIAG_BY_FAMILY, 7, &none));
         datagram.extend(message(SOCK_DIAG_BY_FAMILY, 6, &one)); // an older dump's leftover
-        let mut seen = Vec::new();
-        let mut stats = DumpStats::default();
-        let more = walk(&datagram, 7, Table::Tcp4, &mut stats, &mut |s| seen.push(*s)).unwrap();
-        assert!(matches!(more, Walk::More));
+        let (mut seen, mut stats, mut failure) = (Vec::new(), DumpStats::default(), None);
+        let more = walk(&datagram, 7, Table::Tcp4, &mut stats, &mut |s| seen.push(*s), &mut failure);
+        assert!(matches!(more, Walk::More) && failure.is_none());
         assert_eq!((seen.len(), seen[0].state, stats.sockets, stats.skipped), (1, SockState::SynSent, 1, 1));
         let done = message(NLMSG_DONE, 7, &0i32.to_ne_bytes());
-        assert!(matches!(walk(&done, 7, Table::Tcp4, &mut stats, &mut |_| {}), Ok(Walk::Done)));
-        let refused = message(NLMSG_ERROR, 7, &(-libc::EINVAL).to_ne_bytes());
-        let err = walk(&refused, 7, Table::Udp6, &mut stats, &mut |_| {}).err().unwrap();
-        assert!(
-            matches!(&err, SockDiagError::Kernel { table: Table::Udp6, source } if source.raw_os_error() == Some(libc::EINVAL)),
-            "{err:?}"
-        );
+        assert!(matches!(walk(&done, 7, Table::Tcp4, &mut stats, &mut |_| {}, &mut failure), Walk::Done));
+        // A refused request, and a dump that failed midway: both end the dump.
+        for kind in [NLMSG_ERROR, NLMSG_DONE] {
+            let refused = message(kind, 7, &(-libc::ENOENT).to_ne_bytes());
+            match walk(&refused, 7, Table::Udp6, &mut stats, &mut |_| {}, &mut failure) {
+                Walk::Failed(SockDiagError::Kernel { table: Table::Udp6, source }) => {
+                    assert_eq!(source.raw_os_error(), Some(libc::ENOENT))
+                }
+                _ => panic!("message type {kind}: not a failure"),
+            }
+        }
+        let ack = message(NLMSG_ERROR, 7, &0i32.to_ne_bytes());
+        assert!(matches!(walk(&ack, 7, Table::Tcp4, &mut stats, &mut |_| {}, &mut failure), Walk::More));
+        // A message cut short: noted, and the end of the dump still counts.
         let mut cut = message(SOCK_DIAG_BY_FAMILY, 7, &one);
         cut.truncate(40);
-        assert!(walk(&cut, 7, Table::Tcp4, &mut stats, &mut |_| {}).is_err());
+        assert!(matches!(walk(&cut, 7, Table::Tcp4, &mut stats, &mut |_| {}, &mut failure), Walk::More));
+        assert!(matches!(failure, Some(SockDiagError::Malformed { .. })));
+        let mut short = message(SOCK_DIAG_BY_FAMILY, 7, &one[..20]);
+        short.extend(message(NLMSG_DONE, 7, &0i32.to_ne_bytes()));
+        let mut failure = None;
+        assert!(matches!(walk(&short, 7, Table::Tcp4, &mut stats, &mut |_| {}, &mut failure), Walk::Done));
+        assert!(failure.is_some());
     }
 
     #[test]
