@@ -541,3 +541,43 @@ fn each_dumped_socket_finds_its_owner_record_by_cookie() {
         assert_eq!((owner.tgid, owner.cookie, name.as_str()), (pid, *cookie, thread.as_str()));
     }
 }
+
+/// A map of type `map_type` made with a raw BPF_MAP_CREATE (aya 0.14 makes
+/// only some types by itself).
+fn create_map(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> MapData {
+    let mut attr = [0u32; 30];
+    attr[..4].copy_from_slice(&[map_type, key_size, value_size, max_entries]);
+    // SAFETY: BPF_MAP_CREATE (0) reads a zero-padded bpf_attr of the size given.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), std::mem::size_of_val(&attr) as u32) };
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor nothing else owns.
+    MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }).unwrap()
+}
+
+/// A map type the kernel has no batch lookup for (a DEVMAP_HASH, read through
+/// the same typed handle): the walk falls back to one entry at a time and
+/// still gives every entry once.
+#[test]
+fn a_map_without_batch_lookups_is_walked_entry_by_entry() {
+    if !is_root() {
+        println!("skipped: needs root");
+        return;
+    }
+    const BPF_MAP_TYPE_DEVMAP_HASH: u32 = 25;
+    let data = create_map(BPF_MAP_TYPE_DEVMAP_HASH, 4, 4, 256);
+    let mut map = AyaHashMap::<MapData, u32, u32>::try_from(aya::maps::Map::HashMap(data)).unwrap();
+    // Every entry redirects to the loopback device (ifindex 1, in every namespace).
+    for key in 0..200u32 {
+        map.insert(key * 3, 1, 0).unwrap();
+    }
+    let refused = batch::for_each(&map, batch::Mode::Batched, batch::CHUNK, &mut |_, _| {});
+    assert!(refused.is_err(), "the kernel now dumps DEVMAP_HASH in batches: {refused:?}");
+    let mut seen = HashMap::new();
+    let walked = batch::for_each(&map, batch::Mode::Auto, batch::CHUNK, &mut |k: &u32, v: &u32| {
+        assert!(seen.insert(*k, *v).is_none(), "{k} twice");
+    })
+    .unwrap();
+    assert!(!walked.batched, "{walked:?}");
+    assert_eq!(walked.entries, 200);
+    assert!((0..200u32).all(|k| seen.get(&(k * 3)) == Some(&1)));
+}

@@ -94,11 +94,14 @@ pub fn for_each<T: Borrow<MapData>, K: Pod + Default, V: Pod + Default>(
 ) -> Result<Walked, MapError> {
     if mode != Mode::PerEntry {
         let fd = map.map().fd().as_fd();
-        match batched(fd, chunk.max(1), visit) {
-            Err(e) if mode == Mode::Auto && unsupported(&e) => {
+        let mut walked = Walked { batched: true, ..Walked::default() };
+        match batched(fd, chunk.max(1), visit, &mut walked) {
+            // Only before the first entry: a walk from the start would repeat them.
+            Err(e) if mode == Mode::Auto && walked.entries == 0 && unsupported(&e) => {
                 log::debug!("no batch lookups here ({e}); walking entry by entry");
             }
-            done => return done.map_err(syscall_error),
+            Err(e) => return Err(syscall_error(e)),
+            Ok(()) => return Ok(walked),
         }
     }
     let mut walked = Walked::default();
@@ -113,20 +116,21 @@ pub fn for_each<T: Borrow<MapData>, K: Pod + Default, V: Pod + Default>(
     Ok(walked)
 }
 
-/// The kernel refused the first batch for want of the command or of the
-/// map type's support; nothing has been visited yet.
+/// The kernel refused a batch for want of the command or of the map type's
+/// support.
 fn unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP | libc::ENOSYS))
 }
 
+/// Walks the map in batches, counting into `walked` as it goes.
 fn batched<K: Pod + Default, V: Pod + Default>(
     fd: BorrowedFd<'_>,
     mut chunk: usize,
     visit: &mut dyn FnMut(&K, &V),
-) -> Result<Walked, io::Error> {
+    walked: &mut Walked,
+) -> Result<(), io::Error> {
     let mut keys = vec![K::default(); chunk];
     let mut values = vec![V::default(); chunk];
-    let mut walked = Walked { batched: true, ..Walked::default() };
     // The token: the index of the next bucket (a u32; room for any size).
     let mut token = [0u64; 2];
     let mut first = true;
@@ -156,15 +160,23 @@ fn batched<K: Pod + Default, V: Pod + Default>(
         };
         let error = (rc < 0).then(io::Error::last_os_error);
         walked.syscalls += 1;
-        let filled = (attr.count as usize).min(chunk);
+        let errno = error.as_ref().and_then(io::Error::raw_os_error);
+        // The kernel reports what it copied on success and on these errors
+        // only; on others (an unknown command) `count` is still ours.
+        let filled = match errno {
+            None | Some(libc::ENOENT | libc::ENOSPC | libc::EBUSY | libc::EDEADLK | libc::ETIMEDOUT) => {
+                (attr.count as usize).min(chunk)
+            }
+            Some(_) => 0,
+        };
         for (key, value) in keys[..filled].iter().zip(&values[..filled]) {
             visit(key, value);
         }
         walked.entries += filled;
-        match error.as_ref().and_then(io::Error::raw_os_error) {
+        match errno {
             None => {}
             // The end of the table (the last chunk may still hold entries).
-            Some(libc::ENOENT) => return Ok(walked),
+            Some(libc::ENOENT) => return Ok(()),
             // One bucket holds more entries than a chunk: make room, retry it.
             Some(libc::ENOSPC) if filled == 0 => {
                 chunk *= 2;
