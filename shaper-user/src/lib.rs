@@ -18,6 +18,8 @@
 //! | [`datapath`] | the eBPF object: loading, maps, attaching to interfaces |
 //! | [`pins`] | the pin directory: what outlives the daemon, and how the next one finds it |
 //! | [`procscan`] | the /proc scan of connected sockets |
+//! | [`sockdiag`] | connected sockets from the kernel (NETLINK_SOCK_DIAG), with their cookies |
+//! | [`proccache`] | process facts kept until the process changes (exec, pid reuse, a new parent) |
 //! | [`process`] | what /proc tells about a process: the facts rules test, who holds which socket |
 //! | [`cgroups`] | the cgroup v2 hierarchy: paths ↔ ids |
 //! | [`events`] | the classifier's reports of new flows |
@@ -37,10 +39,12 @@ pub mod events;
 pub mod flows;
 pub mod pins;
 pub mod plan;
+pub mod proccache;
 pub mod process;
 pub mod procscan;
 pub mod rules;
 pub mod services;
+pub mod sockdiag;
 pub mod supervise;
 pub mod table;
 pub mod tc;

@@ -1,13 +1,16 @@
 //! What /proc tells about processes: the facts the rules test ([`ProcessFacts`])
 //! and which processes hold which sockets.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use shaper_common::Owner;
 
 use crate::{
     accounts::Accounts,
-    cgroups::{self, Cgroups},
+    cgroups::Cgroups,
     rules::pred::{Atom, Pred, ProcessFacts, TextAttr},
 };
 
@@ -36,30 +39,90 @@ impl Needs {
     }
 }
 
-fn read(pid: u32, file: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()
+/// Where the kernel's process files are (tests of [`crate::proccache`] use a fake tree).
+pub(crate) const PROC: &str = "/proc";
+
+fn read(root: &Path, pid: u32, file: &str) -> Option<String> {
+    std::fs::read_to_string(root.join(pid.to_string()).join(file)).ok()
 }
 
 /// The kernel's name of a process.
 pub fn comm(pid: u32) -> Option<String> {
-    read(pid, "comm").map(|c| c.trim_end_matches('\n').to_string())
+    comm_at(Path::new(PROC), pid)
+}
+
+fn comm_at(root: &Path, pid: u32) -> Option<String> {
+    read(root, pid, "comm").map(|c| c.trim_end_matches('\n').to_string())
 }
 
 /// The parent of `pid`, from /proc/PID/stat (whose second field, the name, may
 /// hold spaces and parentheses: the fields after it follow the last ')').
 pub fn parent(pid: u32) -> Option<u32> {
-    let stat = read(pid, "stat")?;
+    parent_at(Path::new(PROC), pid)
+}
+
+fn parent_at(root: &Path, pid: u32) -> Option<u32> {
+    let stat = read(root, pid, "stat")?;
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Real uid and gid from /proc/PID/status.
-fn ids(pid: u32) -> Option<(u32, u32)> {
-    let status = read(pid, "status")?;
+fn ids(root: &Path, pid: u32) -> Option<(u32, u32)> {
+    let status = read(root, pid, "status")?;
     let field = |name: &str| -> Option<u32> {
         status.lines().find_map(|l| l.strip_prefix(name))?.split_whitespace().next()?.parse().ok()
     };
     Some((field("Uid:")?, field("Gid:")?))
+}
+
+/// The cgroup v2 path of a process, as [`cgroups::of_process`] reads it.
+fn cgroup(root: &Path, pid: u32) -> Option<String> {
+    read(root, pid, "cgroup")?.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+}
+
+/// What /proc showed of a process: each fact `None` where its file could not
+/// be read (the process is gone, or the fact was not asked for).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ProcRead {
+    pub comm: Option<String>,
+    /// Real uid and gid (read only when no owner record stands in for them).
+    pub ids: Option<(u32, u32)>,
+    pub cgroup: Option<String>,
+    pub exe: Option<String>,
+    pub args: Option<Vec<String>>,
+    pub ancestors: Option<Vec<String>>,
+}
+
+impl ProcRead {
+    /// Reads the facts of `pid` under `root`: those `needs` asks for, the
+    /// ids when `with_ids`, and the name unless the caller has it already.
+    pub fn read(root: &Path, pid: u32, needs: Needs, with_ids: bool, comm: Option<String>) -> Self {
+        Self {
+            comm: comm.or_else(|| comm_at(root, pid)),
+            ids: if with_ids { ids(root, pid) } else { None },
+            cgroup: cgroup(root, pid),
+            exe: needs.exe.then(|| exe(root, pid)).flatten(),
+            args: needs.args.then(|| args(root, pid)).flatten(),
+            ancestors: needs.ancestors.then(|| ancestors(root, pid)).flatten(),
+        }
+    }
+
+    /// Reads what `needs` asks for beyond `had` (the ids too when `with_ids`).
+    pub fn complete(&mut self, root: &Path, pid: u32, had: Needs, needs: Needs, with_ids: bool) {
+        if with_ids && self.ids.is_none() {
+            self.ids = ids(root, pid);
+        }
+        if needs.exe && !had.exe {
+            self.exe = exe(root, pid);
+        }
+        if needs.args && !had.args {
+            self.args = args(root, pid);
+        }
+        if needs.ancestors && !had.ancestors {
+            self.ancestors = ancestors(root, pid);
+        }
+    }
 }
 
 /// The facts of process `pid`. `owner` is what the kernel recorded for the
@@ -71,15 +134,30 @@ pub fn facts(
     accounts: &dyn Accounts,
     cgroups: Option<&Cgroups>,
 ) -> ProcessFacts {
+    let read = ProcRead::read(Path::new(PROC), pid, needs, owner.is_none(), None);
+    assemble(pid, &read, owner, needs, accounts, cgroups)
+}
+
+/// The facts of `pid` from what /proc showed (`read`) and the socket's owner record.
+pub(crate) fn assemble(
+    pid: u32,
+    read: &ProcRead,
+    owner: Option<&Owner>,
+    needs: Needs,
+    accounts: &dyn Accounts,
+    cgroups: Option<&Cgroups>,
+) -> ProcessFacts {
     let recorded_comm = owner.map(|o| {
         let end = o.comm.iter().position(|b| *b == 0).unwrap_or(o.comm.len());
         String::from_utf8_lossy(&o.comm[..end]).into_owned()
     });
     let (uid, gid) = match owner {
         Some(o) => (o.uid, o.gid),
-        None => ids(pid).unwrap_or((u32::MAX, u32::MAX)),
+        None => read.ids.unwrap_or((u32::MAX, u32::MAX)),
     };
-    let cgroup = cgroups::of_process(pid)
+    let cgroup = read
+        .cgroup
+        .clone()
         .or_else(|| owner.filter(|o| o.cgroup_id != 0).and_then(|o| cgroups?.path_of(o.cgroup_id)));
     ProcessFacts {
         pid,
@@ -87,22 +165,22 @@ pub fn facts(
         gid,
         user: accounts.user_name(uid),
         group: accounts.group_name(gid),
-        cmd: comm(pid).or(recorded_comm).unwrap_or_default(),
-        exe: needs.exe.then(|| exe(pid)).flatten(),
-        args: needs.args.then(|| args(pid)).flatten(),
+        cmd: read.comm.clone().or(recorded_comm).unwrap_or_default(),
+        exe: read.exe.clone().filter(|_| needs.exe),
+        args: read.args.clone().filter(|_| needs.args),
         cgroup,
-        ancestors: needs.ancestors.then(|| ancestors(pid)).flatten(),
+        ancestors: read.ancestors.clone().filter(|_| needs.ancestors),
     }
 }
 
-fn exe(pid: u32) -> Option<String> {
-    let link = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+fn exe(root: &Path, pid: u32) -> Option<String> {
+    let link = std::fs::read_link(root.join(pid.to_string()).join("exe")).ok()?;
     let text = link.to_string_lossy();
     Some(text.strip_suffix(" (deleted)").unwrap_or(&text).to_string())
 }
 
-fn args(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+fn args(root: &Path, pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(root.join(pid.to_string()).join("cmdline")).ok()?;
     if raw.is_empty() {
         return None; // a kernel thread, or a process on its way out
     }
@@ -111,12 +189,12 @@ fn args(pid: u32) -> Option<Vec<String>> {
 }
 
 /// Names of the parent, grandparent, … of `pid`.
-fn ancestors(pid: u32) -> Option<Vec<String>> {
+fn ancestors(root: &Path, pid: u32) -> Option<Vec<String>> {
     let mut out = Vec::new();
-    let mut current = parent(pid)?;
+    let mut current = parent_at(root, pid)?;
     while current > 0 && out.len() < MAX_ANCESTORS {
-        out.push(comm(current)?);
-        current = parent(current).unwrap_or(0);
+        out.push(comm_at(root, current)?);
+        current = parent_at(root, current).unwrap_or(0);
     }
     Some(out)
 }

@@ -14,6 +14,7 @@
 //! | newconn     | newconn.rs  | the pyshaper model (30 s scan), trickle                     |
 //! | rules       | rules.rs    | a u32 chain of the same length; 10 rules                    |
 //! | churn       | churn.rs    | the pyshaper model under the same churn; before the churn  |
+//! | scan        | scan.rs     | /proc/net, the fd scan, per-entry map walks, uncached facts |
 //! | apply       | apply.rs    | `tc -batch`, one `tc` per command (classic scripts)         |
 //!
 //! `cargo xtask bench NAME…` runs the sections whose name contains a word.
@@ -51,6 +52,7 @@ mod process;
 mod rates;
 mod report;
 mod rules;
+mod scan;
 
 use report::{Figure, Report, Row, Unit};
 
@@ -245,7 +247,8 @@ fn main() -> Result<()> {
     let mut report = Report::default();
     let mut classified: Option<classify::Measured> = None;
     let mut failed = Vec::new();
-    let names = ["classify", "testrun", "ingress", "rates", "timeline", "newconn", "rules", "churn", "apply"];
+    let names =
+        ["classify", "testrun", "ingress", "rates", "timeline", "newconn", "rules", "churn", "scan", "apply"];
     let selected: Vec<&str> = names.into_iter().filter(|n| wanted(n)).collect();
     for &name in &selected {
         eprintln!("bench: {name} …");
@@ -259,6 +262,7 @@ fn main() -> Result<()> {
             "newconn" => newconn::run(&mut report).and_then(|()| process::decisions(&mut report)),
             "rules" => rules::run(&mut report, classified.as_ref()),
             "churn" => churn::run(&mut report),
+            "scan" => scan::run(&mut report),
             "apply" => apply::run(&mut report),
             _ => Ok(()),
         };

@@ -2,6 +2,7 @@
 //! their shaper-common types, the classifier's attachments to interfaces, and
 //! (cgroup.rs) the socket hooks' attachment to a cgroup.
 
+pub mod batch;
 mod cgroup;
 
 use shaper_common::Direction;
@@ -743,6 +744,24 @@ impl Datapath {
     /// A snapshot of the flow map. Entries that vanish during the walk are skipped.
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
         self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every flow entry, handed to `visit` in batches (see [`batch`] for what a
+    /// dump guarantees while the classifier writes).
+    pub fn for_each_flow(
+        &self,
+        mut visit: impl FnMut(&FlowKey, &FlowValue),
+    ) -> Result<batch::Walked, DatapathError> {
+        batch::for_each(&self.flows, batch::Mode::Auto, batch::CHUNK, &mut visit)
+            .map_err(|source| DatapathError::Map { action: "dumping", map: names::MAP_FLOWS, source })
+    }
+
+    /// Every owner record (socket cookie, owner), in batches.
+    pub fn for_each_owner(&self, mut visit: impl FnMut(u64, &Owner)) -> Result<batch::Walked, DatapathError> {
+        batch::for_each(&self.owners, batch::Mode::Auto, batch::CHUNK, &mut |cookie: &u64, owner: &Owner| {
+            visit(*cookie, owner)
+        })
+        .map_err(|source| DatapathError::Map { action: "dumping", map: names::MAP_OWNERS, source })
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
