@@ -35,10 +35,13 @@ use std::{
 use aya::maps::{HashMap as AyaHashMap, MapData};
 use procfs::FromReadSI as _;
 use shaper_common::{FlowKey, FlowValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use shaper_testkit::{
+    require_root,
+    sandbox::{Netns, Sandbox},
+};
 use shaper_user::{
     datapath::{batch, Datapath, LoadOptions},
     flows,
-    sandbox::{Netns, Sandbox},
     sockdiag::{SockDiag, SockState, Socket, Table},
 };
 
@@ -48,11 +51,6 @@ const UDP_PORT: u16 = 7001;
 const MANY: usize = 600;
 /// A uid no one on the machine has, for sockets made under it.
 const OTHER_UID: u32 = 4_242_421;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn cookie(fd: RawFd) -> u64 {
     let mut value = 0u64;
@@ -213,10 +211,7 @@ fn own_cgroup_id() -> Option<u64> {
 
 #[test]
 fn the_dump_finds_each_socket_with_its_key_state_uid_inode_and_cookie() {
-    if !is_root() {
-        println!("skipped: needs root");
-        return;
-    }
+    require_root!();
     let sandbox = Sandbox::new("sdiag").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let server = serve(&sandbox.b, Arc::clone(&stop));
@@ -340,10 +335,7 @@ fn flow_key(i: u32) -> FlowKey {
 
 #[test]
 fn the_batched_flow_dump_gives_what_the_per_entry_walk_gives() {
-    if !is_root() {
-        println!("skipped: needs root");
-        return;
-    }
+    require_root!();
     const N: u32 = 20_000;
     let mut dp = load_datapath();
     for i in 0..N {
@@ -368,10 +360,7 @@ fn the_batched_flow_dump_gives_what_the_per_entry_walk_gives() {
 
 #[test]
 fn a_bucket_larger_than_a_chunk_and_the_per_entry_fallback_lose_nothing() {
-    if !is_root() {
-        println!("skipped: needs root");
-        return;
-    }
+    require_root!();
     // A plain hash map of 1 000 entries in 1 024 buckets: many buckets hold
     // two or more, more than a chunk of one.
     let mut map = AyaHashMap::<MapData, u32, u64>::create(1024, 0).unwrap();
@@ -398,10 +387,7 @@ fn a_bucket_larger_than_a_chunk_and_the_per_entry_fallback_lose_nothing() {
 /// lists each key that stayed in the map exactly once.
 #[test]
 fn a_batched_dump_while_the_map_changes_lists_every_lasting_entry_once() {
-    if !is_root() {
-        println!("skipped: needs root");
-        return;
-    }
+    require_root!();
     const LASTING: u32 = 10_000;
     const CHURNING: u32 = 10_000;
     let mut map = AyaHashMap::<MapData, FlowKey, FlowValue>::create(32_768, 0).unwrap();
@@ -494,10 +480,7 @@ fn helper_holding_udp_sockets() {
 #[test]
 fn each_dumped_socket_finds_its_owner_record_by_cookie() {
     use std::io::BufRead as _;
-    if !is_root() {
-        println!("skipped: needs root");
-        return;
-    }
+    require_root!();
     let sandbox = Sandbox::new("sdown").unwrap();
     let mut dp = load_datapath();
     dp.attach_cgroup(sandbox.cgroup.dir()).unwrap();
@@ -559,10 +542,7 @@ fn create_map(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -
 /// still gives every entry once.
 #[test]
 fn a_map_without_batch_lookups_is_walked_entry_by_entry() {
-    if !is_root() {
-        println!("skipped: needs root");
-        return;
-    }
+    require_root!();
     const BPF_MAP_TYPE_DEVMAP_HASH: u32 = 25;
     let data = create_map(BPF_MAP_TYPE_DEVMAP_HASH, 4, 4, 256);
     let mut map = AyaHashMap::<MapData, u32, u32>::try_from(aya::maps::Map::HashMap(data)).unwrap();

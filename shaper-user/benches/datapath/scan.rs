@@ -31,6 +31,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
 use shaper_common::{FlowKey, FlowValue, Owner};
+use shaper_testkit::sandbox::{Netns, Sandbox};
 use shaper_user::{
     accounts::SystemAccounts,
     datapath::{Datapath, LoadOptions},
@@ -38,7 +39,6 @@ use shaper_user::{
     process::{self, Needs},
     procscan,
     rules::pred::ProcessFacts,
-    sandbox::{Netns, Sandbox},
     sockdiag::{DumpStats, SockDiag, Table},
 };
 
