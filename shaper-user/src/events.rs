@@ -13,14 +13,6 @@ pub fn parse(record: &[u8]) -> Option<FlowEvent> {
     Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<FlowEvent>()) })
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `FlowEvent::ts_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,6 +29,5 @@ mod tests {
         };
         assert_eq!(parse(bytes), Some(event));
         assert_eq!(parse(&bytes[..100]), None);
-        assert!(monotonic_ns() > 0);
     }
 }

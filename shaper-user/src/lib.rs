@@ -17,7 +17,7 @@
 //! | [`tc`] | rtnetlink: links, qdiscs, HTB classes and their counters |
 //! | [`datapath`] | the eBPF object: loading, maps, attaching to interfaces |
 //! | [`pins`] | the pin directory: what outlives the daemon, and how the next one finds it |
-//! | [`procscan`] | the /proc scan of connected sockets |
+//! | [`procnet`] | /proc/net's socket tables, for what sock_diag cannot dump |
 //! | [`sockdiag`] | connected sockets from the kernel (NETLINK_SOCK_DIAG), with their cookies |
 //! | [`proccache`] | process facts kept until the process changes (exec, pid reuse, a new parent) |
 //! | [`process`] | what /proc tells about a process: the facts rules test, who holds which socket |
@@ -31,6 +31,7 @@
 pub mod accounts;
 pub mod cgroups;
 pub mod classids;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -41,7 +42,7 @@ pub mod pins;
 pub mod plan;
 pub mod proccache;
 pub mod process;
-pub mod procscan;
+pub mod procnet;
 pub mod rules;
 pub mod services;
 pub mod sockdiag;

@@ -346,6 +346,12 @@ fn print_status(status: &Status, json: bool) -> Result<()> {
             "  last scan: {} sockets, {} adopted, {} corrected, {} stale removed, {} µs (every {} ms)",
             scan.sockets, scan.adopted, scan.corrected, scan.removed, scan.micros, status.scan_interval_ms
         );
+        if !scan.from_proc_net.is_empty() {
+            println!(
+                "  degraded: the kernel cannot list {} sockets over sock_diag; read from /proc/net (no cookies)",
+                scan.from_proc_net.join(", ")
+            );
+        }
     }
     println!("  pinned at {}{}", status.pin_dir, if status.adopted { " (taken over at start)" } else { "" });
     if let Some(r) = &status.last_reload {

@@ -12,7 +12,7 @@
 //! no more than one datagram at a time. The netlink socket belongs to the
 //! network namespace the calling thread was in when [`SockDiag::open`] ran.
 //!
-//! What it reports matches [`crate::procscan::connected_sockets`]: every TCP
+//! What it reports matches [`crate::procnet::connected`]: every TCP
 //! state but LISTEN, and only sockets with a remote end (remote port not 0);
 //! keys built by [`flows::key`], so a dual-stack socket talking IPv4 has an
 //! IPv4 key.
@@ -129,14 +129,19 @@ pub enum SockDiagError {
     Malformed { table: Table, detail: &'static str },
 }
 
-/// A socket's state: TCP states as the kernel numbers them, and `Udp` for
-/// every UDP socket (whose kernel state only says connected or not).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A socket's state: TCP states as the kernel numbers them, `Udp` for every
+/// UDP socket (whose kernel state only says connected or not), and `Gone` for
+/// a flow whose socket no longer exists. On the wire (`shaper conns --json`)
+/// they are spelled as `ss` spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SockState {
     Established,
     SynSent,
     SynRecv,
+    #[serde(rename = "fin-wait-1")]
     FinWait1,
+    #[serde(rename = "fin-wait-2")]
     FinWait2,
     TimeWait,
     Close,
@@ -147,6 +152,7 @@ pub enum SockState {
     NewSynRecv,
     BoundInactive,
     Udp,
+    Gone,
 }
 
 impl SockState {
@@ -171,7 +177,7 @@ impl SockState {
     }
 
     /// The name `ss` gives the state, in lowercase ("established",
-    /// "time-wait", …), as [`crate::procscan`] spells it; "udp" for UDP.
+    /// "time-wait", …), as `ss` spells it; "udp" for UDP.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Established => "established",
@@ -188,6 +194,7 @@ impl SockState {
             Self::NewSynRecv => "new-syn-recv",
             Self::BoundInactive => "bound-inactive",
             Self::Udp => "udp",
+            Self::Gone => "gone",
         }
     }
 }
@@ -245,7 +252,7 @@ pub struct DumpStats {
     pub datagrams: usize,
     /// Tables the kernel has no diag support for (`udp_diag` not built or
     /// loaded): their sockets are missing from the dump; the caller must
-    /// read them elsewhere (procscan) or say the scan is degraded.
+    /// read them elsewhere ([`crate::procnet`]) and say the scan is degraded.
     pub unavailable: Vec<Table>,
 }
 
@@ -656,7 +663,7 @@ mod tests {
     }
 
     #[test]
-    fn states_are_named_as_procscan_names_them() {
+    fn states_are_named_as_ss_names_them_on_the_wire_too() {
         use procfs::net::TcpState;
         for n in 1..=12u8 {
             let ours = SockState::from_tcp(n).unwrap();
@@ -666,5 +673,10 @@ mod tests {
         assert_eq!(SockState::TimeWait.to_string(), "time-wait");
         assert_eq!(SockState::FinWait1.as_str(), "fin-wait-1");
         assert_eq!(SockState::Udp.as_str(), "udp");
+        for state in [SockState::FinWait1, SockState::TimeWait, SockState::NewSynRecv, SockState::Gone] {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(serde_json::from_str::<SockState>(&json).unwrap(), state);
+        }
     }
 }

@@ -37,7 +37,7 @@ use shaper_user::{
     datapath::{Datapath, LoadOptions},
     proccache::{Freshness, ProcCache},
     process::{self, Needs},
-    procscan,
+    procnet,
     rules::pred::ProcessFacts,
     sockdiag::{DumpStats, SockDiag, Table},
 };
@@ -186,7 +186,7 @@ fn fill_flows(dp: &mut Datapath, diag: &mut SockDiag) -> Result<usize> {
         key.lport = i as u16;
         keys.push(key);
     }
-    let value = FlowValue { last_seen_ns: procscan::monotonic_coarse_ns(), ..FlowValue::default() };
+    let value = FlowValue { last_seen_ns: shaper_user::clock::monotonic_coarse_ns(), ..FlowValue::default() };
     for key in &keys {
         dp.insert_flow(key, &value)?;
     }
@@ -299,7 +299,7 @@ fn join_sorted(
 
 /// Today's sources: /proc/net, the fd scan, facts per pid, the flow walk.
 fn today(dp: &Datapath, accounts: &SystemAccounts) -> Result<Joined> {
-    let sockets = procscan::connected_sockets()?;
+    let sockets = procnet::connected_sockets()?;
     let inodes: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
     let holders = process::socket_holders(&inodes);
     let mut facts: HashMap<u32, ProcessFacts> = HashMap::new();
@@ -366,11 +366,11 @@ fn measure_parts(dp: &Datapath, diag: &mut SockDiag) -> Result<Parts> {
     parts.insert("sock_diag", measure("sock_diag dump", || Ok(diag.dump(|_| {})?.sockets))?);
     parts.insert(
         "procscan",
-        measure("procscan::connected_sockets", || Ok(procscan::connected_sockets()?.len()))?,
+        measure("procscan::connected_sockets", || Ok(procnet::connected_sockets()?.len()))?,
     );
     parts.insert("owners_batched", measure("OWNERS, batched", || Ok(dp.for_each_owner(|_, _| {})?.entries))?);
     parts.insert("owners_walk", measure("OWNERS, per entry", || Ok(dp.owners().len()))?);
-    let inodes: HashSet<u64> = procscan::connected_sockets()?.iter().map(|s| s.inode).collect();
+    let inodes: HashSet<u64> = procnet::connected_sockets()?.iter().map(|s| s.inode).collect();
     parts.insert(
         "fd_scan",
         measure("fd scan (socket_holders)", || Ok(process::socket_holders(&inodes).len()))?,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::{datapath::AttachMode, procscan::SockState};
+pub use crate::{datapath::AttachMode, sockdiag::SockState};
 pub use shaper_common::Direction;
 
 /// Version of the protocol; a request with another version gets an error reply.
@@ -247,7 +247,7 @@ pub struct InterfaceStatus {
 }
 
 /// What one reconcile pass of the daemon did (`status`).
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanReport {
     /// Connected sockets found.
     pub sockets: usize,
@@ -261,6 +261,10 @@ pub struct ScanReport {
     pub corrected: usize,
     /// Wall time of the pass, microseconds.
     pub micros: u64,
+    /// Socket tables read from /proc/net because the kernel could not dump
+    /// them over sock_diag ("udp4", …): a degraded scan (no socket cookies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_proc_net: Vec<String>,
 }
 
 /// Who decided a flow's class (`shaper conns`' BY column).

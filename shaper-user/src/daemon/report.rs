@@ -13,11 +13,12 @@ use super::{
 };
 use crate::{
     classids::ClassIds,
+    clock,
     control::protocol::{ClassRow, ConnRow, Decisions, InterfaceStatus, Origin, SockState, Status},
     datapath::Datapath,
     flows,
     plan::Plan,
-    procscan, tc,
+    tc,
 };
 
 /// Names of the classifier's error counters, by index (`ERR_*`).
@@ -81,11 +82,11 @@ impl<'a> View<'a> {
             classes: config.classes.len(),
             rule_nodes: self.decider.rules().compiled.nodes.len(),
             rules_gen: self.datapath.rules_gen(),
-            flows: self.datapath.flows().len(),
+            flows: self.datapath.flow_count(),
             max_flows: config.daemon.max_flows,
             errors: ERROR_NAMES.iter().zip(errors).map(|(n, v)| ((*n).to_string(), v)).collect(),
             scan_interval_ms: config.daemon.scan_interval.as_millis() as u64,
-            last_scan: self.decider.last_scan(),
+            last_scan: self.decider.last_scan().cloned(),
             hooks_cgroup: self.hooks.map(|h| h.display().to_string()),
             pin_dir: config.daemon.pin_dir.display().to_string(),
             adopted: self.adopted,
@@ -176,13 +177,14 @@ impl<'a> View<'a> {
     /// One row per flow, ordered by protocol and addresses.
     pub fn conns(&self) -> Vec<ConnRow> {
         let names = self.names();
-        let now = procscan::monotonic_coarse_ns();
+        let now = clock::monotonic_coarse_ns();
         let mut rows: Vec<ConnRow> = self
             .datapath
             .flows()
             .into_iter()
             .map(|(key, value)| {
                 let info = self.decider.conn(&key);
+                let process = info.and_then(|i| self.decider.process(i.pid));
                 let origin = match (value.origin, info.map(|i| i.by)) {
                     (ORIGIN_PINNED, _) => Origin::Pinned,
                     (ORIGIN_DAEMON, Some(by)) => by,
@@ -196,13 +198,13 @@ impl<'a> View<'a> {
                     remote: flows::endpoint(&key, false),
                     class: names.class(value.class),
                     origin,
-                    pid: info.and_then(|i| i.pid),
-                    user: info.and_then(|i| i.user.clone().or_else(|| i.uid.map(|u| u.to_string()))),
-                    cmd: info.and_then(|i| i.cmd.clone()),
+                    pid: info.map(|i| i.pid).filter(|p| *p != 0),
+                    user: process.map(|p| p.user.clone().unwrap_or_else(|| p.uid.to_string())),
+                    cmd: process.map(|p| p.cmd.clone()),
                     rule: names.rule(value.class),
-                    decided_us: info.and_then(|i| i.decided_us),
+                    decided_us: info.and_then(|i| i.decided_us).map(u64::from),
                     provisional_bytes: info.and_then(|i| i.provisional_bytes),
-                    state: self.decider.socket(&key).map_or(SockState::Gone, |s| s.state),
+                    state: info.map_or(SockState::Gone, |i| i.state),
                     tx_bytes: value.tx_bytes,
                     tx_packets: value.tx_packets,
                     rx_bytes: value.rx_bytes,

@@ -657,6 +657,11 @@ impl Datapath {
         self.owners.iter().filter_map(Result::ok).collect()
     }
 
+    /// The owner of a bound port.
+    pub fn listener(&self, key: &ListenKey) -> Option<Owner> {
+        self.listeners.get(key, 0).ok()
+    }
+
     /// Every bound port's owner.
     pub fn listeners(&self) -> Vec<(ListenKey, Owner)> {
         self.listeners.iter().filter_map(Result::ok).collect()
@@ -743,7 +748,17 @@ impl Datapath {
 
     /// A snapshot of the flow map. Entries that vanish during the walk are skipped.
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.flows.iter().filter_map(Result::ok).collect()
+        let mut out = Vec::new();
+        if self.for_each_flow(|k, v| out.push((*k, *v))).is_err() {
+            // The dump failed part way: the per-entry walk, which skips what vanishes.
+            out = self.flows.iter().filter_map(Result::ok).collect();
+        }
+        out
+    }
+
+    /// How many entries the flow map holds (0 when it cannot be read).
+    pub fn flow_count(&self) -> usize {
+        self.for_each_flow(|_, _| {}).map_or(0, |w| w.entries)
     }
 
     /// Every flow entry, handed to `visit` in batches (see [`batch`] for what a
@@ -774,6 +789,20 @@ impl Datapath {
             map: names::MAP_FLOWS,
             source,
         })
+    }
+
+    /// Enters a flow the classifier has not seen (a connection that predates
+    /// the daemon); returns false, changing nothing, when the classifier has
+    /// made an entry for it meanwhile.
+    pub fn adopt_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<bool, DatapathError> {
+        const BPF_NOEXIST: u64 = 1;
+        match self.flows.insert(key, value, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(source) => {
+                Err(DatapathError::Map { action: "adopting a flow", map: names::MAP_FLOWS, source })
+            }
+        }
     }
 
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DatapathError> {

@@ -2,35 +2,44 @@
 
 use std::collections::VecDeque;
 
-use crate::{control::protocol::Origin, rules::pred::ProcessFacts};
+use crate::{control::protocol::Origin, sockdiag::SockState};
 
 /// Decision latencies kept for percentiles.
 const LATENCY_SAMPLES: usize = 10_000;
 
-/// What the daemon knows about a flow beyond the flow map.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnInfo {
-    pub pid: Option<u32>,
-    pub uid: Option<u32>,
-    pub user: Option<String>,
-    pub cmd: Option<String>,
+/// What the decider knows about one flow beyond the flow map. Kept small:
+/// a host may have hundreds of thousands; what a process is lives once per
+/// process, in the decider's process table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    /// The process behind the flow (0: not known).
+    pub pid: u32,
     /// Who decided the class last (`Kernel`, `Daemon` or `Scan`).
     pub by: Origin,
+    /// The socket's state when last seen; `Gone` once a reconcile misses it.
+    pub state: SockState,
+    /// The class must be decided again: the process is new to the decider,
+    /// changed (exec, another holder), or the rules did.
+    pub dirty: bool,
+    /// The last reconcile that saw the socket, and the last that saw the flow entry.
+    pub seen: u32,
+    pub mapped: u32,
     /// For flows the kernel classed provisionally: microseconds from the first
     /// packet to the daemon's decision, and bytes sent in the provisional class
     /// meanwhile (0 when the kernel's guess was right).
-    pub decided_us: Option<u64>,
+    pub decided_us: Option<u32>,
     pub provisional_bytes: Option<u64>,
 }
 
-impl ConnInfo {
-    pub fn of(facts: &ProcessFacts, by: Origin) -> Self {
+impl Conn {
+    pub fn new(by: Origin) -> Self {
         Self {
-            pid: Some(facts.pid),
-            uid: Some(facts.uid),
-            user: facts.user.clone(),
-            cmd: Some(facts.cmd.clone()),
+            pid: 0,
             by,
+            state: SockState::Gone,
+            dirty: false,
+            seen: 0,
+            mapped: 0,
             decided_us: None,
             provisional_bytes: None,
         }
@@ -73,11 +82,11 @@ impl DecisionStats {
 
 /// The holder of a socket: the one the flow was already attributed to if it
 /// still holds it, else the lowest pid (usually the parent of the others).
-pub fn choose(pids: &[u32], known: Option<&ConnInfo>) -> Option<u32> {
-    match known.and_then(|k| k.pid) {
-        Some(pid) if pids.contains(&pid) => Some(pid),
-        _ => pids.iter().copied().min(),
+pub fn choose(pids: &[u32], known: u32) -> Option<u32> {
+    if known != 0 && pids.contains(&known) {
+        return Some(known);
     }
+    pids.iter().copied().min()
 }
 
 #[cfg(test)]
@@ -102,17 +111,9 @@ mod tests {
 
     #[test]
     fn the_known_holder_of_a_shared_socket_is_kept() {
-        let known = ConnInfo {
-            pid: Some(30),
-            uid: None,
-            user: None,
-            cmd: None,
-            by: Origin::Kernel,
-            decided_us: None,
-            provisional_bytes: None,
-        };
-        assert_eq!(choose(&[40, 30, 50], Some(&known)), Some(30));
-        assert_eq!(choose(&[40, 50], Some(&known)), Some(40));
-        assert_eq!(choose(&[], None), None);
+        assert_eq!(choose(&[40, 30, 50], 30), Some(30));
+        assert_eq!(choose(&[40, 50], 30), Some(40));
+        assert_eq!(choose(&[], 0), None);
+        assert!(std::mem::size_of::<Conn>() <= 40, "one per flow: keep it small");
     }
 }

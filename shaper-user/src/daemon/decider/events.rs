@@ -2,7 +2,7 @@
 
 use shaper_common::{FlowEvent, EVENT_OWNER, EVENT_PROVISIONAL};
 
-use super::{ConnInfo, Decider, Tables};
+use super::{Conn, Decider, Tables};
 use crate::control::protocol::Origin;
 
 impl Decider {
@@ -24,12 +24,13 @@ impl Decider {
         if alive {
             self.remember(tables, &facts);
         }
-        let mut info = ConnInfo::of(&facts, Origin::Kernel);
+        let mut conn = Conn::new(Origin::Kernel);
+        conn.pid = owner.tgid;
         // A provisional verdict always gets the daemon's answer. A decided one is
         // revisited only with the process in view (its name, not its thread's).
         if provisional || (alive && class != event.class) {
             let sent = self.settle(tables, &event.key, class);
-            info.by = Origin::Daemon;
+            conn.by = Origin::Daemon;
             if class != event.class {
                 self.stats.changed += 1;
             }
@@ -38,10 +39,13 @@ impl Decider {
                 self.stats.record(latency_us);
                 let wrong = if class == event.class { 0 } else { sent.unwrap_or(0) };
                 self.stats.provisional_bytes += wrong;
-                info.decided_us = Some(latency_us);
-                info.provisional_bytes = Some(wrong);
+                conn.decided_us = Some(u32::try_from(latency_us).unwrap_or(u32::MAX));
+                conn.provisional_bytes = Some(wrong);
             }
         }
-        self.conns.insert(event.key, info);
+        if alive {
+            self.processes.insert(owner.tgid, facts);
+        }
+        self.conns.insert(event.key, conn);
     }
 }

@@ -2,17 +2,20 @@
 //! classifier decides alone.
 //!
 //! 1. Events (events.rs): the classifier reports each new flow with its
-//!    socket's owner record. The daemon reads the owner's process from /proc,
-//!    evaluates every rule, leaves the answers to the userspace tests in
-//!    PROC_TESTS for the process's next connections, and moves the flow if
-//!    the class differs.
-//! 2. The reconcile (scan.rs, every `scan_interval`): it adopts connections
-//!    that predate the daemon, corrects classes of sockets whose process
-//!    changed (exec, fd passing), and drops flows whose socket is gone.
+//!    socket's owner record. The daemon takes the owner's process facts (from
+//!    a cache that rereads /proc only when the process changed), evaluates
+//!    the rules, leaves the answers to the userspace tests in PROC_TESTS for
+//!    the process's next connections, and moves the flow if the class differs.
+//! 2. The reconcile (scan.rs, every `scan_interval`), from the kernel rather
+//!    than /proc: one sock_diag dump of the sockets, joined by socket cookie
+//!    with the kernel's owner records; one batched walk of the flow map. It
+//!    adopts connections that predate the daemon, corrects classes of sockets
+//!    whose process changed (exec, fd passing), and drops flows whose socket
+//!    is gone. Only a flow whose process is new or changed is decided again.
 //!
-//! It owns its state (connections, sockets, decision statistics, the rules in
-//! force) and reaches the kernel and the host only through [`Tables`] and
-//! [`System`], so unit tests drive it with neither.
+//! It owns its state (connections, the processes behind them, decision
+//! statistics, the rules in force) and reaches the kernel and the host only
+//! through [`Tables`] and [`System`], so unit tests drive it with neither.
 
 mod conn;
 mod events;
@@ -23,9 +26,9 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{ConnInfo, DecisionStats};
+pub use conn::{Conn, DecisionStats};
 pub use ruleset::RuleSet;
-pub use system::{LiveSystem, System};
+pub use system::{LiveSystem, ScanError, System};
 pub use tables::Tables;
 
 use std::{
@@ -42,7 +45,6 @@ use crate::{
     control::protocol::ScanReport,
     datapath::DatapathError,
     flows,
-    procscan::Socket,
     rules::{self, compile::CgroupIndex, pred::ProcessFacts},
 };
 
@@ -53,12 +55,16 @@ pub struct Decider {
     /// The classifier tests owner records and reports new flows (the socket
     /// hooks are attached); off, process rules are left to the reconcile.
     event_driven: bool,
-    /// A flow without a socket is stale once idle this long.
-    stale_after_ns: u64,
+    scan_interval: Duration,
     /// Who is behind each flow, and how its class was decided.
-    conns: HashMap<FlowKey, ConnInfo>,
-    /// The sockets the last reconcile found.
-    sockets: HashMap<FlowKey, Socket>,
+    conns: HashMap<FlowKey, Conn>,
+    /// The facts of the processes behind the flows, as last decided with.
+    processes: HashMap<u32, ProcessFacts>,
+    /// Reconciles so far (a flow's `seen` and `mapped` refer to them).
+    generation: u32,
+    /// When the descriptors of every process were last walked for sockets
+    /// no owner record explains (a reconcile generation).
+    last_fd_walk: Option<u32>,
     stats: DecisionStats,
     last_scan: Option<ScanReport>,
 }
@@ -69,9 +75,11 @@ impl Decider {
             system,
             rules: RuleSet::default(),
             event_driven,
-            stale_after_ns: scan_interval.as_nanos().min(u128::from(u64::MAX)) as u64,
+            scan_interval,
             conns: HashMap::new(),
-            sockets: HashMap::new(),
+            processes: HashMap::new(),
+            generation: 0,
+            last_fd_walk: None,
             stats: DecisionStats::default(),
             last_scan: None,
         }
@@ -119,20 +127,22 @@ impl Decider {
         Ok(())
     }
 
-    pub fn conn(&self, key: &FlowKey) -> Option<&ConnInfo> {
+    /// What the decider knows about flow `key`.
+    pub fn conn(&self, key: &FlowKey) -> Option<&Conn> {
         self.conns.get(key)
     }
 
-    pub fn socket(&self, key: &FlowKey) -> Option<&Socket> {
-        self.sockets.get(key)
+    /// The facts of process `pid`, if a flow of its is known.
+    pub fn process(&self, pid: u32) -> Option<&ProcessFacts> {
+        self.processes.get(&pid)
     }
 
     pub fn stats(&self) -> &DecisionStats {
         &self.stats
     }
 
-    pub fn last_scan(&self) -> Option<ScanReport> {
-        self.last_scan
+    pub fn last_scan(&self) -> Option<&ScanReport> {
+        self.last_scan.as_ref()
     }
 
     /// Puts flow `key` into `class` for good; returns the bytes it had sent until
@@ -180,39 +190,41 @@ impl Decider {
     }
 
     /// After the rules changed: decides again the flows the daemon decided
-    /// (the reconcile does it, with the process facts it reads once per
-    /// process), and hands back to the kernel those it cannot (they are decided
-    /// again at their next packet). Flows pinned by `shaper move` stay, unless
-    /// their class is gone (not in `classes`). Returns how many were redone.
+    /// (the reconcile does it, with the process facts it has), and hands back
+    /// to the kernel those it cannot (they are decided again at their next
+    /// packet). Flows pinned by `shaper move` stay, unless their class is gone
+    /// (not in `classes`). Returns how many were redone.
     pub fn reevaluate(&mut self, tables: &mut dyn Tables, classes: &HashSet<u16>) -> usize {
         let process_rules = self.rules.process;
         if process_rules {
+            self.conns.values_mut().for_each(|c| c.dirty = true);
             self.reconcile(tables);
         }
-        let mut n = 0;
-        for (key, mut value) in tables.flows() {
-            let handback = match value.origin {
-                // The reconcile just decided it if it found the process behind it.
-                ORIGIN_DAEMON => {
-                    let seen = self.sockets.contains_key(&key)
-                        && self.conns.get(&key).is_some_and(|c| c.pid.is_some());
-                    if process_rules && seen {
-                        n += 1;
-                    }
-                    !(process_rules && seen)
-                }
-                ORIGIN_PINNED => !classes.contains(&value.class),
-                _ => false,
-            };
-            if handback {
-                value.origin = ORIGIN_KERNEL;
-                value.rules_gen = 0;
-                value.flags &= !FLOW_PROVISIONAL;
-                if tables.insert_flow(&key, &value).is_ok() {
-                    n += 1;
-                }
+        let generation = self.generation;
+        let mut redone = 0;
+        let mut handback = Vec::new();
+        let walk = tables.for_each_flow(&mut |key, value| {
+            let decided =
+                self.conns.get(key).is_some_and(|c| c.seen == generation && c.pid != 0) && process_rules;
+            match value.origin {
+                // The reconcile just decided it if it knows the process behind it.
+                ORIGIN_DAEMON if decided => redone += 1,
+                ORIGIN_DAEMON => handback.push((*key, *value)),
+                ORIGIN_PINNED if !classes.contains(&value.class) => handback.push((*key, *value)),
+                _ => {}
+            }
+        });
+        if let Err(e) = walk {
+            log::warn!("re-evaluating flows: {}", crate::error_chain(&e));
+        }
+        for (key, mut value) in handback {
+            value.origin = ORIGIN_KERNEL;
+            value.rules_gen = 0;
+            value.flags &= !FLOW_PROVISIONAL;
+            if tables.insert_flow(&key, &value).is_ok() {
+                redone += 1;
             }
         }
-        n
+        redone
     }
 }

@@ -1,141 +1,280 @@
-//! The periodic reconcile: the sockets that exist against the flow map.
+//! The periodic reconcile: the sockets the kernel has, joined with its owner
+//! records, against the flow map.
+//!
+//! 1. The processes behind known flows are checked (a cached read of
+//!    /proc/PID/stat each): exited ones are forgotten, changed ones (an exec)
+//!    mark their flows for a new decision.
+//! 2. One sock_diag dump: each socket's state is noted; a socket whose
+//!    process is not known yet gets it from its owner record (by cookie; an
+//!    accepted connection from its listening port's).
+//! 3. Sockets no record explains (they predate the daemon, or their owner
+//!    exited after handing them on) are traced through every process's
+//!    descriptors: at start, then at most every [`FD_WALK_EVERY`] passes.
+//!    Every [`AUDIT_EVERY`] passes that walk covers every socket, so a socket
+//!    handed on by a process that lives on is found in its new holder too.
+//! 4. One batched walk of the flow map: flows marked are decided again,
+//!    flows without a socket idle past the scan interval are removed.
+//! 5. Sockets without a flow entry are adopted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use shaper_common::{FlowKey, FlowValue, ORIGIN_DAEMON, ORIGIN_KERNEL, ORIGIN_PINNED};
+use shaper_common::{
+    FlowKey, FlowValue, ListenKey, Owner, FAMILY_V6, FLOW_PROVISIONAL, ORIGIN_DAEMON, ORIGIN_KERNEL,
+    ORIGIN_PINNED,
+};
 
-use super::{conn, ConnInfo, Decider, Tables};
+use super::{conn, Conn, Decider, Tables};
 use crate::{
     control::protocol::{Origin, ScanReport},
     flows,
-    procscan::{SockState, Socket},
-    rules::pred::ProcessFacts,
+    sockdiag::{SockState, Socket},
 };
+
+/// Reconciles between two walks of every process's descriptors for sockets
+/// no owner record explains.
+const FD_WALK_EVERY: u32 = 6;
+/// Reconciles between two walks that check the holder of every socket.
+const AUDIT_EVERY: u32 = 60;
 
 impl Decider {
     /// Adopts connections the classifier has not seen, corrects classes the
     /// kernel could not know, and drops stale flows.
     pub fn reconcile(&mut self, tables: &mut dyn Tables) -> ScanReport {
         let started = std::time::Instant::now();
-        let sockets = match self.system.sockets() {
-            Ok(s) => s,
+        self.generation = self.generation.wrapping_add(1).max(1);
+        self.check_processes(tables);
+        let mut report = ScanReport::default();
+        let audit = self.generation % AUDIT_EVERY == 1;
+        let traced = match self.walk_sockets(tables, audit, &mut report) {
+            Ok(traced) => traced,
             Err(e) => {
                 log::warn!("scan: {}", crate::error_chain(&e));
-                return ScanReport::default();
+                return report;
             }
         };
-        let mut report = ScanReport { sockets: sockets.len(), ..ScanReport::default() };
+        self.trace(tables, traced, audit);
+        self.walk_flows(tables, &mut report);
+        self.adopt(tables, &mut report);
+        self.forget_gone();
         self.forget_exited(tables);
-        let processes = self.processes_of(&sockets);
-        for socket in &sockets {
-            let facts = processes.pid_of.get(&socket.key).and_then(|pid| processes.facts.get(pid));
-            self.reconcile_socket(tables, socket, facts, &mut report);
-        }
-        for facts in processes.facts.values() {
-            self.remember(tables, facts);
-        }
-        self.sockets = sockets.into_iter().map(|s| (s.key, s)).collect();
-        report.removed = self.remove_stale(tables);
         self.prune_listeners(tables);
         self.refresh_cgroup_rules(tables);
+        self.system.sweep(self.scan_interval * 2);
         report.micros = started.elapsed().as_micros() as u64;
         log::debug!("scan: {report:?}");
-        self.last_scan = Some(report);
+        self.last_scan = Some(report.clone());
         report
     }
 
-    /// The process behind each socket, and its facts (read once per process).
-    fn processes_of(&self, sockets: &[Socket]) -> Processes {
-        let inodes: HashSet<u64> = sockets.iter().map(|s| s.inode).filter(|i| *i != 0).collect();
-        let holders = self.system.holders(&inodes);
-        let mut out = Processes::default();
-        for socket in sockets {
-            let pids = holders.get(&socket.inode).map_or(&[][..], Vec::as_slice);
-            let Some(pid) = conn::choose(pids, self.conns.get(&socket.key)) else { continue };
-            out.pid_of.insert(socket.key, pid);
-            out.facts.entry(pid).or_insert_with(|| self.system.facts(pid, None, self.rules.needs));
+    /// Step 1: the processes behind known flows, as they are now.
+    fn check_processes(&mut self, tables: &mut dyn Tables) {
+        let pids: Vec<u32> = self.processes.keys().copied().collect();
+        let mut changed = HashSet::new();
+        for pid in pids {
+            if !self.system.alive(pid) {
+                self.processes.remove(&pid);
+                changed.insert(pid);
+                continue;
+            }
+            let facts = self.system.facts(pid, None, self.rules.needs);
+            if self.processes.get(&pid) != Some(&facts) {
+                self.remember(tables, &facts);
+                self.processes.insert(pid, facts);
+                changed.insert(pid);
+            }
         }
-        out
+        if !changed.is_empty() {
+            for conn in self.conns.values_mut().filter(|c| changed.contains(&c.pid)) {
+                conn.dirty = true;
+                if !self.processes.contains_key(&conn.pid) {
+                    conn.pid = 0;
+                }
+            }
+        }
     }
 
-    /// Step of [`Decider::reconcile`] for one socket.
-    fn reconcile_socket(
+    /// Step 2: every socket; returns (flow, inode) of those whose process no
+    /// owner record gives (with `audit`: of every socket with an inode).
+    fn walk_sockets(
         &mut self,
         tables: &mut dyn Tables,
-        socket: &Socket,
-        facts: Option<&ProcessFacts>,
+        audit: bool,
         report: &mut ScanReport,
-    ) {
-        let key = socket.key;
-        let class = self.rules.class_of(&key, facts);
-        let process_rules = self.rules.process;
-        let mut corrected = false;
-        match tables.flow(&key) {
-            // Only a socket with a known process can correct a class: without
-            // one, process rules would read as false.
-            Some(v) if process_rules && facts.is_some() && v.origin != ORIGIN_PINNED && v.class != class => {
-                self.settle(tables, &key, class);
-                report.corrected += 1;
-                corrected = true;
-            }
-            Some(_) => {}
-            None if socket.state == SockState::TimeWait => {}
-            None => {
-                let value = FlowValue {
-                    class,
-                    origin: if process_rules { ORIGIN_DAEMON } else { ORIGIN_KERNEL },
-                    rules_gen: tables.rules_gen(),
-                    last_seen_ns: self.system.coarse_ns(),
-                    ..FlowValue::default()
-                };
-                match tables.insert_flow(&key, &value) {
-                    Ok(()) => report.adopted += 1,
-                    Err(e) => log::warn!("scan: adopting {}: {e}", flows::remote(&key)),
+    ) -> Result<Vec<(FlowKey, u64)>, super::ScanError> {
+        let generation = self.generation;
+        let mut orphans = Vec::new();
+        let mut owned: Vec<(FlowKey, Owner, u64)> = Vec::new();
+        let conns = &mut self.conns;
+        let missing = self.system.sockets(&mut |s: &Socket| {
+            report.sockets += 1;
+            let conn = conns.entry(s.key).or_insert_with(|| Conn::new(Origin::Scan));
+            conn.state = s.state;
+            conn.seen = generation;
+            if conn.pid != 0 || s.state == SockState::TimeWait {
+                if audit && s.inode != 0 {
+                    orphans.push((s.key, s.inode));
                 }
+                return;
+            }
+            match owner_of(&*tables, s) {
+                Some(owner) => owned.push((s.key, owner, s.inode)),
+                None if s.inode != 0 => orphans.push((s.key, s.inode)),
+                None => {}
+            }
+        })?;
+        report.from_proc_net = missing.iter().map(|t| t.as_str().to_string()).collect();
+        for (key, owner, inode) in owned {
+            // An owner that exited may have handed the socket on.
+            if !self.attribute(tables, &key, owner.tgid, Some(&owner)) && inode != 0 {
+                orphans.push((key, inode));
             }
         }
-        if let Some(facts) = facts {
-            let entry = self.conns.entry(key).or_insert_with(|| ConnInfo::of(facts, Origin::Scan));
-            entry.pid = Some(facts.pid);
-            entry.user = facts.user.clone();
-            entry.cmd = Some(facts.cmd.clone());
-            if corrected {
-                entry.by = Origin::Scan;
+        Ok(orphans)
+    }
+
+    /// Gives flow `key` the process `pid`, reading its facts if it is new to
+    /// the decider; false when the process is gone.
+    fn attribute(&mut self, tables: &mut dyn Tables, key: &FlowKey, pid: u32, owner: Option<&Owner>) -> bool {
+        if !self.processes.contains_key(&pid) {
+            if !self.system.alive(pid) {
+                return false;
+            }
+            let facts = self.system.facts(pid, owner, self.rules.needs);
+            self.remember(tables, &facts);
+            self.processes.insert(pid, facts);
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.pid = pid;
+            conn.dirty = true;
+        }
+        true
+    }
+
+    /// Step 3: who holds the sockets `orphans` (each a flow and its inode).
+    fn trace(&mut self, tables: &mut dyn Tables, orphans: Vec<(FlowKey, u64)>, audit: bool) {
+        if orphans.is_empty() {
+            return;
+        }
+        let due = self.last_fd_walk.is_none_or(|g| self.generation.wrapping_sub(g) >= FD_WALK_EVERY);
+        if !due && !audit {
+            return;
+        }
+        self.last_fd_walk = Some(self.generation);
+        let inodes: HashSet<u64> = orphans.iter().map(|(_, inode)| *inode).collect();
+        let holders = self.system.holders(&inodes);
+        for (key, inode) in orphans {
+            let known = self.conns.get(&key).map_or(0, |c| c.pid);
+            let pids = holders.get(&inode).map_or(&[][..], Vec::as_slice);
+            match conn::choose(pids, known) {
+                Some(pid) if pid != known => {
+                    self.attribute(tables, &key, pid, None);
+                }
+                _ => {}
             }
         }
     }
 
-    /// Removes flows without a socket that stayed idle longer than the scan
-    /// interval; forgets what it knew about them. Returns how many went.
-    fn remove_stale(&mut self, tables: &mut dyn Tables) -> usize {
-        let now = self.system.coarse_ns();
-        let mut live = HashSet::new();
-        let mut removed = 0;
-        for (key, value) in tables.flows() {
-            if !self.sockets.contains_key(&key)
-                && now.saturating_sub(value.last_seen_ns) > self.stale_after_ns
-                && self.still_stale(tables, &key)
-            {
-                match tables.remove_flow(&key) {
-                    Ok(()) => removed += 1,
-                    Err(e) => log::warn!("scan: removing a stale flow: {e}"),
+    /// Step 4: decides again the flows marked, and removes stale ones.
+    fn walk_flows(&mut self, tables: &mut dyn Tables, report: &mut ScanReport) {
+        let (generation, now, stale_after) =
+            (self.generation, self.system.coarse_ns(), self.stale_after_ns());
+        let process_rules = self.rules.process;
+        let mut moves: Vec<(FlowKey, u16)> = Vec::new();
+        let mut stale: Vec<FlowKey> = Vec::new();
+        let (conns, processes, rules) = (&mut self.conns, &self.processes, &self.rules);
+        let walk = tables.for_each_flow(&mut |key, value| {
+            let Some(conn) = conns.get_mut(key).filter(|c| c.seen == generation) else {
+                if now.saturating_sub(value.last_seen_ns) > stale_after {
+                    stale.push(*key);
                 }
-            } else {
-                live.insert(key);
+                return;
+            };
+            conn.mapped = generation;
+            let redo = conn.dirty || value.flags & FLOW_PROVISIONAL != 0;
+            conn.dirty = false;
+            let Some(facts) = processes.get(&conn.pid).filter(|_| redo && process_rules) else { return };
+            let class = rules.class_of(key, Some(facts));
+            if value.origin != ORIGIN_PINNED && class != value.class {
+                moves.push((*key, class));
+            }
+        });
+        if let Err(e) = walk {
+            log::warn!("scan: walking the flows: {}", crate::error_chain(&e));
+        }
+        for (key, class) in moves {
+            self.settle(tables, &key, class);
+            report.corrected += 1;
+            if let Some(conn) = self.conns.get_mut(&key) {
+                conn.by = Origin::Scan;
             }
         }
-        self.conns.retain(|key, _| live.contains(key));
-        removed
+        for key in stale {
+            if self.still_stale(tables, &key) {
+                match tables.remove_flow(&key) {
+                    Ok(()) => report.removed += 1,
+                    Err(e) => log::warn!("scan: removing a stale flow: {e}"),
+                }
+                self.conns.remove(&key);
+            }
+        }
+    }
+
+    /// Step 5: sockets seen without a flow entry get one.
+    fn adopt(&mut self, tables: &mut dyn Tables, report: &mut ScanReport) {
+        let generation = self.generation;
+        let process_rules = self.rules.process;
+        let unmapped: Vec<FlowKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.seen == generation && c.mapped != generation && c.state != SockState::TimeWait)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in unmapped {
+            let Some(conn) = self.conns.get_mut(&key) else { continue };
+            conn.mapped = generation;
+            conn.dirty = false;
+            let facts = self.processes.get(&conn.pid);
+            let value = FlowValue {
+                class: self.rules.class_of(&key, facts),
+                origin: if process_rules { ORIGIN_DAEMON } else { ORIGIN_KERNEL },
+                rules_gen: tables.rules_gen(),
+                last_seen_ns: self.system.coarse_ns(),
+                ..FlowValue::default()
+            };
+            match tables.adopt_flow(&key, &value) {
+                Ok(true) => report.adopted += 1,
+                Ok(false) => {}
+                Err(e) => log::warn!("scan: adopting {}: {e}", flows::remote(&key)),
+            }
+        }
+    }
+
+    /// Forgets flows with neither a socket nor an entry, and the processes no
+    /// flow points to any more.
+    fn forget_gone(&mut self) {
+        let generation = self.generation;
+        self.conns.retain(|_, c| {
+            if c.seen != generation {
+                c.state = SockState::Gone;
+            }
+            c.seen == generation || c.mapped == generation
+        });
+        let in_use: HashSet<u32> = self.conns.values().map(|c| c.pid).collect();
+        self.processes.retain(|pid, _| in_use.contains(pid));
+    }
+
+    fn stale_after_ns(&self) -> u64 {
+        self.scan_interval.as_nanos().min(u128::from(u64::MAX)) as u64
     }
 
     /// Whether the flow is idle right now, not only in the walk's snapshot: with
-    /// 100 000 flows the walk takes a good part of a second, and a new
-    /// connection may meanwhile reuse the tuple of one that closed. Deleting its
-    /// entry then would leave its last packets, sent after close() dropped the
-    /// socket's owner record, to the default class.
+    /// 100 000 flows the walk takes a while, and a new connection may meanwhile
+    /// reuse the tuple of one that closed. Deleting its entry then would leave
+    /// its last packets, sent after close() dropped the socket's owner record,
+    /// to the default class.
     fn still_stale(&self, tables: &dyn Tables, key: &FlowKey) -> bool {
         let now = self.system.coarse_ns();
-        tables.flow(key).is_some_and(|v| now.saturating_sub(v.last_seen_ns) > self.stale_after_ns)
+        tables.flow(key).is_some_and(|v| now.saturating_sub(v.last_seen_ns) > self.stale_after_ns())
     }
 
     /// Drops the answers of processes that exited (their pid may come back as another program).
@@ -175,9 +314,16 @@ impl Decider {
     }
 }
 
-/// Who is behind the sockets of one reconcile.
-#[derive(Default)]
-struct Processes {
-    pid_of: HashMap<FlowKey, u32>,
-    facts: HashMap<u32, ProcessFacts>,
+/// The owner record of a socket: its own (by cookie), or, for a connection
+/// accepted on a bound port, the port's (a dual-stack IPv6 socket takes IPv4
+/// connections too).
+fn owner_of(tables: &dyn Tables, socket: &Socket) -> Option<Owner> {
+    if socket.cookie != 0 {
+        if let Some(owner) = tables.owner(socket.cookie) {
+            return Some(owner);
+        }
+    }
+    let key = &socket.key;
+    let listen = ListenKey { family: key.family, proto: key.proto, port: key.lport };
+    tables.listener(&listen).or_else(|| tables.listener(&ListenKey { family: FAMILY_V6, ..listen }))
 }

@@ -14,17 +14,20 @@ pub trait Tables {
     fn rules_gen(&self) -> u32;
     /// Writes a rule table and the `SETTING_*` flags with it; returns its generation.
     fn write_rules(&mut self, compiled: &Compiled, flags: u32) -> Result<u32, DatapathError>;
-    /// A snapshot of the flow map.
-    fn flows(&self) -> Vec<(FlowKey, FlowValue)>;
+    /// Every flow entry, in batches (no snapshot of one instant: see `datapath::batch`).
+    fn for_each_flow(&self, visit: &mut dyn FnMut(&FlowKey, &FlowValue)) -> Result<(), DatapathError>;
     fn flow(&self, key: &FlowKey) -> Option<FlowValue>;
     fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DatapathError>;
+    /// Enters a flow unless the classifier has one for it already (returns false then).
+    fn adopt_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<bool, DatapathError>;
     fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DatapathError>;
     /// The daemon's answers to the userspace tests, per process.
     fn set_proc_tests(&mut self, tgid: u32, tests: &ProcTests) -> Result<(), DatapathError>;
     fn proc_tests_pids(&self) -> Vec<u32>;
     fn remove_proc_tests(&mut self, tgid: u32) -> Result<(), DatapathError>;
-    /// Owner records: of one socket, and of bound ports.
+    /// Owner records: of one socket, of one bound port, and of all bound ports.
     fn owner(&self, cookie: u64) -> Option<Owner>;
+    fn listener(&self, key: &ListenKey) -> Option<Owner>;
     fn listeners(&self) -> Vec<(ListenKey, Owner)>;
     fn remove_listener(&mut self, key: &ListenKey) -> Result<(), DatapathError>;
 }
@@ -37,14 +40,17 @@ impl Tables for Datapath {
         self.set_flags(flags);
         self.set_rules(&compiled.nodes)
     }
-    fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        Datapath::flows(self)
+    fn for_each_flow(&self, visit: &mut dyn FnMut(&FlowKey, &FlowValue)) -> Result<(), DatapathError> {
+        Datapath::for_each_flow(self, visit).map(|_| ())
     }
     fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
         Datapath::flow(self, key)
     }
     fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DatapathError> {
         Datapath::insert_flow(self, key, value)
+    }
+    fn adopt_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<bool, DatapathError> {
+        Datapath::adopt_flow(self, key, value)
     }
     fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
         Datapath::remove_flow(self, key)
@@ -60,6 +66,9 @@ impl Tables for Datapath {
     }
     fn owner(&self, cookie: u64) -> Option<Owner> {
         Datapath::owner(self, cookie)
+    }
+    fn listener(&self, key: &ListenKey) -> Option<Owner> {
+        Datapath::listener(self, key)
     }
     fn listeners(&self) -> Vec<(ListenKey, Owner)> {
         Datapath::listeners(self)

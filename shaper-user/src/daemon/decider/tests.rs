@@ -16,22 +16,23 @@ use shaper_common::{
     EVENT_PROVISIONAL, ORIGIN_DAEMON, ORIGIN_KERNEL, ORIGIN_PINNED, PROTO_TCP,
 };
 
-use super::{Decider, RuleSet, System, Tables};
+use super::{Decider, RuleSet, ScanError, System, Tables};
 use crate::{
     control::protocol::Origin,
     datapath::DatapathError,
     process::Needs,
-    procscan::{ScanError, SockState, Socket},
     rules::{
         compile::{CgroupIndex, Compiled, NoCgroups},
         pred::ProcessFacts,
     },
+    sockdiag::{SockState, Socket, Table},
 };
 
 #[derive(Default)]
 struct FakeTables {
     flows: BTreeMap<(u16, u16), (FlowKey, FlowValue)>,
     proc_tests: HashMap<u32, ProcTests>,
+    owners: HashMap<u64, Owner>,
     writes: usize,
 }
 
@@ -47,8 +48,9 @@ impl Tables for FakeTables {
         self.writes += 1;
         Ok(1)
     }
-    fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.flows.values().copied().collect()
+    fn for_each_flow(&self, visit: &mut dyn FnMut(&FlowKey, &FlowValue)) -> Result<(), DatapathError> {
+        self.flows.values().for_each(|(k, v)| visit(k, v));
+        Ok(())
     }
     fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
         self.flows.get(&slot(key)).map(|(_, v)| *v)
@@ -56,6 +58,13 @@ impl Tables for FakeTables {
     fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DatapathError> {
         self.flows.insert(slot(key), (*key, *value));
         Ok(())
+    }
+    fn adopt_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<bool, DatapathError> {
+        if self.flows.contains_key(&slot(key)) {
+            return Ok(false);
+        }
+        self.flows.insert(slot(key), (*key, *value));
+        Ok(true)
     }
     fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
         self.flows.remove(&slot(key));
@@ -72,7 +81,10 @@ impl Tables for FakeTables {
         self.proc_tests.remove(&tgid);
         Ok(())
     }
-    fn owner(&self, _: u64) -> Option<Owner> {
+    fn owner(&self, cookie: u64) -> Option<Owner> {
+        self.owners.get(&cookie).copied()
+    }
+    fn listener(&self, _: &ListenKey) -> Option<Owner> {
         None
     }
     fn listeners(&self) -> Vec<(ListenKey, Owner)> {
@@ -92,8 +104,9 @@ struct FakeSystem {
 }
 
 impl System for FakeSystem {
-    fn sockets(&self) -> Result<Vec<Socket>, ScanError> {
-        Ok(self.sockets.iter().map(|(s, _)| s.clone()).collect())
+    fn sockets(&mut self, visit: &mut dyn FnMut(&Socket)) -> Result<Vec<Table>, ScanError> {
+        self.sockets.iter().for_each(|(s, _)| visit(s));
+        Ok(Vec::new())
     }
     fn holders(&self, inodes: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
         self.sockets
@@ -102,12 +115,13 @@ impl System for FakeSystem {
             .filter_map(|(s, pid)| Some((s.inode, vec![(*pid)?])))
             .collect()
     }
-    fn facts(&self, pid: u32, _: Option<&Owner>, _: Needs) -> ProcessFacts {
+    fn facts(&mut self, pid: u32, _: Option<&Owner>, _: Needs) -> ProcessFacts {
         self.processes.get(&pid).cloned().unwrap_or(ProcessFacts { pid, ..ProcessFacts::default() })
     }
     fn alive(&self, pid: u32) -> bool {
         self.processes.contains_key(&pid)
     }
+    fn sweep(&mut self, _: Duration) {}
     fn cgroups(&self) -> &dyn CgroupIndex {
         &NoCgroups
     }
@@ -150,17 +164,49 @@ fn process(pid: u32, cmd: &str, args: &[&str]) -> ProcessFacts {
 
 /// A decider with CONFIG's rules; class indices: backup 0, fetch 1, default 2.
 fn decider(system: FakeSystem, tables: &mut FakeTables) -> Decider {
+    decider_with(Box::new(system), tables)
+}
+
+fn decider_with(system: Box<dyn System>, tables: &mut FakeTables) -> Decider {
     let env = crate::rules::SystemEnv::default();
     let config = crate::config::parse(Path::new("t.toml"), CONFIG, &env.env()).unwrap();
     let ids = config.class_ids_in_file_order();
     let rules = RuleSet::compile(&config, &ids, &NoCgroups).unwrap();
-    let mut d = Decider::new(Box::new(system), true, Duration::from_secs(5));
+    let mut d = Decider::new(system, true, Duration::from_secs(5));
     d.install(tables, rules, true).unwrap();
     d
 }
 
+/// A host the test changes while the decider runs.
+struct Shared(std::sync::Arc<std::sync::Mutex<FakeSystem>>);
+
+impl System for Shared {
+    fn sockets(&mut self, visit: &mut dyn FnMut(&Socket)) -> Result<Vec<Table>, ScanError> {
+        self.0.lock().unwrap().sockets(visit)
+    }
+    fn holders(&self, inodes: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
+        self.0.lock().unwrap().holders(inodes)
+    }
+    fn facts(&mut self, pid: u32, owner: Option<&Owner>, needs: Needs) -> ProcessFacts {
+        self.0.lock().unwrap().facts(pid, owner, needs)
+    }
+    fn alive(&self, pid: u32) -> bool {
+        self.0.lock().unwrap().alive(pid)
+    }
+    fn sweep(&mut self, _: Duration) {}
+    fn cgroups(&self) -> &dyn CgroupIndex {
+        &NoCgroups
+    }
+    fn coarse_ns(&self) -> u64 {
+        0
+    }
+    fn monotonic_ns(&self) -> u64 {
+        0
+    }
+}
+
 fn socket(lport: u16, inode: u64, state: SockState) -> Socket {
-    Socket { key: key(lport), state, uid: 0, inode }
+    Socket { key: key(lport), state, uid: 0, inode, cookie: 0, cgroup_id: None }
 }
 
 #[test]
@@ -221,7 +267,48 @@ fn the_reconcile_adopts_corrects_and_drops_stale_flows_but_never_moves_a_pinned_
     assert_eq!(tables.flow(&key(3)).map(|f| f.class), Some(CLASS_DEFAULT), "pinned stays");
     assert_eq!(tables.flow(&key(4)), None, "time-wait sockets are not adopted");
     assert_eq!(tables.flow(&key(9)), None, "stale");
-    assert_eq!(d.conn(&key(2)).map(|c| (c.by, c.pid)), Some((Origin::Scan, Some(7))));
+    assert_eq!(d.conn(&key(2)).map(|c| (c.by, c.pid)), Some((Origin::Scan, 7)));
+    assert_eq!(d.conn(&key(4)).map(|c| c.state), Some(SockState::TimeWait));
+    // Nothing changed: the next pass decides nothing again.
+    let again = d.reconcile(&mut tables);
+    assert_eq!((again.adopted, again.corrected, again.removed), (0, 0, 0));
+}
+
+#[test]
+fn an_exec_is_seen_at_the_next_pass_and_only_that_process_flows_are_decided_again() {
+    let mut tables = FakeTables::default();
+    let system = FakeSystem {
+        sockets: vec![(socket(1, 11, SockState::Established), Some(7))],
+        processes: HashMap::from([(7, process(7, "bash", &["bash"]))]),
+        ..FakeSystem::default()
+    };
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(system));
+    let mut d = decider_with(Box::new(Shared(std::sync::Arc::clone(&shared))), &mut tables);
+    assert_eq!(d.reconcile(&mut tables).adopted, 1);
+    assert_eq!(tables.flow(&key(1)).map(|f| f.class), Some(CLASS_DEFAULT));
+    // bash becomes backupjob (same pid): the flow moves at the next pass.
+    shared.lock().unwrap().processes.insert(7, process(7, "backupjob", &["backupjob"]));
+    let report = d.reconcile(&mut tables);
+    assert_eq!(report.corrected, 1);
+    assert_eq!(tables.flow(&key(1)).map(|f| (f.class, f.origin)), Some((0, ORIGIN_DAEMON)));
+}
+
+#[test]
+fn a_socket_whose_owner_exited_is_traced_to_the_process_that_holds_it_now() {
+    let mut tables = FakeTables::default();
+    tables.owners.insert(99, Owner { tgid: 5, ..Owner::default() });
+    let mut s = socket(1, 11, SockState::Established);
+    s.cookie = 99;
+    // Pid 5 made the socket and exited; pid 7 (backupjob) holds it now.
+    let system = FakeSystem {
+        sockets: vec![(s, Some(7))],
+        processes: HashMap::from([(7, process(7, "backupjob", &["backupjob"]))]),
+        ..FakeSystem::default()
+    };
+    let mut d = decider(system, &mut tables);
+    d.reconcile(&mut tables);
+    assert_eq!(d.conn(&key(1)).map(|c| c.pid), Some(7));
+    assert_eq!(tables.flow(&key(1)).map(|f| f.class), Some(0));
 }
 
 #[test]
