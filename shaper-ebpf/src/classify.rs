@@ -29,7 +29,7 @@ use shaper_common::{
 use crate::{
     clock, iface,
     maps::{count_error, CLASS_STATS, EVENTS, FLOWS, LISTENERS, OWNERS, SCRATCH, SETTINGS},
-    packet::{flow_key, KeyBuf, Side},
+    packet::{flow_key, Side},
     rules::{self, Walk, CGROUP_LEVELS},
     TC_ACT_UNSPEC,
 };
@@ -277,11 +277,9 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
     };
     let len = ctx.len() as u64;
     let mut key = MaybeUninit::uninit();
-    let key = KeyBuf::zeroed(&mut key);
-    let mut class = if flow_key(ctx, iface.l2_len as usize, side, key) {
-        flow_class(ctx, direction, key, len)
-    } else {
-        CLASS_DEFAULT
+    let mut class = match flow_key(ctx, iface.l2_len as usize, side, &mut key) {
+        Some(key) => flow_class(ctx, direction, key, len),
+        None => CLASS_DEFAULT,
     };
     if class == CLASS_DEFAULT || !iface.has_class(class as u32) {
         class = iface.default_class;

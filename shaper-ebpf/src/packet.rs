@@ -1,9 +1,12 @@
 //! Reading the flow tuple out of a packet, bounds-checked at every step.
 //!
-//! The key is written in place into the caller's zeroed, 8-byte aligned
-//! buffer, and header fields are read where they lie in the packet: copying
-//! headers and keys around by value made LLVM shuffle them byte by byte
-//! through dozens of stack slots, a good part of a known flow's cost.
+//! The key is assembled in registers and stored once, a 64-bit word at a
+//! time, into the caller's 8-byte aligned buffer; header fields are read
+//! where they lie in the packet. Building it field by field cost several
+//! times more: LLVM copied headers and keys byte by byte through dozens of
+//! stack slots, zeroed them with calls to the BPF memset (a byte loop), and
+//! the map's hash, reading the key in 32-bit words, stalled on the byte
+//! stores that had just written it.
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
@@ -35,8 +38,7 @@ pub(crate) enum Side {
     DestLocal,
 }
 
-/// Room for a flow key on the stack, 8-byte aligned so that it is zeroed in
-/// five word stores (see [`KeyBuf::zeroed`]).
+/// Room for a flow key on the stack, filled a word at a time.
 #[repr(C, align(8))]
 pub(crate) union KeyBuf {
     words: [u64; KEY_WORDS],
@@ -46,22 +48,46 @@ const KEY_WORDS: usize = core::mem::size_of::<FlowKey>() / 8;
 const _: () = assert!(core::mem::size_of::<KeyBuf>() == core::mem::size_of::<FlowKey>());
 
 impl KeyBuf {
-    /// Zeroes `buf` and hands it out as a key. The stores are volatile so that
-    /// LLVM keeps them as stores: it would merge them into a memset, which
-    /// the BPF backend emits as a call to a byte-by-byte loop.
+    /// Stores `words` into `buf` and hands it out as a key.
     #[inline(always)]
-    pub(crate) fn zeroed(buf: &mut MaybeUninit<KeyBuf>) -> &mut FlowKey {
-        let words = buf.as_mut_ptr() as *mut u64;
-        let mut i = 0;
-        while i < KEY_WORDS {
-            // SAFETY: `words` points to KEY_WORDS aligned u64s inside `buf`.
-            unsafe { words.add(i).write_volatile(0) };
-            i += 1;
-        }
-        // SAFETY: every byte is now written, and any bit pattern is a valid
+    fn fill(buf: &mut MaybeUninit<KeyBuf>, words: [u64; KEY_WORDS]) -> &FlowKey {
+        let key = buf.write(KeyBuf { words });
+        // SAFETY: every byte is written, and any bit pattern is a valid
         // FlowKey (integers and byte arrays).
-        unsafe { &mut buf.assume_init_mut().key }
+        unsafe { &key.key }
     }
+}
+
+/// The key's first word: family, protocol, local and remote port (and the
+/// zero padding), as `FlowKey` lays them out.
+#[inline(always)]
+fn head(family: u8, proto: u8, lport: u16, rport: u16) -> u64 {
+    let (l, r) = (lport.to_ne_bytes(), rport.to_ne_bytes());
+    u64::from_ne_bytes([family, proto, l[0], l[1], r[0], r[1], 0, 0])
+}
+
+/// The `N` (4 or 8) bytes of `from` at `at` as a key word, in memory order.
+#[inline(always)]
+fn word<const N: usize, const M: usize>(from: &[u8; M], at: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    let mut i = 0;
+    while i < N {
+        bytes[i] = from[at + i];
+        i += 1;
+    }
+    u64::from_ne_bytes(bytes)
+}
+
+/// What the IP header gives the key.
+struct Ip {
+    family: u8,
+    /// The upper-layer protocol.
+    proto: u8,
+    /// Where its header starts.
+    l4: usize,
+    /// Source and destination address, as key words.
+    src: [u64; 2],
+    dst: [u64; 2],
 }
 
 /// The `N` bytes at `offset` from the start of the packet: in place in the
@@ -95,61 +121,44 @@ fn bytes<'a, const N: usize>(
     }
 }
 
-/// Copies `N` bytes of `from`, starting at `at`, to the front of `to`
-/// (byte by byte: packet data has no known alignment).
+/// The flow key of an IPv4/IPv6 packet, built in `buf`, or `None` when the
+/// packet has none (not IP, a fragment, truncated, or an IPv6 extension
+/// chain too long to walk): such packets take the default class.
 #[inline(always)]
-fn copy<const N: usize, const M: usize>(to: &mut [u8; 16], from: &[u8; M], at: usize) {
-    let mut i = 0;
-    while i < N {
-        to[i] = from[at + i];
-        i += 1;
-    }
-}
-
-/// Offsets of the local and remote address in an IP header whose source
-/// address is at `src` and destination at `dst`.
-#[inline(always)]
-fn local_remote(side: Side, src: usize, dst: usize) -> (usize, usize) {
-    match side {
-        Side::SourceLocal => (src, dst),
-        Side::DestLocal => (dst, src),
-    }
-}
-
-/// Fills in the flow key of an IPv4/IPv6 packet (`key` comes zeroed).
-/// False when the packet has none (not IP, a fragment, truncated, or an IPv6
-/// extension chain too long to walk): such packets take the default class.
-#[inline(always)]
-pub(crate) fn flow_key(ctx: &TcContext, l2_len: usize, side: Side, key: &mut FlowKey) -> bool {
+pub(crate) fn flow_key<'a>(
+    ctx: &TcContext,
+    l2_len: usize,
+    side: Side,
+    buf: &'a mut MaybeUninit<KeyBuf>,
+) -> Option<&'a FlowKey> {
     if l2_len > MAX_L2_LEN {
-        return false;
+        return None;
     }
-    let found = match u16::from_be(ctx.skb.protocol() as u16) {
-        ETH_P_IP => ipv4(ctx, l2_len, side, key),
-        ETH_P_IPV6 => ipv6(ctx, l2_len, side, key),
-        _ => None,
+    let ip = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => ipv4(ctx, l2_len)?,
+        ETH_P_IPV6 => ipv6(ctx, l2_len)?,
+        _ => return None,
     };
-    let Some((proto, l4)) = found else { return false };
-    key.proto = proto;
-    if proto == PROTO_TCP || proto == PROTO_UDP {
-        let mut buf = MaybeUninit::<[u8; 4]>::uninit();
-        let Some(ports) = bytes(ctx, l4, &mut buf) else { return false };
-        let src = u16::from_be_bytes([ports[0], ports[1]]);
-        let dst = u16::from_be_bytes([ports[2], ports[3]]);
-        (key.lport, key.rport) = match side {
-            Side::SourceLocal => (src, dst),
-            Side::DestLocal => (dst, src),
-        };
+    let (mut src_port, mut dst_port) = (0, 0);
+    if ip.proto == PROTO_TCP || ip.proto == PROTO_UDP {
+        let mut copy = MaybeUninit::<[u8; 4]>::uninit();
+        let ports = bytes(ctx, ip.l4, &mut copy)?;
+        src_port = u16::from_be_bytes([ports[0], ports[1]]);
+        dst_port = u16::from_be_bytes([ports[2], ports[3]]);
     }
-    true
+    let (lport, rport, local, remote) = match side {
+        Side::SourceLocal => (src_port, dst_port, ip.src, ip.dst),
+        Side::DestLocal => (dst_port, src_port, ip.dst, ip.src),
+    };
+    let head = head(ip.family, ip.proto, lport, rport);
+    Some(KeyBuf::fill(buf, [head, local[0], local[1], remote[0], remote[1]]))
 }
 
-/// Fills in the family and addresses of the IPv4 header at `at`; returns its
-/// protocol and where the next header starts.
+/// The IPv4 header at `at`.
 #[inline(always)]
-fn ipv4(ctx: &TcContext, at: usize, side: Side, key: &mut FlowKey) -> Option<(u8, usize)> {
-    let mut buf = MaybeUninit::uninit();
-    let ip = bytes(ctx, at, &mut buf)?;
+fn ipv4(ctx: &TcContext, at: usize) -> Option<Ip> {
+    let mut copy = MaybeUninit::<[u8; IPV4_HDR_LEN]>::uninit();
+    let ip = bytes(ctx, at, &mut copy)?;
     let version_ihl = ip[0];
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     let frag_off = u16::from_be_bytes([ip[6], ip[7]]);
@@ -157,40 +166,39 @@ fn ipv4(ctx: &TcContext, at: usize, side: Side, key: &mut FlowKey) -> Option<(u8
     if version_ihl >> 4 != 4 || ihl < IPV4_HDR_LEN || frag_off & 0x3fff != 0 {
         return None;
     }
-    key.family = FAMILY_V4;
-    let (local, remote) = local_remote(side, 12, 16);
-    copy::<4, IPV4_HDR_LEN>(&mut key.laddr, ip, local);
-    copy::<4, IPV4_HDR_LEN>(&mut key.raddr, ip, remote);
-    Some((ip[9], at + ihl))
+    Some(Ip {
+        family: FAMILY_V4,
+        proto: ip[9],
+        l4: at + ihl,
+        src: [word::<4, IPV4_HDR_LEN>(ip, 12), 0],
+        dst: [word::<4, IPV4_HDR_LEN>(ip, 16), 0],
+    })
 }
 
-/// Fills in the family and addresses of the IPv6 header at `at`; returns the
-/// upper-layer protocol past its extension headers and where that starts.
+/// The IPv6 header at `at`, its extension headers skipped.
 #[inline(always)]
-fn ipv6(ctx: &TcContext, at: usize, side: Side, key: &mut FlowKey) -> Option<(u8, usize)> {
-    let mut buf = MaybeUninit::uninit();
-    let ip = bytes(ctx, at, &mut buf)?;
-    key.family = FAMILY_V6;
-    let (local, remote) = local_remote(side, 8, 24);
-    copy::<16, IPV6_HDR_LEN>(&mut key.laddr, ip, local);
-    copy::<16, IPV6_HDR_LEN>(&mut key.raddr, ip, remote);
+fn ipv6(ctx: &TcContext, at: usize) -> Option<Ip> {
+    let mut copy = MaybeUninit::<[u8; IPV6_HDR_LEN]>::uninit();
+    let ip = bytes(ctx, at, &mut copy)?;
+    let src = [word::<8, IPV6_HDR_LEN>(ip, 8), word::<8, IPV6_HDR_LEN>(ip, 16)];
+    let dst = [word::<8, IPV6_HDR_LEN>(ip, 24), word::<8, IPV6_HDR_LEN>(ip, 32)];
     let mut next = ip[6];
     let mut offset = at + IPV6_HDR_LEN;
     for _ in 0..MAX_IPV6_EXT {
-        let mut buf = MaybeUninit::<[u8; 2]>::uninit();
+        let mut copy = MaybeUninit::<[u8; 2]>::uninit();
         let len = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let hdr = bytes(ctx, offset, &mut buf)?;
+                let hdr = bytes(ctx, offset, &mut copy)?;
                 next = hdr[0];
                 (hdr[1] as usize + 1) * 8
             }
             IPPROTO_AH => {
-                let hdr = bytes(ctx, offset, &mut buf)?;
+                let hdr = bytes(ctx, offset, &mut copy)?;
                 next = hdr[0];
                 (hdr[1] as usize + 2) * 4
             }
             IPPROTO_FRAGMENT => return None,
-            _ => return Some((next, offset)),
+            _ => return Some(Ip { family: FAMILY_V6, proto: next, l4: offset, src, dst }),
         };
         offset += len;
     }
