@@ -9,7 +9,6 @@
 use core::{
     ffi::c_void,
     intrinsics::{atomic_xadd, AtomicOrdering},
-    mem::MaybeUninit,
 };
 
 use aya_ebpf::{
@@ -29,7 +28,7 @@ use shaper_common::{
 use crate::{
     clock, iface,
     maps::{count_error, CLASS_STATS, EVENTS, FLOWS, LISTENERS, OWNERS, SCRATCH, SETTINGS},
-    packet::{flow_key, Side},
+    packet::{flow_key, KeyBuf, Side},
     rules::{self, Walk, CGROUP_LEVELS},
     TC_ACT_UNSPEC,
 };
@@ -276,7 +275,7 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
         Direction::Ingress => Side::DestLocal,
     };
     let len = ctx.len() as u64;
-    let mut key = MaybeUninit::uninit();
+    let mut key = KeyBuf::new();
     let mut class = match flow_key(ctx, iface.l2_len as usize, side, &mut key) {
         Some(key) => flow_class(ctx, direction, key, len),
         None => CLASS_DEFAULT,

@@ -1,12 +1,11 @@
 //! Reading the flow tuple out of a packet, bounds-checked at every step.
 //!
-//! The key is assembled in registers and stored once, a 64-bit word at a
-//! time, into the caller's 8-byte aligned buffer; header fields are read
-//! where they lie in the packet. Building it field by field cost several
-//! times more: LLVM copied headers and keys byte by byte through dozens of
-//! stack slots, zeroed them with calls to the BPF memset (a byte loop), and
-//! the map's hash, reading the key in 32-bit words, stalled on the byte
-//! stores that had just written it.
+//! The key is written into the caller's buffer a 64-bit word at a time (the
+//! addresses as soon as they are read, the word with the protocol and ports
+//! last), and header fields are read where they lie in the packet. Building
+//! it field by field, with headers and keys passed by value, cost several
+//! times more: LLVM copied them byte by byte through dozens of stack slots
+//! and zeroed them with calls to the BPF memset, a byte loop.
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
@@ -38,23 +37,46 @@ pub(crate) enum Side {
     DestLocal,
 }
 
-/// Room for a flow key on the stack, filled a word at a time.
-#[repr(C, align(8))]
-pub(crate) union KeyBuf {
-    words: [u64; KEY_WORDS],
-    key: FlowKey,
+/// Room for a flow key on the stack, filled a word at a time (word 0: family,
+/// protocol and ports; 1–2: local address; 3–4: remote address).
+pub(crate) struct KeyBuf {
+    words: [MaybeUninit<u64>; KEY_WORDS],
 }
 const KEY_WORDS: usize = core::mem::size_of::<FlowKey>() / 8;
-const _: () = assert!(core::mem::size_of::<KeyBuf>() == core::mem::size_of::<FlowKey>());
+const _: () = assert!(KEY_WORDS * 8 == core::mem::size_of::<FlowKey>());
 
 impl KeyBuf {
-    /// Stores `words` into `buf` and hands it out as a key.
     #[inline(always)]
-    fn fill(buf: &mut MaybeUninit<KeyBuf>, words: [u64; KEY_WORDS]) -> &FlowKey {
-        let key = buf.write(KeyBuf { words });
-        // SAFETY: every byte is written, and any bit pattern is a valid
-        // FlowKey (integers and byte arrays).
-        unsafe { &key.key }
+    pub(crate) fn new() -> Self {
+        Self { words: [MaybeUninit::uninit(); KEY_WORDS] }
+    }
+
+    /// Stores the addresses: `src` and `dst` are the packet's source and
+    /// destination address as key words.
+    #[inline(always)]
+    fn addresses(&mut self, side: Side, src: [u64; 2], dst: [u64; 2]) {
+        let (local, remote) = match side {
+            Side::SourceLocal => (src, dst),
+            Side::DestLocal => (dst, src),
+        };
+        self.words[1].write(local[0]);
+        self.words[2].write(local[1]);
+        self.words[3].write(remote[0]);
+        self.words[4].write(remote[1]);
+    }
+
+    /// Stores word 0 and hands out the key.
+    ///
+    /// # Safety
+    ///
+    /// [`KeyBuf::addresses`] was called first (every other word is written).
+    #[inline(always)]
+    unsafe fn finish(&mut self, head: u64) -> &FlowKey {
+        self.words[0].write(head);
+        // SAFETY: all KEY_WORDS words are written (the caller's promise and
+        // the line above), the buffer is 8-byte aligned and as large as a
+        // FlowKey, and any bit pattern is a valid FlowKey.
+        unsafe { &*(self.words.as_ptr() as *const FlowKey) }
     }
 }
 
@@ -78,16 +100,13 @@ fn word<const N: usize, const M: usize>(from: &[u8; M], at: usize) -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
-/// What the IP header gives the key.
+/// What the IP header gives the key besides the addresses.
 struct Ip {
     family: u8,
     /// The upper-layer protocol.
     proto: u8,
     /// Where its header starts.
     l4: usize,
-    /// Source and destination address, as key words.
-    src: [u64; 2],
-    dst: [u64; 2],
 }
 
 /// The `N` bytes at `offset` from the start of the packet: in place in the
@@ -129,14 +148,14 @@ pub(crate) fn flow_key<'a>(
     ctx: &TcContext,
     l2_len: usize,
     side: Side,
-    buf: &'a mut MaybeUninit<KeyBuf>,
+    buf: &'a mut KeyBuf,
 ) -> Option<&'a FlowKey> {
     if l2_len > MAX_L2_LEN {
         return None;
     }
     let ip = match u16::from_be(ctx.skb.protocol() as u16) {
-        ETH_P_IP => ipv4(ctx, l2_len)?,
-        ETH_P_IPV6 => ipv6(ctx, l2_len)?,
+        ETH_P_IP => ipv4(ctx, l2_len, side, buf)?,
+        ETH_P_IPV6 => ipv6(ctx, l2_len, side, buf)?,
         _ => return None,
     };
     let (mut src_port, mut dst_port) = (0, 0);
@@ -146,17 +165,17 @@ pub(crate) fn flow_key<'a>(
         src_port = u16::from_be_bytes([ports[0], ports[1]]);
         dst_port = u16::from_be_bytes([ports[2], ports[3]]);
     }
-    let (lport, rport, local, remote) = match side {
-        Side::SourceLocal => (src_port, dst_port, ip.src, ip.dst),
-        Side::DestLocal => (dst_port, src_port, ip.dst, ip.src),
+    let (lport, rport) = match side {
+        Side::SourceLocal => (src_port, dst_port),
+        Side::DestLocal => (dst_port, src_port),
     };
-    let head = head(ip.family, ip.proto, lport, rport);
-    Some(KeyBuf::fill(buf, [head, local[0], local[1], remote[0], remote[1]]))
+    // SAFETY: ipv4() and ipv6() store the addresses before they return Some.
+    Some(unsafe { buf.finish(head(ip.family, ip.proto, lport, rport)) })
 }
 
 /// The IPv4 header at `at`.
 #[inline(always)]
-fn ipv4(ctx: &TcContext, at: usize) -> Option<Ip> {
+fn ipv4(ctx: &TcContext, at: usize, side: Side, buf: &mut KeyBuf) -> Option<Ip> {
     let mut copy = MaybeUninit::<[u8; IPV4_HDR_LEN]>::uninit();
     let ip = bytes(ctx, at, &mut copy)?;
     let version_ihl = ip[0];
@@ -166,22 +185,22 @@ fn ipv4(ctx: &TcContext, at: usize) -> Option<Ip> {
     if version_ihl >> 4 != 4 || ihl < IPV4_HDR_LEN || frag_off & 0x3fff != 0 {
         return None;
     }
-    Some(Ip {
-        family: FAMILY_V4,
-        proto: ip[9],
-        l4: at + ihl,
-        src: [word::<4, IPV4_HDR_LEN>(ip, 12), 0],
-        dst: [word::<4, IPV4_HDR_LEN>(ip, 16), 0],
-    })
+    let src = [word::<4, IPV4_HDR_LEN>(ip, 12), 0];
+    let dst = [word::<4, IPV4_HDR_LEN>(ip, 16), 0];
+    buf.addresses(side, src, dst);
+    Some(Ip { family: FAMILY_V4, proto: ip[9], l4: at + ihl })
 }
 
 /// The IPv6 header at `at`, its extension headers skipped.
 #[inline(always)]
-fn ipv6(ctx: &TcContext, at: usize) -> Option<Ip> {
+fn ipv6(ctx: &TcContext, at: usize, side: Side, buf: &mut KeyBuf) -> Option<Ip> {
     let mut copy = MaybeUninit::<[u8; IPV6_HDR_LEN]>::uninit();
     let ip = bytes(ctx, at, &mut copy)?;
+    // Into the key now: kept in registers across the walk below, the 32
+    // address bytes would be spilled to the stack one by one.
     let src = [word::<8, IPV6_HDR_LEN>(ip, 8), word::<8, IPV6_HDR_LEN>(ip, 16)];
     let dst = [word::<8, IPV6_HDR_LEN>(ip, 24), word::<8, IPV6_HDR_LEN>(ip, 32)];
+    buf.addresses(side, src, dst);
     let mut next = ip[6];
     let mut offset = at + IPV6_HDR_LEN;
     for _ in 0..MAX_IPV6_EXT {
@@ -198,7 +217,7 @@ fn ipv6(ctx: &TcContext, at: usize) -> Option<Ip> {
                 (hdr[1] as usize + 2) * 4
             }
             IPPROTO_FRAGMENT => return None,
-            _ => return Some(Ip { family: FAMILY_V6, proto: next, l4: offset, src, dst }),
+            _ => return Some(Ip { family: FAMILY_V6, proto: next, l4: offset }),
         };
         offset += len;
     }
