@@ -157,8 +157,22 @@ pub const fn class_stats_index(iface_slot: u32, class: u32) -> u32 {
 }
 pub const CLASS_STATS_ENTRIES: u32 = MAX_IFACES * MAX_CLASSES;
 
-/// What the classifier needs to know about an interface it is attached to
-/// (the interface map, keyed by ifindex).
+/// Entries of the interface table (IFACE_TABLE), a power of two.
+pub const IFACE_TABLE_SIZE: u32 = 256;
+
+/// Index of interface `ifindex` in the interface table.
+#[inline(always)]
+pub const fn iface_table_index(ifindex: u32) -> u32 {
+    ifindex & (IFACE_TABLE_SIZE - 1)
+}
+
+/// What the classifier needs to know about an interface it is attached to.
+///
+/// Two maps hold it: IFACES (a hash keyed by ifindex, every registered
+/// interface) and IFACE_TABLE (an array the classifier reads first, because
+/// an array lookup costs a fraction of a hash lookup): entry
+/// [`iface_table_index`]`(ifindex)` holds the interface whose `ifindex` field
+/// it carries. An interface whose entry another one holds is found in IFACES.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IfaceInfo {
@@ -172,7 +186,9 @@ pub struct IfaceInfo {
     /// The IFB device ingress traffic is redirected to (its HTB tree shapes
     /// downloads); 0 when the interface's ingress is not shaped.
     pub ifb_ifindex: u32,
-    pub _pad: u32,
+    /// The interface described; 0 in an unused IFACE_TABLE entry (the
+    /// datapath sets it when it registers the interface).
+    pub ifindex: u32,
     /// Bit `i` is set when class index `i` exists (has an HTB leaf) on this
     /// interface, in both directions.
     pub classes: [u64; (MAX_CLASSES / 64) as usize],
@@ -187,7 +203,7 @@ impl IfaceInfo {
             default_class,
             l2_len,
             ifb_ifindex: 0,
-            _pad: 0,
+            ifindex: 0,
             classes: [0; (MAX_CLASSES / 64) as usize],
         }
     }
@@ -397,7 +413,7 @@ pub const ERR_COUNT: u32 = 8;
 /// sizes). The daemon pins under `<pin dir>/v<PIN_LAYOUT>`; bump it with any
 /// change to a pinned map's type, key, value or fixed size, so that a new
 /// daemon never reads maps written by an incompatible one.
-pub const PIN_LAYOUT: u32 = 1;
+pub const PIN_LAYOUT: u32 = 2;
 
 /// Longest class name the pinned class table holds (bytes, NUL-padded).
 pub const CLASS_NAME_BYTES: usize = 60;

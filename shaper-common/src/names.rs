@@ -40,6 +40,9 @@ pub const MAP_RULES: &str = "RULES";
 pub const MAP_SETTINGS: &str = "SETTINGS";
 /// Hash: ifindex (u32) → [`crate::IfaceInfo`].
 pub const MAP_IFACES: &str = "IFACES";
+/// Array of [`crate::IFACE_TABLE_SIZE`] [`crate::IfaceInfo`]: a direct-mapped
+/// copy of IFACES, entry `ifindex % IFACE_TABLE_SIZE`, read first.
+pub const MAP_IFACE_TABLE: &str = "IFACE_TABLE";
 /// Per-CPU array of [`crate::ClassStats`].
 pub const MAP_CLASS_STATS: &str = "CLASS_STATS";
 /// Per-CPU array of u64 error counters (`ERR_*`).
@@ -50,11 +53,12 @@ pub const MAP_CLASS_NAMES: &str = "CLASS_NAMES";
 
 /// The maps pinned under the pin directory: everything that must outlive the
 /// daemon (shaping state, counters, owner records, the rule table).
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     MAP_FLOWS,
     MAP_RULES,
     MAP_SETTINGS,
     MAP_IFACES,
+    MAP_IFACE_TABLE,
     MAP_CLASS_STATS,
     MAP_ERRORS,
     MAP_OWNERS,

@@ -14,8 +14,7 @@ use core::{
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect,
-        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
     },
     programs::TcContext,
 };
@@ -27,8 +26,9 @@ use shaper_common::{
 };
 
 use crate::{
-    maps::{count_error, CLASS_STATS, EVENTS, FLOWS, IFACES, LISTENERS, OWNERS, SCRATCH, SETTINGS},
-    packet::{flow_key, Side},
+    clock, iface,
+    maps::{count_error, CLASS_STATS, EVENTS, FLOWS, LISTENERS, OWNERS, SCRATCH, SETTINGS},
+    packet::{flow_key, KeyBuf, Side},
     rules::{self, Walk, CGROUP_LEVELS},
     TC_ACT_UNSPEC,
 };
@@ -207,8 +207,7 @@ fn decide(ctx: &TcContext, direction: Direction, rules_gen: u32, settings: u32, 
 #[inline(always)]
 fn flow_class(ctx: &TcContext, direction: Direction, key: &FlowKey, len: u64) -> u16 {
     let (rules_gen, settings) = SETTINGS.get(0).map_or((0, 0), |s| (s.rules_gen, s.flags));
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::coarse_ns();
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a value pointer from the map, valid for this program run.
         let flow = unsafe { &mut *flow };
@@ -263,8 +262,7 @@ fn flow_class(ctx: &TcContext, direction: Direction, key: &FlowKey, len: u64) ->
 pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
     // SAFETY: reading a field of the context the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: read-only use of a value the daemon writes rarely.
-    let Some(iface) = (unsafe { IFACES.get(ifindex) }) else {
+    let Some(iface) = iface::lookup(ifindex) else {
         count_error(ERR_NO_IFACE);
         return TC_ACT_UNSPEC;
     };
@@ -277,8 +275,9 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
         Direction::Ingress => Side::DestLocal,
     };
     let len = ctx.len() as u64;
-    let mut class = match flow_key(ctx, iface.l2_len as usize, side) {
-        Some(key) => flow_class(ctx, direction, &key, len),
+    let mut key = KeyBuf::new();
+    let mut class = match flow_key(ctx, iface.l2_len as usize, side, &mut key) {
+        Some(key) => flow_class(ctx, direction, key, len),
         None => CLASS_DEFAULT,
     };
     if class == CLASS_DEFAULT || !iface.has_class(class as u32) {

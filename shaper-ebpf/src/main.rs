@@ -14,6 +14,8 @@
 #![allow(internal_features)]
 
 mod classify;
+mod clock;
+mod iface;
 mod maps;
 mod owner;
 mod packet;

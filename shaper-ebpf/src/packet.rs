@@ -1,6 +1,15 @@
 //! Reading the flow tuple out of a packet, bounds-checked at every step.
+//!
+//! The key is written into the caller's buffer a 64-bit word at a time (the
+//! addresses as soon as they are read, the word with the protocol and ports
+//! last), and header fields are read where they lie in the packet. Building
+//! it field by field, with headers and keys passed by value, cost several
+//! times more: LLVM copied them byte by byte through dozens of stack slots
+//! and zeroed them with calls to the BPF memset, a byte loop.
 
-use aya_ebpf::programs::TcContext;
+use core::{ffi::c_void, mem::MaybeUninit};
+
+use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use shaper_common::{FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
 const ETH_P_IP: u16 = 0x0800;
@@ -16,6 +25,8 @@ const MAX_IPV6_EXT: usize = 6;
 /// Longest link-layer header accepted from the interface map (Ethernet is 14; the
 /// bound also lets the verifier prove packet offsets stay small).
 const MAX_L2_LEN: usize = 32;
+const IPV4_HDR_LEN: usize = 20;
+const IPV6_HDR_LEN: usize = 40;
 
 /// Which side of the packet is this host.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -26,120 +37,189 @@ pub(crate) enum Side {
     DestLocal,
 }
 
-/// Reads a `T` at `offset` from the start of the packet: directly from the linear
-/// data when it is there, through `bpf_skb_load_bytes` otherwise.
-#[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() <= end {
-        // SAFETY: the range lies inside the packet's linear data (checked above).
-        Some(unsafe { ((start + offset) as *const T).read_unaligned() })
-    } else {
-        ctx.load::<T>(offset).ok()
+/// Room for a flow key on the stack, filled a word at a time (word 0: family,
+/// protocol and ports; 1–2: local address; 3–4: remote address).
+pub(crate) struct KeyBuf {
+    words: [MaybeUninit<u64>; KEY_WORDS],
+}
+const KEY_WORDS: usize = core::mem::size_of::<FlowKey>() / 8;
+const _: () = assert!(KEY_WORDS * 8 == core::mem::size_of::<FlowKey>());
+
+impl KeyBuf {
+    #[inline(always)]
+    pub(crate) fn new() -> Self {
+        Self { words: [MaybeUninit::uninit(); KEY_WORDS] }
     }
-}
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    tot_len: u16,
-    id: u16,
-    frag_off: u16,
-    ttl: u8,
-    proto: u8,
-    check: u16,
-    saddr: [u8; 4],
-    daddr: [u8; 4],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv6Hdr {
-    vtc_flow: u32,
-    payload_len: u16,
-    nexthdr: u8,
-    hop_limit: u8,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
-}
-
-/// The flow key of an IPv4/IPv6 packet, or `None` when the packet has none
-/// (not IP, a fragment, truncated, or an IPv6 extension chain too long to walk):
-/// such packets take the default class.
-#[inline(always)]
-pub(crate) fn flow_key(ctx: &TcContext, l2_len: usize, side: Side) -> Option<FlowKey> {
-    if l2_len > MAX_L2_LEN {
-        return None;
-    }
-    let ethertype = u16::from_be(ctx.skb.protocol() as u16);
-    let mut key = FlowKey::default();
-    let (proto, l4) = match ethertype {
-        ETH_P_IP => {
-            let ip: Ipv4Hdr = read(ctx, l2_len)?;
-            let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
-            // More-fragments flag or a fragment offset: no ports in every piece.
-            if ip.version_ihl >> 4 != 4 || ihl < 20 || u16::from_be(ip.frag_off) & 0x3fff != 0 {
-                return None;
-            }
-            key.family = FAMILY_V4;
-            let (local, remote) = match side {
-                Side::SourceLocal => (ip.saddr, ip.daddr),
-                Side::DestLocal => (ip.daddr, ip.saddr),
-            };
-            key.laddr[..4].copy_from_slice(&local);
-            key.raddr[..4].copy_from_slice(&remote);
-            (ip.proto, l2_len + ihl)
-        }
-        ETH_P_IPV6 => {
-            let ip: Ipv6Hdr = read(ctx, l2_len)?;
-            key.family = FAMILY_V6;
-            let (local, remote) = match side {
-                Side::SourceLocal => (ip.saddr, ip.daddr),
-                Side::DestLocal => (ip.daddr, ip.saddr),
-            };
-            key.laddr = local;
-            key.raddr = remote;
-            let mut next = ip.nexthdr;
-            let mut offset = l2_len + 40;
-            let mut found = false;
-            for _ in 0..MAX_IPV6_EXT {
-                let len = match next {
-                    IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                        let hdr: [u8; 2] = read(ctx, offset)?;
-                        next = hdr[0];
-                        (hdr[1] as usize + 1) * 8
-                    }
-                    IPPROTO_AH => {
-                        let hdr: [u8; 2] = read(ctx, offset)?;
-                        next = hdr[0];
-                        (hdr[1] as usize + 2) * 4
-                    }
-                    IPPROTO_FRAGMENT => return None,
-                    _ => {
-                        found = true;
-                        break;
-                    }
-                };
-                offset += len;
-            }
-            if !found {
-                return None;
-            }
-            (next, offset)
-        }
-        _ => return None,
-    };
-    key.proto = proto;
-    if proto == PROTO_TCP || proto == PROTO_UDP {
-        let ports: [u16; 2] = read(ctx, l4)?;
-        let (src, dst) = (u16::from_be(ports[0]), u16::from_be(ports[1]));
-        (key.lport, key.rport) = match side {
+    /// Stores the addresses: `src` and `dst` are the packet's source and
+    /// destination address as key words.
+    #[inline(always)]
+    fn addresses(&mut self, side: Side, src: [u64; 2], dst: [u64; 2]) {
+        let (local, remote) = match side {
             Side::SourceLocal => (src, dst),
             Side::DestLocal => (dst, src),
         };
+        self.words[1].write(local[0]);
+        self.words[2].write(local[1]);
+        self.words[3].write(remote[0]);
+        self.words[4].write(remote[1]);
     }
-    Some(key)
+
+    /// Stores word 0 and hands out the key.
+    ///
+    /// # Safety
+    ///
+    /// [`KeyBuf::addresses`] was called first (every other word is written).
+    #[inline(always)]
+    unsafe fn finish(&mut self, head: u64) -> &FlowKey {
+        self.words[0].write(head);
+        // SAFETY: all KEY_WORDS words are written (the caller's promise and
+        // the line above), the buffer is 8-byte aligned and as large as a
+        // FlowKey, and any bit pattern is a valid FlowKey.
+        unsafe { &*(self.words.as_ptr() as *const FlowKey) }
+    }
+}
+
+/// The key's first word: family, protocol, local and remote port (and the
+/// zero padding), as `FlowKey` lays them out.
+#[inline(always)]
+fn head(family: u8, proto: u8, lport: u16, rport: u16) -> u64 {
+    let (l, r) = (lport.to_ne_bytes(), rport.to_ne_bytes());
+    u64::from_ne_bytes([family, proto, l[0], l[1], r[0], r[1], 0, 0])
+}
+
+/// The `N` (4 or 8) bytes of `from` at `at` as a key word, in memory order.
+#[inline(always)]
+fn word<const N: usize, const M: usize>(from: &[u8; M], at: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    let mut i = 0;
+    while i < N {
+        bytes[i] = from[at + i];
+        i += 1;
+    }
+    u64::from_ne_bytes(bytes)
+}
+
+/// What the IP header gives the key besides the addresses.
+struct Ip {
+    family: u8,
+    /// The upper-layer protocol.
+    proto: u8,
+    /// Where its header starts.
+    l4: usize,
+}
+
+/// The `N` bytes at `offset` from the start of the packet: in place in the
+/// linear data when they are there, else copied into `copy` by
+/// `bpf_skb_load_bytes`.
+#[inline(always)]
+fn bytes<'a, const N: usize>(
+    ctx: &TcContext,
+    offset: usize,
+    copy: &'a mut MaybeUninit<[u8; N]>,
+) -> Option<&'a [u8; N]> {
+    let start = ctx.data();
+    if start + offset + N <= ctx.data_end() {
+        // SAFETY: the range lies inside the packet's linear data (checked
+        // above), which does not move while the program runs; `[u8; N]` has
+        // alignment 1.
+        Some(unsafe { &*((start + offset) as *const [u8; N]) })
+    } else {
+        // SAFETY: helper on the program's own context; it writes `N` bytes
+        // into `copy` or fails.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb as *const c_void,
+                offset as u32,
+                copy.as_mut_ptr() as *mut c_void,
+                N as u32,
+            )
+        };
+        // SAFETY: on success all `N` bytes were written.
+        (ret == 0).then(|| unsafe { copy.assume_init_ref() })
+    }
+}
+
+/// The flow key of an IPv4/IPv6 packet, built in `buf`, or `None` when the
+/// packet has none (not IP, a fragment, truncated, or an IPv6 extension
+/// chain too long to walk): such packets take the default class.
+#[inline(always)]
+pub(crate) fn flow_key<'a>(
+    ctx: &TcContext,
+    l2_len: usize,
+    side: Side,
+    buf: &'a mut KeyBuf,
+) -> Option<&'a FlowKey> {
+    if l2_len > MAX_L2_LEN {
+        return None;
+    }
+    let ip = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => ipv4(ctx, l2_len, side, buf)?,
+        ETH_P_IPV6 => ipv6(ctx, l2_len, side, buf)?,
+        _ => return None,
+    };
+    let (mut src_port, mut dst_port) = (0, 0);
+    if ip.proto == PROTO_TCP || ip.proto == PROTO_UDP {
+        let mut copy = MaybeUninit::<[u8; 4]>::uninit();
+        let ports = bytes(ctx, ip.l4, &mut copy)?;
+        src_port = u16::from_be_bytes([ports[0], ports[1]]);
+        dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+    }
+    let (lport, rport) = match side {
+        Side::SourceLocal => (src_port, dst_port),
+        Side::DestLocal => (dst_port, src_port),
+    };
+    // SAFETY: ipv4() and ipv6() store the addresses before they return Some.
+    Some(unsafe { buf.finish(head(ip.family, ip.proto, lport, rport)) })
+}
+
+/// The IPv4 header at `at`.
+#[inline(always)]
+fn ipv4(ctx: &TcContext, at: usize, side: Side, buf: &mut KeyBuf) -> Option<Ip> {
+    let mut copy = MaybeUninit::<[u8; IPV4_HDR_LEN]>::uninit();
+    let ip = bytes(ctx, at, &mut copy)?;
+    let version_ihl = ip[0];
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    let frag_off = u16::from_be_bytes([ip[6], ip[7]]);
+    // More-fragments flag or a fragment offset: no ports in every piece.
+    if version_ihl >> 4 != 4 || ihl < IPV4_HDR_LEN || frag_off & 0x3fff != 0 {
+        return None;
+    }
+    let src = [word::<4, IPV4_HDR_LEN>(ip, 12), 0];
+    let dst = [word::<4, IPV4_HDR_LEN>(ip, 16), 0];
+    buf.addresses(side, src, dst);
+    Some(Ip { family: FAMILY_V4, proto: ip[9], l4: at + ihl })
+}
+
+/// The IPv6 header at `at`, its extension headers skipped.
+#[inline(always)]
+fn ipv6(ctx: &TcContext, at: usize, side: Side, buf: &mut KeyBuf) -> Option<Ip> {
+    let mut copy = MaybeUninit::<[u8; IPV6_HDR_LEN]>::uninit();
+    let ip = bytes(ctx, at, &mut copy)?;
+    // Into the key now: kept in registers across the walk below, the 32
+    // address bytes would be spilled to the stack one by one.
+    let src = [word::<8, IPV6_HDR_LEN>(ip, 8), word::<8, IPV6_HDR_LEN>(ip, 16)];
+    let dst = [word::<8, IPV6_HDR_LEN>(ip, 24), word::<8, IPV6_HDR_LEN>(ip, 32)];
+    buf.addresses(side, src, dst);
+    let mut next = ip[6];
+    let mut offset = at + IPV6_HDR_LEN;
+    for _ in 0..MAX_IPV6_EXT {
+        let mut copy = MaybeUninit::<[u8; 2]>::uninit();
+        let len = match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let hdr = bytes(ctx, offset, &mut copy)?;
+                next = hdr[0];
+                (hdr[1] as usize + 1) * 8
+            }
+            IPPROTO_AH => {
+                let hdr = bytes(ctx, offset, &mut copy)?;
+                next = hdr[0];
+                (hdr[1] as usize + 2) * 4
+            }
+            IPPROTO_FRAGMENT => return None,
+            _ => return Some(Ip { family: FAMILY_V6, proto: next, l4: offset }),
+        };
+        offset += len;
+    }
+    None
 }

@@ -153,6 +153,25 @@ fn load_datapath(ifindex: u32, ifb: u32) -> Result<Datapath> {
 /// flow-map hit (every packet after the first) and the miss (a new flow:
 /// rule walk, owner lookup and insert), with 1, 10 000 and 100 000 flows in
 /// the map, next to an empty tc program.
+///
+/// Where a known flow's packet goes, in ns above the empty program (~27 ns):
+/// variants of the classifier that leave out one ingredient each, every run
+/// of 100 000 packets interleaved with one of the empty program, medians of
+/// 31 rounds; the old object (before the interface table, the cached clock
+/// and the in-place key) loaded side by side in the same run. The same at
+/// 1 and at 100 000 flows.
+///
+/// | ingredient                                         |   before |      now |
+/// |----------------------------------------------------|---------:|---------:|
+/// | FLOWS lookup (LRU hash, 40-byte key)               |       33 |       32 |
+/// | interface: IFACES hash → IFACE_TABLE array         |       25 |        4 |
+/// | clock: a helper call → a per-CPU reading per jiffy |       11 |        1 |
+/// | parsing the headers, building the key              |      ~20 |        6 |
+/// | SETTINGS, CLASS_STATS, two atomic adds, priority   |  ≤3 each |  ≤3 each |
+/// | the whole program                                  |       94 |       46 |
+///
+/// The atomics cost nothing measurable here (one CPU, a hot line). The FLOWS
+/// lookup is what is left: hashing and comparing the 40-byte key.
 fn test_run_cost(report: &mut Report) -> Result<()> {
     const S: &str = "1b. classifier alone (BPF_PROG_TEST_RUN)";
     // BPF_PROG_TEST_RUN runs the program as if on `lo` (ifindex 1).

@@ -4,6 +4,7 @@
 
 pub mod batch;
 mod cgroup;
+mod ifaces;
 
 use shaper_common::Direction;
 
@@ -163,6 +164,7 @@ fn layout_of(name: &str, max_flows: u32) -> Option<Layout> {
         names::MAP_RULES => (4, size_of::<RuleNode>(), None),
         names::MAP_SETTINGS => (4, size_of::<Settings>(), None),
         names::MAP_IFACES => (4, size_of::<IfaceInfo>(), None),
+        names::MAP_IFACE_TABLE => (4, size_of::<IfaceInfo>(), None),
         names::MAP_CLASS_STATS => (4, size_of::<ClassStats>(), None),
         names::MAP_ERRORS => (4, 8, None),
         names::MAP_LISTENERS => (size_of::<ListenKey>(), size_of::<Owner>(), None),
@@ -223,7 +225,7 @@ pub struct Datapath {
     flows: HashMap<MapData, FlowKey, FlowValue>,
     rules: Array<MapData, RuleNode>,
     settings: Array<MapData, Settings>,
-    ifaces: HashMap<MapData, u32, IfaceInfo>,
+    ifaces: ifaces::Ifaces,
     class_stats: PerCpuArray<MapData, ClassStats>,
     errors: PerCpuArray<MapData, u64>,
     owners: HashMap<MapData, u64, Owner>,
@@ -288,7 +290,10 @@ impl Datapath {
         let flows = take_map(&mut ebpf, names::MAP_FLOWS)?;
         let rules = take_map(&mut ebpf, names::MAP_RULES)?;
         let settings: Array<MapData, Settings> = take_map(&mut ebpf, names::MAP_SETTINGS)?;
-        let ifaces = take_map(&mut ebpf, names::MAP_IFACES)?;
+        let ifaces = ifaces::Ifaces::new(
+            take_map(&mut ebpf, names::MAP_IFACES)?,
+            take_map(&mut ebpf, names::MAP_IFACE_TABLE)?,
+        );
         let class_stats = take_map(&mut ebpf, names::MAP_CLASS_STATS)?;
         let errors = take_map(&mut ebpf, names::MAP_ERRORS)?;
         let owners = take_map(&mut ebpf, names::MAP_OWNERS)?;
@@ -370,7 +375,7 @@ impl Datapath {
 
     /// Interfaces an earlier daemon registered (ifindex → what it wrote).
     pub fn ifaces(&self) -> Vec<(u32, IfaceInfo)> {
-        self.ifaces.iter().filter_map(Result::ok).collect()
+        self.ifaces.all()
     }
 
     /// The class indices in force: pinned with the counters, so a restarted
@@ -699,21 +704,14 @@ impl Datapath {
         }
     }
 
+    /// Registers interface `ifindex` with the classifier (or changes what is
+    /// registered); `info.ifindex` is filled in here.
     pub fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DatapathError> {
-        self.ifaces.insert(ifindex, info, 0).map_err(|source| DatapathError::Map {
-            action: "registering an interface",
-            map: names::MAP_IFACES,
-            source,
-        })
+        self.ifaces.set(ifindex, info)
     }
 
     pub fn remove_iface(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        match self.ifaces.remove(&ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => {
-                Err(DatapathError::Map { action: "removing an interface", map: names::MAP_IFACES, source })
-            }
-        }
+        self.ifaces.remove(ifindex)
     }
 
     /// Counters of class `class` on interface slot `slot`, summed over CPUs.
