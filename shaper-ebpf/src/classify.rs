@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use shaper_common::{
-    class_stats_index, classid_of, FlowEvent, FlowKey, FlowValue, ListenKey, Owner, CLASS_DEFAULT,
+    class_stats_index, classid_of, Direction, FlowEvent, FlowKey, FlowValue, ListenKey, Owner, CLASS_DEFAULT,
     ERR_EVENT_LOST, ERR_FLOW_INSERT, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FAMILY_V6,
     FLOW_PROVISIONAL, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_VERDICT,
 };
@@ -28,19 +28,13 @@ use shaper_common::{
 use crate::{
     clock, iface,
     maps::{count_error, CLASS_STATS, EVENTS, FLOWS, LISTENERS, OWNERS, SCRATCH, SETTINGS},
-    packet::{flow_key, KeyBuf, Side},
+    packet::{flow_key, KeyBuf},
     rules::{self, Walk, CGROUP_LEVELS},
     TC_ACT_UNSPEC,
 };
 
 /// `TCP_TIME_WAIT` in `bpf_sock.state`.
 const TCP_TIME_WAIT: u32 = 6;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Direction {
-    Egress,
-    Ingress,
-}
 
 /// Maps a rule-table verdict to a flow's class (`CLASS_DEFAULT` for "no match").
 #[inline(always)]
@@ -270,13 +264,9 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
     if direction == Direction::Ingress && ifb == 0 {
         return TC_ACT_UNSPEC;
     }
-    let side = match direction {
-        Direction::Egress => Side::SourceLocal,
-        Direction::Ingress => Side::DestLocal,
-    };
     let len = ctx.len() as u64;
     let mut key = KeyBuf::new();
-    let mut class = match flow_key(ctx, iface.l2_len as usize, side, &mut key) {
+    let mut class = match flow_key(ctx, iface.l2_len as usize, direction, &mut key) {
         Some(key) => flow_class(ctx, direction, key, len),
         None => CLASS_DEFAULT,
     };

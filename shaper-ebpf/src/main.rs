@@ -22,6 +22,7 @@ mod packet;
 mod rules;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
+use shaper_common::Direction;
 
 /// `TC_ACT_UNSPEC` (= `TCX_NEXT`): let the next program on the hook run, then pass.
 /// shaper only sets `skb->priority`; it never decides a packet's fate.
@@ -29,12 +30,12 @@ pub(crate) const TC_ACT_UNSPEC: i32 = -1;
 
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
-    classify::classify(&ctx, classify::Direction::Egress)
+    classify::classify(&ctx, Direction::Egress)
 }
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    classify::classify(&ctx, classify::Direction::Ingress)
+    classify::classify(&ctx, Direction::Ingress)
 }
 
 #[classifier]

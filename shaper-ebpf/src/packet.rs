@@ -10,7 +10,7 @@
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
-use shaper_common::{FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use shaper_common::{Direction, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -27,15 +27,6 @@ const MAX_IPV6_EXT: usize = 6;
 const MAX_L2_LEN: usize = 32;
 const IPV4_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
-
-/// Which side of the packet is this host.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    /// The packet leaves: the source is local.
-    SourceLocal,
-    /// The packet arrives: the destination is local.
-    DestLocal,
-}
 
 /// Room for a flow key on the stack, filled a word at a time (word 0: family,
 /// protocol and ports; 1–2: local address; 3–4: remote address).
@@ -54,10 +45,10 @@ impl KeyBuf {
     /// Stores the addresses: `src` and `dst` are the packet's source and
     /// destination address as key words.
     #[inline(always)]
-    fn addresses(&mut self, side: Side, src: [u64; 2], dst: [u64; 2]) {
-        let (local, remote) = match side {
-            Side::SourceLocal => (src, dst),
-            Side::DestLocal => (dst, src),
+    fn addresses(&mut self, direction: Direction, src: [u64; 2], dst: [u64; 2]) {
+        let (local, remote) = match direction {
+            Direction::Egress => (src, dst),
+            Direction::Ingress => (dst, src),
         };
         self.words[1].write(local[0]);
         self.words[2].write(local[1]);
@@ -147,15 +138,15 @@ fn bytes<'a, const N: usize>(
 pub(crate) fn flow_key<'a>(
     ctx: &TcContext,
     l2_len: usize,
-    side: Side,
+    direction: Direction,
     buf: &'a mut KeyBuf,
 ) -> Option<&'a FlowKey> {
     if l2_len > MAX_L2_LEN {
         return None;
     }
     let ip = match u16::from_be(ctx.skb.protocol() as u16) {
-        ETH_P_IP => ipv4(ctx, l2_len, side, buf)?,
-        ETH_P_IPV6 => ipv6(ctx, l2_len, side, buf)?,
+        ETH_P_IP => ipv4(ctx, l2_len, direction, buf)?,
+        ETH_P_IPV6 => ipv6(ctx, l2_len, direction, buf)?,
         _ => return None,
     };
     let (mut src_port, mut dst_port) = (0, 0);
@@ -165,9 +156,9 @@ pub(crate) fn flow_key<'a>(
         src_port = u16::from_be_bytes([ports[0], ports[1]]);
         dst_port = u16::from_be_bytes([ports[2], ports[3]]);
     }
-    let (lport, rport) = match side {
-        Side::SourceLocal => (src_port, dst_port),
-        Side::DestLocal => (dst_port, src_port),
+    let (lport, rport) = match direction {
+        Direction::Egress => (src_port, dst_port),
+        Direction::Ingress => (dst_port, src_port),
     };
     // SAFETY: ipv4() and ipv6() store the addresses before they return Some.
     Some(unsafe { buf.finish(head(ip.family, ip.proto, lport, rport)) })
@@ -175,7 +166,7 @@ pub(crate) fn flow_key<'a>(
 
 /// The IPv4 header at `at`.
 #[inline(always)]
-fn ipv4(ctx: &TcContext, at: usize, side: Side, buf: &mut KeyBuf) -> Option<Ip> {
+fn ipv4(ctx: &TcContext, at: usize, direction: Direction, buf: &mut KeyBuf) -> Option<Ip> {
     let mut copy = MaybeUninit::<[u8; IPV4_HDR_LEN]>::uninit();
     let ip = bytes(ctx, at, &mut copy)?;
     let version_ihl = ip[0];
@@ -187,20 +178,20 @@ fn ipv4(ctx: &TcContext, at: usize, side: Side, buf: &mut KeyBuf) -> Option<Ip> 
     }
     let src = [word::<4, IPV4_HDR_LEN>(ip, 12), 0];
     let dst = [word::<4, IPV4_HDR_LEN>(ip, 16), 0];
-    buf.addresses(side, src, dst);
+    buf.addresses(direction, src, dst);
     Some(Ip { family: FAMILY_V4, proto: ip[9], l4: at + ihl })
 }
 
 /// The IPv6 header at `at`, its extension headers skipped.
 #[inline(always)]
-fn ipv6(ctx: &TcContext, at: usize, side: Side, buf: &mut KeyBuf) -> Option<Ip> {
+fn ipv6(ctx: &TcContext, at: usize, direction: Direction, buf: &mut KeyBuf) -> Option<Ip> {
     let mut copy = MaybeUninit::<[u8; IPV6_HDR_LEN]>::uninit();
     let ip = bytes(ctx, at, &mut copy)?;
     // Into the key now: kept in registers across the walk below, the 32
     // address bytes would be spilled to the stack one by one.
     let src = [word::<8, IPV6_HDR_LEN>(ip, 8), word::<8, IPV6_HDR_LEN>(ip, 16)];
     let dst = [word::<8, IPV6_HDR_LEN>(ip, 24), word::<8, IPV6_HDR_LEN>(ip, 32)];
-    buf.addresses(side, src, dst);
+    buf.addresses(direction, src, dst);
     let mut next = ip[6];
     let mut offset = at + IPV6_HDR_LEN;
     for _ in 0..MAX_IPV6_EXT {

@@ -8,10 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers fail the test with a backtrace")]
 
 use shaper_common::{classid_of, iface_table_index, IfaceInfo, ERR_NO_IFACE, IFACE_TABLE_SIZE};
-use shaper_user::{
-    datapath::{Datapath, LoadOptions},
-    packets::Frame,
-};
+use shaper_testkit::{packets::Frame, require_root, TestRunExt as _};
+use shaper_user::datapath::{Datapath, LoadOptions};
 
 /// ifindex of `lo`, which BPF_PROG_TEST_RUN can use as the packet's device.
 const LO: u32 = 1;
@@ -35,6 +33,7 @@ fn classify(dp: &mut Datapath) -> (u32, u64) {
 
 #[test]
 fn interfaces_sharing_a_table_entry_each_get_their_own_registration() {
+    require_root!();
     assert_eq!(iface_table_index(RIVAL), iface_table_index(LO));
     let mut dp = Datapath::load(LoadOptions { max_flows: 1024, kernel_log_level: 0, pins: None })
         .expect("load (are you root?)");
