@@ -31,6 +31,11 @@ use crate::flows;
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `TCPDIAG_GETSOCK` (linux/inet_diag.h): the older request, whose dump
+/// lists TCP sockets of both families in one walk of the kernel's table.
+const TCPDIAG_GETSOCK: u16 = 18;
+/// `sizeof(struct inet_diag_req)`, the older request.
+const COMPAT_REQ_LEN: usize = 60;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_NOOP: u16 = 1;
@@ -261,6 +266,10 @@ pub struct SockDiag {
     fd: OwnedFd,
     buf: Vec<u8>,
     seq: u32,
+    /// The kernel takes `TCPDIAG_GETSOCK`: one dump lists IPv4 and IPv6 TCP
+    /// sockets, where `SOCK_DIAG_BY_FAMILY` walks the same table once per
+    /// family (a walk of every TCP socket of the host, in every namespace).
+    tcp_both: bool,
 }
 
 impl SockDiag {
@@ -289,7 +298,7 @@ impl SockDiag {
         if rc != 0 {
             return Err(SockDiagError::Open(io::Error::last_os_error()));
         }
-        Ok(Self { fd, buf: vec![0; RECV_BUFFER], seq: 0 })
+        Ok(Self { fd, buf: vec![0; RECV_BUFFER], seq: 0, tcp_both: true })
     }
 
     /// Every connected TCP and UDP socket (IPv4 and IPv6), one at a time.
@@ -298,7 +307,24 @@ impl SockDiag {
     /// ends the dump.
     pub fn dump(&mut self, mut visit: impl FnMut(&Socket)) -> Result<DumpStats, SockDiagError> {
         let mut stats = DumpStats::default();
-        for table in Table::ALL {
+        let mut tables = &Table::ALL[..];
+        if self.tcp_both {
+            match self.dump_tcp_both(&mut stats, &mut visit) {
+                Ok(()) => tables = &Table::ALL[2..],
+                // Refused before any socket: the kernel lacks the older request.
+                Err(SockDiagError::Kernel { source, .. })
+                    if stats.sockets == 0
+                        && matches!(
+                            source.raw_os_error(),
+                            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOENT)
+                        ) =>
+                {
+                    self.tcp_both = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for table in tables.iter().copied() {
             match self.dump_table(table, &mut stats, &mut visit) {
                 Err(SockDiagError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
                     stats.unavailable.push(table);
@@ -309,6 +335,17 @@ impl SockDiag {
         Ok(stats)
     }
 
+    /// The connected TCP sockets of both families, in one walk.
+    fn dump_tcp_both(
+        &mut self,
+        stats: &mut DumpStats,
+        visit: &mut dyn FnMut(&Socket),
+    ) -> Result<(), SockDiagError> {
+        self.seq = self.seq.wrapping_add(1);
+        self.send(Table::Tcp4, &request_tcp_both(self.seq))?;
+        self.receive(Table::Tcp4, stats, visit)
+    }
+
     /// The connected sockets of one table.
     pub fn dump_table(
         &mut self,
@@ -317,7 +354,17 @@ impl SockDiag {
         visit: &mut dyn FnMut(&Socket),
     ) -> Result<(), SockDiagError> {
         self.seq = self.seq.wrapping_add(1);
-        self.send(table)?;
+        self.send(table, &request(table, self.seq))?;
+        self.receive(table, stats, visit)
+    }
+
+    /// Reads a dump to its end.
+    fn receive(
+        &mut self,
+        table: Table,
+        stats: &mut DumpStats,
+        visit: &mut dyn FnMut(&Socket),
+    ) -> Result<(), SockDiagError> {
         let mut failure = None;
         loop {
             let len = match self.recv(table) {
@@ -338,8 +385,7 @@ impl SockDiag {
         }
     }
 
-    fn send(&self, table: Table) -> Result<(), SockDiagError> {
-        let request = request(table, self.seq);
+    fn send(&self, table: Table, request: &[u8]) -> Result<(), SockDiagError> {
         // SAFETY: an all-zero sockaddr_nl is valid; nl_pid 0 addresses the kernel.
         let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -405,6 +451,22 @@ fn request(table: Table, seq: u32) -> [u8; NLMSG_HDRLEN + REQ_LEN] {
     req
 }
 
+/// The older dump request: `nlmsghdr` + `inet_diag_req`, TCP of every
+/// family (the kernel answers it with the same `inet_diag_msg` records).
+fn request_tcp_both(seq: u32) -> [u8; NLMSG_HDRLEN + COMPAT_REQ_LEN] {
+    let mut req = [0u8; NLMSG_HDRLEN + COMPAT_REQ_LEN];
+    req[0..4].copy_from_slice(&((NLMSG_HDRLEN + COMPAT_REQ_LEN) as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    let body = &mut req[NLMSG_HDRLEN..];
+    // idiag_family (ignored by a dump), src_len, dst_len, ext 0, the socket
+    // id (48 bytes, zero), then idiag_states and idiag_dbs.
+    body[0] = libc::AF_INET as u8;
+    body[52..56].copy_from_slice(&Table::Tcp4.states().to_ne_bytes());
+    req
+}
+
 enum Walk {
     More,
     Done,
@@ -463,7 +525,7 @@ fn walk(
             NLMSG_ERROR if errno > 0 => return Walk::Failed(failed(errno)),
             NLMSG_ERROR => {}
             NLMSG_NOOP => {}
-            SOCK_DIAG_BY_FAMILY => match parse(body, table) {
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => match parse(body, table) {
                 Some(socket) => {
                     stats.sockets += 1;
                     visit(&socket);
