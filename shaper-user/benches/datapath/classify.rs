@@ -224,7 +224,7 @@ pub fn run(report: &mut Report) -> Result<Measured> {
                     if rules != loaded_rules {
                         let conf =
                             config::parse(Path::new("bench.toml"), &rules_config(&dev, rules), &env.env())?;
-                        dp.set_rules(&conf.compile_rules(&NoCgroups)?.nodes)?;
+                        dp.set_rules(&conf.compile_rules(&NoCgroups)?)?;
                         loaded_rules = rules;
                     }
                     let measured = shaper_user::flows::key(

@@ -132,7 +132,7 @@ fn load_datapath(ifindex: u32, ifb: u32) -> Result<Datapath> {
     let conf = config::parse(Path::new("bench.toml"), RULES, &SystemEnv::load().env())?;
     let mut dp = Datapath::load(LoadOptions { max_flows: 131_072, kernel_log_level: 0, pins: None })
         .context("loading the eBPF object (are you root?)")?;
-    dp.set_rules(&conf.compile_rules(&NoCgroups)?.nodes)?;
+    dp.set_rules(&conf.compile_rules(&NoCgroups)?)?;
     let mut info = IfaceInfo::new(0, 0, 14);
     info.ifb_ifindex = ifb;
     for class in 0..conf.classes.len() as u32 {

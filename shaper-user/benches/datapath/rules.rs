@@ -54,7 +54,7 @@ fn first_packet_ns(n: usize) -> Result<f64> {
     let conf = config::parse(Path::new("bench.toml"), &config_text(n), &SystemEnv::load().env())?;
     let mut dp = Datapath::load(LoadOptions { max_flows: 131_072, kernel_log_level: 0, pins: None })
         .context("loading the eBPF object (are you root?)")?;
-    dp.set_rules(&conf.compile_rules(&NoCgroups)?.nodes)?;
+    dp.set_rules(&conf.compile_rules(&NoCgroups)?)?;
     let mut info = IfaceInfo::new(0, 0, 14);
     for class in 0..conf.classes.len() as u32 {
         info.add_class(class);

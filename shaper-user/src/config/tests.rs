@@ -261,7 +261,7 @@ fn rules_compile_in_file_order() {
     let c = ok(&format!(
         "{IFACE}[[class]]\nname = \"a\"\nmatch = 'rport == 1'\n[[class]]\nname = \"quiet\"\n[[class]]\nname = \"b\"\nmatch = 'rport in 1..2'\n"
     ));
-    let nodes = c.compile_rules(&crate::rules::compile::NoCgroups).unwrap().nodes;
+    let compiled = c.compile_rules(&crate::rules::compile::NoCgroups).unwrap();
     let key = |port| {
         crate::flows::key(
             6,
@@ -269,8 +269,11 @@ fn rules_compile_in_file_order() {
             format!("198.18.0.2:{port}").parse().unwrap(),
         )
     };
-    use shaper_common::target_class;
-    let eval = |port| rules::table::eval(&nodes, &rules::table::KernelFacts::packet(&key(port))).0;
+    use shaper_common::{target_class, CLASS_DEFAULT, TARGET_DEFAULT};
+    let eval = |port| match compiled.decide(&key(port), None).class {
+        CLASS_DEFAULT => TARGET_DEFAULT,
+        class => target_class(class),
+    };
     assert_eq!(eval(1), target_class(c.class("a").unwrap().index));
     assert_eq!(eval(2), target_class(c.class("b").unwrap().index));
     assert_eq!(eval(3), shaper_common::TARGET_DEFAULT);

@@ -12,18 +12,15 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use shaper_common::{
-    FlowEvent, FlowKey, FlowValue, CLASS_DEFAULT, EVENT_OWNER, EVENT_PROVISIONAL, FLOW_PROVISIONAL,
-    ORIGIN_DAEMON, ORIGIN_KERNEL, ORIGIN_PINNED,
+    FlowEvent, FlowKey, FlowValue, EVENT_OWNER, EVENT_PROVISIONAL, FLOW_PROVISIONAL, ORIGIN_DAEMON,
+    ORIGIN_KERNEL, ORIGIN_PINNED,
 };
 
 use super::shaper::Shaper;
 use crate::{
     events, flows, process,
     procscan::{self, ScanReport},
-    rules::{
-        self,
-        pred::{Facts, ProcessFacts},
-    },
+    rules::{self, pred::ProcessFacts},
 };
 
 /// Decision latencies kept for percentiles.
@@ -125,7 +122,7 @@ fn choose(pids: &[u32], known: Option<&ConnInfo>) -> Option<u32> {
 impl Shaper {
     /// The class every rule gives a flow: a class index or `CLASS_DEFAULT`.
     pub(super) fn final_class(&self, key: &FlowKey, process: Option<&ProcessFacts>) -> u16 {
-        rules::first_match(&self.rules(), &Facts { key, process }).unwrap_or(CLASS_DEFAULT)
+        self.compiled.decide(key, process).class
     }
 
     /// Puts flow `key` into `class` for good; returns the bytes it had sent until

@@ -5,7 +5,7 @@ use std::{
     time::Instant,
 };
 
-use shaper_common::{CLASS_DEFAULT, ERR_COUNT, ORIGIN_DAEMON, ORIGIN_PINNED};
+use shaper_common::{CLASS_DEFAULT, ERROR_NAMES, ORIGIN_DAEMON, ORIGIN_PINNED};
 
 use super::{decide::DecidedBy, shaper::Shaper, DaemonError};
 use crate::{
@@ -14,10 +14,6 @@ use crate::{
     plan::Direction,
     procscan, tc,
 };
-
-/// Names of the classifier's error counters, by index (`ERR_*`).
-const ERROR_NAMES: [&str; ERR_COUNT as usize] =
-    ["flow_insert", "rule_eval", "no_interface", "event_lost", "owner_insert", "5", "6", "7"];
 
 /// Sent-byte samples of the HTB classes of one interface, for "rate now".
 #[derive(Default)]

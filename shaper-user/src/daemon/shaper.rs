@@ -212,7 +212,7 @@ impl Shaper {
             flags |= SETTING_CGROUP_RULES;
         }
         self.datapath.set_flags(flags);
-        let gen = self.datapath.set_rules(&self.compiled.nodes)?;
+        let gen = self.datapath.set_rules(&self.compiled)?;
         log::info!("rule table: {} nodes (generation {gen})", self.compiled.nodes.len());
         Ok(())
     }

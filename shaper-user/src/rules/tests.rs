@@ -4,12 +4,78 @@
 use shaper_common::{target_class, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, TARGET_DEFAULT};
 
 use super::{
-    compile::{CgroupIndex, NoCgroups},
+    compile::{CgroupIndex, Compiled, Found, NoCgroups},
     pred::{Facts, ProcessFacts},
-    table::KernelFacts,
     *,
 };
 use crate::{accounts::StaticAccounts, flows};
+use table::KernelFacts;
+
+/// The kernel's view of a flow, evaluated by the shared evaluator over a
+/// compiled table, in both modes (which must agree).
+mod table {
+    use shaper_common::{
+        rules::{KernelView, SocketFacts},
+        target_class, FlowKey, Owner, ProcTests, CLASS_DEFAULT, TARGET_DEFAULT,
+    };
+
+    use super::compile::{Compiled, Mode};
+
+    /// What the classifier knows when it evaluates the table.
+    #[derive(Clone, Copy, Debug)]
+    pub struct KernelFacts<'a> {
+        pub key: &'a FlowKey,
+        /// The socket's owner record, if it has one.
+        pub owner: Option<&'a Owner>,
+        /// The socket's cgroup id and its ancestors by level (0 = the root).
+        pub cgroup: Option<(u64, &'a [u64])>,
+        /// The daemon's answers to the userspace tests for the owner's process,
+        /// as PROC_TESTS holds them (the generation check is the caller's).
+        pub proc_tests: Option<&'a ProcTests>,
+    }
+
+    impl<'a> KernelFacts<'a> {
+        /// Facts about the packet alone.
+        pub fn packet(key: &'a FlowKey) -> Self {
+            Self { key, owner: None, cgroup: None, proc_tests: None }
+        }
+
+        /// The same, as the classifier keeps them.
+        pub fn socket(&self) -> SocketFacts {
+            let mut socket = SocketFacts::default();
+            if let Some(owner) = self.owner {
+                socket.owner = *owner;
+                socket.has_owner = 1;
+            }
+            if let Some((id, ancestors)) = self.cgroup {
+                socket.cgroup = id;
+                socket.has_cgroup = 1;
+                for (slot, id) in socket.ancestors.iter_mut().zip(ancestors) {
+                    *slot = *id;
+                }
+            }
+            if let Some(tests) = self.proc_tests {
+                socket.has_answers = 1;
+                socket.known = tests.known;
+                socket.values = tests.values;
+            }
+            socket
+        }
+    }
+
+    /// The verdict for a flow: `target_class(..)` or `TARGET_DEFAULT`, and
+    /// whether it is provisional; the linear walk and the index agree on both.
+    pub fn eval(table: &Compiled, facts: &KernelFacts<'_>) -> (u16, bool) {
+        let socket = facts.socket();
+        let view = KernelView { key: facts.key, socket: &socket };
+        let linear = table.clone().with_mode(Mode::Linear).evaluate(&view);
+        let indexed = table.clone().with_mode(Mode::Indexed).evaluate(&view);
+        assert_eq!(linear, indexed, "linear and indexed differ on {facts:?}");
+        assert!(!linear.error, "{facts:?}");
+        let target = if linear.class == CLASS_DEFAULT { TARGET_DEFAULT } else { target_class(linear.class) };
+        (target, linear.provisional)
+    }
+}
 
 fn services() -> Services {
     Services::parse(
@@ -35,8 +101,8 @@ fn err(source: &str) -> (usize, String) {
     (e.span.start, e.message)
 }
 
-fn nodes(rules: &[(u16, &Pred)]) -> Vec<shaper_common::RuleNode> {
-    compile::compile(rules, &NoCgroups).unwrap().nodes
+fn nodes(rules: &[(u16, &Pred)]) -> Compiled {
+    compile::compile(rules, &NoCgroups).unwrap()
 }
 
 fn packet(key: &FlowKey) -> Facts<'_> {
@@ -205,7 +271,7 @@ fn the_table_is_linear_in_the_rules_and_agrees_with_direct_evaluation() {
     let rules: Vec<(u16, &Pred)> = parsed.iter().enumerate().map(|(i, r)| (i as u16, &r.pred)).collect();
     let nodes = nodes(&rules);
     let atom_count: usize = parsed.iter().map(|r| r.pred.atoms()).sum();
-    assert!(nodes.len() <= atom_count.max(1), "{} nodes for {atom_count} atoms", nodes.len());
+    assert!(nodes.nodes.len() <= atom_count.max(1), "{} nodes for {atom_count} atoms", nodes.nodes.len());
     for _ in 0..5000 {
         let proto = if next(2) == 0 { PROTO_TCP } else { PROTO_UDP };
         let k = if next(4) == 0 {
@@ -224,10 +290,12 @@ fn the_table_is_linear_in_the_rules_and_agrees_with_direct_evaluation() {
         let expected = first_match(&rules, &packet(&k)).map_or(TARGET_DEFAULT, target_class);
         assert_eq!(table::eval(&nodes, &KernelFacts::packet(&k)), (expected, false), "{k:?}");
     }
-    // Every jump goes forward.
-    for (i, n) in nodes.iter().enumerate() {
+    // Every jump goes forward (a distance), or leaves the rule.
+    use shaper_common::rules::{JUMP_MATCH, JUMP_NEXT};
+    for (i, n) in nodes.nodes.iter().enumerate() {
         for t in [n.on_true, n.on_false] {
-            assert!(t >= shaper_common::TARGET_VERDICT || usize::from(t) > i, "node {i} jumps to {t}");
+            let exit = t == JUMP_MATCH || t == JUMP_NEXT;
+            assert!(exit || (t > 0 && i + usize::from(t) < nodes.nodes.len()), "node {i} jumps to {t}");
         }
     }
 }
@@ -235,7 +303,7 @@ fn the_table_is_linear_in_the_rules_and_agrees_with_direct_evaluation() {
 #[test]
 fn no_rules_compile_to_one_default_node() {
     let none = nodes(&[]);
-    assert_eq!(none.len(), 1);
+    assert_eq!(none.nodes.len(), 1);
     assert_eq!(table::eval(&none, &KernelFacts::packet(&FlowKey::default())).0, TARGET_DEFAULT);
     let always = rule("true");
     let all = nodes(&[(3, &always.pred)]);
@@ -247,10 +315,18 @@ fn a_rule_set_too_large_for_the_kernel_table_is_refused() {
     // Adjacent ports merge into one range test; every other port does not.
     let merged = rule("rport in [80, 81, 82, 83..90, 85]");
     assert_eq!(merged.pred.atoms(), 1);
-    let list: Vec<String> = (0..5000).map(|p| (2 * p).to_string()).collect();
-    let big = rule(&format!("rport in [{}]", list.join(", ")));
-    let e = compile::compile(&[(0, &big.pred)], &NoCgroups).unwrap_err();
-    assert_eq!(e.to_string(), "the rules need 5000 kernel tests; the rule table holds 4096");
+    let list: Vec<String> = (0..20_000).map(|p| (2 * p).to_string()).collect();
+    let big = rule(&format!("rport in [{0}] or lport in [{0}]", list.join(", ")));
+    let e = compile::compile(&[(0, &big.pred)], &NoCgroups).map(|_| ()).unwrap_err();
+    assert_eq!(e.to_string(), "the rules need 40000 kernel tests; the rule table holds 32768");
+    // 10 000 rules of one port each fit, and their index finds each one.
+    let rules: Vec<Rule> = (0..10_000).map(|p| rule(&format!("rport == {}", 2 * p))).collect();
+    let preds: Vec<(u16, &Pred)> =
+        rules.iter().enumerate().map(|(i, r)| ((i % 1000) as u16, &r.pred)).collect();
+    let table = compile::compile(&preds, &NoCgroups).unwrap();
+    assert_eq!((table.entries.len(), table.index.residual), (10_000, 0));
+    let k = key(PROTO_TCP, "198.18.0.1:1", "198.18.0.2:19998");
+    assert_eq!(table::eval(&table, &KernelFacts::packet(&k)), (target_class(999), false));
 }
 
 #[test]
@@ -408,8 +484,12 @@ impl CgroupIndex for Tree {
     fn lookup(&self, path: &str) -> Option<(u64, u32)> {
         self.0.iter().position(|p| *p == path).map(|i| (i as u64 + 1, Self::level(path)))
     }
-    fn units(&self, unit: &str) -> Vec<(u64, u32)> {
-        self.0.iter().filter(|p| p.rsplit('/').next() == Some(unit)).filter_map(|p| self.lookup(p)).collect()
+    fn units(&self, unit: &str) -> Vec<Found> {
+        self.0
+            .iter()
+            .filter(|p| p.rsplit('/').next() == Some(unit))
+            .filter_map(|p| self.lookup(p).map(|(id, level)| Found { path: p.to_string(), id, level }))
+            .collect()
     }
 }
 
@@ -488,7 +568,7 @@ fn the_kernel_table_agrees_with_the_daemon_whenever_it_is_not_provisional() {
                     cgroup: Some((cgroup, &ancestors)),
                     proc_tests: None,
                 };
-                let (verdict, is_provisional) = table::eval(&compiled.nodes, &kernel);
+                let (verdict, is_provisional) = table::eval(&compiled, &kernel);
                 let daemon = first_match(&rules, &Facts { key: &k, process: Some(p) })
                     .map_or(TARGET_DEFAULT, target_class);
                 if is_provisional {
@@ -507,7 +587,7 @@ fn the_kernel_table_agrees_with_the_daemon_whenever_it_is_not_provisional() {
                 let answers = answers(&compiled.userspace, p, 1);
                 let kernel = KernelFacts { proc_tests: Some(&answers), ..kernel };
                 assert_eq!(
-                    table::eval(&compiled.nodes, &kernel),
+                    table::eval(&compiled, &kernel),
                     (daemon, false),
                     "{sources:?} for {p:?}, answered"
                 );
