@@ -131,6 +131,14 @@ pub fn lowest_bit(x: u64) -> u32 {
     core::hint::black_box(x.trailing_zeros()) & 63
 }
 
+/// The bitmap word of rule `rule` (below `MAX_RULES`), masked so that the
+/// verifier sees the bound on the index itself (a bounds check LLVM moves to
+/// `rule` before the shift, it cannot follow).
+#[inline(always)]
+fn word_of(rule: u32) -> usize {
+    ((rule >> 6) & (WORDS as u32 - 1)) as usize
+}
+
 #[inline(always)]
 fn has_ports(key: &FlowKey) -> bool {
     key.proto == PROTO_TCP || key.proto == PROTO_UDP
@@ -390,23 +398,57 @@ impl Eval {
             }
             UserKnown::All => self.user_bits = 0,
         }
+        // Only the unknown dimensions some rule has a cover entry on.
+        for (bit, list) in [(U_UID, self.uid_all), (U_CGROUP, self.cgroup_all), (U_USER, self.user_all)] {
+            if list == LIST_NONE {
+                unknown &= !bit;
+            }
+        }
         self.sources = sources;
         self.unknown = unknown;
     }
 
-    /// One step; true when the evaluation is over.
+    /// One step; true when the evaluation is over. A step does one piece of
+    /// work (an index lookup, a list chunk, a test) and chains the moves
+    /// that cost nothing (to the next phase) or belong with it (a lookup and
+    /// the first chunk of its list, the next candidate and its first test), in
+    /// phase order, each at most once.
     #[inline(always)]
     pub fn step<T: Table, F: Facts>(&mut self, table: &T, facts: &F) -> bool {
-        match self.phase {
-            P_CLEAR => self.clear_step(),
-            P_SOURCE => self.source_step(table, facts),
-            P_ADD => self.add_step(table),
-            P_UNKNOWN => self.unknown_step(table),
-            P_UWALK => self.walk_step(table),
-            P_SCAN => self.scan_step(table),
-            P_LINEAR => self.linear_step(table),
-            P_EVAL => self.eval_step(table, facts),
-            _ => return true,
+        if self.phase == P_CLEAR {
+            self.clear_step();
+            if self.phase == P_CLEAR {
+                return false;
+            }
+        }
+        if self.phase == P_SOURCE {
+            self.source_step(table, facts);
+            if self.phase == P_SOURCE {
+                return false;
+            }
+        }
+        if self.phase == P_ADD {
+            self.add_step(table);
+            return false;
+        }
+        if self.phase == P_UNKNOWN {
+            self.unknown_step(table);
+            if self.phase == P_UNKNOWN {
+                return false;
+            }
+        }
+        if self.phase == P_UWALK {
+            self.walk_step(table);
+            return false;
+        }
+        if self.phase == P_SCAN {
+            self.scan_step(table);
+        }
+        if self.phase == P_LINEAR {
+            self.linear_step(table);
+        }
+        if self.phase == P_EVAL {
+            self.eval_step(table, facts);
         }
         self.phase == P_DONE
     }
@@ -459,9 +501,15 @@ impl Eval {
         self.phase = P_SOURCE;
     }
 
+    /// Adds rule `rule` to the candidates (a list naming a rule the bank does
+    /// not have is a malformed table).
     #[inline(always)]
     fn set(&mut self, rule: u32) {
-        let w = (rule >> 6) as usize;
+        if rule >= self.rules {
+            self.fail();
+            return;
+        }
+        let w = word_of(rule);
         if let Some(word) = self.bits.get_mut(w) {
             *word |= 1u64 << (rule & 63);
         }
@@ -472,7 +520,7 @@ impl Eval {
 
     #[inline(always)]
     fn is_set(&self, rule: u32) -> bool {
-        match self.bits.get((rule >> 6) as usize) {
+        match self.bits.get(word_of(rule)) {
             Some(word) => word & (1u64 << (rule & 63)) != 0,
             None => false,
         }
@@ -648,6 +696,10 @@ impl Eval {
             }
             self.left -= 1;
             let rule = u32::from(*id);
+            if rule >= self.rules {
+                self.fail();
+                return;
+            }
             if rule >= self.first_unknown {
                 self.left = 0;
                 break;
@@ -669,7 +721,11 @@ impl Eval {
     /// The first candidate at or after `from`.
     #[inline(always)]
     fn next_candidate(&self, from: u32) -> Option<u32> {
-        let w = (from >> 6) as usize;
+        if from >= self.rules {
+            return None;
+        }
+        // Hidden from the optimizer, so the bounds check is on the index itself.
+        let w = core::hint::black_box(from >> 6) as usize;
         let word = self.bits.get(w)? & (u64::MAX << (from & 63));
         if word != 0 {
             return Some(((w as u32) << 6) | lowest_bit(word));

@@ -6,8 +6,8 @@
 //! cgroup from the process facts, and the answer to every userspace test
 //! (evaluated with [`Atom::matches`](super::pred::Atom::matches)). A process's
 //! view (its owner fields, its cgroup as ids, its answers) is derived once and
-//! kept per distinct [`ProcessFacts`], so a process's later connections cost
-//! only the index lookups.
+//! kept by pid with the facts it came from, so a process's later connections
+//! cost a comparison of facts and the index lookups.
 
 use std::{
     collections::HashMap,
@@ -121,7 +121,9 @@ pub(super) struct Views {
 
 #[derive(Default)]
 struct ViewsInner {
-    by_process: HashMap<ProcessFacts, Arc<ProcessView>>,
+    /// By pid: the facts the view was derived from (a pid whose facts
+    /// changed, after an exec or as another process, gets a new view) and the view.
+    by_pid: HashMap<u32, (ProcessFacts, Arc<ProcessView>)>,
     eval: Box<Eval>,
 }
 
@@ -155,14 +157,16 @@ impl Compiled {
                 // Only the owner fields: cheaper to derive than to look up.
                 return Arc::new(self.view(p));
             }
-            if let Some(view) = inner.by_process.get(p) {
-                return Arc::clone(view);
+            if let Some((facts, view)) = inner.by_pid.get(&p.pid) {
+                if facts == p {
+                    return Arc::clone(view);
+                }
             }
-            if inner.by_process.len() >= MAX_VIEWS {
-                inner.by_process.clear();
+            if inner.by_pid.len() >= MAX_VIEWS {
+                inner.by_pid.clear();
             }
             let view = Arc::new(self.view(p));
-            inner.by_process.insert(p.clone(), Arc::clone(&view));
+            inner.by_pid.insert(p.pid, (p.clone(), Arc::clone(&view)));
             view
         });
         let facts = DaemonFacts { key, view: view.as_deref() };

@@ -610,3 +610,175 @@ fn cgroup_tests_compile_to_ids_and_missing_cgroups_to_false() {
     assert_eq!((c.nodes.len(), c.cgroups), (1, false));
     assert!(!compile::compile(&[(0, &rule("uid == 0").pred)], &tree).unwrap().cgroups);
 }
+
+/// The standard tree and a branch deeper than the kernel's ancestry reaches.
+fn deep_tree() -> Tree {
+    let mut tree = Tree::standard();
+    tree.0.extend([
+        "/deep.slice",
+        "/deep.slice/a",
+        "/deep.slice/a/b",
+        "/deep.slice/a/b/c",
+        "/deep.slice/a/b/c/d",
+        "/deep.slice/a/b/c/d/e",
+        "/deep.slice/a/b/c/d/e/f",
+        "/deep.slice/a/b/c/d/e/f/g",
+        "/deep.slice/a/b/c/d/e/f/g/h",
+        "/deep.slice/a/b/c/d/e/f/g/h/job.service",
+    ]);
+    tree
+}
+
+/// A pseudo-random `match`: atoms of every kind the index knows and of the
+/// kinds it does not, under `not`, in `or`s across dimensions, nested.
+fn random_match(next: &mut dyn FnMut(u64) -> u64, depth: u32) -> String {
+    const ATOMS: [&str; 38] = [
+        "rport == 80",
+        "rport == 443",
+        "rport == 873",
+        "rport in 1000..2000",
+        "rport in 0..65535",
+        "lport > 1024",
+        "lport < 1024",
+        "lport == 40000",
+        "raddr in 198.18.0.0/15",
+        "raddr in 198.18.1.0/24",
+        "raddr == 198.18.1.7",
+        "raddr in 198.18.1.0..198.18.1.9",
+        "raddr in fd00::/8",
+        "raddr in fd00::1:0/112",
+        "laddr == 198.18.0.1",
+        "laddr in 198.18.0.0/16",
+        "proto == \"udp\"",
+        "uid == 34",
+        "uid >= 1000",
+        "user == \"alice\"",
+        "gid == 100",
+        "pid in 4000..4999",
+        "cmd == \"rsync\"",
+        "cmd ~ \"iperf*\"",
+        "cgroup == \"/system.slice/sshd.service\"",
+        "cgroup ~ \"/user.slice/*\"",
+        "unit == \"backup.service\"",
+        "unit == \"job.service\"",
+        "unit == \"user@1000.service\"",
+        "proto == \"icmp\"",
+        "cgroup ~ \"/deep.slice/a/b/c/d/e/f/g/h/*\"",
+        "exe ~ \"/usr/bin/rs*\"",
+        "exe == \"/usr/bin/iperf3\"",
+        "args[2] == \"sync\"",
+        "ancestor == \"make\"",
+        "service == \"https\"",
+        "true",
+        "false",
+    ];
+    let term = |next: &mut dyn FnMut(u64) -> u64| -> String {
+        let atom = ATOMS[next(ATOMS.len() as u64) as usize].to_string();
+        match next(8) {
+            0 => format!("not {atom}"),
+            1 if depth > 0 => format!("({})", random_match(next, depth - 1)),
+            _ => atom,
+        }
+    };
+    let mut s = term(next);
+    for _ in 0..next(3) {
+        s.push_str(if next(3) != 0 { " and " } else { " or " });
+        s.push_str(&term(next));
+    }
+    s
+}
+
+#[test]
+fn the_index_finds_the_first_match_of_the_linear_walk() {
+    let tree = deep_tree();
+    let processes = [
+        process(4242, 34, "rsync", "/system.slice/backup.service"),
+        process(
+            1000,
+            1000,
+            "iperf3",
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/backup.service",
+        ),
+        process(77, 0, "sshd", "/system.slice/sshd.service"),
+        process(4500, 1000, "rsyncd", "/user.slice/user-1000.slice"),
+        process(4600, 1000, "job", "/deep.slice/a/b/c/d/e/f/g/h/job.service"),
+        ProcessFacts { exe: None, args: None, ancestors: None, ..process(4700, 34, "gone", "/") },
+    ];
+    let mut seed = 0x0dd1_b1a5_e5e5_u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let (mut flows, mut provisional, mut matched, mut late, mut residual) = (0, 0, 0, 0, 0);
+    for set in 0..300 {
+        let count = if set % 10 == 0 { 150 } else { 1 + next(30) };
+        let sources: Vec<String> = (0..count).map(|_| random_match(&mut next, 1)).collect();
+        let parsed: Vec<Rule> = sources.iter().map(|s| rule(s)).collect();
+        // Classes reused: several rules give the same class.
+        let rules: Vec<(u16, &Pred)> =
+            parsed.iter().enumerate().map(|(i, r)| ((i % 7) as u16, &r.pred)).collect();
+        let compiled = compile::compile(&rules, &tree).unwrap();
+        residual += compiled.index.residual;
+        for _ in 0..20 {
+            let proto = [PROTO_TCP, PROTO_TCP, PROTO_UDP, 1][next(4) as usize];
+            let port = [80, 443, 873, 1500, 5201, 40000][next(6) as usize];
+            let k = match next(4) {
+                0 => key(
+                    proto,
+                    &format!("[fd00::1]:{}", 1000 + next(40000)),
+                    &format!("[fd00::1:{}]:{port}", next(3)),
+                ),
+                1 => key(proto, "198.18.0.1:40000", &format!("198.18.1.{}:{port}", next(12))),
+                _ => key(
+                    proto,
+                    &format!("198.18.{}.1:{}", next(2), 500 + next(41000)),
+                    &format!("198.{}.{}.2:{port}", 18 + next(2), next(3)),
+                ),
+            };
+            let p = &processes[next(processes.len() as u64) as usize];
+            // The kernel knows some of it: the owner record, the cgroup, some answers.
+            let owner = owner_of(p);
+            let (cgroup, ancestors) = tree.ancestry(p.cgroup.as_deref().unwrap_or("/"));
+            let mut answers = answers(&compiled.userspace, p, 1);
+            answers.known &= next(u64::MAX);
+            let kernel = KernelFacts {
+                key: &k,
+                owner: (next(4) != 0).then_some(&owner),
+                cgroup: (next(3) != 0).then_some((cgroup, &ancestors)),
+                proc_tests: (next(2) == 0).then_some(&answers),
+            };
+            // Indexed and linear agree on class and provisional flag (checked in eval).
+            let (verdict, is_provisional) = table::eval(&compiled, &kernel);
+            // With everything known, the daemon's engine gives the predicates' first match.
+            let daemon = first_match(&rules, &Facts { key: &k, process: Some(p) });
+            assert_eq!(
+                compiled.decide(&k, Some(p)).class,
+                daemon.unwrap_or(shaper_common::CLASS_DEFAULT),
+                "{sources:?} {p:?} {k:?}"
+            );
+            let bare = first_match(&rules, &Facts { key: &k, process: None });
+            assert_eq!(
+                compiled.decide(&k, None).class,
+                bare.unwrap_or(shaper_common::CLASS_DEFAULT),
+                "{sources:?} {k:?}"
+            );
+            // A verdict the kernel does not mark provisional is the daemon's.
+            if is_provisional {
+                provisional += 1;
+            } else {
+                assert_eq!(verdict, daemon.map_or(TARGET_DEFAULT, target_class), "{sources:?} {kernel:?}");
+            }
+            let winner =
+                rules.iter().position(|(_, pred)| pred.matches(&Facts { key: &k, process: Some(p) }));
+            matched += usize::from(daemon.is_some());
+            late += usize::from(winner.is_some_and(|w| w >= 5));
+            flows += 1;
+        }
+    }
+    assert!(provisional > flows / 10 && provisional < flows * 9 / 10, "{provisional} of {flows} provisional");
+    // Flows that match no rule, and flows whose first match comes late.
+    assert!(matched < flows - 150 && late > flows / 20, "{matched} of {flows} matched, {late} late");
+    assert!(residual > 100, "{residual} rules without a cover");
+}
