@@ -6,10 +6,10 @@
 //! daemon can make become `OP_USERSPACE` nodes, which the kernel takes as
 //! false while marking its verdict provisional.
 //!
-//! Then each rule becomes its own program ([`super::tree`] orders its tests so
-//! that its cover comes first), compiled with continuations: a test jumps
-//! onward when true and to the rule's "no match" exit when false;
-//! `and`/`or`/`not` only rewire continuations, so each test becomes exactly one
+//! Then each rule becomes its own program (the `tree` module orders its tests
+//! so that its cover comes first), compiled with continuations: each test
+//! jumps to the test that follows it on that outcome, or to one of the rule's
+//! exits (match, no match); `and`/`or`/`not` only rewire continuations, so each test becomes exactly one
 //! node and the table grows linearly with the rules. Nodes are created so that
 //! every jump points to a node created earlier; numbering them in reverse
 //! creation order makes every jump go forward, which the evaluator relies on
