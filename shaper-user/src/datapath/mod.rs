@@ -292,6 +292,7 @@ impl Datapath {
             bounds: take_map(&mut ebpf, names::MAP_RULE_BOUNDS)?,
             prefixes: take_map::<LpmTrie<MapData, PrefixKey, ListRef>>(&mut ebpf, names::MAP_RULE_PREFIXES)?,
             cgroups: take_map(&mut ebpf, names::MAP_RULE_CGROUPS)?,
+            written: Default::default(),
         };
         let settings: Array<MapData, Settings> = take_map(&mut ebpf, names::MAP_SETTINGS)?;
         let ifaces = take_map(&mut ebpf, names::MAP_IFACES)?;
