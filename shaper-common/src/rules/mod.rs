@@ -51,6 +51,7 @@
 //! reference the tests hold the index to.
 
 pub mod eval;
+pub mod facts;
 
 use crate::{FlowKey, Owner, MAX_CLASSES};
 

@@ -16,7 +16,8 @@ use std::{
 
 use shaper_common::{
     rules::{
-        eval::{Eval, Facts, Table, UserKnown, Verdict},
+        eval::{Eval, Table, Verdict},
+        facts::{Facts, UserKnown},
         ListRef, RuleBound, RuleChunk, RuleEntry, RuleHead, CGROUP_LEVELS,
     },
     FlowKey, Owner, RuleNode,
