@@ -12,7 +12,7 @@
 //! | rates       | rates.rs    | the configured rate (1 Mbit/s … 1 Gbit/s, both directions)  |
 //! | timeline    | rates.rs    | (the plot: classes over time, a rate changed live)          |
 //! | newconn     | newconn.rs  | the pyshaper model (30 s scan), trickle                     |
-//! | rules       | rules.rs    | a u32 chain of the same length; 10 rules                    |
+//! | rules       | rules.rs    | 10 rules (10, 1 000, 10 000); the linear walk; a u32 chain  |
 //! | churn       | churn.rs    | the pyshaper model under the same churn; before the churn  |
 //! | apply       | apply.rs    | `tc -batch`, one `tc` per command (classic scripts)         |
 //!

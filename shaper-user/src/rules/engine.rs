@@ -9,10 +9,7 @@
 //! kept by pid with the facts it came from, so a process's later connections
 //! cost a comparison of facts and the index lookups.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use shaper_common::{
     rules::{
@@ -23,7 +20,7 @@ use shaper_common::{
     FlowKey, Owner, RuleNode,
 };
 
-use super::{compile::Compiled, pred::ProcessFacts};
+use super::{compile::Compiled, index::KeyMap, pred::ProcessFacts};
 
 impl Table for Compiled {
     fn head(&self) -> Option<&RuleHead> {
@@ -124,7 +121,7 @@ pub(super) struct Views {
 struct ViewsInner {
     /// By pid: the facts the view was derived from (a pid whose facts
     /// changed, after an exec or as another process, gets a new view) and the view.
-    by_pid: HashMap<u32, (ProcessFacts, Arc<ProcessView>)>,
+    by_pid: KeyMap<u32, (ProcessFacts, Arc<ProcessView>)>,
     eval: Box<Eval>,
 }
 

@@ -16,7 +16,10 @@
 //! fit the table's capacity, the rules with the widest covers leave the index
 //! for the residual list (evaluated for every flow), until it fits.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{BuildHasherDefault, Hasher},
+};
 
 use shaper_common::rules::{
     BoundRange, ListRef, RuleBound, RuleChunk, RuleEntry, RuleHead, CGROUP_EXACT, CGROUP_LEVELS, CHUNK_IDS,
@@ -30,15 +33,60 @@ use super::tree::{masked, Cover, Key};
 /// An address prefix of the index: dimension (`DIM_*`), family, length, address.
 pub type PrefixOf = (u8, u8, u8, [u8; 16]);
 
+/// A multiply-rotate hasher for the index's small keys, which the daemon looks
+/// up for every decision: several times cheaper than the default SipHash,
+/// whose resistance to chosen keys is not needed for keys the config chose.
+#[derive(Clone, Copy, Default)]
+pub struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by index keys.
+pub type KeyMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
+
 /// The index part of a rule table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Index {
     pub head: RuleHead,
     pub chunks: Vec<RuleChunk>,
     pub bounds: Vec<RuleBound>,
-    pub prefixes: HashMap<PrefixOf, ListRef>,
+    pub prefixes: KeyMap<PrefixOf, ListRef>,
     /// (level or `CGROUP_EXACT`, id) → list.
-    pub cgroups: HashMap<(u32, u64), ListRef>,
+    pub cgroups: KeyMap<(u32, u64), ListRef>,
     /// Per userspace test (all of them, not only those PROC_TESTS answers).
     pub user_lists: Vec<ListRef>,
     /// Rules left to the residual list.
@@ -243,7 +291,7 @@ impl Index {
             }
         }
         let (prefixes, lengths) = prefix_lists(&found.prefixes, &mut pool)?;
-        let mut cgroups = HashMap::new();
+        let mut cgroups = KeyMap::default();
         for (key, ids) in found.cgroups {
             cgroups.insert(key, pool.add(&sorted(ids))?);
         }
@@ -284,7 +332,7 @@ impl Index {
     }
 }
 
-type PrefixLists = (HashMap<PrefixOf, ListRef>, BTreeMap<(u8, u8), Vec<u8>>);
+type PrefixLists = (KeyMap<PrefixOf, ListRef>, BTreeMap<(u8, u8), Vec<u8>>);
 
 /// One list per prefix, uniting the rules of every prefix that holds it.
 fn prefix_lists(items: &[(PrefixOf, u16)], pool: &mut Pool) -> Result<PrefixLists, Full> {
@@ -297,7 +345,7 @@ fn prefix_lists(items: &[(PrefixOf, u16)], pool: &mut Pool) -> Result<PrefixList
     if rules.len() > MAX_RULE_PREFIXES as usize {
         return Err(Full);
     }
-    let mut out = HashMap::new();
+    let mut out = KeyMap::default();
     for &(dim, family, len, addr) in rules.keys() {
         let mut ids = Vec::new();
         for shorter in lengths.get(&(dim, family)).into_iter().flatten().filter(|l| **l <= len) {
@@ -314,8 +362,8 @@ fn prefix_lists(items: &[(PrefixOf, u16)], pool: &mut Pool) -> Result<PrefixList
 /// The `SOURCE_*` bits of what the index holds.
 fn sources(
     head: &RuleHead,
-    prefixes: &HashMap<PrefixOf, ListRef>,
-    cgroups: &HashMap<(u32, u64), ListRef>,
+    prefixes: &KeyMap<PrefixOf, ListRef>,
+    cgroups: &KeyMap<(u32, u64), ListRef>,
     user_lists: &[ListRef],
 ) -> u32 {
     use shaper_common::rules::{DIM_LADDR, DIM_RADDR};
