@@ -1,5 +1,5 @@
 //! What a rule's test asks about a flow: the [`Facts`] trait, the kernel's
-//! facts ([`KernelView`]), and the test of one node ([`test`]). Compiled into
+//! facts ([`KernelView`]), and the test of one node ([`test()`]). Compiled into
 //! both sides with the evaluator (`super::eval`).
 
 use super::{

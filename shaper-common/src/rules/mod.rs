@@ -49,6 +49,32 @@
 //!
 //! The linear mode (every rule in order) uses the same programs; it is the
 //! reference the tests hold the index to.
+//!
+//! # Choices
+//! - The candidates are a bitmap over rule numbers with a summary of the
+//!   words in use, so gathering costs one bit per listed rule and scanning in
+//!   order costs the words in use, not the table; no k-way merge of lists.
+//! - A dimension the facts do not know costs one walk of its list until the
+//!   first rule that is not a candidate (usually its first), instead of
+//!   evaluating all of its rules: such a rule reads false and would have made
+//!   the verdict provisional, which is all the linear walk would learn from it.
+//! - Covers prefer packet facts, then owner facts (unknown when the socket has
+//!   no owner record), then userspace tests (known in the kernel only once
+//!   the daemon answered for the process), so that a rule on a port and a
+//!   program is skipped, not provisional, for flows to other ports.
+//! - Lists that would outgrow the table (overlapping intervals, nested
+//!   prefixes) send their widest rules to the residual list rather than fail.
+//! - The engine does not tie rules to classes: several rules may give one
+//!   class (a config has at most [`crate::MAX_CLASSES`] classes, one `match`
+//!   each; the library compiles any list of (class, predicate)).
+//!
+//! # Capacity
+//! Per bank: [`MAX_RULES`] rules, [`MAX_RULE_NODES`] tests, [`MAX_RULE_CHUNKS`]
+//! list chunks, [`MAX_RULE_BOUNDS`] interval bounds, [`MAX_RULE_PREFIXES`]
+//! prefixes, [`MAX_RULE_CGROUPS`] cgroup keys. The array maps are allocated in
+//! full for both banks when the object loads, about 3.5 MiB (see the
+//! daemon's `datapath::rules` for the breakdown); the prefix trie and the
+//! cgroup hash take memory per entry.
 
 pub mod eval;
 pub mod facts;
