@@ -10,16 +10,18 @@
 #![no_std]
 
 pub mod names;
+pub mod rules;
+
+pub use rules::{
+    rule_node_index, target_class, RuleNode, CGROUP_LEVELS, MAX_CGROUP_LEVEL, MAX_RULES, MAX_RULE_NODES,
+    OP_CGROUP, OP_CGROUP_UNDER, OP_COMM, OP_GID, OP_LADDR, OP_LPORT, OP_PID, OP_PROTO, OP_RADDR, OP_RPORT,
+    OP_TRUE, OP_UID, OP_USERSPACE, RULE_BANKS, TARGET_DEFAULT, TARGET_VERDICT, USERSPACE_TESTS,
+};
 
 /// Largest number of classes (HTB leaves) per interface, the implicit default included.
 pub const MAX_CLASSES: u32 = 1024;
 /// Largest number of shaped interfaces.
 pub const MAX_IFACES: u32 = 16;
-/// Capacity of one bank of the rule table, in nodes.
-pub const MAX_RULE_NODES: u32 = 4096;
-/// The rule table has two banks; the daemon fills the idle one and then flips
-/// [`Settings::rules_gen`], so the kernel never sees a half-written rule set.
-pub const RULE_BANKS: u32 = 2;
 /// Capacity of LISTENERS (bound ports).
 pub const MAX_LISTENERS: u32 = 16_384;
 /// Default capacity of the flow map (`[daemon] max_flows` overrides it at load).
@@ -244,86 +246,6 @@ pub const SETTING_PROCESS_RULES: u32 = 1;
 /// The rule table tests cgroups: look up the socket's cgroup ancestry on a miss.
 pub const SETTING_CGROUP_RULES: u32 = 2;
 
-/// Index of node `node` of bank `bank` in the rule table.
-#[inline(always)]
-pub const fn rule_node_index(bank: u32, node: u32) -> u32 {
-    bank * MAX_RULE_NODES + node
-}
-
-/// A rule-table jump target at or above this value is a verdict, not a node.
-pub const TARGET_VERDICT: u16 = 0x8000;
-/// Verdict: the interface's default class.
-pub const TARGET_DEFAULT: u16 = 0xffff;
-
-/// Verdict "class index `class`".
-#[inline(always)]
-pub const fn target_class(class: u16) -> u16 {
-    TARGET_VERDICT | class
-}
-
-// Tests a rule node can make. The node's `a`/`b`/`lo`/`hi` fields hold the operands.
-/// Always true (a match that needs no test).
-pub const OP_TRUE: u8 = 0;
-/// `lo <= proto <= hi`.
-pub const OP_PROTO: u8 = 1;
-/// Remote port in `lo..=hi`; false for protocols without ports.
-pub const OP_RPORT: u8 = 2;
-/// Local port in `lo..=hi`; false for protocols without ports.
-pub const OP_LPORT: u8 = 3;
-/// Remote address in the prefix: `family` matches and `raddr & b == a`.
-pub const OP_RADDR: u8 = 4;
-/// Local address in the prefix: `family` matches and `laddr & b == a`.
-pub const OP_LADDR: u8 = 5;
-/// The socket owner's uid in `lo..=hi` (owner tests are false, and the verdict
-/// provisional, when the socket has no owner record).
-pub const OP_UID: u8 = 6;
-/// The socket owner's gid in `lo..=hi`.
-pub const OP_GID: u8 = 7;
-/// The socket owner's process id (tgid) in `lo..=hi`.
-pub const OP_PID: u8 = 8;
-/// The socket owner's process name: `comm & b == a` over its 16 bytes.
-pub const OP_COMM: u8 = 9;
-/// The socket's cgroup id equals the u64 in `a[..8]` (native byte order).
-pub const OP_CGROUP: u8 = 10;
-/// The socket's cgroup, or its ancestor at level `lo`, has the id in `a[..8]`.
-pub const OP_CGROUP_UNDER: u8 = 11;
-/// A test only the daemon can make (exe, args, parent, …), number `lo` among
-/// the table's [`USERSPACE_TESTS`]: the kernel takes its answer for the
-/// socket owner's process from PROC_TESTS when the daemon left one there;
-/// otherwise the test is false and the verdict provisional.
-pub const OP_USERSPACE: u8 = 12;
-/// Userspace tests whose answers PROC_TESTS can carry (one bit each).
-pub const USERSPACE_TESTS: u32 = 64;
-/// Cgroup levels below the root the classifier can test (deeper tests are left to the daemon).
-pub const MAX_CGROUP_LEVEL: u32 = 8;
-
-/// One node of the compiled rule table: a test and where to go next.
-///
-/// The daemon compiles the ordered rule list into a branching program: the
-/// kernel starts at node 0 of the active bank, applies the node's test and jumps
-/// to `on_true` or `on_false`, which are either later nodes (jumps only go
-/// forward) or verdicts (`>= TARGET_VERDICT`). Each atom of a rule appears once,
-/// so the table grows linearly with the rules, never exponentially.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct RuleNode {
-    /// One of the `OP_*` constants.
-    pub op: u8,
-    /// Address family for the address tests ([`FAMILY_V4`] / [`FAMILY_V6`]).
-    pub family: u8,
-    pub _pad: u16,
-    pub on_true: u16,
-    pub on_false: u16,
-    /// Inclusive integer range for the numeric tests.
-    pub lo: u32,
-    pub hi: u32,
-    /// Address operand (network byte order), already masked.
-    pub a: [u8; 16],
-    /// Mask operand (network byte order).
-    pub b: [u8; 16],
-}
-const _: () = assert!(core::mem::size_of::<RuleNode>() == 48);
-
 /// The process that owns a socket, as the cgroup socket hooks saw it (OWNERS:
 /// socket cookie → Owner; LISTENERS: [`ListenKey`] → Owner).
 #[repr(C)]
@@ -399,15 +321,23 @@ pub struct FlowEvent {
 }
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 112);
 
-/// Error counters, a per-CPU array indexed by the `ERR_*` constants.
+// Error counters, a per-CPU array (ERRORS) indexed by the `ERR_*` constants,
+// each named in ERROR_NAMES as `status` shows it.
+/// A new flow's entry could not be inserted in FLOWS.
 pub const ERR_FLOW_INSERT: u32 = 0;
+/// The rule table was malformed (or the evaluation ran out of steps): the flow took the default class.
 pub const ERR_RULE_EVAL: u32 = 1;
+/// A packet crossed an interface the daemon did not register.
 pub const ERR_NO_IFACE: u32 = 2;
 /// The EVENTS ring buffer was full: the daemon will see the flow at its next scan.
 pub const ERR_EVENT_LOST: u32 = 3;
 /// OWNERS or LISTENERS could not take a record.
 pub const ERR_OWNER_INSERT: u32 = 4;
-pub const ERR_COUNT: u32 = 8;
+/// The error counters there are.
+pub const ERR_COUNT: u32 = 5;
+/// The name of each error counter, by index (`ERR_*`).
+pub const ERROR_NAMES: [&str; ERR_COUNT as usize] =
+    ["flow_insert", "rule_eval", "no_interface", "event_lost", "owner_insert"];
 
 /// Version of the layout of the pinned maps (their key and value types and
 /// sizes). The daemon pins under `<pin dir>/v<PIN_LAYOUT>`; bump it with any
@@ -447,6 +377,12 @@ mod pod {
     unsafe impl aya::Pod for super::IfaceInfo {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::RuleNode {}
+    unsafe impl aya::Pod for super::rules::RuleEntry {}
+    unsafe impl aya::Pod for super::rules::RuleHead {}
+    unsafe impl aya::Pod for super::rules::RuleChunk {}
+    unsafe impl aya::Pod for super::rules::RuleBound {}
+    unsafe impl aya::Pod for super::rules::PrefixKey {}
+    unsafe impl aya::Pod for super::rules::CgroupKey {}
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::FlowEvent {}

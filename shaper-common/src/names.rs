@@ -34,8 +34,20 @@ pub const MAP_EVENTS: &str = "EVENTS";
 
 /// LRU hash: [`crate::FlowKey`] → [`crate::FlowValue`].
 pub const MAP_FLOWS: &str = "FLOWS";
-/// Array: the two banks of [`crate::RuleNode`].
+/// Array: the two banks of [`crate::RuleNode`] (the rules' tests).
 pub const MAP_RULES: &str = "RULES";
+/// Array: the two banks of [`crate::rules::RuleEntry`] (one per rule).
+pub const MAP_RULE_ENTRIES: &str = "RULE_ENTRIES";
+/// Array of two [`crate::rules::RuleHead`]s, one per bank.
+pub const MAP_RULE_HEADS: &str = "RULE_HEADS";
+/// Array: the two banks of [`crate::rules::RuleChunk`] (the index's lists).
+pub const MAP_RULE_LISTS: &str = "RULE_LISTS";
+/// Array: the two banks of [`crate::rules::RuleBound`] (port and uid intervals).
+pub const MAP_RULE_BOUNDS: &str = "RULE_BOUNDS";
+/// LPM trie: [`crate::rules::PrefixKey`] → list (address prefixes).
+pub const MAP_RULE_PREFIXES: &str = "RULE_PREFIXES";
+/// Hash: [`crate::rules::CgroupKey`] → list.
+pub const MAP_RULE_CGROUPS: &str = "RULE_CGROUPS";
 /// Array of one [`crate::Settings`].
 pub const MAP_SETTINGS: &str = "SETTINGS";
 /// Hash: ifindex (u32) → [`crate::IfaceInfo`].
@@ -53,9 +65,15 @@ pub const MAP_CLASS_NAMES: &str = "CLASS_NAMES";
 
 /// The maps pinned under the pin directory: everything that must outlive the
 /// daemon (shaping state, counters, owner records, the rule table).
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 18] = [
     MAP_FLOWS,
     MAP_RULES,
+    MAP_RULE_ENTRIES,
+    MAP_RULE_HEADS,
+    MAP_RULE_LISTS,
+    MAP_RULE_BOUNDS,
+    MAP_RULE_PREFIXES,
+    MAP_RULE_CGROUPS,
     MAP_SETTINGS,
     MAP_IFACES,
     MAP_IFACE_TABLE,

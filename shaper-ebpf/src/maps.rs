@@ -1,11 +1,15 @@
 //! The maps shared with the daemon. Names and value types come from shaper-common.
 
-use crate::rules::SocketFacts;
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use shaper_common::{
+    rules::{
+        eval::Eval, CgroupKey, ListRef, PrefixKey, RuleBound, RuleChunk, RuleEntry, RuleHead, SocketFacts,
+        MAX_RULES, MAX_RULE_BOUNDS, MAX_RULE_CGROUPS, MAX_RULE_CHUNKS, MAX_RULE_PREFIXES,
+    },
     ClassName, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, ProcTests, RuleNode, Settings,
     CLASS_STATS_ENTRIES, DEFAULT_MAX_FLOWS, ERR_COUNT, MAX_CLASSES, MAX_IFACES, MAX_LISTENERS,
     MAX_PROC_TESTS, MAX_RULE_NODES, RULE_BANKS,
@@ -15,9 +19,37 @@ use shaper_common::{
 #[map]
 pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-/// The compiled rules, two banks (see `Settings::rules_gen`).
+// The compiled rule table, two banks of each part (see `Settings::rules_gen`
+// and `shaper_common::rules`).
+/// The rules' tests.
 #[map]
 pub(crate) static RULES: Array<RuleNode> = Array::with_max_entries(RULE_BANKS * MAX_RULE_NODES, 0);
+
+/// One entry per rule: its class and first test.
+#[map]
+pub(crate) static RULE_ENTRIES: Array<RuleEntry> = Array::with_max_entries(RULE_BANKS * MAX_RULES, 0);
+
+/// One header per bank.
+#[map]
+pub(crate) static RULE_HEADS: Array<RuleHead> = Array::with_max_entries(RULE_BANKS, 0);
+
+/// The index's lists of rule numbers.
+#[map]
+pub(crate) static RULE_LISTS: Array<RuleChunk> = Array::with_max_entries(RULE_BANKS * MAX_RULE_CHUNKS, 0);
+
+/// Port and uid intervals → lists.
+#[map]
+pub(crate) static RULE_BOUNDS: Array<RuleBound> = Array::with_max_entries(RULE_BANKS * MAX_RULE_BOUNDS, 0);
+
+/// Address prefixes → lists (allocated per entry).
+#[map]
+pub(crate) static RULE_PREFIXES: LpmTrie<PrefixKey, ListRef> =
+    LpmTrie::with_max_entries(RULE_BANKS * MAX_RULE_PREFIXES, 0);
+
+/// Cgroup ids (exact, or an ancestor at a level) → lists (allocated per entry).
+#[map]
+pub(crate) static RULE_CGROUPS: HashMap<CgroupKey, ListRef> =
+    HashMap::with_max_entries(RULE_BANKS * MAX_RULE_CGROUPS, BPF_F_NO_PREALLOC);
 
 #[map]
 pub(crate) static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
@@ -47,9 +79,17 @@ pub(crate) static PROC_TESTS: HashMap<u32, ProcTests> = HashMap::with_max_entrie
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 const EVENTS_BYTES: u32 = 2 * 1024 * 1024;
 
-/// The socket facts of the packet being classified (see `rules::SocketFacts`).
+/// The socket facts of the packet being classified (`SocketFacts`). Too large
+/// for the BPF stack next to everything else, they live in a per-CPU map: tc
+/// programs run with bottom halves disabled, so no other run on the same CPU
+/// can interleave with one that filled it.
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<SocketFacts> = PerCpuArray::with_max_entries(1, 0);
+
+/// The rule evaluation's state and candidate set (`Eval`, about 2 KiB), per CPU
+/// like SCRATCH.
+#[map]
+pub(crate) static EVAL: PerCpuArray<Eval> = PerCpuArray::with_max_entries(1, 0);
 
 /// Class index → name, kept by the daemon with the pinned counters (see
 /// `ClassName`); only `keep_class_names` touches it, to keep it in the object.

@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::rules::{compile::CgroupIndex, pred::is_unit};
+use crate::rules::{
+    compile::{CgroupIndex, Found},
+    pred::is_unit,
+};
 
 /// Directories walked at most when looking for units or an id.
 const MAX_WALK: usize = 200_000;
@@ -137,14 +140,14 @@ impl CgroupIndex for Cgroups {
         meta.is_dir().then(|| (meta.ino(), level(path)))
     }
 
-    fn units(&self, unit: &str) -> Vec<(u64, u32)> {
+    fn units(&self, unit: &str) -> Vec<Found> {
         if !is_unit(unit) {
             return Vec::new();
         }
         self.walk()
             .into_iter()
             .filter(|(p, _)| p.rsplit('/').next() == Some(unit))
-            .map(|(p, id)| (id, level(&p)))
+            .map(|(path, id)| Found { level: level(&path), path, id })
             .collect()
     }
 }
@@ -170,7 +173,7 @@ mod tests {
         assert_eq!(lvl, 2);
         assert_eq!(id, std::fs::metadata(root.join("system.slice/sshd.service")).unwrap().ino());
         assert_eq!(cg.lookup("/nope"), None);
-        let mut units: Vec<u32> = cg.units("sshd.service").into_iter().map(|(_, l)| l).collect();
+        let mut units: Vec<u32> = cg.units("sshd.service").into_iter().map(|f| f.level).collect();
         units.sort_unstable();
         assert_eq!(units, [2, 3]);
         assert!(cg.units("x").is_empty());

@@ -11,14 +11,19 @@
     reason = "test helpers fail the test with a backtrace"
 )]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use shaper_common::{
-    classid_of, FlowKey, IfaceInfo, RuleNode, CLASS_DEFAULT, FAMILY_V4, FAMILY_V6, OP_RADDR, OP_RPORT,
-    OP_TRUE, PROTO_TCP, TARGET_DEFAULT,
-};
+use shaper_common::{classid_of, FlowKey, IfaceInfo, CLASS_DEFAULT, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 use shaper_testkit::{packets::Frame, require_root, TestRunExt as _};
-use shaper_user::datapath::{Datapath, LoadOptions};
+use shaper_user::{
+    datapath::{Datapath, LoadOptions},
+    rules::{
+        compile::{self, Compiled, NoCgroups},
+        first_match,
+        pred::Facts,
+        Pred, Rule, SystemEnv,
+    },
+};
 
 /// ifindex of `lo`, which BPF_PROG_TEST_RUN uses as the packet's device by default.
 const IFINDEX: u32 = 1;
@@ -40,39 +45,21 @@ fn datapath() -> Datapath {
 }
 const IFACE_KEY: u32 = IFINDEX;
 
-fn port_node(lo: u32, hi: u32, on_true: u16, on_false: u16) -> RuleNode {
-    RuleNode { op: OP_RPORT, lo, hi, on_true, on_false, ..RuleNode::default() }
+fn parse(sources: &[&str]) -> Vec<Rule> {
+    let env = SystemEnv::load();
+    sources.iter().map(|s| Rule::parse(s, &env.env()).unwrap_or_else(|e| panic!("{s}: {e}"))).collect()
 }
 
-fn prefix_node(net: IpAddr, len: u32, on_true: u16, on_false: u16) -> RuleNode {
-    let mut node = RuleNode { op: OP_RADDR, on_true, on_false, ..RuleNode::default() };
-    let bytes: Vec<u8> = match net {
-        IpAddr::V4(a) => {
-            node.family = FAMILY_V4;
-            a.octets().to_vec()
-        }
-        IpAddr::V6(a) => {
-            node.family = FAMILY_V6;
-            a.octets().to_vec()
-        }
-    };
-    for (i, byte) in bytes.iter().enumerate() {
-        let bits = (len as i64 - 8 * i as i64).clamp(0, 8) as u32;
-        let mask = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
-        node.b[i] = mask;
-        node.a[i] = byte & mask;
-    }
-    node
+/// The table of `rules` (class, `match`), first match wins.
+fn table(rules: &[(u16, &str)]) -> Compiled {
+    let parsed = parse(&rules.iter().map(|(_, s)| *s).collect::<Vec<_>>());
+    let list: Vec<(u16, &Pred)> = rules.iter().zip(&parsed).map(|((c, _), r)| (*c, &r.pred)).collect();
+    compile::compile(&list, &NoCgroups).unwrap()
 }
 
 /// Class 0: rport 5201; class 1: raddr in fd00::/8; class 2: rport 6000..6010 (UDP too).
-fn rules() -> Vec<RuleNode> {
-    use shaper_common::target_class as class;
-    vec![
-        port_node(5201, 5201, class(0), 1),
-        prefix_node(ip("fd00::"), 8, class(1), 2),
-        port_node(6000, 6010, class(2), TARGET_DEFAULT),
-    ]
+fn rules() -> Compiled {
+    table(&[(0, "rport == 5201"), (1, "raddr in fd00::/8"), (2, "rport in 6000..6010")])
 }
 
 fn classify(dp: &mut Datapath, frame: &[u8]) -> u32 {
@@ -190,13 +177,7 @@ fn flows_are_cached_counted_and_re_evaluated_after_a_rule_swap() {
     assert_eq!((stats.tx_packets, stats.tx_bytes), (3, 3 * bytes.len() as u64));
 
     // New rules: everything to class 1. The cached flow follows on its next packet.
-    use shaper_common::target_class;
-    let swap = vec![RuleNode {
-        op: OP_TRUE,
-        on_true: target_class(1),
-        on_false: target_class(1),
-        ..RuleNode::default()
-    }];
+    let swap = table(&[(1, "true")]);
     dp.set_rules(&swap).unwrap();
     assert_eq!(classify(&mut dp, &bytes), classid_of(1));
     assert_eq!(dp.flow(&key).unwrap().class, 1);
@@ -271,6 +252,112 @@ fn ingress_packets_share_their_connections_flow_and_go_to_the_ifb() {
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let run = dp.test_run(ingress, &arp, IFINDEX, 1).unwrap();
     assert_eq!((run.priority, run.verdict), (classid_of(DEFAULT_CLASS as u32), TC_ACT_REDIRECT));
+}
+
+/// A pseudo-random rule of one of the shapes a large rule set has: exact and
+/// nested addresses, ports shared by many rules, wide and overlapping ranges,
+/// `not`, `or` across dimensions, a protocol test the index does not cover.
+fn random_rule(next: &mut impl FnMut(u32) -> u32) -> String {
+    let port = 5000 + next(8000);
+    match next(8) {
+        0 => format!("rport == {port}"),
+        // Mostly narrow prefixes, a few wide ones holding them.
+        1 if next(64) == 0 => format!("raddr in 198.18.{}.0/22", 4 * next(64)),
+        1 => format!("raddr in 198.18.{}.{}/28", next(256), 16 * next(16)),
+        2 => format!("raddr == 198.19.{}.{}", next(64), next(256)),
+        3 => {
+            let lo = 30_000 + next(30_000);
+            format!("lport in {lo}..{}", lo + next(50))
+        }
+        4 => format!("raddr in fd00::{:x}:0/112 and rport in {port}..{}", next(64), port + next(50)),
+        5 => format!("proto == \"udp\" and rport == {port}"),
+        6 => format!("not raddr in 198.18.{}.0/24 and rport == {port}", next(256)),
+        _ => format!("rport == {port} or laddr == 198.18.0.{}", 1 + next(200)),
+    }
+}
+
+/// Sends 600 new flows through the classifier and checks each gets the class
+/// of its first matching rule in `list` (`default` for none), and that the
+/// daemon's engine on `compiled` agrees.
+fn check_first_matches(
+    dp: &mut Datapath,
+    list: &[(u16, &Pred)],
+    compiled: &Compiled,
+    default: u16,
+    next: &mut impl FnMut(u32) -> u32,
+) {
+    let (mut matched, mut unmatched) = (0, 0);
+    for i in 0..600u32 {
+        let v6 = next(4) == 0;
+        let local: SocketAddr = if v6 {
+            format!("[fd00::1]:{}", 30_000 + next(30_000)).parse().unwrap()
+        } else {
+            format!("198.18.0.{}:{}", 1 + next(200), 30_000 + next(30_000)).parse().unwrap()
+        };
+        let remote: SocketAddr = match (v6, next(3)) {
+            (true, _) => format!("[fd00::{:x}:{}]:{}", next(64), next(9), 5000 + next(8500)).parse().unwrap(),
+            (false, 0) => format!("198.19.{}.{}:{}", next(64), next(256), 5000 + next(8500)).parse().unwrap(),
+            (false, _) => {
+                format!("198.18.{}.{}:{}", next(256), 1 + next(250), 5000 + next(8500)).parse().unwrap()
+            }
+        };
+        let proto = if next(3) == 0 { PROTO_UDP } else { PROTO_TCP };
+        let frame = if proto == PROTO_UDP {
+            Frame::udp(local.ip(), local.port(), remote.ip(), remote.port())
+        } else {
+            Frame::tcp(local.ip(), local.port(), remote.ip(), remote.port())
+        };
+        let key: FlowKey = shaper_user::flows::key(proto, local, remote);
+        let expected = first_match(list, &Facts { key: &key, process: None });
+        match expected {
+            Some(_) => matched += 1,
+            None => unmatched += 1,
+        }
+        let class = expected.unwrap_or(default);
+        assert_eq!(classify(dp, &frame.build()), classid_of(u32::from(class)), "flow {i}: {key:?}");
+        // The daemon's decision, on the same table, agrees.
+        assert_eq!(compiled.decide(&key, None).class, expected.unwrap_or(CLASS_DEFAULT), "flow {i}");
+    }
+    assert!(matched > 200 && unmatched > 50, "matched {matched}, unmatched {unmatched}");
+    assert_eq!(dp.errors().unwrap().iter().sum::<u64>(), 0);
+}
+
+#[test]
+fn thousands_of_overlapping_rules_give_the_first_match_in_the_kernel() {
+    require_root!();
+    let mut seed = 0x51_7cc1_b727_220au64;
+    let mut next = move |n: u32| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % u64::from(n)) as u32
+    };
+    const DEFAULT: u16 = 1023;
+    let mut dp = datapath();
+    let mut info = IfaceInfo::new(0, DEFAULT, 14);
+    for class in 0..1024 {
+        info.add_class(class);
+    }
+    dp.set_iface(IFACE_KEY, &info).unwrap();
+    // 5000 rules, then another 3000 written into both banks (over the first
+    // set's bank, which only the entries that differ are written to).
+    for (count, writes) in [(5000usize, 1), (3000, 2)] {
+        let sources: Vec<String> = (0..count).map(|_| random_rule(&mut next)).collect();
+        let parsed = parse(&sources.iter().map(String::as_str).collect::<Vec<_>>());
+        // Classes are reused: thousands of rules give 1000 classes.
+        let list: Vec<(u16, &Pred)> =
+            parsed.iter().enumerate().map(|(i, r)| ((i % 1000) as u16, &r.pred)).collect();
+        let compiled = compile::compile(&list, &NoCgroups).unwrap();
+        assert!(
+            compiled.index.residual < count / 20,
+            "{} rules left out of the index",
+            compiled.index.residual
+        );
+        for _ in 0..writes {
+            dp.set_rules(&compiled).unwrap();
+        }
+        check_first_matches(&mut dp, &list, &compiled, DEFAULT, &mut next);
+    }
 }
 
 #[test]

@@ -224,9 +224,7 @@ pub fn run(report: &mut Report) -> Result<Measured> {
                     if rules != loaded_rules {
                         let conf =
                             config::parse(Path::new("bench.toml"), &rules_config(&dev, rules), &env.env())?;
-                        dp.set_rules(
-                            &conf.compile_rules(&conf.class_ids_in_file_order(), &NoCgroups)?.nodes,
-                        )?;
+                        dp.set_rules(&conf.compile_rules(&conf.class_ids_in_file_order(), &NoCgroups)?)?;
                         loaded_rules = rules;
                     }
                     let measured = shaper_user::flows::key(

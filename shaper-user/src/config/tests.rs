@@ -262,7 +262,7 @@ fn rules_compile_in_file_order() {
         "{IFACE}[[class]]\nname = \"a\"\nmatch = 'rport == 1'\n[[class]]\nname = \"quiet\"\n[[class]]\nname = \"b\"\nmatch = 'rport in 1..2'\n"
     ));
     let ids = c.class_ids_in_file_order();
-    let nodes = c.compile_rules(&ids, &crate::rules::compile::NoCgroups).unwrap().nodes;
+    let compiled = c.compile_rules(&ids, &crate::rules::compile::NoCgroups).unwrap();
     let key = |port| {
         crate::flows::key(
             6,
@@ -270,8 +270,11 @@ fn rules_compile_in_file_order() {
             format!("198.18.0.2:{port}").parse().unwrap(),
         )
     };
-    use shaper_common::target_class;
-    let eval = |port| rules::table::eval(&nodes, &rules::table::KernelFacts::packet(&key(port))).0;
+    use shaper_common::{target_class, CLASS_DEFAULT, TARGET_DEFAULT};
+    let eval = |port| match compiled.decide(&key(port), None).class {
+        CLASS_DEFAULT => TARGET_DEFAULT,
+        class => target_class(class),
+    };
     assert_eq!(eval(1), target_class(ids.index("a").unwrap()));
     assert_eq!(eval(2), target_class(ids.index("b").unwrap()));
     assert_eq!(eval(3), shaper_common::TARGET_DEFAULT);

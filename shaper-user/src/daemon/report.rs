@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use shaper_common::{classid_of, Direction, CLASS_DEFAULT, ERR_COUNT, ORIGIN_DAEMON, ORIGIN_PINNED};
+use shaper_common::{classid_of, Direction, CLASS_DEFAULT, ERROR_NAMES, ORIGIN_DAEMON, ORIGIN_PINNED};
 
 use super::{
     decider::Decider,
@@ -20,10 +20,6 @@ use crate::{
     plan::Plan,
     tc,
 };
-
-/// Names of the classifier's error counters, by index (`ERR_*`).
-const ERROR_NAMES: [&str; ERR_COUNT as usize] =
-    ["flow_insert", "rule_eval", "no_interface", "event_lost", "owner_insert", "5", "6", "7"];
 
 /// A read-only view of the daemon for its reports.
 pub struct View<'a> {

@@ -13,7 +13,7 @@ use crate::classids::ClassIds;
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
@@ -23,12 +23,19 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use shaper_common::{
-    class_stats_index, names, rule_node_index, ClassName, ClassStats, FlowKey, FlowValue, IfaceInfo,
-    ListenKey, Owner, ProcTests, RuleNode, Settings, ERR_COUNT, MAX_CLASSES, MAX_IFACES, MAX_RULE_NODES,
-    RULE_BANKS,
+    class_stats_index, names,
+    rules::{CgroupKey, ListRef, PrefixKey, RuleBound, RuleChunk, RuleEntry, RuleHead},
+    ClassName, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, ProcTests, RuleNode, Settings,
+    ERR_COUNT, MAX_CLASSES, MAX_IFACES, RULE_BANKS,
 };
 
-use crate::pins::{PinError, Pins};
+use crate::{
+    pins::{PinError, Pins},
+    rules::compile::Compiled,
+};
+
+mod rules;
+use rules::RuleMaps;
 
 /// The eBPF object built from `shaper-ebpf` by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper-ebpf"));
@@ -73,8 +80,8 @@ pub enum DatapathError {
         #[source]
         source: tc::TcError,
     },
-    #[error("the rule table needs {nodes} nodes; it holds {max}")]
-    RulesTooLarge { nodes: usize, max: u32 },
+    #[error("the rule table needs {count} {what}; it holds {max}")]
+    RulesTooLarge { what: &'static str, count: usize, max: u32 },
     #[error("opening cgroup {}", path.display())]
     Cgroup {
         path: std::path::PathBuf,
@@ -162,6 +169,12 @@ fn layout_of(name: &str, max_flows: u32) -> Option<Layout> {
         names::MAP_FLOWS => (size_of::<FlowKey>(), size_of::<FlowValue>(), Some(max_flows)),
         names::MAP_OWNERS => (size_of::<u64>(), size_of::<Owner>(), Some(max_flows)),
         names::MAP_RULES => (4, size_of::<RuleNode>(), None),
+        names::MAP_RULE_ENTRIES => (4, size_of::<RuleEntry>(), None),
+        names::MAP_RULE_HEADS => (4, size_of::<RuleHead>(), None),
+        names::MAP_RULE_LISTS => (4, size_of::<RuleChunk>(), None),
+        names::MAP_RULE_BOUNDS => (4, size_of::<RuleBound>(), None),
+        names::MAP_RULE_PREFIXES => (4 + size_of::<PrefixKey>(), size_of::<ListRef>(), None),
+        names::MAP_RULE_CGROUPS => (size_of::<CgroupKey>(), size_of::<ListRef>(), None),
         names::MAP_SETTINGS => (4, size_of::<Settings>(), None),
         names::MAP_IFACES => (4, size_of::<IfaceInfo>(), None),
         names::MAP_IFACE_TABLE => (4, size_of::<IfaceInfo>(), None),
@@ -223,7 +236,7 @@ fn copy_entries<K: aya::Pod, V: aya::Pod>(old: MapData, new: &mut HashMap<MapDat
 pub struct Datapath {
     ebpf: Ebpf,
     flows: HashMap<MapData, FlowKey, FlowValue>,
-    rules: Array<MapData, RuleNode>,
+    rules: RuleMaps,
     settings: Array<MapData, Settings>,
     ifaces: ifaces::Ifaces,
     class_stats: PerCpuArray<MapData, ClassStats>,
@@ -288,7 +301,16 @@ impl Datapath {
         }
         cgroup::load(&mut ebpf)?;
         let flows = take_map(&mut ebpf, names::MAP_FLOWS)?;
-        let rules = take_map(&mut ebpf, names::MAP_RULES)?;
+        let rules = RuleMaps {
+            nodes: take_map(&mut ebpf, names::MAP_RULES)?,
+            entries: take_map(&mut ebpf, names::MAP_RULE_ENTRIES)?,
+            heads: take_map(&mut ebpf, names::MAP_RULE_HEADS)?,
+            lists: take_map(&mut ebpf, names::MAP_RULE_LISTS)?,
+            bounds: take_map(&mut ebpf, names::MAP_RULE_BOUNDS)?,
+            prefixes: take_map::<LpmTrie<MapData, PrefixKey, ListRef>>(&mut ebpf, names::MAP_RULE_PREFIXES)?,
+            cgroups: take_map(&mut ebpf, names::MAP_RULE_CGROUPS)?,
+            written: Default::default(),
+        };
         let settings: Array<MapData, Settings> = take_map(&mut ebpf, names::MAP_SETTINGS)?;
         let ifaces = ifaces::Ifaces::new(
             take_map(&mut ebpf, names::MAP_IFACES)?,
@@ -614,20 +636,12 @@ impl Datapath {
 
     /// Writes a new rule table into the idle bank, then makes it the active one
     /// with a single write of the generation: no packet ever sees a mix.
-    pub fn set_rules(&mut self, nodes: &[RuleNode]) -> Result<u32, DatapathError> {
-        if nodes.len() > MAX_RULE_NODES as usize {
-            return Err(DatapathError::RulesTooLarge { nodes: nodes.len(), max: MAX_RULE_NODES });
-        }
+    pub fn set_rules(&mut self, compiled: &Compiled) -> Result<u32, DatapathError> {
         let mut next_gen = self.rules_gen.wrapping_add(1);
         if next_gen == 0 {
             next_gen = RULE_BANKS; // 0 means "no rules"; keep the bank parity sequence going.
         }
-        let bank = next_gen % RULE_BANKS;
-        for (i, node) in nodes.iter().enumerate() {
-            self.rules.set(rule_node_index(bank, i as u32), node, 0).map_err(|source| {
-                DatapathError::Map { action: "writing a rule", map: names::MAP_RULES, source }
-            })?;
-        }
+        self.rules.write(next_gen % RULE_BANKS, compiled)?;
         let settings = Settings { rules_gen: next_gen, flags: self.settings_flags };
         self.settings.set(0, settings, 0).map_err(|source| DatapathError::Map {
             action: "switching the rule bank",

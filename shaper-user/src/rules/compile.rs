@@ -1,5 +1,4 @@
-//! From the ordered rule list to the kernel's rule table: a branching program
-//! of [`RuleNode`]s (see `shaper_common::RuleNode`).
+//! From the ordered rule list to the rule table (see `shaper_common::rules`).
 //!
 //! First each atom becomes kernel tests: network and owner tests map one to
 //! one; cgroup paths and unit names are looked up (a unit may have several
@@ -7,34 +6,55 @@
 //! daemon can make become `OP_USERSPACE` nodes, which the kernel takes as
 //! false while marking its verdict provisional.
 //!
-//! Then rules are compiled back to front with continuations: a rule's test
-//! jumps to its class when true and to the next rule's entry when false;
-//! `and`/`or`/`not` only rewire continuations, so each test becomes exactly one
+//! Then each rule becomes its own program (the `tree` module orders its tests
+//! so that its cover comes first), compiled with continuations: each test
+//! jumps to the test that follows it on that outcome, or to one of the rule's
+//! exits (match, no match); `and`/`or`/`not` only rewire continuations, so each test becomes exactly one
 //! node and the table grows linearly with the rules. Nodes are created so that
 //! every jump points to a node created earlier; numbering them in reverse
-//! creation order makes every jump go forward, which the kernel walk relies on
-//! to terminate.
+//! creation order makes every jump go forward, which the evaluator relies on
+//! to terminate. Last, [`super::index`] builds the index from the covers.
+//!
+//! A rule that can never match is left out; a rule that always matches ends
+//! the table (no rule after it can win).
+
+use std::collections::BTreeMap;
 
 use shaper_common::{
-    target_class, RuleNode, MAX_CGROUP_LEVEL, MAX_RULE_NODES, OP_CGROUP, OP_CGROUP_UNDER, OP_COMM, OP_GID,
-    OP_LADDR, OP_LPORT, OP_PID, OP_PROTO, OP_RADDR, OP_RPORT, OP_TRUE, OP_UID, OP_USERSPACE, TARGET_DEFAULT,
+    rules::{RuleEntry, JUMP_MATCH, JUMP_NEXT, MAX_RULES},
+    RuleNode, MAX_CGROUP_LEVEL, MAX_RULE_NODES, OP_CGROUP, OP_CGROUP_UNDER, OP_COMM, OP_GID, OP_LADDR,
+    OP_LPORT, OP_PID, OP_PROTO, OP_RADDR, OP_RPORT, OP_TRUE, OP_UID, OP_USERSPACE,
 };
 
-use super::pred::{Atom, Pred, Side};
+use super::{
+    index::Index,
+    pred::{Atom, Pred, Side},
+    tree::{fold, order, Tree},
+    views::Views,
+};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the rules need {nodes} kernel tests; the rule table holds {max}")]
+#[error("the rules need {count} {what}; the rule table holds {max}")]
 pub struct TooLarge {
-    pub nodes: usize,
+    pub what: &'static str,
+    pub count: usize,
     pub max: u32,
+}
+
+/// A cgroup found in the hierarchy: its path ("/a/b"), id and level (0 = the root).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub path: String,
+    pub id: u64,
+    pub level: u32,
 }
 
 /// Where cgroup paths and unit names are found.
 pub trait CgroupIndex {
     /// The id and level (0 = the root) of the cgroup at `path` ("/a/b").
     fn lookup(&self, path: &str) -> Option<(u64, u32)>;
-    /// The cgroups of every unit named `unit`, as (id, level).
-    fn units(&self, unit: &str) -> Vec<(u64, u32)>;
+    /// The cgroups of every unit named `unit`.
+    fn units(&self, unit: &str) -> Vec<Found>;
 }
 
 /// An index that knows no cgroups (for checking a config away from its host).
@@ -44,29 +64,96 @@ impl CgroupIndex for NoCgroups {
     fn lookup(&self, _path: &str) -> Option<(u64, u32)> {
         None
     }
-    fn units(&self, _unit: &str) -> Vec<(u64, u32)> {
+    fn units(&self, _unit: &str) -> Vec<Found> {
         Vec::new()
     }
 }
 
+/// How the evaluator picks the rules it evaluates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every rule in order (the reference).
+    Linear,
+    /// The candidates the index selects, in order.
+    Indexed,
+}
+
 /// A compiled rule table.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Compiled {
+    /// The rules' tests: each rule's program after the previous one's.
     pub nodes: Vec<RuleNode>,
+    /// One entry per rule, in file order.
+    pub entries: Vec<RuleEntry>,
+    pub index: Index,
     /// The table tests cgroups (the classifier must look up the socket's ancestry).
     pub cgroups: bool,
     /// The userspace tests by number: the daemon answers them per process in
     /// PROC_TESTS (only the first `USERSPACE_TESTS` can be answered there).
     pub userspace: Vec<Atom>,
+    /// The cgroup paths the table tests, with their ids: the daemon's view of
+    /// a process's cgroup as ids, without asking the hierarchy again.
+    pub cgroup_paths: BTreeMap<String, u64>,
+    /// What the daemon derived about each process it decided for.
+    pub(super) views: Views,
 }
 
-/// A rule tree whose leaves are kernel tests.
-enum Tree {
-    Const(bool),
-    Not(Box<Tree>),
-    And(Vec<Tree>),
-    Or(Vec<Tree>),
-    Test(RuleNode),
+impl Compiled {
+    pub fn mode(&self) -> Mode {
+        if self.index.head.mode == shaper_common::rules::MODE_INDEXED {
+            Mode::Indexed
+        } else {
+            Mode::Linear
+        }
+    }
+
+    /// The same table evaluated in `mode`.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.index.head.mode = match mode {
+            Mode::Linear => shaper_common::rules::MODE_LINEAR,
+            Mode::Indexed => shaper_common::rules::MODE_INDEXED,
+        };
+        self
+    }
+}
+
+/// What compiling collects besides the trees.
+#[derive(Default)]
+struct Context {
+    /// The userspace tests, numbered (equal tests share a number).
+    userspace: Vec<Atom>,
+    cgroup_paths: BTreeMap<String, u64>,
+}
+
+impl Context {
+    fn test(&mut self, atom: &Atom) -> Tree {
+        let number = match self.userspace.iter().position(|a| a == atom) {
+            Some(i) => i,
+            None => {
+                self.userspace.push(atom.clone());
+                self.userspace.len() - 1
+            }
+        };
+        let lo = u32::try_from(number).unwrap_or(u32::MAX);
+        Tree::Test(RuleNode { op: OP_USERSPACE, lo, ..RuleNode::default() })
+    }
+
+    /// The cgroup at `path`, remembered; a cgroup the table cannot name (id 0) is none.
+    fn cgroup(&mut self, path: &str, index: &dyn CgroupIndex) -> Option<(u64, u32)> {
+        let (id, level) = index.lookup(path).filter(|(id, _)| *id != 0)?;
+        self.cgroup_paths.insert(path.to_string(), id);
+        Some((id, level))
+    }
+
+    /// The tests for "the socket's cgroup is `id` (at `level`) or below it"; too
+    /// deep for the kernel, the test `atom` is left to the daemon.
+    fn under(&mut self, id: u64, level: u32, atom: &Atom) -> Tree {
+        if level > MAX_CGROUP_LEVEL {
+            self.test(atom)
+        } else {
+            cgroup_node(OP_CGROUP_UNDER, id, level)
+        }
+    }
 }
 
 fn range(op: u8, lo: u32, hi: u32) -> Tree {
@@ -79,38 +166,7 @@ fn cgroup_node(op: u8, id: u64, level: u32) -> Tree {
     Tree::Test(node)
 }
 
-/// Numbers the userspace tests of a table (equal tests share a number).
-#[derive(Default)]
-struct Numbering {
-    atoms: Vec<Atom>,
-}
-
-impl Numbering {
-    fn test(&mut self, atom: &Atom) -> Tree {
-        let number = match self.atoms.iter().position(|a| a == atom) {
-            Some(i) => i,
-            None => {
-                self.atoms.push(atom.clone());
-                self.atoms.len() - 1
-            }
-        };
-        // Tests past the last number PROC_TESTS can carry stay unanswered.
-        let lo = u32::try_from(number).unwrap_or(u32::MAX);
-        Tree::Test(RuleNode { op: OP_USERSPACE, lo, ..RuleNode::default() })
-    }
-}
-
-/// The tests for "the socket's cgroup is `id` (at `level`) or below it"; too
-/// deep for the kernel, the test `atom` is left to the daemon.
-fn under(id: u64, level: u32, atom: &Atom, numbering: &mut Numbering) -> Tree {
-    if level > MAX_CGROUP_LEVEL {
-        numbering.test(atom)
-    } else {
-        cgroup_node(OP_CGROUP_UNDER, id, level)
-    }
-}
-
-fn atom_tree(atom: &Atom, index: &dyn CgroupIndex, numbering: &mut Numbering) -> Tree {
+fn atom_tree(atom: &Atom, index: &dyn CgroupIndex, cx: &mut Context) -> Tree {
     match atom {
         Atom::Proto { lo, hi } => range(OP_PROTO, u32::from(*lo), u32::from(*hi)),
         Atom::Port { side, lo, hi } => {
@@ -121,8 +177,8 @@ fn atom_tree(atom: &Atom, index: &dyn CgroupIndex, numbering: &mut Numbering) ->
             Tree::Test(RuleNode {
                 op,
                 family: prefix.family,
+                bits: prefix.len,
                 a: prefix.addr,
-                b: prefix.mask(),
                 ..RuleNode::default()
             })
         }
@@ -133,79 +189,56 @@ fn atom_tree(atom: &Atom, index: &dyn CgroupIndex, numbering: &mut Numbering) ->
             let mut node = RuleNode { op: OP_COMM, ..RuleNode::default() };
             let bytes = name.as_bytes();
             // An exact name also tests the NUL after it ("rsync" is not "rsyncd").
-            let tested = if *prefix { bytes.len() } else { bytes.len() + 1 };
-            for i in 0..tested.min(16) {
-                node.a[i] = bytes.get(i).copied().unwrap_or(0);
-                node.b[i] = 0xff;
+            let tested = if *prefix { bytes.len() } else { bytes.len() + 1 }.min(16);
+            for (i, a) in node.a.iter_mut().enumerate().take(tested) {
+                *a = bytes.get(i).copied().unwrap_or(0);
             }
+            node.bits = (tested * 8) as u8;
             Tree::Test(node)
         }
-        Atom::Cgroup { path, below } => match (index.lookup(path), below) {
+        Atom::Cgroup { path, below } => match (cx.cgroup(path, index), below) {
             (None, _) => Tree::Const(false),
             (Some((id, _)), false) => cgroup_node(OP_CGROUP, id, 0),
-            (Some((id, level)), true) => Tree::And(vec![
-                under(id, level, atom, numbering),
-                Tree::Not(Box::new(cgroup_node(OP_CGROUP, id, 0))),
-            ]),
+            (Some((id, level)), true) => {
+                Tree::And(vec![cx.under(id, level, atom), Tree::Not(Box::new(cgroup_node(OP_CGROUP, id, 0)))])
+            }
         },
-        Atom::Unit(name) => Tree::Or(
-            index.units(name).into_iter().map(|(id, level)| under(id, level, atom, numbering)).collect(),
-        ),
-        Atom::Text(..) => numbering.test(atom),
+        Atom::Unit(name) => {
+            let mut found = index.units(name);
+            found.retain(|f| f.id != 0);
+            Tree::Or(
+                found
+                    .into_iter()
+                    .map(|f| {
+                        cx.cgroup_paths.insert(f.path, f.id);
+                        cx.under(f.id, f.level, atom)
+                    })
+                    .collect(),
+            )
+        }
+        Atom::Text(..) => cx.test(atom),
     }
 }
 
-fn tree(pred: &Pred, index: &dyn CgroupIndex, numbering: &mut Numbering) -> Tree {
+fn tree(pred: &Pred, index: &dyn CgroupIndex, cx: &mut Context) -> Tree {
     match pred {
         Pred::Const(b) => Tree::Const(*b),
-        Pred::Not(p) => Tree::Not(Box::new(tree(p, index, numbering))),
-        Pred::And(ps) => Tree::And(ps.iter().map(|p| tree(p, index, numbering)).collect()),
-        Pred::Or(ps) => Tree::Or(ps.iter().map(|p| tree(p, index, numbering)).collect()),
-        Pred::Atom(a) => atom_tree(a, index, numbering),
+        Pred::Not(p) => Tree::Not(Box::new(tree(p, index, cx))),
+        Pred::And(ps) => Tree::And(ps.iter().map(|p| tree(p, index, cx)).collect()),
+        Pred::Or(ps) => Tree::Or(ps.iter().map(|p| tree(p, index, cx)).collect()),
+        Pred::Atom(a) => atom_tree(a, index, cx),
     }
 }
 
-/// Folds constants away, so that no test is compiled that no path reaches
-/// (`false and x` would otherwise leave `x` behind, unreachable). The result
-/// is a constant only at the top.
-fn fold(tree: Tree) -> Tree {
-    match tree {
-        Tree::Not(inner) => match fold(*inner) {
-            Tree::Const(b) => Tree::Const(!b),
-            other => Tree::Not(Box::new(other)),
-        },
-        Tree::And(items) => fold_list(items, true),
-        Tree::Or(items) => fold_list(items, false),
-        leaf => leaf,
-    }
-}
-
-/// Folds an `and` (`all`) or `or` list: its identity element drops out, its
-/// absorbing element decides the whole list.
-fn fold_list(items: Vec<Tree>, all: bool) -> Tree {
-    let mut kept = Vec::new();
-    for item in items.into_iter().map(fold) {
-        match item {
-            Tree::Const(b) if b == all => {}
-            Tree::Const(b) => return Tree::Const(b),
-            other => kept.push(other),
-        }
-    }
-    match kept.len() {
-        0 => Tree::Const(all),
-        1 => kept.remove(0),
-        _ if all => Tree::And(kept),
-        _ => Tree::Or(kept),
-    }
-}
-
-/// A jump target while compiling: a verdict, or a node by creation number.
+/// A jump target while compiling: an exit of the rule, or a node by creation number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Target {
-    Verdict(u16),
+    Match,
+    Next,
     Node(usize),
 }
 
+#[derive(Default)]
 struct Builder {
     /// (test, on_true, on_false) in creation order.
     nodes: Vec<(RuleNode, Target, Target)>,
@@ -229,41 +262,82 @@ impl Builder {
     }
 }
 
-/// Compiles `rules` (class index and predicate, first match wins) into a rule
-/// table, looking cgroups up in `index`. The table always has at least one
-/// node, so the kernel never walks an empty bank.
-pub fn compile(rules: &[(u16, &Pred)], index: &dyn CgroupIndex) -> Result<Compiled, TooLarge> {
-    let mut numbering = Numbering::default();
-    let trees: Vec<(u16, Tree)> =
-        rules.iter().map(|(class, p)| (*class, fold(tree(p, index, &mut numbering)))).collect();
-    let mut b = Builder { nodes: Vec::new() };
-    let mut entry = Target::Verdict(TARGET_DEFAULT);
-    for (class, tree) in trees.iter().rev() {
-        entry = b.emit(tree, Target::Verdict(target_class(*class)), entry);
+/// A rule's program, its first node first; `None` for a rule that never matches.
+fn program(tree: &Tree) -> Option<Vec<RuleNode>> {
+    let mut b = Builder::default();
+    match b.emit(tree, Target::Match, Target::Next) {
+        Target::Next => return None,
+        Target::Match => {
+            let node =
+                RuleNode { op: OP_TRUE, on_true: JUMP_MATCH, on_false: JUMP_MATCH, ..RuleNode::default() };
+            return Some(vec![node]);
+        }
+        // The entry is the node created last, which becomes the first.
+        Target::Node(_) => {}
     }
-    if b.nodes.len() > MAX_RULE_NODES as usize {
-        return Err(TooLarge { nodes: b.nodes.len(), max: MAX_RULE_NODES });
-    }
-    if let Target::Verdict(v) = entry {
-        // No test decides anything: one always-true node carrying the verdict.
-        let node = RuleNode { op: OP_TRUE, on_true: v, on_false: v, ..RuleNode::default() };
-        return Ok(Compiled { nodes: vec![node], cgroups: false, userspace: Vec::new() });
-    }
-    let count = b.nodes.len();
-    // The entry is always the node created last, which becomes node 0.
-    debug_assert_eq!(entry, Target::Node(count - 1));
-    let index = |t: Target| -> u16 {
+    let jump = |from: usize, t: Target| -> u16 {
         match t {
-            Target::Verdict(v) => v,
-            Target::Node(created) => (count - 1 - created) as u16,
+            Target::Match => JUMP_MATCH,
+            Target::Next => JUMP_NEXT,
+            // Created earlier, so placed later: a forward distance.
+            Target::Node(created) => {
+                from.checked_sub(created).and_then(|d| u16::try_from(d).ok()).unwrap_or(0)
+            }
         }
     };
-    let nodes: Vec<RuleNode> = b
-        .nodes
-        .iter()
-        .rev()
-        .map(|(node, t, f)| RuleNode { on_true: index(*t), on_false: index(*f), ..*node })
-        .collect();
+    Some(
+        b.nodes
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(created, (node, t, f))| RuleNode {
+                on_true: jump(created, *t),
+                on_false: jump(created, *f),
+                ..*node
+            })
+            .collect(),
+    )
+}
+
+/// Compiles `rules` (class index and predicate, first match wins) into a rule
+/// table, looking cgroups up in `index`. The table always has at least one
+/// node, so no bank is ever empty.
+pub fn compile(rules: &[(u16, &Pred)], index: &dyn CgroupIndex) -> Result<Compiled, TooLarge> {
+    let mut cx = Context::default();
+    let mut nodes = Vec::new();
+    let mut entries = Vec::new();
+    let mut covers = Vec::new();
+    for (class, pred) in rules {
+        let folded = fold(tree(pred, index, &mut cx));
+        let always = folded == Tree::Const(true);
+        let (ordered, cover) = order(folded);
+        let Some(program) = program(&ordered) else { continue };
+        entries.push(RuleEntry { first: nodes.len() as u32, class: *class, flags: 0, user_low: 0 });
+        nodes.extend(program);
+        covers.push(cover);
+        if always {
+            break;
+        }
+    }
+    if nodes.len() > MAX_RULE_NODES as usize {
+        return Err(TooLarge { what: "kernel tests", count: nodes.len(), max: MAX_RULE_NODES });
+    }
+    if entries.len() > MAX_RULES as usize {
+        return Err(TooLarge { what: "rules", count: entries.len(), max: MAX_RULES });
+    }
+    let index = Index::build(&covers, &mut entries, cx.userspace.len());
+    if nodes.is_empty() {
+        let node = RuleNode { op: OP_TRUE, on_true: JUMP_NEXT, on_false: JUMP_NEXT, ..RuleNode::default() };
+        nodes.push(node);
+    }
     let cgroups = nodes.iter().any(|n| n.op == OP_CGROUP || n.op == OP_CGROUP_UNDER);
-    Ok(Compiled { nodes, cgroups, userspace: numbering.atoms })
+    Ok(Compiled {
+        nodes,
+        entries,
+        index,
+        cgroups,
+        userspace: cx.userspace,
+        cgroup_paths: cx.cgroup_paths,
+        views: Views::default(),
+    })
 }

@@ -91,35 +91,37 @@ impl Glob {
     }
 
     pub fn matches(&self, text: &str) -> bool {
-        let text: Vec<char> = text.chars().collect();
+        // The character at byte offset `t` of the text (no allocation: the
+        // daemon runs many patterns over each process's arguments).
+        let at = |t: usize| text.get(t..).and_then(|rest| rest.chars().next());
         let (mut p, mut t) = (0usize, 0usize);
-        // Where to resume after the last star: (pattern index after it, text index).
+        // Where to resume after the last star: (pattern index after it, text offset).
         let mut resume: Option<(usize, usize)> = None;
         loop {
             let piece = self.pieces.get(p);
-            let ch = text.get(t);
+            let ch = at(t);
             match (piece, ch) {
                 (Some(Piece::Star), _) => {
                     resume = Some((p + 1, t));
                     p += 1;
                     continue;
                 }
-                (Some(piece), Some(&c)) if one(piece, c) => {
+                (Some(piece), Some(c)) if one(piece, c) => {
                     p += 1;
-                    t += 1;
+                    t += c.len_utf8();
                     continue;
                 }
                 (None, None) => return true,
                 _ => {}
             }
             // Mismatch: let the last star eat one more character.
-            match resume {
-                Some((rp, rt)) if rt < text.len() => {
-                    resume = Some((rp, rt + 1));
+            match resume.and_then(|(rp, rt)| at(rt).map(|c| (rp, rt + c.len_utf8()))) {
+                Some((rp, rt)) => {
+                    resume = Some((rp, rt));
                     p = rp;
-                    t = rt + 1;
+                    t = rt;
                 }
-                _ => return false,
+                None => return false,
             }
         }
     }
@@ -168,5 +170,8 @@ mod tests {
         // Many stars on a long text stay fast.
         let long = "a".repeat(10_000);
         assert!(!m("*a*a*a*a*a*b", &long));
+        // Characters past ASCII count as one each.
+        assert!(m("?é*ü", "xéabcü"));
+        assert!(!m("?é", "éé é"));
     }
 }

@@ -5,30 +5,36 @@
 //! | tokens | [`lexer`] | tokens with byte spans |
 //! | syntax | [`parser`], [`ast`] | [`Expr`], printable in canonical form |
 //! | types and names | [`lower`] | [`Pred`]: tests on the flow and the process behind it |
-//! | kernel table | [`compile`] | `RuleNode`s, walked by the classifier |
-//! | userspace walk | [`table`] | the classifier's verdict, mirrored (for tests) |
+//! | rule table | [`compile`] (with `tree` and [`index`]) | each rule's program of `RuleNode`s, and the index |
+//! | evaluation | `shaper_common::rules::eval`, [`engine`] | a verdict: in the classifier and in the daemon, the same code |
 //!
 //! The kernel decides what it can from the packet and the socket's owner
 //! record (uid, gid, pid, process name, cgroup); tests on what only /proc tells
 //! (exe, args, parent, ancestor, glob patterns on names) it takes as false and
-//! marks its verdict provisional. The daemon then evaluates the [`Pred`] with
-//! everything it knows ([`pred::Facts`]) and has the final word.
+//! marks its verdict provisional. The daemon then evaluates the same table
+//! with everything it knows ([`Compiled::decide`](compile::Compiled::decide))
+//! and has the final word. [`Pred::matches`] is the reference the tests hold
+//! the table to.
 //!
 //! Every error carries the byte span of the offending part of the `match`
 //! string; the config layer turns it into file:line:column.
 
 pub mod ast;
 pub mod compile;
+pub mod engine;
 pub mod glob;
+pub mod index;
 pub mod lexer;
 pub mod lower;
 pub mod parser;
 pub mod pred;
-pub mod table;
+mod tree;
+mod views;
 
 pub use ast::{Attr, Expr};
 pub use lexer::Span;
 pub use pred::Pred;
+pub use views::ProcessView;
 
 use crate::{accounts::Accounts, services::Services};
 
@@ -113,8 +119,9 @@ pub fn answers(
     tests
 }
 
-/// The class the rules give a flow, evaluated with everything known about it:
-/// first match wins.
+/// The class the rules give a flow, evaluated predicate by predicate with
+/// everything known about it: first match wins. The reference the compiled
+/// table is held to (the daemon decides with [`compile::Compiled::decide`]).
 pub fn first_match(rules: &[(u16, &Pred)], facts: &pred::Facts<'_>) -> Option<u16> {
     rules.iter().find(|(_, p)| p.matches(facts)).map(|(class, _)| *class)
 }

@@ -65,7 +65,7 @@ impl Prefix {
 
 /// What the daemon knows about the process behind a connection. Fields it
 /// could not learn (the process exited) are `None`, and tests on them are false.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ProcessFacts {
     pub pid: u32,
     /// Real uid and gid.

@@ -4,12 +4,78 @@
 use shaper_common::{target_class, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, TARGET_DEFAULT};
 
 use super::{
-    compile::{CgroupIndex, NoCgroups},
+    compile::{CgroupIndex, Compiled, Found, NoCgroups},
     pred::{Facts, ProcessFacts},
-    table::KernelFacts,
     *,
 };
 use crate::{accounts::StaticAccounts, flows};
+use table::KernelFacts;
+
+/// The kernel's view of a flow, evaluated by the shared evaluator over a
+/// compiled table, in both modes (which must agree).
+mod table {
+    use shaper_common::{
+        rules::{KernelView, SocketFacts},
+        target_class, FlowKey, Owner, ProcTests, CLASS_DEFAULT, TARGET_DEFAULT,
+    };
+
+    use super::compile::{Compiled, Mode};
+
+    /// What the classifier knows when it evaluates the table.
+    #[derive(Clone, Copy, Debug)]
+    pub struct KernelFacts<'a> {
+        pub key: &'a FlowKey,
+        /// The socket's owner record, if it has one.
+        pub owner: Option<&'a Owner>,
+        /// The socket's cgroup id and its ancestors by level (0 = the root).
+        pub cgroup: Option<(u64, &'a [u64])>,
+        /// The daemon's answers to the userspace tests for the owner's process,
+        /// as PROC_TESTS holds them (the generation check is the caller's).
+        pub proc_tests: Option<&'a ProcTests>,
+    }
+
+    impl<'a> KernelFacts<'a> {
+        /// Facts about the packet alone.
+        pub fn packet(key: &'a FlowKey) -> Self {
+            Self { key, owner: None, cgroup: None, proc_tests: None }
+        }
+
+        /// The same, as the classifier keeps them.
+        pub fn socket(&self) -> SocketFacts {
+            let mut socket = SocketFacts::default();
+            if let Some(owner) = self.owner {
+                socket.owner = *owner;
+                socket.has_owner = 1;
+            }
+            if let Some((id, ancestors)) = self.cgroup {
+                socket.cgroup = id;
+                socket.has_cgroup = 1;
+                for (slot, id) in socket.ancestors.iter_mut().zip(ancestors) {
+                    *slot = *id;
+                }
+            }
+            if let Some(tests) = self.proc_tests {
+                socket.has_answers = 1;
+                socket.known = tests.known;
+                socket.values = tests.values;
+            }
+            socket
+        }
+    }
+
+    /// The verdict for a flow: `target_class(..)` or `TARGET_DEFAULT`, and
+    /// whether it is provisional; the linear walk and the index agree on both.
+    pub fn eval(table: &Compiled, facts: &KernelFacts<'_>) -> (u16, bool) {
+        let socket = facts.socket();
+        let view = KernelView { key: facts.key, socket: &socket };
+        let linear = table.clone().with_mode(Mode::Linear).evaluate(&view);
+        let indexed = table.clone().with_mode(Mode::Indexed).evaluate(&view);
+        assert_eq!(linear, indexed, "linear and indexed differ on {facts:?}");
+        assert!(!linear.error, "{facts:?}");
+        let target = if linear.class == CLASS_DEFAULT { TARGET_DEFAULT } else { target_class(linear.class) };
+        (target, linear.provisional)
+    }
+}
 
 fn services() -> Services {
     Services::parse(
@@ -35,8 +101,8 @@ fn err(source: &str) -> (usize, String) {
     (e.span.start, e.message)
 }
 
-fn nodes(rules: &[(u16, &Pred)]) -> Vec<shaper_common::RuleNode> {
-    compile::compile(rules, &NoCgroups).unwrap().nodes
+fn nodes(rules: &[(u16, &Pred)]) -> Compiled {
+    compile::compile(rules, &NoCgroups).unwrap()
 }
 
 fn packet(key: &FlowKey) -> Facts<'_> {
@@ -205,7 +271,7 @@ fn the_table_is_linear_in_the_rules_and_agrees_with_direct_evaluation() {
     let rules: Vec<(u16, &Pred)> = parsed.iter().enumerate().map(|(i, r)| (i as u16, &r.pred)).collect();
     let nodes = nodes(&rules);
     let atom_count: usize = parsed.iter().map(|r| r.pred.atoms()).sum();
-    assert!(nodes.len() <= atom_count.max(1), "{} nodes for {atom_count} atoms", nodes.len());
+    assert!(nodes.nodes.len() <= atom_count.max(1), "{} nodes for {atom_count} atoms", nodes.nodes.len());
     for _ in 0..5000 {
         let proto = if next(2) == 0 { PROTO_TCP } else { PROTO_UDP };
         let k = if next(4) == 0 {
@@ -224,10 +290,12 @@ fn the_table_is_linear_in_the_rules_and_agrees_with_direct_evaluation() {
         let expected = first_match(&rules, &packet(&k)).map_or(TARGET_DEFAULT, target_class);
         assert_eq!(table::eval(&nodes, &KernelFacts::packet(&k)), (expected, false), "{k:?}");
     }
-    // Every jump goes forward.
-    for (i, n) in nodes.iter().enumerate() {
+    // Every jump goes forward (a distance), or leaves the rule.
+    use shaper_common::rules::{JUMP_MATCH, JUMP_NEXT};
+    for (i, n) in nodes.nodes.iter().enumerate() {
         for t in [n.on_true, n.on_false] {
-            assert!(t >= shaper_common::TARGET_VERDICT || usize::from(t) > i, "node {i} jumps to {t}");
+            let exit = t == JUMP_MATCH || t == JUMP_NEXT;
+            assert!(exit || (t > 0 && i + usize::from(t) < nodes.nodes.len()), "node {i} jumps to {t}");
         }
     }
 }
@@ -235,7 +303,7 @@ fn the_table_is_linear_in_the_rules_and_agrees_with_direct_evaluation() {
 #[test]
 fn no_rules_compile_to_one_default_node() {
     let none = nodes(&[]);
-    assert_eq!(none.len(), 1);
+    assert_eq!(none.nodes.len(), 1);
     assert_eq!(table::eval(&none, &KernelFacts::packet(&FlowKey::default())).0, TARGET_DEFAULT);
     let always = rule("true");
     let all = nodes(&[(3, &always.pred)]);
@@ -247,10 +315,18 @@ fn a_rule_set_too_large_for_the_kernel_table_is_refused() {
     // Adjacent ports merge into one range test; every other port does not.
     let merged = rule("rport in [80, 81, 82, 83..90, 85]");
     assert_eq!(merged.pred.atoms(), 1);
-    let list: Vec<String> = (0..5000).map(|p| (2 * p).to_string()).collect();
-    let big = rule(&format!("rport in [{}]", list.join(", ")));
-    let e = compile::compile(&[(0, &big.pred)], &NoCgroups).unwrap_err();
-    assert_eq!(e.to_string(), "the rules need 5000 kernel tests; the rule table holds 4096");
+    let list: Vec<String> = (0..20_000).map(|p| (2 * p).to_string()).collect();
+    let big = rule(&format!("rport in [{0}] or lport in [{0}]", list.join(", ")));
+    let e = compile::compile(&[(0, &big.pred)], &NoCgroups).map(|_| ()).unwrap_err();
+    assert_eq!(e.to_string(), "the rules need 40000 kernel tests; the rule table holds 32768");
+    // 10 000 rules of one port each fit, and their index finds each one.
+    let rules: Vec<Rule> = (0..10_000).map(|p| rule(&format!("rport == {}", 2 * p))).collect();
+    let preds: Vec<(u16, &Pred)> =
+        rules.iter().enumerate().map(|(i, r)| ((i % 1000) as u16, &r.pred)).collect();
+    let table = compile::compile(&preds, &NoCgroups).unwrap();
+    assert_eq!((table.entries.len(), table.index.residual), (10_000, 0));
+    let k = key(PROTO_TCP, "198.18.0.1:1", "198.18.0.2:19998");
+    assert_eq!(table::eval(&table, &KernelFacts::packet(&k)), (target_class(999), false));
 }
 
 #[test]
@@ -408,8 +484,12 @@ impl CgroupIndex for Tree {
     fn lookup(&self, path: &str) -> Option<(u64, u32)> {
         self.0.iter().position(|p| *p == path).map(|i| (i as u64 + 1, Self::level(path)))
     }
-    fn units(&self, unit: &str) -> Vec<(u64, u32)> {
-        self.0.iter().filter(|p| p.rsplit('/').next() == Some(unit)).filter_map(|p| self.lookup(p)).collect()
+    fn units(&self, unit: &str) -> Vec<Found> {
+        self.0
+            .iter()
+            .filter(|p| p.rsplit('/').next() == Some(unit))
+            .filter_map(|p| self.lookup(p).map(|(id, level)| Found { path: p.to_string(), id, level }))
+            .collect()
     }
 }
 
@@ -488,7 +568,7 @@ fn the_kernel_table_agrees_with_the_daemon_whenever_it_is_not_provisional() {
                     cgroup: Some((cgroup, &ancestors)),
                     proc_tests: None,
                 };
-                let (verdict, is_provisional) = table::eval(&compiled.nodes, &kernel);
+                let (verdict, is_provisional) = table::eval(&compiled, &kernel);
                 let daemon = first_match(&rules, &Facts { key: &k, process: Some(p) })
                     .map_or(TARGET_DEFAULT, target_class);
                 if is_provisional {
@@ -507,7 +587,7 @@ fn the_kernel_table_agrees_with_the_daemon_whenever_it_is_not_provisional() {
                 let answers = answers(&compiled.userspace, p, 1);
                 let kernel = KernelFacts { proc_tests: Some(&answers), ..kernel };
                 assert_eq!(
-                    table::eval(&compiled.nodes, &kernel),
+                    table::eval(&compiled, &kernel),
                     (daemon, false),
                     "{sources:?} for {p:?}, answered"
                 );
@@ -529,4 +609,176 @@ fn cgroup_tests_compile_to_ids_and_missing_cgroups_to_false() {
     let c = compile::compile(&[(0, &missing.pred)], &tree).unwrap();
     assert_eq!((c.nodes.len(), c.cgroups), (1, false));
     assert!(!compile::compile(&[(0, &rule("uid == 0").pred)], &tree).unwrap().cgroups);
+}
+
+/// The standard tree and a branch deeper than the kernel's ancestry reaches.
+fn deep_tree() -> Tree {
+    let mut tree = Tree::standard();
+    tree.0.extend([
+        "/deep.slice",
+        "/deep.slice/a",
+        "/deep.slice/a/b",
+        "/deep.slice/a/b/c",
+        "/deep.slice/a/b/c/d",
+        "/deep.slice/a/b/c/d/e",
+        "/deep.slice/a/b/c/d/e/f",
+        "/deep.slice/a/b/c/d/e/f/g",
+        "/deep.slice/a/b/c/d/e/f/g/h",
+        "/deep.slice/a/b/c/d/e/f/g/h/job.service",
+    ]);
+    tree
+}
+
+/// A pseudo-random `match`: atoms of every kind the index knows and of the
+/// kinds it does not, under `not`, in `or`s across dimensions, nested.
+fn random_match(next: &mut dyn FnMut(u64) -> u64, depth: u32) -> String {
+    const ATOMS: [&str; 38] = [
+        "rport == 80",
+        "rport == 443",
+        "rport == 873",
+        "rport in 1000..2000",
+        "rport in 0..65535",
+        "lport > 1024",
+        "lport < 1024",
+        "lport == 40000",
+        "raddr in 198.18.0.0/15",
+        "raddr in 198.18.1.0/24",
+        "raddr == 198.18.1.7",
+        "raddr in 198.18.1.0..198.18.1.9",
+        "raddr in fd00::/8",
+        "raddr in fd00::1:0/112",
+        "laddr == 198.18.0.1",
+        "laddr in 198.18.0.0/16",
+        "proto == \"udp\"",
+        "uid == 34",
+        "uid >= 1000",
+        "user == \"alice\"",
+        "gid == 100",
+        "pid in 4000..4999",
+        "cmd == \"rsync\"",
+        "cmd ~ \"iperf*\"",
+        "cgroup == \"/system.slice/sshd.service\"",
+        "cgroup ~ \"/user.slice/*\"",
+        "unit == \"backup.service\"",
+        "unit == \"job.service\"",
+        "unit == \"user@1000.service\"",
+        "proto == \"icmp\"",
+        "cgroup ~ \"/deep.slice/a/b/c/d/e/f/g/h/*\"",
+        "exe ~ \"/usr/bin/rs*\"",
+        "exe == \"/usr/bin/iperf3\"",
+        "args[2] == \"sync\"",
+        "ancestor == \"make\"",
+        "service == \"https\"",
+        "true",
+        "false",
+    ];
+    let term = |next: &mut dyn FnMut(u64) -> u64| -> String {
+        let atom = ATOMS[next(ATOMS.len() as u64) as usize].to_string();
+        match next(8) {
+            0 => format!("not {atom}"),
+            1 if depth > 0 => format!("({})", random_match(next, depth - 1)),
+            _ => atom,
+        }
+    };
+    let mut s = term(next);
+    for _ in 0..next(3) {
+        s.push_str(if next(3) != 0 { " and " } else { " or " });
+        s.push_str(&term(next));
+    }
+    s
+}
+
+#[test]
+fn the_index_finds_the_first_match_of_the_linear_walk() {
+    let tree = deep_tree();
+    let processes = [
+        process(4242, 34, "rsync", "/system.slice/backup.service"),
+        process(
+            1000,
+            1000,
+            "iperf3",
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/backup.service",
+        ),
+        process(77, 0, "sshd", "/system.slice/sshd.service"),
+        process(4500, 1000, "rsyncd", "/user.slice/user-1000.slice"),
+        process(4600, 1000, "job", "/deep.slice/a/b/c/d/e/f/g/h/job.service"),
+        ProcessFacts { exe: None, args: None, ancestors: None, ..process(4700, 34, "gone", "/") },
+    ];
+    let mut seed = 0x0dd1_b1a5_e5e5_u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let (mut flows, mut provisional, mut matched, mut late, mut residual) = (0, 0, 0, 0, 0);
+    for set in 0..300 {
+        let count = if set % 10 == 0 { 150 } else { 1 + next(30) };
+        let sources: Vec<String> = (0..count).map(|_| random_match(&mut next, 1)).collect();
+        let parsed: Vec<Rule> = sources.iter().map(|s| rule(s)).collect();
+        // Classes reused: several rules give the same class.
+        let rules: Vec<(u16, &Pred)> =
+            parsed.iter().enumerate().map(|(i, r)| ((i % 7) as u16, &r.pred)).collect();
+        let compiled = compile::compile(&rules, &tree).unwrap();
+        residual += compiled.index.residual;
+        for _ in 0..20 {
+            let proto = [PROTO_TCP, PROTO_TCP, PROTO_UDP, 1][next(4) as usize];
+            let port = [80, 443, 873, 1500, 5201, 40000][next(6) as usize];
+            let k = match next(4) {
+                0 => key(
+                    proto,
+                    &format!("[fd00::1]:{}", 1000 + next(40000)),
+                    &format!("[fd00::1:{}]:{port}", next(3)),
+                ),
+                1 => key(proto, "198.18.0.1:40000", &format!("198.18.1.{}:{port}", next(12))),
+                _ => key(
+                    proto,
+                    &format!("198.18.{}.1:{}", next(2), 500 + next(41000)),
+                    &format!("198.{}.{}.2:{port}", 18 + next(2), next(3)),
+                ),
+            };
+            let p = &processes[next(processes.len() as u64) as usize];
+            // The kernel knows some of it: the owner record, the cgroup, some answers.
+            let owner = owner_of(p);
+            let (cgroup, ancestors) = tree.ancestry(p.cgroup.as_deref().unwrap_or("/"));
+            let mut answers = answers(&compiled.userspace, p, 1);
+            answers.known &= next(u64::MAX);
+            let kernel = KernelFacts {
+                key: &k,
+                owner: (next(4) != 0).then_some(&owner),
+                cgroup: (next(3) != 0).then_some((cgroup, &ancestors)),
+                proc_tests: (next(2) == 0).then_some(&answers),
+            };
+            // Indexed and linear agree on class and provisional flag (checked in eval).
+            let (verdict, is_provisional) = table::eval(&compiled, &kernel);
+            // With everything known, the daemon's engine gives the predicates' first match.
+            let daemon = first_match(&rules, &Facts { key: &k, process: Some(p) });
+            assert_eq!(
+                compiled.decide(&k, Some(p)).class,
+                daemon.unwrap_or(shaper_common::CLASS_DEFAULT),
+                "{sources:?} {p:?} {k:?}"
+            );
+            let bare = first_match(&rules, &Facts { key: &k, process: None });
+            assert_eq!(
+                compiled.decide(&k, None).class,
+                bare.unwrap_or(shaper_common::CLASS_DEFAULT),
+                "{sources:?} {k:?}"
+            );
+            // A verdict the kernel does not mark provisional is the daemon's.
+            if is_provisional {
+                provisional += 1;
+            } else {
+                assert_eq!(verdict, daemon.map_or(TARGET_DEFAULT, target_class), "{sources:?} {kernel:?}");
+            }
+            let winner =
+                rules.iter().position(|(_, pred)| pred.matches(&Facts { key: &k, process: Some(p) }));
+            matched += usize::from(daemon.is_some());
+            late += usize::from(winner.is_some_and(|w| w >= 5));
+            flows += 1;
+        }
+    }
+    assert!(provisional > flows / 10 && provisional < flows * 9 / 10, "{provisional} of {flows} provisional");
+    // Flows that match no rule, and flows whose first match comes late.
+    assert!(matched < flows - 150 && late > flows / 20, "{matched} of {flows} matched, {late} late");
+    assert!(residual > 100, "{residual} rules without a cover");
 }

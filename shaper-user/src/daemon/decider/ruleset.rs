@@ -1,7 +1,7 @@
 //! The rules in force, compiled once per change of the config: the kernel's
 //! table and what the daemon needs to decide with them.
 
-use shaper_common::{FlowKey, CLASS_DEFAULT};
+use shaper_common::FlowKey;
 
 use crate::{
     classids::ClassIds,
@@ -10,7 +10,7 @@ use crate::{
     rules::{
         self,
         compile::{CgroupIndex, Compiled},
-        pred::{Atom, Facts, ProcessFacts},
+        pred::{Atom, ProcessFacts},
         Pred,
     },
 };
@@ -57,7 +57,6 @@ impl RuleSet {
     /// The class every rule gives a flow, knowing the process behind it: a
     /// class index or `CLASS_DEFAULT`.
     pub fn class_of(&self, key: &FlowKey, process: Option<&ProcessFacts>) -> u16 {
-        let facts = Facts { key, process };
-        self.rules.iter().find(|(_, p)| p.matches(&facts)).map_or(CLASS_DEFAULT, |(class, _)| *class)
+        self.compiled.decide(key, process).class
     }
 }

@@ -38,7 +38,7 @@ impl Tables for Datapath {
     }
     fn write_rules(&mut self, compiled: &Compiled, flags: u32) -> Result<u32, DatapathError> {
         self.set_flags(flags);
-        self.set_rules(&compiled.nodes)
+        self.set_rules(compiled)
     }
     fn for_each_flow(&self, visit: &mut dyn FnMut(&FlowKey, &FlowValue)) -> Result<(), DatapathError> {
         Datapath::for_each_flow(self, visit).map(|_| ())
