@@ -12,8 +12,8 @@
 //! the churning program's class (a later rule on the churn's ports catches
 //! them: a misclassified connection shows there), next to the same churn
 //! under the pyshaper model (no socket hooks, no events, a scan every 30 s)
-//! on the same held connections. The /proc scan with the
-//! 100 000 sockets is timed next to `ss -tunap` listing them.
+//! on the same held connections. The daemon's reconcile with the 100 000
+//! sockets is timed next to `ss -tunap` listing them.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -124,6 +124,8 @@ struct Outcome {
     failed: u64,
     late: u64,
     scan_ms: Option<f64>,
+    /// The last reconcile before the churn, with the held connections only.
+    idle_scan_ms: Option<f64>,
 }
 
 fn churn_once(sandbox: &Sandbox, daemon: &Daemon, pyshaper_model: bool) -> Result<Outcome> {
@@ -140,6 +142,8 @@ fn churn_once(sandbox: &Sandbox, daemon: &Daemon, pyshaper_model: bool) -> Resul
         std::thread::sleep(IDLE);
         ((cpu_seconds(pid)? - cpu0) / wall.elapsed().as_secs_f64() * 100.0, status_kb(pid, "VmRSS")?)
     };
+    let idle_status: Status = call(daemon, Command::Status)?;
+    let idle_scan_ms = idle_status.last_scan.as_ref().map(|s| s.micros as f64 / 1e3);
     let before: Vec<ClassRow> = call(daemon, Command::Classes)?;
     let cpu0 = cpu_seconds(pid)?;
     let wall = Instant::now();
@@ -188,6 +192,7 @@ fn churn_once(sandbox: &Sandbox, daemon: &Daemon, pyshaper_model: bool) -> Resul
         failed,
         late,
         scan_ms,
+        idle_scan_ms,
     })
 }
 
@@ -286,13 +291,22 @@ pub fn run(report: &mut Report) -> Result<()> {
         peer,
         Figure::new(theirs.wrong_packets as f64, Unit::Count),
     ));
-    if let Some(scan) = ours.scan_ms {
+    if let Some(scan) = ours.idle_scan_ms {
         report.push(Row::new(
             S,
-            format!("one /proc scan with {HELD} connections (sockets, processes, flow map)"),
+            format!("one reconcile with {HELD} connections (sock_diag, owner records, flow map)"),
             Figure::new(scan, Unit::Millis),
             "ss -tunap listing them",
             Figure::new(median(ss_ms.clone()), Unit::Millis),
+        ));
+    }
+    if let (Some(after), Some(idle)) = (ours.scan_ms, ours.idle_scan_ms) {
+        report.push(Row::new(
+            S,
+            "the reconcile right after the churn (its closed flows dropped)".to_string(),
+            Figure::new(after, Unit::Millis),
+            "the reconcile before it",
+            Figure::new(idle, Unit::Millis),
         ));
     }
     report.detail(
@@ -304,7 +318,7 @@ pub fn run(report: &mut Report) -> Result<()> {
                 "idle_cpu_percent": o.idle_cpu_percent, "idle_rss_bytes": o.idle_rss,
                 "flows_before": o.flows_before, "flows_after": o.flows_after, "cleanup_s": o.cleanup_s,
                 "wrong_packets": o.wrong_packets, "churn_packets": o.churn_packets, "held_packets": o.held_packets, "default_packets": o.other_packets,
-                "opened": o.opened, "failed": o.failed, "late": o.late, "scan_ms": o.scan_ms,
+                "opened": o.opened, "failed": o.failed, "late": o.late, "scan_ms": o.scan_ms, "idle_scan_ms": o.idle_scan_ms,
             }))
             .collect::<Vec<_>>()),
     );

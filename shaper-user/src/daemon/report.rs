@@ -181,6 +181,7 @@ impl<'a> View<'a> {
             .map(|(key, value)| {
                 let info = self.decider.conn(&key);
                 let process = info.and_then(|i| self.decider.process(i.pid));
+                let provisional = self.decider.provisional(&key);
                 let origin = match (value.origin, info.map(|i| i.by)) {
                     (ORIGIN_PINNED, _) => Origin::Pinned,
                     (ORIGIN_DAEMON, Some(by)) => by,
@@ -198,8 +199,8 @@ impl<'a> View<'a> {
                     user: process.map(|p| p.user.clone().unwrap_or_else(|| p.uid.to_string())),
                     cmd: process.map(|p| p.cmd.clone()),
                     rule: names.rule(value.class),
-                    decided_us: info.and_then(|i| i.decided_us).map(u64::from),
-                    provisional_bytes: info.and_then(|i| i.provisional_bytes),
+                    decided_us: provisional.map(|p| u64::from(p.decided_us)),
+                    provisional_bytes: provisional.map(|p| p.bytes),
                     state: info.map_or(SockState::Gone, |i| i.state),
                     tx_bytes: value.tx_bytes,
                     tx_packets: value.tx_packets,

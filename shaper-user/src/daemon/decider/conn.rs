@@ -7,13 +7,16 @@ use crate::{control::protocol::Origin, sockdiag::SockState};
 /// Decision latencies kept for percentiles.
 const LATENCY_SAMPLES: usize = 10_000;
 
-/// What the decider knows about one flow beyond the flow map. Kept small:
-/// a host may have hundreds of thousands; what a process is lives once per
-/// process, in the decider's process table.
+/// What the decider knows about one flow beyond the flow map. Kept small (16
+/// bytes): a host may have hundreds of thousands. What a process is lives
+/// once per process, in the decider's process table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conn {
     /// The process behind the flow (0: not known).
     pub pid: u32,
+    /// The last reconcile that saw the socket, and the last that saw the flow entry.
+    pub seen: u32,
+    pub mapped: u32,
     /// Who decided the class last (`Kernel`, `Daemon` or `Scan`).
     pub by: Origin,
     /// The socket's state when last seen; `Gone` once a reconcile misses it.
@@ -21,29 +24,21 @@ pub struct Conn {
     /// The class must be decided again: the process is new to the decider,
     /// changed (exec, another holder), or the rules did.
     pub dirty: bool,
-    /// The last reconcile that saw the socket, and the last that saw the flow entry.
-    pub seen: u32,
-    pub mapped: u32,
-    /// For flows the kernel classed provisionally: microseconds from the first
-    /// packet to the daemon's decision, and bytes sent in the provisional class
-    /// meanwhile (0 when the kernel's guess was right).
-    pub decided_us: Option<u32>,
-    pub provisional_bytes: Option<u64>,
 }
 
 impl Conn {
     pub fn new(by: Origin) -> Self {
-        Self {
-            pid: 0,
-            by,
-            state: SockState::Gone,
-            dirty: false,
-            seen: 0,
-            mapped: 0,
-            decided_us: None,
-            provisional_bytes: None,
-        }
+        Self { pid: 0, seen: 0, mapped: 0, by, state: SockState::Gone, dirty: false }
     }
+}
+
+/// For a flow the kernel classed provisionally: microseconds from its first
+/// packet to the daemon's decision, and bytes sent in the provisional class
+/// meanwhile (0 when the kernel's guess was right).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Provisional {
+    pub decided_us: u32,
+    pub bytes: u64,
 }
 
 /// Counts of the daemon's decisions, for `status` and the benchmarks.
@@ -114,6 +109,6 @@ mod tests {
         assert_eq!(choose(&[40, 30, 50], 30), Some(30));
         assert_eq!(choose(&[40, 50], 30), Some(40));
         assert_eq!(choose(&[], 0), None);
-        assert!(std::mem::size_of::<Conn>() <= 40, "one per flow: keep it small");
+        assert_eq!(std::mem::size_of::<Conn>(), 16, "one per flow: keep it small");
     }
 }

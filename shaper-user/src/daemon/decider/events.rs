@@ -1,9 +1,11 @@
 //! The classifier's reports of new flows.
 
-use shaper_common::{FlowEvent, EVENT_OWNER, EVENT_PROVISIONAL};
+use std::sync::Arc;
 
-use super::{Conn, Decider, Tables};
-use crate::control::protocol::Origin;
+use shaper_common::{FlowEvent, Owner, EVENT_OWNER, EVENT_PROVISIONAL};
+
+use super::{Conn, Decider, Provisional, Tables};
+use crate::{control::protocol::Origin, rules::pred::ProcessFacts};
 
 impl Decider {
     /// Handles a new flow reported by the classifier.
@@ -17,35 +19,89 @@ impl Decider {
             // A socket made before the hooks were attached: the reconcile finds its process.
             return;
         }
-        let owner = &event.owner;
-        let facts = self.system.facts(owner.tgid, Some(owner), self.rules.needs);
-        let alive = self.system.alive(owner.tgid);
-        let class = self.rules.class_of(&event.key, Some(&facts));
-        if alive {
-            self.remember(tables, &facts);
-        }
-        let mut conn = Conn::new(Origin::Kernel);
-        conn.pid = owner.tgid;
-        // A provisional verdict always gets the daemon's answer. A decided one is
-        // revisited only with the process in view (its name, not its thread's).
-        if provisional || (alive && class != event.class) {
-            let sent = self.settle(tables, &event.key, class);
-            conn.by = Origin::Daemon;
-            if class != event.class {
-                self.stats.changed += 1;
-            }
+        let Some(facts) = self.owner_facts(tables, &event.owner) else {
+            // The owner exited already: what its record tells decides.
+            let facts = self.system.facts(event.owner.tgid, Some(&event.owner), self.rules.needs);
             if provisional {
-                let latency_us = self.system.monotonic_ns().saturating_sub(event.ts_ns) / 1000;
-                self.stats.record(latency_us);
-                let wrong = if class == event.class { 0 } else { sent.unwrap_or(0) };
-                self.stats.provisional_bytes += wrong;
-                conn.decided_us = Some(u32::try_from(latency_us).unwrap_or(u32::MAX));
-                conn.provisional_bytes = Some(wrong);
+                self.decide_event(tables, event, &facts, true);
             }
+            return;
+        };
+        self.decide_event(tables, event, &facts, provisional);
+        let id = self.ids.of(&event.key);
+        let conn = self.conns.entry(id).or_insert_with(|| Conn::new(Origin::Kernel));
+        conn.pid = event.owner.tgid;
+    }
+
+    /// The facts of a socket owner's process: the ones known already when the
+    /// kernel's record agrees with them (a new connection of a known process
+    /// reads nothing from /proc; an exec since shows as another name), else
+    /// read now. `None` when the process is gone.
+    fn owner_facts(&mut self, tables: &mut dyn Tables, owner: &Owner) -> Option<Arc<ProcessFacts>> {
+        if let Some(known) = self.processes.get(&owner.tgid).filter(|f| same_name(&f.cmd, &owner.comm)) {
+            return Some(Arc::clone(known));
         }
-        if alive {
-            self.processes.insert(owner.tgid, facts);
+        if !self.system.alive(owner.tgid) {
+            return None;
         }
-        self.conns.insert(event.key, conn);
+        let facts = Arc::new(self.system.facts(owner.tgid, Some(owner), self.rules.needs));
+        self.remember(tables, &facts);
+        self.processes.insert(owner.tgid, Arc::clone(&facts));
+        Some(facts)
+    }
+
+    /// The daemon's class for the flow of `event`. A provisional verdict
+    /// always gets the daemon's answer; a decided one is revisited with the
+    /// process in view (its name, not its thread's).
+    fn decide_event(
+        &mut self,
+        tables: &mut dyn Tables,
+        event: &FlowEvent,
+        facts: &ProcessFacts,
+        provisional: bool,
+    ) {
+        let class = self.rules.class_of(&event.key, Some(facts));
+        let id = self.ids.of(&event.key);
+        if !provisional && class == event.class {
+            self.conns.insert(id, Conn::new(Origin::Kernel));
+            return;
+        }
+        let sent = self.settle(tables, &event.key, class);
+        self.conns.insert(id, Conn::new(Origin::Daemon));
+        if class != event.class {
+            self.stats.changed += 1;
+        }
+        if provisional {
+            let latency_us = self.system.monotonic_ns().saturating_sub(event.ts_ns) / 1000;
+            self.stats.record(latency_us);
+            let wrong = if class == event.class { 0 } else { sent.unwrap_or(0) };
+            self.stats.provisional_bytes += wrong;
+            let decided_us = u32::try_from(latency_us).unwrap_or(u32::MAX);
+            self.provisional.insert(id, Provisional { decided_us, bytes: wrong });
+        }
+    }
+}
+
+/// Whether the kernel's record of a name (the thread's, NUL-padded, at most
+/// 15 bytes) is the process's name `cmd`.
+fn same_name(cmd: &str, comm: &[u8; 16]) -> bool {
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    cmd.as_bytes().get(..15.min(cmd.len())) == comm.get(..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_name;
+
+    #[test]
+    fn names_compare_as_the_kernel_keeps_them() {
+        let comm = |s: &str| {
+            let mut c = [0u8; 16];
+            c[..s.len()].copy_from_slice(s.as_bytes());
+            c
+        };
+        assert!(same_name("curl", &comm("curl")));
+        assert!(!same_name("curl", &comm("bash")));
+        assert!(same_name("a-very-long-program", &comm("a-very-long-pro")));
     }
 }

@@ -19,6 +19,7 @@
 
 mod conn;
 mod events;
+mod flowid;
 mod ruleset;
 mod scan;
 mod system;
@@ -26,15 +27,18 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{Conn, DecisionStats};
+pub use conn::{Conn, DecisionStats, Provisional};
 pub use ruleset::RuleSet;
 pub use system::{LiveSystem, ScanError, System};
 pub use tables::Tables;
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
+
+use flowid::{FlowIds, IdMap};
 
 use shaper_common::{
     FlowKey, FlowValue, FLOW_PROVISIONAL, ORIGIN_DAEMON, ORIGIN_KERNEL, ORIGIN_PINNED, SETTING_CGROUP_RULES,
@@ -56,10 +60,13 @@ pub struct Decider {
     /// hooks are attached); off, process rules are left to the reconcile.
     event_driven: bool,
     scan_interval: Duration,
-    /// Who is behind each flow, and how its class was decided.
-    conns: HashMap<FlowKey, Conn>,
+    /// Who is behind each flow, and how its class was decided, by flow id.
+    ids: FlowIds,
+    conns: IdMap<Conn>,
+    /// What provisional verdicts cost, for the flows that had one.
+    provisional: IdMap<Provisional>,
     /// The facts of the processes behind the flows, as last decided with.
-    processes: HashMap<u32, ProcessFacts>,
+    processes: HashMap<u32, Arc<ProcessFacts>>,
     /// Reconciles so far (a flow's `seen` and `mapped` refer to them).
     generation: u32,
     /// When the descriptors of every process were last walked for sockets
@@ -76,7 +83,9 @@ impl Decider {
             rules: RuleSet::default(),
             event_driven,
             scan_interval,
-            conns: HashMap::new(),
+            ids: FlowIds::new(),
+            conns: IdMap::default(),
+            provisional: IdMap::default(),
             processes: HashMap::new(),
             generation: 0,
             last_fd_walk: None,
@@ -110,6 +119,10 @@ impl Decider {
         self.rules = rules;
         if write {
             self.write_table(tables)?;
+            // The answers in PROC_TESTS belong to a table generation.
+            for facts in self.processes.values() {
+                self.remember(tables, facts);
+            }
         }
         Ok(())
     }
@@ -129,12 +142,17 @@ impl Decider {
 
     /// What the decider knows about flow `key`.
     pub fn conn(&self, key: &FlowKey) -> Option<&Conn> {
-        self.conns.get(key)
+        self.conns.get(&self.ids.of(key))
+    }
+
+    /// What the provisional verdict of flow `key` cost, if it had one.
+    pub fn provisional(&self, key: &FlowKey) -> Option<&Provisional> {
+        self.provisional.get(&self.ids.of(key))
     }
 
     /// The facts of process `pid`, if a flow of its is known.
     pub fn process(&self, pid: u32) -> Option<&ProcessFacts> {
-        self.processes.get(&pid)
+        self.processes.get(&pid).map(|p| &**p)
     }
 
     pub fn stats(&self) -> &DecisionStats {
@@ -203,9 +221,10 @@ impl Decider {
         let generation = self.generation;
         let mut redone = 0;
         let mut handback = Vec::new();
+        let (ids, conns) = (&self.ids, &self.conns);
         let walk = tables.for_each_flow(&mut |key, value| {
             let decided =
-                self.conns.get(key).is_some_and(|c| c.seen == generation && c.pid != 0) && process_rules;
+                conns.get(&ids.of(key)).is_some_and(|c| c.seen == generation && c.pid != 0) && process_rules;
             match value.origin {
                 // The reconcile just decided it if it knows the process behind it.
                 ORIGIN_DAEMON if decided => redone += 1,

@@ -16,7 +16,7 @@
 //!    flows without a socket idle past the scan interval are removed.
 //! 5. Sockets without a flow entry are adopted.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use shaper_common::{
     FlowKey, FlowValue, ListenKey, Owner, FAMILY_V6, FLOW_PROVISIONAL, ORIGIN_DAEMON, ORIGIN_KERNEL,
@@ -45,16 +45,16 @@ impl Decider {
         self.check_processes(tables);
         let mut report = ScanReport::default();
         let audit = self.generation % AUDIT_EVERY == 1;
-        let traced = match self.walk_sockets(tables, audit, &mut report) {
-            Ok(traced) => traced,
+        let Walked { orphans, unmapped } = match self.walk_sockets(tables, audit, &mut report) {
+            Ok(walked) => walked,
             Err(e) => {
                 log::warn!("scan: {}", crate::error_chain(&e));
                 return report;
             }
         };
-        self.trace(tables, traced, audit);
+        self.trace(tables, orphans, audit);
         self.walk_flows(tables, &mut report);
-        self.adopt(tables, &mut report);
+        self.adopt(tables, unmapped, &mut report);
         self.forget_gone();
         self.forget_exited(tables);
         self.prune_listeners(tables);
@@ -77,9 +77,9 @@ impl Decider {
                 continue;
             }
             let facts = self.system.facts(pid, None, self.rules.needs);
-            if self.processes.get(&pid) != Some(&facts) {
+            if self.processes.get(&pid).is_none_or(|known| **known != facts) {
                 self.remember(tables, &facts);
-                self.processes.insert(pid, facts);
+                self.processes.insert(pid, Arc::new(facts));
                 changed.insert(pid);
             }
         }
@@ -93,23 +93,30 @@ impl Decider {
         }
     }
 
-    /// Step 2: every socket; returns (flow, inode) of those whose process no
-    /// owner record gives (with `audit`: of every socket with an inode).
+    /// Step 2: every socket. Returns (flow, inode) of those whose process no
+    /// owner record gives (with `audit`: of every socket with an inode), and
+    /// the sockets whose flow had no entry at the last pass (to adopt).
     fn walk_sockets(
         &mut self,
         tables: &mut dyn Tables,
         audit: bool,
         report: &mut ScanReport,
-    ) -> Result<Vec<(FlowKey, u64)>, super::ScanError> {
+    ) -> Result<Walked, super::ScanError> {
         let generation = self.generation;
         let mut orphans = Vec::new();
+        let mut unmapped = Vec::new();
         let mut owned: Vec<(FlowKey, Owner, u64)> = Vec::new();
-        let conns = &mut self.conns;
+        let (ids, conns) = (&self.ids, &mut self.conns);
         let missing = self.system.sockets(&mut |s: &Socket| {
             report.sockets += 1;
-            let conn = conns.entry(s.key).or_insert_with(|| Conn::new(Origin::Scan));
+            let conn = conns.entry(ids.of(&s.key)).or_insert_with(|| Conn::new(Origin::Scan));
             conn.state = s.state;
             conn.seen = generation;
+            if (conn.mapped == 0 || conn.mapped.wrapping_add(1) != generation)
+                && s.state != SockState::TimeWait
+            {
+                unmapped.push(s.key);
+            }
             if conn.pid != 0 || s.state == SockState::TimeWait {
                 if audit && s.inode != 0 {
                     orphans.push((s.key, s.inode));
@@ -129,7 +136,7 @@ impl Decider {
                 orphans.push((key, inode));
             }
         }
-        Ok(orphans)
+        Ok(Walked { orphans, unmapped })
     }
 
     /// Gives flow `key` the process `pid`, reading its facts if it is new to
@@ -141,9 +148,9 @@ impl Decider {
             }
             let facts = self.system.facts(pid, owner, self.rules.needs);
             self.remember(tables, &facts);
-            self.processes.insert(pid, facts);
+            self.processes.insert(pid, Arc::new(facts));
         }
-        if let Some(conn) = self.conns.get_mut(key) {
+        if let Some(conn) = self.conns.get_mut(&self.ids.of(key)) {
             conn.pid = pid;
             conn.dirty = true;
         }
@@ -163,7 +170,7 @@ impl Decider {
         let inodes: HashSet<u64> = orphans.iter().map(|(_, inode)| *inode).collect();
         let holders = self.system.holders(&inodes);
         for (key, inode) in orphans {
-            let known = self.conns.get(&key).map_or(0, |c| c.pid);
+            let known = self.conns.get(&self.ids.of(&key)).map_or(0, |c| c.pid);
             let pids = holders.get(&inode).map_or(&[][..], Vec::as_slice);
             match conn::choose(pids, known) {
                 Some(pid) if pid != known => {
@@ -181,9 +188,9 @@ impl Decider {
         let process_rules = self.rules.process;
         let mut moves: Vec<(FlowKey, u16)> = Vec::new();
         let mut stale: Vec<FlowKey> = Vec::new();
-        let (conns, processes, rules) = (&mut self.conns, &self.processes, &self.rules);
+        let (ids, conns, processes, rules) = (&self.ids, &mut self.conns, &self.processes, &self.rules);
         let walk = tables.for_each_flow(&mut |key, value| {
-            let Some(conn) = conns.get_mut(key).filter(|c| c.seen == generation) else {
+            let Some(conn) = conns.get_mut(&ids.of(key)).filter(|c| c.seen == generation) else {
                 if now.saturating_sub(value.last_seen_ns) > stale_after {
                     stale.push(*key);
                 }
@@ -193,7 +200,7 @@ impl Decider {
             let redo = conn.dirty || value.flags & FLOW_PROVISIONAL != 0;
             conn.dirty = false;
             let Some(facts) = processes.get(&conn.pid).filter(|_| redo && process_rules) else { return };
-            let class = rules.class_of(key, Some(facts));
+            let class = rules.class_of(key, Some(&**facts));
             if value.origin != ORIGIN_PINNED && class != value.class {
                 moves.push((*key, class));
             }
@@ -204,7 +211,7 @@ impl Decider {
         for (key, class) in moves {
             self.settle(tables, &key, class);
             report.corrected += 1;
-            if let Some(conn) = self.conns.get_mut(&key) {
+            if let Some(conn) = self.conns.get_mut(&self.ids.of(&key)) {
                 conn.by = Origin::Scan;
             }
         }
@@ -214,26 +221,25 @@ impl Decider {
                     Ok(()) => report.removed += 1,
                     Err(e) => log::warn!("scan: removing a stale flow: {e}"),
                 }
-                self.conns.remove(&key);
+                let id = self.ids.of(&key);
+                self.conns.remove(&id);
+                self.provisional.remove(&id);
             }
         }
     }
 
-    /// Step 5: sockets seen without a flow entry get one.
-    fn adopt(&mut self, tables: &mut dyn Tables, report: &mut ScanReport) {
+    /// Step 5: sockets seen without a flow entry (of `candidates`, those
+    /// whose flow had none at the last pass) get one.
+    fn adopt(&mut self, tables: &mut dyn Tables, candidates: Vec<FlowKey>, report: &mut ScanReport) {
         let generation = self.generation;
         let process_rules = self.rules.process;
-        let unmapped: Vec<FlowKey> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.seen == generation && c.mapped != generation && c.state != SockState::TimeWait)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in unmapped {
-            let Some(conn) = self.conns.get_mut(&key) else { continue };
+        for key in candidates {
+            let Some(conn) = self.conns.get_mut(&self.ids.of(&key)).filter(|c| c.mapped != generation) else {
+                continue;
+            };
             conn.mapped = generation;
             conn.dirty = false;
-            let facts = self.processes.get(&conn.pid);
+            let facts = self.processes.get(&conn.pid).map(|f| &**f);
             let value = FlowValue {
                 class: self.rules.class_of(&key, facts),
                 origin: if process_rules { ORIGIN_DAEMON } else { ORIGIN_KERNEL },
@@ -261,6 +267,12 @@ impl Decider {
         });
         let in_use: HashSet<u32> = self.conns.values().map(|c| c.pid).collect();
         self.processes.retain(|pid, _| in_use.contains(pid));
+        let conns = &self.conns;
+        self.provisional.retain(|id, _| conns.contains_key(id));
+        // A burst of connections grows the table; give the memory back after.
+        if self.conns.capacity() > 4 * self.conns.len().max(1024) {
+            self.conns.shrink_to_fit();
+        }
     }
 
     fn stale_after_ns(&self) -> u64 {
@@ -312,6 +324,14 @@ impl Decider {
             }
         }
     }
+}
+
+/// What the walk of the sockets leaves to the later steps.
+struct Walked {
+    /// Sockets whose process no owner record gives: (flow, inode).
+    orphans: Vec<(FlowKey, u64)>,
+    /// Sockets whose flow had no entry at the last pass.
+    unmapped: Vec<FlowKey>,
 }
 
 /// The owner record of a socket: its own (by cookie), or, for a connection
