@@ -30,6 +30,9 @@ use crate::{
     events,
 };
 
+/// How long a report that does not wait for the daemon may wait to be read.
+const EVENT_BATCH: Duration = Duration::from_millis(100);
+
 fn lock(state: &Mutex<Shaper>) -> MutexGuard<'_, Shaper> {
     state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -146,6 +149,9 @@ async fn serve(
     let mut scan = tokio::time::interval(scan_interval);
     scan.tick().await;
     let mut meter = tokio::time::interval(Duration::from_secs(1));
+    // The classifier wakes the daemon only for verdicts that wait for it;
+    // the other reports are read on this tick.
+    let mut pending = tokio::time::interval(EVENT_BATCH);
     let mut clients = Box::pin(socket.serve(handler(state, stop_tx)));
     loop {
         tokio::select! {
@@ -167,6 +173,9 @@ async fn serve(
                         reload(state, "the config file changed");
                     }
                 }
+            }
+            _ = pending.tick(), if s.events.is_some() => {
+                if let Some(ring) = s.events.as_mut() { drain(ring.get_mut(), state); }
             }
             _ = scan.tick() => { lock(state).reconcile(); }
             _ = meter.tick() => { lock(state).sample_rates(); }
