@@ -72,6 +72,8 @@ pub struct Decider {
     /// When the descriptors of every process were last walked for sockets
     /// no owner record explains (a reconcile generation).
     last_fd_walk: Option<u32>,
+    /// Socket inodes a walk of the descriptors looked for already.
+    traced: HashSet<u64>,
     stats: DecisionStats,
     last_scan: Option<ScanReport>,
 }
@@ -89,6 +91,7 @@ impl Decider {
             processes: HashMap::new(),
             generation: 0,
             last_fd_walk: None,
+            traced: HashSet::new(),
             stats: DecisionStats::default(),
             last_scan: None,
         }

@@ -35,6 +35,8 @@ use crate::{
 const FD_WALK_EVERY: u32 = 6;
 /// Reconciles between two walks that check the holder of every socket.
 const AUDIT_EVERY: u32 = 60;
+/// Sockets remembered as traced already, at most.
+const MAX_TRACED: usize = 1 << 20;
 
 impl Decider {
     /// Adopts connections the classifier has not seen, corrects classes the
@@ -158,17 +160,25 @@ impl Decider {
     }
 
     /// Step 3: who holds the sockets `orphans` (each a flow and its inode).
+    /// A socket no walk could trace (a process outside this namespace's
+    /// /proc, one that closed it meanwhile) triggers no walk of its own again;
+    /// an audit walks for every socket anyway.
     fn trace(&mut self, tables: &mut dyn Tables, orphans: Vec<(FlowKey, u64)>, audit: bool) {
-        if orphans.is_empty() {
-            return;
+        if audit {
+            self.traced.clear();
         }
+        let new = orphans.iter().any(|(_, inode)| !self.traced.contains(inode));
         let due = self.last_fd_walk.is_none_or(|g| self.generation.wrapping_sub(g) >= FD_WALK_EVERY);
-        if !due && !audit {
+        if !audit && !(new && due) {
             return;
         }
         self.last_fd_walk = Some(self.generation);
         let inodes: HashSet<u64> = orphans.iter().map(|(_, inode)| *inode).collect();
         let holders = self.system.holders(&inodes);
+        if self.traced.len() > MAX_TRACED {
+            self.traced.clear();
+        }
+        self.traced.extend(inodes);
         for (key, inode) in orphans {
             let known = self.conns.get(&self.ids.of(&key)).map_or(0, |c| c.pid);
             let pids = holders.get(&inode).map_or(&[][..], Vec::as_slice);

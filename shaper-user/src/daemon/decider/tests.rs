@@ -101,6 +101,8 @@ struct FakeSystem {
     sockets: Vec<(Socket, Option<u32>)>,
     processes: HashMap<u32, ProcessFacts>,
     now_ns: Arc<AtomicU64>,
+    /// Walks of every process's descriptors.
+    walks: Arc<AtomicU64>,
 }
 
 impl System for FakeSystem {
@@ -109,6 +111,7 @@ impl System for FakeSystem {
         Ok(Vec::new())
     }
     fn holders(&self, inodes: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
+        self.walks.fetch_add(1, Ordering::Relaxed);
         self.sockets
             .iter()
             .filter(|(s, _)| inodes.contains(&s.inode))
@@ -252,6 +255,7 @@ fn the_reconcile_adopts_corrects_and_drops_stale_flows_but_never_moves_a_pinned_
         ],
         processes: HashMap::from([(7, process(7, "backupjob", &["backupjob"]))]),
         now_ns: Arc::clone(&now),
+        ..FakeSystem::default()
     };
     let mut d = decider(system, &mut tables);
     // 2: decided by the kernel before the process exec'd into backupjob; 3: pinned;
@@ -325,4 +329,26 @@ fn a_rule_change_hands_undecidable_flows_back_to_the_kernel() {
     assert_eq!((back.origin, back.rules_gen), (ORIGIN_KERNEL, 0), "no socket: the kernel decides again");
     assert_eq!(tables.flow(&key(6)).map(|f| f.origin), Some(ORIGIN_KERNEL), "its class is gone");
     assert_eq!(tables.flow(&key(8)).map(|f| f.origin), Some(ORIGIN_PINNED), "its class stays");
+}
+
+#[test]
+fn a_socket_no_walk_can_trace_does_not_walk_the_descriptors_again() {
+    let mut tables = FakeTables::default();
+    let walks = Arc::new(AtomicU64::new(0));
+    // Nobody holds socket 2 (a process /proc does not show).
+    let system = FakeSystem {
+        sockets: vec![
+            (socket(1, 11, SockState::Established), Some(7)),
+            (socket(2, 12, SockState::Established), None),
+        ],
+        processes: HashMap::from([(7, process(7, "backupjob", &["backupjob"]))]),
+        walks: Arc::clone(&walks),
+        ..FakeSystem::default()
+    };
+    let mut d = decider(system, &mut tables);
+    for _ in 0..20 {
+        d.reconcile(&mut tables);
+    }
+    assert_eq!(walks.load(Ordering::Relaxed), 1, "one walk at start, none for the same untraceable socket");
+    assert_eq!(d.conn(&key(1)).map(|c| c.pid), Some(7));
 }
