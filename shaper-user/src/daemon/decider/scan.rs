@@ -169,7 +169,7 @@ impl Decider {
         }
         let new = orphans.iter().any(|(_, inode)| !self.traced.contains(inode));
         let due = self.last_fd_walk.is_none_or(|g| self.generation.wrapping_sub(g) >= FD_WALK_EVERY);
-        if !audit && !(new && due) {
+        if !(audit || new && due) {
             return;
         }
         self.last_fd_walk = Some(self.generation);
