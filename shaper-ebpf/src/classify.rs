@@ -12,7 +12,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
     },
@@ -159,10 +159,11 @@ fn send_event(walk: &Walk, cookie: u64, class: u16, provisional: bool) {
         (*event).flags = flags;
         (*event)._pad = 0;
     }
-    // A provisional verdict waits for the daemon's answer: wake it now. The
-    // others only tell it who is behind the flow; it reads them at its next
-    // wake-up (at most 100 ms later), which spares it a wake-up per connection.
-    entry.submit(if provisional { 0 } else { BPF_RB_NO_WAKEUP as u64 });
+    // A provisional verdict waits for the daemon's answer: wake it now (forced:
+    // the kernel's adaptive wake-up stays silent while earlier reports are
+    // unread). The others only tell it who is behind the flow; it reads them at
+    // its next wake-up (at most 100 ms later), sparing it one per connection.
+    entry.submit(if provisional { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 });
 }
 
 /// A verdict, with what the daemon must be told about it.

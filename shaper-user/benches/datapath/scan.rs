@@ -119,6 +119,10 @@ fn measure(what: &str, mut f: impl FnMut() -> Result<usize>) -> Result<Measured>
     let (mut times, mut cpu, mut sys, mut peaks, mut count) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
     for _ in 0..RUNS {
+        // Freed heap goes back to the kernel first, or an allocation would
+        // reuse pages earlier sections left resident and show no growth.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
         // "5" resets the peak RSS (VmHWM) to the current RSS.
         std::fs::write("/proc/self/clear_refs", "5").context("resetting VmHWM")?;
         let base = status_bytes("VmRSS")?;
