@@ -16,7 +16,6 @@
 //! sockets is timed next to `ss -tunap` listing them.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::Path,
     process::Stdio,
     time::{Duration, Instant},
@@ -29,7 +28,7 @@ use shaper_user::control::{ClassRow, Command, Status};
 
 use super::{
     call,
-    helper::{self, exe, start_server, Helper},
+    helper::{self, exe, start_server},
     median,
     report::{Figure, Report, Row, Unit},
     SHAPER,
@@ -205,28 +204,7 @@ pub fn run(report: &mut Report) -> Result<()> {
     servers.push(start_server(&sandbox.b, &["reply", CHURN_PORTS, &REQUEST_BYTES.to_string()], 5603)?);
     // shaper first, with the held connections opened under its hooks.
     let daemon = Daemon::start(&sandbox, Path::new(SHAPER), &config(&sandbox.dev_a, false))?;
-    let opened = Instant::now();
-    let mut holders = Vec::new();
-    for k in 0..HOLDERS {
-        let port = (HOLD_PORT + k).to_string();
-        let each = (HELD / usize::from(HOLDERS)).to_string();
-        holders.push(Helper::spawn(
-            sandbox
-                .client(&exe()?)?
-                .args([helper::FLAG, "hold", HOLDER, Sandbox::ADDR_B4, &port, &each])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped()),
-        )?);
-    }
-    for holder in &mut holders {
-        let stdout = holder.0.stdout.take().ok_or_else(|| anyhow!("no output from a holder"))?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        if line.trim() != "ready" {
-            bail!("a holder did not open its connections");
-        }
-    }
-    eprintln!("  {HELD} connections open in {:.1} s", opened.elapsed().as_secs_f64());
+    let holders = helper::hold_connections(&sandbox, HOLDER, HOLD_PORT, HOLDERS, HELD)?;
     let ours = churn_once(&sandbox, &daemon, false).context("shaper")?;
     // `ss` over the same sockets, next to the daemon's scan.
     let mut ss_ms = Vec::new();

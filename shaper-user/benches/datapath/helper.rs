@@ -67,6 +67,41 @@ pub fn exe() -> Result<String> {
 
 /// Starts a server helper (`mode` and its arguments) in `ns` and waits until
 /// it listens on `port`.
+/// Processes named `name` in the sandbox's namespace `a` and cgroup that
+/// hold `total` idle TCP connections to the servers on ports `first_port`,
+/// `first_port + 1`, … (one process each, `holders` of them; a process may
+/// have fewer than 20 000 files open here). Returns once every one is open.
+pub fn hold_connections(
+    sandbox: &shaper_testkit::sandbox::Sandbox,
+    name: &str,
+    first_port: u16,
+    holders: u16,
+    total: usize,
+) -> Result<Vec<Helper>> {
+    let opened = Instant::now();
+    let mut out = Vec::new();
+    for k in 0..holders {
+        let (port, each) = ((first_port + k).to_string(), (total / usize::from(holders)).to_string());
+        out.push(Helper::spawn(
+            sandbox
+                .client(&exe()?)?
+                .args([FLAG, "hold", name, shaper_testkit::sandbox::Sandbox::ADDR_B4, &port, &each])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        )?);
+    }
+    for holder in &mut out {
+        let stdout = holder.0.stdout.take().context("no output from a holder")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("a holder did not open its connections");
+        }
+    }
+    eprintln!("  {total} connections open in {:.1} s", opened.elapsed().as_secs_f64());
+    Ok(out)
+}
+
 pub fn start_server(ns: &shaper_testkit::sandbox::Netns, args: &[&str], port: u16) -> Result<Helper> {
     let helper = Helper::spawn(ns.command(&exe()?).arg(FLAG).args(args).stdin(Stdio::null()))?;
     wait_listening(ns, port)?;

@@ -22,9 +22,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs::File,
-    io::{BufRead as _, BufReader},
     os::fd::AsRawFd as _,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -43,7 +41,7 @@ use shaper_user::{
 };
 
 use super::{
-    helper::{self, exe, start_server, Helper},
+    helper::{self, start_server, Helper},
     median,
     report::{Figure, Report, Row, Unit},
 };
@@ -156,27 +154,7 @@ fn hold(sandbox: &Sandbox) -> Result<(Vec<Helper>, Vec<Helper>)> {
     for k in 0..HOLDERS {
         servers.push(start_server(&sandbox.b, &["keep", &(HOLD_PORT + k).to_string()], HOLD_PORT + k)?);
     }
-    let opened = Instant::now();
-    let mut holders = Vec::new();
-    for k in 0..HOLDERS {
-        let (port, each) = ((HOLD_PORT + k).to_string(), (HELD / usize::from(HOLDERS)).to_string());
-        holders.push(Helper::spawn(
-            sandbox
-                .client(&exe()?)?
-                .args([helper::FLAG, "hold", HOLDER, Sandbox::ADDR_B4, &port, &each])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped()),
-        )?);
-    }
-    for holder in &mut holders {
-        let stdout = holder.0.stdout.take().ok_or_else(|| anyhow!("no output from a holder"))?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        if line.trim() != "ready" {
-            bail!("a holder did not open its connections");
-        }
-    }
-    eprintln!("  {HELD} connections open in {:.1} s", opened.elapsed().as_secs_f64());
+    let holders = helper::hold_connections(sandbox, HOLDER, HOLD_PORT, HOLDERS, HELD)?;
     Ok((servers, holders))
 }
 
