@@ -297,6 +297,18 @@ pub struct ListenKey {
 }
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 4);
 
+impl ListenKey {
+    /// The bound ports a connection on `flow` may have been accepted on, in
+    /// the order to try them: its own family's, then the IPv6 one (a
+    /// dual-stack IPv6 socket accepts IPv4 connections too). The classifier
+    /// and the daemon's reconcile both look owners up this way.
+    #[inline(always)]
+    pub const fn accepting(flow: &FlowKey) -> [ListenKey; 2] {
+        let own = ListenKey { family: flow.family, proto: flow.proto, port: flow.lport };
+        [own, ListenKey { family: FAMILY_V6, ..own }]
+    }
+}
+
 /// [`FlowEvent::flags`]: `owner` is valid.
 pub const EVENT_OWNER: u16 = 1;
 /// [`FlowEvent::flags`]: the kernel's verdict is provisional (see [`FLOW_PROVISIONAL`]).

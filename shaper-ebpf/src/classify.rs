@@ -21,8 +21,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use shaper_common::{
     class_stats_index, classid_of, Direction, FlowEvent, FlowKey, FlowValue, ListenKey, Owner, CLASS_DEFAULT,
-    ERR_EVENT_LOST, ERR_FLOW_INSERT, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FAMILY_V6,
-    FLOW_PROVISIONAL, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_VERDICT,
+    ERR_EVENT_LOST, ERR_FLOW_INSERT, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FLOW_PROVISIONAL,
+    ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_VERDICT,
 };
 
 use crate::{
@@ -57,8 +57,7 @@ fn add(counter: &mut u64, n: u64) {
 /// takes IPv4 connections too).
 #[inline(always)]
 fn listener(key: &FlowKey) -> Option<Owner> {
-    let listen = ListenKey { family: key.family, proto: key.proto, port: key.lport };
-    let dual = ListenKey { family: FAMILY_V6, ..listen };
+    let [listen, dual] = ListenKey::accepting(key);
     // SAFETY: read-only looks at map values.
     unsafe { LISTENERS.get(listen).or_else(|| LISTENERS.get(dual)).copied() }
 }

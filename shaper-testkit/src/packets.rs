@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use shaper_common::{PROTO_TCP, PROTO_UDP};
+use shaper_common::{FlowKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -119,3 +119,18 @@ pub const SKB_CTX_SIZE: usize = 192;
 pub const SKB_PRIORITY_OFFSET: usize = 32;
 /// Offset of `__sk_buff.ifindex`.
 pub const SKB_IFINDEX_OFFSET: usize = 40;
+
+/// The `i`-th of a series of distinct TCP flows (IPv4, 198.19.0.0/16), for
+/// filling a flow map with entries no real packet has.
+pub fn synthetic_flow(i: u32) -> FlowKey {
+    let mut key = FlowKey {
+        family: FAMILY_V4,
+        proto: PROTO_TCP,
+        lport: 10_000 + (i % 50_000) as u16,
+        rport: 443,
+        ..FlowKey::default()
+    };
+    key.laddr[..4].copy_from_slice(&[198, 19, 0, 1]);
+    key.raddr[..4].copy_from_slice(&[198, 19, (i >> 16) as u8 + 1, (i >> 8) as u8]);
+    key
+}

@@ -321,16 +321,7 @@ fn load_datapath() -> Datapath {
 }
 
 fn flow_key(i: u32) -> FlowKey {
-    let mut key = FlowKey {
-        family: FAMILY_V4,
-        proto: PROTO_TCP,
-        lport: 10_000 + (i % 50_000) as u16,
-        rport: 443,
-        ..FlowKey::default()
-    };
-    key.laddr[..4].copy_from_slice(&[198, 19, 0, 1]);
-    key.raddr[..4].copy_from_slice(&[198, 19, (i >> 16) as u8 + 1, (i >> 8) as u8]);
-    key
+    shaper_testkit::packets::synthetic_flow(i)
 }
 
 #[test]

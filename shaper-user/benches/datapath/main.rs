@@ -27,7 +27,7 @@ use std::{
 };
 
 use anyhow::{anyhow, Context as _, Result};
-use shaper_common::{names, FlowKey, FlowValue, IfaceInfo, FAMILY_V4, ORIGIN_KERNEL, PROTO_TCP};
+use shaper_common::{names, FlowKey, FlowValue, IfaceInfo, ORIGIN_KERNEL, PROTO_TCP};
 use shaper_testkit::{
     packets::Frame,
     sandbox::{Daemon, Netns},
@@ -112,15 +112,7 @@ fn fill_flows(dp: &mut Datapath, count: usize, except: &FlowKey) -> Result<()> {
     let mut n = 0usize;
     let mut i = 0u32;
     while n < count {
-        let mut key = FlowKey {
-            family: FAMILY_V4,
-            proto: PROTO_TCP,
-            lport: 10_000 + (i % 50_000) as u16,
-            rport: 443,
-            ..FlowKey::default()
-        };
-        key.laddr[..4].copy_from_slice(&[198, 19, 0, 1]);
-        key.raddr[..4].copy_from_slice(&[198, 19, (i >> 16) as u8 + 1, (i >> 8) as u8]);
+        let key = shaper_testkit::packets::synthetic_flow(i);
         i += 1;
         if key == *except {
             continue;

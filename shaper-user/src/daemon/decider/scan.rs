@@ -19,8 +19,7 @@
 use std::{collections::HashSet, sync::Arc};
 
 use shaper_common::{
-    FlowKey, FlowValue, ListenKey, Owner, FAMILY_V6, FLOW_PROVISIONAL, ORIGIN_DAEMON, ORIGIN_KERNEL,
-    ORIGIN_PINNED,
+    FlowKey, FlowValue, ListenKey, Owner, FLOW_PROVISIONAL, ORIGIN_DAEMON, ORIGIN_KERNEL, ORIGIN_PINNED,
 };
 
 use super::{conn, Conn, Decider, Tables};
@@ -354,6 +353,6 @@ fn owner_of(tables: &dyn Tables, socket: &Socket) -> Option<Owner> {
         }
     }
     let key = &socket.key;
-    let listen = ListenKey { family: key.family, proto: key.proto, port: key.lport };
-    tables.listener(&listen).or_else(|| tables.listener(&ListenKey { family: FAMILY_V6, ..listen }))
+    let [listen, dual] = ListenKey::accepting(key);
+    tables.listener(&listen).or_else(|| tables.listener(&dual))
 }
