@@ -151,9 +151,10 @@ pub(crate) fn assemble(
         let end = o.comm.iter().position(|b| *b == 0).unwrap_or(o.comm.len());
         String::from_utf8_lossy(&o.comm[..end]).into_owned()
     });
+    // Unknown, not a value, when neither the record nor /proc told.
     let (uid, gid) = match owner {
-        Some(o) => (o.uid, o.gid),
-        None => read.ids.unwrap_or((u32::MAX, u32::MAX)),
+        Some(o) => (Some(o.uid), Some(o.gid)),
+        None => read.ids.map_or((None, None), |(u, g)| (Some(u), Some(g))),
     };
     let cgroup = read
         .cgroup
@@ -163,9 +164,9 @@ pub(crate) fn assemble(
         pid,
         uid,
         gid,
-        user: accounts.user_name(uid),
-        group: accounts.group_name(gid),
-        cmd: read.comm.clone().or(recorded_comm).unwrap_or_default(),
+        user: uid.and_then(|u| accounts.user_name(u)),
+        group: gid.and_then(|g| accounts.group_name(g)),
+        cmd: read.comm.clone().or(recorded_comm),
         exe: read.exe.clone().filter(|_| needs.exe),
         args: read.args.clone().filter(|_| needs.args),
         cgroup,
@@ -243,8 +244,8 @@ mod tests {
         let f = facts(me, None, all, &SystemAccounts::default(), None);
         assert_eq!(f.pid, me);
         // SAFETY: getuid has no preconditions.
-        assert_eq!(f.uid, unsafe { libc::getuid() });
-        assert!(!f.cmd.is_empty() && f.cmd.len() <= 15, "{f:?}");
+        assert_eq!(f.uid, Some(unsafe { libc::getuid() }));
+        assert!(f.cmd.as_ref().is_some_and(|c| !c.is_empty() && c.len() <= 15), "{f:?}");
         assert!(f.exe.as_deref().is_some_and(|e| e.starts_with('/')), "{f:?}");
         assert!(f.args.as_ref().is_some_and(|a| !a.is_empty()), "{f:?}");
         assert!(f.ancestors.as_ref().is_some_and(|a| !a.is_empty()), "{f:?}");

@@ -129,11 +129,11 @@ fn kernel(n: usize, rules: &[(u16, Rule)], net: &mut u8) -> Result<(f64, f64, f6
 fn process(pid: u32) -> ProcessFacts {
     ProcessFacts {
         pid,
-        uid: 1000,
-        gid: 1000,
+        uid: Some(1000),
+        gid: Some(1000),
         user: Some("alice".into()),
         group: Some("alice".into()),
-        cmd: "rsync".into(),
+        cmd: Some("rsync".into()),
         exe: Some("/usr/bin/rsync".into()),
         args: Some(vec!["rsync".into(), "-a".into(), "/home/alice/".into(), "backup:/srv/alice/".into()]),
         cgroup: Some("/user.slice/user-1000.slice/session-3.scope".into()),

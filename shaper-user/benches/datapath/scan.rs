@@ -486,7 +486,7 @@ fn facts_per_lookup(report: &mut Report, holders: &[Helper]) -> Result<[f64; 3]>
         let start = Instant::now();
         for _ in 0..LOOKUPS {
             for pid in &pids {
-                if f(*pid).cmd != HOLDER {
+                if f(*pid).cmd.as_deref() != Some(HOLDER) {
                     bail!("process {pid} is not a holder");
                 }
             }

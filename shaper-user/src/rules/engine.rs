@@ -60,8 +60,9 @@ impl Table for Compiled {
     }
 }
 
-/// The daemon's facts about a flow: everything is known, or (without a
-/// process) nothing about the process.
+/// The daemon's facts about a flow: what /proc and the owner record told
+/// about its process (a fact that could not be read is unknown, as in the
+/// kernel), or (without a process) nothing about the process.
 #[derive(Clone, Copy, Debug)]
 pub struct DaemonFacts<'a> {
     pub key: &'a FlowKey,
@@ -74,7 +75,7 @@ impl Facts for DaemonFacts<'_> {
     }
 
     fn owner(&self) -> Option<&Owner> {
-        self.view.map(|v| &v.owner)
+        self.view.and_then(|v| v.owner.as_ref())
     }
 
     fn cgroup(&self) -> Option<(u64, &[u64; CGROUP_LEVELS])> {
@@ -82,14 +83,14 @@ impl Facts for DaemonFacts<'_> {
     }
 
     fn userspace(&self, test: u32) -> Option<bool> {
-        self.view.map(|v| v.answers.get(test as usize).copied().unwrap_or(false))
+        self.view.and_then(|v| v.answers.get(test as usize).copied().unwrap_or(Some(false)))
     }
 
     fn user_known(&self) -> UserKnown {
-        if self.view.is_some() {
-            UserKnown::All
-        } else {
-            UserKnown::Nothing
+        match self.view {
+            Some(ProcessView { known: Some(known), .. }) => UserKnown::Bits { known: *known },
+            Some(_) => UserKnown::All,
+            None => UserKnown::Nothing,
         }
     }
 
@@ -132,19 +133,34 @@ impl Compiled {
 
     /// What the table needs to know about `process`.
     pub fn view(&self, process: &ProcessFacts) -> ProcessView {
-        let mut comm = [0u8; 16];
-        // The kernel keeps 15 bytes and a NUL.
-        for (c, b) in comm.iter_mut().zip(process.cmd.bytes().take(15)) {
-            *c = b;
-        }
-        let owner = Owner { tgid: process.pid, uid: process.uid, gid: process.gid, comm, ..Owner::default() };
+        let owner = match (process.uid, process.gid, process.cmd.as_deref()) {
+            (Some(uid), Some(gid), Some(cmd)) => {
+                let mut comm = [0u8; 16];
+                // The kernel keeps 15 bytes and a NUL.
+                for (c, b) in comm.iter_mut().zip(cmd.bytes().take(15)) {
+                    *c = b;
+                }
+                Some(Owner { tgid: process.pid, uid, gid, comm, ..Owner::default() })
+            }
+            // The kernel's record is all or nothing: so is the daemon's.
+            _ => None,
+        };
         let cgroup = if self.cgroups { process.cgroup.as_deref().map(|p| self.cgroup_ids(p)) } else { None };
         let key = FlowKey::default();
         let facts = super::pred::Facts { key: &key, process: Some(process) };
-        let answers: Vec<bool> = self.userspace.iter().map(|a| a.matches(&facts)).collect();
-        let true_tests =
-            answers.iter().enumerate().filter(|(_, answer)| **answer).map(|(i, _)| i as u32).collect();
-        ProcessView { owner, cgroup, answers, true_tests }
+        let answers: Vec<Option<bool>> =
+            self.userspace.iter().map(|a| a.known_for(process).then(|| a.matches(&facts))).collect();
+        let true_tests = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, answer)| **answer == Some(true))
+            .map(|(i, _)| i as u32)
+            .collect();
+        let known = answers.iter().any(Option::is_none).then(|| {
+            let below = answers.iter().take(shaper_common::rules::USERSPACE_TESTS as usize);
+            below.enumerate().filter(|(_, a)| a.is_some()).fold(0u64, |bits, (i, _)| bits | 1 << i)
+        });
+        ProcessView { owner, cgroup, answers, true_tests, known }
     }
 
     /// The cgroup at `path` and its ancestors, as the ids the table tests

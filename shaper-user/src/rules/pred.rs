@@ -64,17 +64,19 @@ impl Prefix {
 }
 
 /// What the daemon knows about the process behind a connection. Fields it
-/// could not learn (the process exited) are `None`, and tests on them are false.
+/// could not learn (the process exited before they were read) are `None`:
+/// unknown, never a value ([`Atom::known_for`]); the evaluation that decides a
+/// class takes a test on them as unknown and its verdict as provisional.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ProcessFacts {
     pub pid: u32,
     /// Real uid and gid.
-    pub uid: u32,
-    pub gid: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
     pub user: Option<String>,
     pub group: Option<String>,
     /// The kernel's name for the process (comm, at most 15 characters).
-    pub cmd: String,
+    pub cmd: Option<String>,
     pub exe: Option<String>,
     pub args: Option<Vec<String>>,
     /// cgroup v2 path, as in /proc/PID/cgroup ("/system.slice/sshd.service").
@@ -203,16 +205,16 @@ impl Atom {
 
     fn matches_process(&self, p: &ProcessFacts) -> bool {
         match self {
-            Atom::Uid { lo, hi } => (lo..=hi).contains(&&p.uid),
-            Atom::Gid { lo, hi } => (lo..=hi).contains(&&p.gid),
+            Atom::Uid { lo, hi } => p.uid.is_some_and(|uid| (*lo..=*hi).contains(&uid)),
+            Atom::Gid { lo, hi } => p.gid.is_some_and(|gid| (*lo..=*hi).contains(&gid)),
             Atom::Pid { lo, hi } => (lo..=hi).contains(&&p.pid),
-            Atom::Cmd { name, prefix } => {
+            Atom::Cmd { name, prefix } => p.cmd.as_deref().is_some_and(|cmd| {
                 if *prefix {
-                    p.cmd.starts_with(name.as_str())
+                    cmd.starts_with(name.as_str())
                 } else {
-                    p.cmd == *name
+                    cmd == name
                 }
-            }
+            }),
             Atom::Cgroup { path, below } => p.cgroup.as_deref().is_some_and(|c| {
                 if !*below {
                     c == path
@@ -226,7 +228,7 @@ impl Atom {
             Atom::Text(attr, m) => match attr {
                 TextAttr::User => p.user.as_deref().is_some_and(|u| m.matches(u)),
                 TextAttr::Group => p.group.as_deref().is_some_and(|g| m.matches(g)),
-                TextAttr::Cmd => m.matches(&p.cmd),
+                TextAttr::Cmd => p.cmd.as_deref().is_some_and(|c| m.matches(c)),
                 TextAttr::Exe => p.exe.as_deref().is_some_and(|e| m.matches(e)),
                 TextAttr::Args(None) => p.args.iter().flatten().any(|a| m.matches(a)),
                 TextAttr::Args(Some(i)) => {
@@ -243,20 +245,23 @@ impl Atom {
         }
     }
 
-    /// Whether `p` holds what this test needs (a process that exited leaves
-    /// exe, args and ancestry unknown).
+    /// Whether `p` holds what this test needs (a process that exited before
+    /// it was read leaves its ids, name, exe, args and ancestry unknown).
     pub fn known_for(&self, p: &ProcessFacts) -> bool {
         match self {
             Atom::Text(attr, _) => match attr {
                 TextAttr::User => p.user.is_some(),
                 TextAttr::Group => p.group.is_some(),
-                TextAttr::Cmd => true,
+                TextAttr::Cmd => p.cmd.is_some(),
                 TextAttr::Exe => p.exe.is_some(),
                 TextAttr::Args(_) => p.args.is_some(),
                 TextAttr::Cgroup | TextAttr::Unit => p.cgroup.is_some(),
                 TextAttr::Parent | TextAttr::Ancestor => p.ancestors.is_some(),
             },
             Atom::Cgroup { .. } | Atom::Unit(_) => p.cgroup.is_some(),
+            Atom::Uid { .. } => p.uid.is_some(),
+            Atom::Gid { .. } => p.gid.is_some(),
+            Atom::Cmd { .. } => p.cmd.is_some(),
             _ => true,
         }
     }

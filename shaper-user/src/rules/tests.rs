@@ -402,11 +402,11 @@ fn process_attribute_errors() {
 fn process(pid: u32, uid: u32, cmd: &str, cgroup: &str) -> ProcessFacts {
     ProcessFacts {
         pid,
-        uid,
-        gid: if uid == 0 { 0 } else { 100 },
+        uid: Some(uid),
+        gid: Some(if uid == 0 { 0 } else { 100 }),
         user: accounts().user_name(uid),
         group: accounts().group_name(if uid == 0 { 0 } else { 100 }),
-        cmd: cmd.into(),
+        cmd: Some(cmd.into()),
         exe: Some(format!("/usr/bin/{cmd}")),
         args: Some(vec![cmd.into(), "--limit-rate=5k".into(), "sync".into()]),
         cgroup: Some(cgroup.into()),
@@ -495,10 +495,11 @@ impl CgroupIndex for Tree {
 
 fn owner_of(p: &ProcessFacts) -> shaper_common::Owner {
     let mut comm = [0u8; 16];
-    for (i, b) in p.cmd.bytes().take(15).enumerate() {
+    for (i, b) in p.cmd.iter().flat_map(|c| c.bytes()).take(15).enumerate() {
         comm[i] = b;
     }
-    shaper_common::Owner { tgid: p.pid, uid: p.uid, gid: p.gid, comm, ..Default::default() }
+    let (uid, gid) = (p.uid.unwrap_or_default(), p.gid.unwrap_or_default());
+    shaper_common::Owner { tgid: p.pid, uid, gid, comm, ..Default::default() }
 }
 
 #[test]

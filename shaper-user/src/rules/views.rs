@@ -14,13 +14,17 @@ use super::{index::KeyMap, pred::ProcessFacts};
 /// What the table needs to know about a process, derived from its facts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessView {
-    pub(super) owner: Owner,
+    /// The owner fields; `None` when the process's ids or name could not be
+    /// read (it exited first): the tests on them are unknown.
+    pub(super) owner: Option<Owner>,
     /// Its cgroup id and ancestors, as the ids the table tests (0 for others).
     pub(super) cgroup: Option<(u64, [u64; CGROUP_LEVELS])>,
-    /// The answer to each userspace test, by number.
-    pub(super) answers: Vec<bool>,
+    /// The answer to each userspace test, by number (`None`: unknown).
+    pub(super) answers: Vec<Option<bool>>,
     /// The tests answered true, in order.
     pub(super) true_tests: Vec<u32>,
+    /// Which of the tests below `USERSPACE_TESTS` are answered, when some are not.
+    pub(super) known: Option<u64>,
 }
 
 /// Process views kept at most; past that the cache starts over.

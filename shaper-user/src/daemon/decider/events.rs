@@ -38,7 +38,11 @@ impl Decider {
     /// reads nothing from /proc; an exec since shows as another name), else
     /// read now. `None` when the process is gone.
     fn owner_facts(&mut self, tables: &mut dyn Tables, owner: &Owner) -> Option<Arc<ProcessFacts>> {
-        if let Some(known) = self.processes.get(&owner.tgid).filter(|f| same_name(&f.cmd, &owner.comm)) {
+        if let Some(known) = self
+            .processes
+            .get(&owner.tgid)
+            .filter(|f| f.cmd.as_deref().is_some_and(|c| same_name(c, &owner.comm)))
+        {
             return Some(Arc::clone(known));
         }
         if !self.system.alive(owner.tgid) {
@@ -60,9 +64,12 @@ impl Decider {
         facts: &ProcessFacts,
         provisional: bool,
     ) {
-        let class = self.rules.class_of(&event.key, Some(facts));
+        let verdict = self.rules.verdict_of(&event.key, Some(facts));
+        let class = verdict.class;
         let id = self.ids.of(&event.key);
-        if !provisional && class == event.class {
+        // The daemon knows no more than the kernel (a fact it could not read
+        // decided): the kernel's class stays; the reconcile looks again.
+        if verdict.provisional || (!provisional && class == event.class) {
             self.conns.insert(id, Conn::new(Origin::Kernel));
             return;
         }

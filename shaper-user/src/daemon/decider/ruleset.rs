@@ -1,7 +1,7 @@
 //! The rules in force, compiled once per change of the config: the kernel's
 //! table and what the daemon needs to decide with them.
 
-use shaper_common::FlowKey;
+use shaper_common::{rules::eval::Verdict, FlowKey};
 
 use crate::{
     classids::ClassIds,
@@ -57,6 +57,12 @@ impl RuleSet {
     /// The class every rule gives a flow, knowing the process behind it: a
     /// class index or `CLASS_DEFAULT`.
     pub fn class_of(&self, key: &FlowKey, process: Option<&ProcessFacts>) -> u16 {
-        self.compiled.decide(key, process).class
+        self.verdict_of(key, process).class
+    }
+
+    /// The same with the verdict's flags: provisional when a fact that could
+    /// not be read (the process exited first) decided it, or could have.
+    pub fn verdict_of(&self, key: &FlowKey, process: Option<&ProcessFacts>) -> Verdict {
+        self.compiled.decide(key, process)
     }
 }

@@ -209,9 +209,10 @@ impl Decider {
             let redo = conn.dirty || value.flags & FLOW_PROVISIONAL != 0;
             conn.dirty = false;
             let Some(facts) = processes.get(&conn.pid).filter(|_| redo && process_rules) else { return };
-            let class = rules.class_of(key, Some(&**facts));
-            if value.origin != ORIGIN_PINNED && class != value.class {
-                moves.push((*key, class));
+            let verdict = rules.verdict_of(key, Some(&**facts));
+            // What could not be read decides nothing: the flow keeps its class.
+            if value.origin != ORIGIN_PINNED && !verdict.provisional && verdict.class != value.class {
+                moves.push((*key, verdict.class));
             }
         });
         if let Err(e) = walk {

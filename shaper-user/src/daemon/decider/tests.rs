@@ -18,6 +18,7 @@ use shaper_common::{
 
 use super::{Decider, RuleSet, ScanError, System, Tables};
 use crate::{
+    accounts::SystemAccounts,
     control::protocol::Origin,
     datapath::DatapathError,
     process::Needs,
@@ -103,6 +104,9 @@ struct FakeSystem {
     now_ns: Arc<AtomicU64>,
     /// Walks of every process's descriptors.
     walks: Arc<AtomicU64>,
+    /// Processes that exit between the check that they live and the read of
+    /// their /proc files: they read as the live host reads them then.
+    vanishing: HashSet<u32>,
 }
 
 impl System for FakeSystem {
@@ -118,7 +122,11 @@ impl System for FakeSystem {
             .filter_map(|(s, pid)| Some((s.inode, vec![(*pid)?])))
             .collect()
     }
-    fn facts(&mut self, pid: u32, _: Option<&Owner>, _: Needs) -> ProcessFacts {
+    fn facts(&mut self, pid: u32, owner: Option<&Owner>, needs: Needs) -> ProcessFacts {
+        if self.vanishing.contains(&pid) {
+            let nothing = crate::process::ProcRead::default();
+            return crate::process::assemble(pid, &nothing, owner, needs, &SystemAccounts::default(), None);
+        }
         self.processes.get(&pid).cloned().unwrap_or(ProcessFacts { pid, ..ProcessFacts::default() })
     }
     fn alive(&self, pid: u32) -> bool {
@@ -159,7 +167,9 @@ fn key(lport: u16) -> FlowKey {
 fn process(pid: u32, cmd: &str, args: &[&str]) -> ProcessFacts {
     ProcessFacts {
         pid,
-        cmd: cmd.into(),
+        uid: Some(0),
+        gid: Some(0),
+        cmd: Some(cmd.into()),
         args: Some(args.iter().map(|a| a.to_string()).collect()),
         ..ProcessFacts::default()
     }
@@ -171,8 +181,12 @@ fn decider(system: FakeSystem, tables: &mut FakeTables) -> Decider {
 }
 
 fn decider_with(system: Box<dyn System>, tables: &mut FakeTables) -> Decider {
+    decider_config(system, tables, CONFIG)
+}
+
+fn decider_config(system: Box<dyn System>, tables: &mut FakeTables, config: &str) -> Decider {
     let env = crate::rules::SystemEnv::default();
-    let config = crate::config::parse(Path::new("t.toml"), CONFIG, &env.env()).unwrap();
+    let config = crate::config::parse(Path::new("t.toml"), config, &env.env()).unwrap();
     let ids = config.class_ids_in_file_order();
     let rules = RuleSet::compile(&config, &ids, &NoCgroups).unwrap();
     let mut d = Decider::new(system, true, Duration::from_secs(5));
@@ -351,4 +365,56 @@ fn a_socket_no_walk_can_trace_does_not_walk_the_descriptors_again() {
     }
     assert_eq!(walks.load(Ordering::Relaxed), 1, "one walk at start, none for the same untraceable socket");
     assert_eq!(d.conn(&key(1)).map(|c| c.pid), Some(7));
+}
+
+/// Rules on facts a process that exits mid-scan no longer shows: class
+/// indices users 0, other 1, default 2.
+const UNKNOWABLE: &str = r#"
+[[interface]]
+name = "eth0"
+egress = "100mbit"
+[[class]]
+name = "users"
+match = 'uid >= 1000'
+[[class]]
+name = "other"
+match = 'not cmd == "x" and rport == 5201'
+"#;
+
+#[test]
+fn a_process_that_exits_mid_scan_leaves_its_flows_in_their_class() {
+    let mut tables = FakeTables::default();
+    let root_x = process(7, "x", &["x"]);
+    let system = FakeSystem {
+        sockets: vec![(socket(1, 11, SockState::Established), Some(7))],
+        processes: HashMap::from([(7, root_x)]),
+        ..FakeSystem::default()
+    };
+    let shared = Arc::new(std::sync::Mutex::new(system));
+    let mut d = decider_config(Box::new(Shared(Arc::clone(&shared))), &mut tables, UNKNOWABLE);
+    assert_eq!(d.reconcile(&mut tables).adopted, 1);
+    assert_eq!(tables.flow(&key(1)).map(|f| f.class), Some(CLASS_DEFAULT), "root's x: neither rule");
+    // Pid 7 exits between the check that it lives and the read of /proc:
+    // its uid, gid and name are unknown now, not u32::MAX and "".
+    shared.lock().unwrap().vanishing.insert(7);
+    let report = d.reconcile(&mut tables);
+    let flow = tables.flow(&key(1)).unwrap();
+    assert_eq!(
+        (report.corrected, flow.class),
+        (0, CLASS_DEFAULT),
+        "`uid >= 1000` and `not cmd == \"x\"` must not flip on facts that could not be read"
+    );
+}
+
+#[test]
+fn an_unknown_fact_makes_the_daemons_verdict_provisional_not_false() {
+    let env = crate::rules::SystemEnv::default();
+    let config = crate::config::parse(Path::new("t.toml"), UNKNOWABLE, &env.env()).unwrap();
+    let rules = RuleSet::compile(&config, &config.class_ids_in_file_order(), &NoCgroups).unwrap();
+    let gone = ProcessFacts { pid: 9, ..ProcessFacts::default() };
+    let verdict = rules.verdict_of(&key(1), Some(&gone));
+    assert!(verdict.provisional, "{verdict:?}");
+    let known = ProcessFacts { uid: Some(1000), gid: Some(1000), cmd: Some("x".into()), ..gone };
+    let verdict = rules.verdict_of(&key(1), Some(&known));
+    assert_eq!((verdict.class, verdict.provisional), (0, false));
 }
