@@ -229,6 +229,15 @@ impl Daemon {
         out
     }
 
+    /// The contents of the pinned map `name` (see `shaper_common::names`), as
+    /// `bpftool map dump` prints them: for comparing the maps before and after.
+    pub fn dump_map(&self, name: &str) -> Result<String, SandboxError> {
+        let path = shaper_user::pins::Pins::new(&self.pins).map(name);
+        let path = path.to_string_lossy();
+        let out = super::run("bpftool", &["map", "dump", "pinned", &path])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Every file pinned below the pin directory (see `pins::Pins::tree`).
     pub fn pinned(&self) -> Vec<String> {
         shaper_user::pins::Pins::new(&self.pins).tree()

@@ -53,23 +53,33 @@ struct Prepared {
 }
 
 /// Brings the host from `old` (the config in force; `None` at start-up) to
-/// `new` (see the module documentation).
+/// `new` (see the module documentation). Steps 1 to 3 apply wholly or not at
+/// all: if one fails, what the earlier ones changed is taken back (trees,
+/// class indices, interface map, rule table, attachments) before the error
+/// returns, and the config in force stays.
 pub fn converge(parts: &mut Parts<'_>, old: Option<&Config>, new: &Config) -> Result<Changes, DaemonError> {
     // 0. Everything checked before anything changes.
     let prepared = prepare(parts, old, new)?;
     let Prepared { ids, rules, targets, registered, mut changes } = prepared;
     let write_rules =
         parts.host.shaped().is_empty() || !parts.host.trusted() || !parts.decider.same_table(&rules);
-    // 1. Trees and IFBs, additions and changes only.
-    let synced = parts.host.sync_trees(targets)?;
-    // 2. Class indices, interface map, rules.
-    parts.datapath.record_class_ids(&ids)?;
-    for s in &synced {
-        parts.datapath.set_iface(s.link.index, &s.iface_info())?;
-    }
-    parts.decider.install(parts.datapath, rules, write_rules)?;
-    // 3. The classifier.
-    let previous = attach(parts, synced)?;
+    let before = Before {
+        ids: parts.datapath.class_ids(),
+        rules: parts.decider.rules().clone(),
+        registered: registered.clone(),
+        trusted: parts.host.trusted(),
+    };
+    // 1. Trees and IFBs, additions and changes only (undone by sync_trees itself on failure).
+    let (synced, undo) = parts.host.sync_trees(targets)?;
+    // 2. and 3.
+    let previous = match switch(parts, &ids, rules, write_rules, synced) {
+        Ok(previous) => previous,
+        Err(e) => {
+            log::error!("{}; taking the change back", crate::error_chain(&e));
+            roll_back(parts, before, write_rules, undo);
+            return Err(e);
+        }
+    };
     // 4. Connections.
     let in_use: HashSet<u16> = ids.iter().map(|(i, _)| i).collect();
     changes.flows_reevaluated = parts.decider.reevaluate(parts.datapath, &in_use);
@@ -78,6 +88,75 @@ pub fn converge(parts: &mut Parts<'_>, old: Option<&Config>, new: &Config) -> Re
     changes.interfaces_removed = remove_dropped(parts, &registered, &previous);
     changes.classes_removed = parts.datapath.release_classes(&ids)?;
     Ok(changes)
+}
+
+/// What a change replaces, to take it back.
+struct Before {
+    ids: ClassIds,
+    rules: RuleSet,
+    registered: HashMap<u32, IfaceInfo>,
+    trusted: bool,
+}
+
+/// Steps 2 and 3: class indices, interface map, rules, the classifier.
+/// Returns the interfaces shaped before.
+fn switch(
+    parts: &mut Parts<'_>,
+    ids: &ClassIds,
+    rules: RuleSet,
+    write_rules: bool,
+    synced: Vec<Synced>,
+) -> Result<Vec<Shaped>, DaemonError> {
+    parts.datapath.record_class_ids(ids)?;
+    for s in &synced {
+        parts.datapath.set_iface(s.link.index, &s.iface_info())?;
+    }
+    parts.decider.install(parts.datapath, rules, write_rules)?;
+    attach(parts, synced)
+}
+
+/// Takes back steps 1 to 3 of a change that failed in step 2 or 3: the
+/// classifier as it was on each interface, the interface map, the rule
+/// table (written again: a new generation of the same rules), the class
+/// indices, then the trees. Failures here are logged.
+fn roll_back(parts: &mut Parts<'_>, before: Before, write_rules: bool, undo: crate::tc::Undo) {
+    let shaped: Vec<(String, u32, bool)> = parts
+        .host
+        .shaped()
+        .iter()
+        .map(|s| (s.name().to_string(), s.ifindex(), s.ingress.is_some()))
+        .collect();
+    let added: Vec<String> =
+        parts.datapath.attached().filter(|n| !shaped.iter().any(|s| s.0 == *n)).map(str::to_string).collect();
+    let mut failures = Vec::new();
+    for name in added {
+        failures.extend(parts.datapath.detach(&name).err());
+    }
+    for (name, ifindex, ingress) in &shaped {
+        failures.extend(parts.datapath.attach_egress(name, *ifindex).err());
+        let back = match ingress {
+            true => parts.datapath.attach_ingress(name, *ifindex).map(|_| ()),
+            false => parts.datapath.detach_direction(name, Direction::Ingress),
+        };
+        failures.extend(back.err());
+    }
+    for (ifindex, _) in parts.datapath.ifaces() {
+        if !before.registered.contains_key(&ifindex) {
+            parts.datapath.unpin_iface_links(ifindex);
+            failures.extend(parts.datapath.remove_iface(ifindex).err());
+        }
+    }
+    for (ifindex, info) in &before.registered {
+        failures.extend(parts.datapath.set_iface(*ifindex, info).err());
+    }
+    if write_rules {
+        failures.extend(parts.decider.install(parts.datapath, before.rules, true).err());
+    }
+    failures.extend(parts.datapath.release_classes(&before.ids).err());
+    for e in failures {
+        log::error!("taking a change back: {}", crate::error_chain(&e));
+    }
+    parts.host.take_back(undo, before.trusted);
 }
 
 /// Step 0: class indices, the rule table, the interfaces' plans, and what

@@ -226,20 +226,40 @@ impl Host {
     /// in place and added, never rebuilt; classes the plans dropped stay until
     /// [`Host::prune`]. Until [`Host::commit`], the trees may match neither
     /// the old plans nor the new ones.
-    pub fn sync_trees(&mut self, targets: Vec<Target>) -> Result<Vec<Synced>, HostError> {
+    ///
+    /// All or nothing: when the kernel refuses a request, everything this
+    /// call changed is taken back before the error returns. On success, the
+    /// returned [`tc::Undo`] takes the whole change back ([`Host::take_back`]).
+    pub fn sync_trees(&mut self, targets: Vec<Target>) -> Result<(Vec<Synced>, tc::Undo), HostError> {
         let trust = !self.trees_unknown;
         self.trees_unknown = true;
+        let mut undo = tc::Undo::default();
+        match self.sync_each(targets, trust, &mut undo) {
+            Ok(synced) => Ok((synced, undo)),
+            Err(e) => {
+                self.take_back(undo, trust);
+                Err(e)
+            }
+        }
+    }
+
+    fn sync_each(
+        &self,
+        targets: Vec<Target>,
+        trust: bool,
+        undo: &mut tc::Undo,
+    ) -> Result<Vec<Synced>, HostError> {
         let mut synced = Vec::new();
         for t in targets {
             let ifindex = t.link.index;
             let before = self.shaped.iter().find(|s| s.ifindex() == ifindex).filter(|_| trust);
-            self.sync_tree(ifindex, &t.egress, before.map(|s| &s.egress.htb))?;
+            undo.extend(self.sync_tree(ifindex, &t.egress, before.map(|s| &s.egress.htb))?);
             let ingress = match t.ingress {
                 Some(plan) => {
-                    let ifb = self.ifb_for(&t.link)?;
+                    let ifb = self.ifb_for(&t.link, undo)?;
                     let applied =
                         before.and_then(|s| s.ingress.as_ref()).filter(|i| i.ifb.index == ifb.index);
-                    self.sync_tree(ifb.index, &plan, applied.map(|i| &i.plan.htb))?;
+                    undo.extend(self.sync_tree(ifb.index, &plan, applied.map(|i| &i.plan.htb))?);
                     Some(Ingress { ifb, plan })
                 }
                 None => None,
@@ -249,23 +269,48 @@ impl Host {
         Ok(synced)
     }
 
-    /// The IFB of interface `link`: the one an earlier daemon left, or a new one.
-    fn ifb_for(&self, link: &tc::Link) -> Result<tc::Link, HostError> {
+    /// Takes back a change [`Host::sync_trees`] made; the trees are as
+    /// [`Host::shaped`] says again if they were before (`trusted`) and the
+    /// kernel accepted every step back.
+    pub fn take_back(&mut self, undo: tc::Undo, trusted: bool) {
+        if undo.run(&self.netlink) && trusted {
+            self.trees_unknown = false;
+        }
+    }
+
+    /// The IFB of interface `link`: the one an earlier daemon left, or a new one
+    /// (which `undo` deletes).
+    fn ifb_for(&self, link: &tc::Link, undo: &mut tc::Undo) -> Result<tc::Link, HostError> {
         let name = ifb_name(link.index);
         Ok(match tc::link_by_name(&self.netlink, &name)? {
             Some(ifb) => ifb,
-            None => tc::create_ifb(&self.netlink, &name, link.mtu, IFB_TXQUEUELEN)?,
+            None => {
+                let ifb = tc::create_ifb(&self.netlink, &name, link.mtu, IFB_TXQUEUELEN)?;
+                undo.delete_link(ifb.index, &name);
+                ifb
+            }
         })
     }
 
     /// Changes shaper's tree on `ifindex` to `plan`, or builds it; `applied`
-    /// is the tree this daemon last applied there.
-    fn sync_tree(&self, ifindex: u32, plan: &Plan, applied: Option<&tc::HtbPlan>) -> Result<(), HostError> {
+    /// is the tree this daemon last applied there. Returns what takes it back.
+    fn sync_tree(
+        &self,
+        ifindex: u32,
+        plan: &Plan,
+        applied: Option<&tc::HtbPlan>,
+    ) -> Result<tc::Undo, HostError> {
         match tc::root_qdisc(&self.netlink, ifindex)? {
-            Some(q) if tc::is_shapers_root(&q) => tc::sync_htb(&self.netlink, ifindex, &plan.htb, applied)?,
-            _ => tc::install_htb(&self.netlink, ifindex, &plan.htb)?,
+            Some(q) if tc::is_shapers_root(&q) => {
+                Ok(tc::sync_htb(&self.netlink, ifindex, &plan.htb, applied)?)
+            }
+            _ => {
+                tc::install_htb(&self.netlink, ifindex, &plan.htb)?;
+                let mut undo = tc::Undo::default();
+                undo.remove_root(ifindex);
+                Ok(undo)
+            }
         }
-        Ok(())
     }
 
     /// The interfaces are now as `shaped` says; returns what was shaped before.

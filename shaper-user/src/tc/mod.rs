@@ -3,9 +3,12 @@
 //! batch of messages (a thousand classes in milliseconds).
 
 mod netlink;
+mod undo;
 
 pub use netlink::Netlink;
 use netlink::{attrs, c_string, u32_of, u64_of, Message, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use undo::Step;
+pub use undo::Undo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TcError {
@@ -359,39 +362,82 @@ pub fn is_shapers_root(qdisc: &Qdisc) -> bool {
 /// plan this process last applied to the tree, if any: what it already has,
 /// unchanged, is not sent again (one rate changed among 1 000 classes is one
 /// message, not 2 000).
+///
+/// All or nothing: if the kernel refuses a request, what it accepted is taken
+/// back (exactly where `previous` says what the tree had) and the refusal is
+/// returned. On success, the returned [`Undo`] takes the whole change back.
 pub fn sync_htb(
     nl: &Netlink,
     ifindex: u32,
     plan: &HtbPlan,
     previous: Option<&HtbPlan>,
-) -> Result<(), TcError> {
+) -> Result<Undo, TcError> {
     let existing: std::collections::HashSet<u32> =
         htb_stats(nl, ifindex)?.iter().map(|c| c.classid).collect();
-    let qdisc_handle = shaper_common::HTB_MAJOR << 16;
+    let mut undo = Undo::default();
     // The default class of unclassified packets (the classifier stamps every
     // packet, so this matters only for what it cannot see). Older kernels
     // cannot change it in place; that is not worth a rebuild.
     if previous.is_none_or(|p| p.default_minor != plan.default_minor) {
-        let mut qdisc = Message::new(RTM_NEWQDISC, 0, "changing the HTB root qdisc 1:");
-        qdisc.push(&tcmsg(ifindex, qdisc_handle, TC_H_ROOT)).attr_str(TCA_KIND, "htb");
-        let nest = qdisc.begin_nest(TCA_OPTIONS);
-        qdisc.attr(TCA_HTB_INIT, &htb_glob(plan.default_minor));
-        qdisc.end_nest(nest);
-        if let Err(e) = nl.request(qdisc) {
-            log::debug!("{e}");
+        match nl.request(default_message(ifindex, plan.default_minor)) {
+            Ok(()) => {
+                if let Some(p) = previous {
+                    undo.push(default_message(ifindex, p.default_minor));
+                }
+            }
+            Err(e) => log::debug!("{e}"),
         }
     }
+    let steps = sync_steps(ifindex, plan, previous, &existing);
+    match undo::apply(nl, steps) {
+        Ok(later) => {
+            undo.extend(later);
+            Ok(undo)
+        }
+        Err(e) => {
+            undo.run(nl);
+            Err(e)
+        }
+    }
+}
+
+fn default_message(ifindex: u32, default_minor: u32) -> Message {
+    let mut qdisc = Message::new(RTM_NEWQDISC, 0, "changing the HTB root qdisc 1:");
+    qdisc.push(&tcmsg(ifindex, shaper_common::HTB_MAJOR << 16, TC_H_ROOT)).attr_str(TCA_KIND, "htb");
+    let nest = qdisc.begin_nest(TCA_OPTIONS);
+    qdisc.attr(TCA_HTB_INIT, &htb_glob(default_minor));
+    qdisc.end_nest(nest);
+    qdisc
+}
+
+fn delete_class_message(ifindex: u32, classid: u32) -> Message {
+    let mut msg = Message::new(RTM_DELTCLASS, 0, format!("deleting HTB class {}", format_handle(classid)));
+    msg.push(&tcmsg(ifindex, classid, 0));
+    msg
+}
+
+/// The requests of [`sync_htb`], each with its undo.
+fn sync_steps(
+    ifindex: u32,
+    plan: &HtbPlan,
+    previous: Option<&HtbPlan>,
+    existing: &std::collections::HashSet<u32>,
+) -> Vec<Step> {
+    let qdisc_handle = shaper_common::HTB_MAJOR << 16;
     let root = htb_handle(plan.root.minor);
-    let mut msgs = Vec::new();
+    let mut steps = Vec::new();
     if !existing.contains(&root) || previous.is_none_or(|p| p.root != plan.root) {
-        let root_flags = if existing.contains(&root) { 0 } else { NLM_F_CREATE | NLM_F_EXCL };
-        msgs.push(class_message(
-            ifindex,
-            &plan.root,
-            qdisc_handle,
-            root_flags,
-            "changing the HTB root class".into(),
-        ));
+        let (flags, undo) = if existing.contains(&root) {
+            let back = previous.map(|p| {
+                class_message(ifindex, &p.root, qdisc_handle, 0, "restoring the HTB root class".into())
+            });
+            (0, back)
+        } else {
+            (NLM_F_CREATE | NLM_F_EXCL, Some(delete_class_message(ifindex, root)))
+        };
+        let request =
+            class_message(ifindex, &plan.root, qdisc_handle, flags, "changing the HTB root class".into());
+        steps.push(Step { request, undo });
     }
     let applied: std::collections::HashSet<&HtbLeaf> =
         previous.map(|p| p.leaves.iter().collect()).unwrap_or_default();
@@ -401,16 +447,38 @@ pub fn sync_htb(
             continue;
         }
         if existing.contains(&handle) {
+            let was = previous.and_then(|p| p.leaves.iter().find(|l| l.class.minor == leaf.class.minor));
             let what = format!("changing HTB class {}", format_handle(handle));
-            msgs.push(class_message(ifindex, &leaf.class, root, 0, what));
-            msgs.push(leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_REPLACE));
+            steps.push(Step {
+                request: class_message(ifindex, &leaf.class, root, 0, what),
+                undo: was.map(|w| {
+                    class_message(
+                        ifindex,
+                        &w.class,
+                        root,
+                        0,
+                        format!("restoring HTB class {}", format_handle(handle)),
+                    )
+                }),
+            });
+            steps.push(Step {
+                request: leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_REPLACE),
+                undo: was.map(|w| leaf_queue_message(ifindex, w, NLM_F_CREATE | NLM_F_REPLACE)),
+            });
         } else {
             let what = format!("adding HTB class {}", format_handle(handle));
-            msgs.push(class_message(ifindex, &leaf.class, root, NLM_F_CREATE | NLM_F_EXCL, what));
-            msgs.push(leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_EXCL));
+            steps.push(Step {
+                request: class_message(ifindex, &leaf.class, root, NLM_F_CREATE | NLM_F_EXCL, what),
+                // Deleting the class takes its queue along.
+                undo: Some(delete_class_message(ifindex, handle)),
+            });
+            steps.push(Step {
+                request: leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_EXCL),
+                undo: None,
+            });
         }
     }
-    nl.batch(&mut msgs)
+    steps
 }
 
 /// Deletes the HTB classes of shaper's tree on `ifindex` that `plan` does not
@@ -423,12 +491,7 @@ pub fn prune_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan) -> Result<usize, Tc
     let mut msgs: Vec<Message> = htb_stats(nl, ifindex)?
         .into_iter()
         .filter(|c| c.classid >> 16 == shaper_common::HTB_MAJOR && !keep.contains(&c.classid))
-        .map(|c| {
-            let mut msg =
-                Message::new(RTM_DELTCLASS, 0, format!("deleting HTB class {}", format_handle(c.classid)));
-            msg.push(&tcmsg(ifindex, c.classid, 0));
-            msg
-        })
+        .map(|c| delete_class_message(ifindex, c.classid))
         .collect();
     let n = msgs.len();
     nl.batch(&mut msgs)?;

@@ -237,7 +237,13 @@ impl Netlink {
     /// is returned (naming its request) and the requests after it are still
     /// applied by the kernel, so callers undo a failed batch as a whole.
     pub fn batch(&self, msgs: &mut [Message]) -> Result<(), TcError> {
-        let mut first_error: Option<TcError> = None;
+        self.batch_each(msgs)?.into_iter().flatten().next().map_or(Ok(()), Err)
+    }
+
+    /// Like [`Netlink::batch`], with the kernel's answer to each request:
+    /// `None` where it was applied, its error where it was refused.
+    pub fn batch_each(&self, msgs: &mut [Message]) -> Result<Vec<Option<TcError>>, TcError> {
+        let mut outcomes: Vec<Option<TcError>> = msgs.iter().map(|_| None).collect();
         let mut buf = vec![0u8; RECV_BUF];
         let mut start = 0;
         while start < msgs.len() {
@@ -262,14 +268,12 @@ impl Netlink {
                         continue;
                     }
                     let Some(index) = pending.remove(&reply.seq) else { continue };
-                    if let Some(e) = error_of(&reply, &msgs[index].what)? {
-                        first_error.get_or_insert(e);
-                    }
+                    outcomes[index] = error_of(&reply, &msgs[index].what)?;
                 }
             }
             start = end;
         }
-        first_error.map_or(Ok(()), Err)
+        Ok(outcomes)
     }
 
     /// Sends a request that is answered with one message (e.g. RTM_GETLINK for
