@@ -236,8 +236,11 @@ pub struct Settings {
     pub rules_gen: u32,
     /// `SETTING_*` bits.
     pub flags: u32,
+    /// Cookie of the network namespace of the shaped interfaces (the
+    /// daemon's): connections there inherit the owners of ports bound there only.
+    pub netns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 
 /// The classifier evaluates process tests from socket owner records and sends
 /// each new flow to the daemon. Off, process tests are unknown to the kernel
@@ -285,27 +288,45 @@ const _: () = assert!(core::mem::size_of::<ProcTests>() == 24);
 /// Capacity of PROC_TESTS (processes).
 pub const MAX_PROC_TESTS: u32 = 65_536;
 
-/// Key of LISTENERS: a bound port. Connections accepted on it inherit its owner.
+/// Key of LISTENERS: a bound port, in one network namespace, on one local
+/// address (all zeros for a wildcard bind: 0.0.0.0 or ::). Connections
+/// accepted on it inherit its owner.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ListenKey {
+    /// Cookie of the network namespace the socket was bound in
+    /// (`bpf_get_netns_cookie`, `SO_NETNS_COOKIE`).
+    pub netns: u64,
+    /// The bound address, network byte order; IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
     pub proto: u8,
     /// Host byte order.
     pub port: u16,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ListenKey>() == 4);
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 32);
 
 impl ListenKey {
-    /// The bound ports a connection on `flow` may have been accepted on, in
-    /// the order to try them: its own family's, then the IPv6 one (a
-    /// dual-stack IPv6 socket accepts IPv4 connections too). The classifier
-    /// and the daemon's reconcile both look owners up this way.
+    /// The bound ports a connection on `flow`, in network namespace `netns`,
+    /// may have been accepted on, in the order to try them: its own address,
+    /// its family's wildcard, then the IPv6 wildcard (a dual-stack IPv6 socket
+    /// accepts IPv4 connections too). A bind in another namespace never
+    /// matches. The classifier and the daemon's reconcile both look owners up
+    /// this way.
     #[inline(always)]
-    pub const fn accepting(flow: &FlowKey) -> [ListenKey; 2] {
-        let own = ListenKey { family: flow.family, proto: flow.proto, port: flow.lport };
-        [own, ListenKey { family: FAMILY_V6, ..own }]
+    pub const fn accepting(flow: &FlowKey, netns: u64) -> [ListenKey; 3] {
+        let exact = ListenKey {
+            netns,
+            addr: flow.laddr,
+            family: flow.family,
+            proto: flow.proto,
+            port: flow.lport,
+            _pad: 0,
+        };
+        let wildcard = ListenKey { addr: [0; 16], ..exact };
+        [exact, wildcard, ListenKey { family: FAMILY_V6, ..wildcard }]
     }
 }
 
@@ -355,7 +376,7 @@ pub const ERROR_NAMES: [&str; ERR_COUNT as usize] =
 /// sizes). The daemon pins under `<pin dir>/v<PIN_LAYOUT>`; bump it with any
 /// change to a pinned map's type, key, value or fixed size, so that a new
 /// daemon never reads maps written by an incompatible one.
-pub const PIN_LAYOUT: u32 = 2;
+pub const PIN_LAYOUT: u32 = 3;
 
 /// Longest class name the pinned class table holds (bytes, NUL-padded).
 pub const CLASS_NAME_BYTES: usize = 60;

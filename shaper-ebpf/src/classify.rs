@@ -53,13 +53,16 @@ fn add(counter: &mut u64, n: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
 }
 
-/// The owner of the port `key` is bound to locally (a dual-stack IPv6 socket
-/// takes IPv4 connections too).
+/// The owner of the port `key` is bound to locally, in the shaped interfaces'
+/// network namespace (see `ListenKey::accepting`).
 #[inline(always)]
 fn listener(key: &FlowKey) -> Option<Owner> {
-    let [listen, dual] = ListenKey::accepting(key);
+    let netns = SETTINGS.get(0).map_or(0, |s| s.netns);
+    let [exact, wildcard, dual] = ListenKey::accepting(key, netns);
     // SAFETY: read-only looks at map values.
-    unsafe { LISTENERS.get(listen).or_else(|| LISTENERS.get(dual)).copied() }
+    unsafe {
+        LISTENERS.get(exact).or_else(|| LISTENERS.get(wildcard)).or_else(|| LISTENERS.get(dual)).copied()
+    }
 }
 
 /// Fills in what the rules may ask about the packet's socket (its owner and its

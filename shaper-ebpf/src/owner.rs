@@ -14,7 +14,7 @@
 use aya_ebpf::{
     helpers::generated::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_get_socket_cookie,
+        bpf_get_netns_cookie, bpf_get_socket_cookie,
     },
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
@@ -103,8 +103,33 @@ pub fn sock_release(ctx: SockContext) -> i32 {
     ALLOW
 }
 
+/// The bound address and port of a socket in a post_bind program, with its
+/// network namespace: the key connections accepted on it are looked up by.
 #[inline(always)]
-fn post_bind(ctx: &SockContext) -> i32 {
+fn bound_key<const V6: bool>(ctx: &SockContext, family: u8, proto: u32, port: u32) -> ListenKey {
+    let mut addr = [0u8; 16];
+    // SAFETY: src_ip4 is readable in post_bind4, src_ip6 in post_bind6 (`V6`
+    // says which hook runs: the verifier refuses the other field even on a
+    // path never taken); both are in network byte order.
+    unsafe {
+        if !V6 {
+            addr[..4].copy_from_slice(&(*ctx.sock).src_ip4.to_ne_bytes());
+        } else {
+            let ip6 = (*ctx.sock).src_ip6;
+            let mut i = 0;
+            while i < 4 {
+                addr[i * 4..i * 4 + 4].copy_from_slice(&ip6[i].to_ne_bytes());
+                i += 1;
+            }
+        }
+    }
+    // SAFETY: a socket context is what bpf_get_netns_cookie takes here.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    ListenKey { netns, addr, family, proto: proto as u8, port: port as u16, _pad: 0 }
+}
+
+#[inline(always)]
+fn post_bind<const V6: bool>(ctx: &SockContext) -> i32 {
     // SAFETY: family, protocol and src_port are readable in post_bind programs.
     let (af, proto, port) = unsafe { ((*ctx.sock).family, (*ctx.sock).protocol, (*ctx.sock).src_port) };
     let Some(family) = family(af) else { return ALLOW };
@@ -114,7 +139,7 @@ fn post_bind(ctx: &SockContext) -> i32 {
     // SAFETY: as in sock_create.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let owner = current_owner(cookie);
-    let key = ListenKey { family, proto: proto as u8, port: port as u16 };
+    let key = bound_key::<V6>(ctx, family, proto, port);
     if LISTENERS.insert(key, owner, 0).is_err() || OWNERS.insert(cookie, owner, 0).is_err() {
         count_error(ERR_OWNER_INSERT);
     }
@@ -123,12 +148,12 @@ fn post_bind(ctx: &SockContext) -> i32 {
 
 #[cgroup_sock(post_bind4)]
 pub fn post_bind4(ctx: SockContext) -> i32 {
-    post_bind(&ctx)
+    post_bind::<false>(&ctx)
 }
 
 #[cgroup_sock(post_bind6)]
 pub fn post_bind6(ctx: SockContext) -> i32 {
-    post_bind(&ctx)
+    post_bind::<true>(&ctx)
 }
 
 #[inline(always)]

@@ -5,6 +5,7 @@
 pub mod batch;
 mod cgroup;
 mod ifaces;
+mod netns;
 
 use shaper_common::Direction;
 
@@ -251,6 +252,8 @@ pub struct Datapath {
     rules_gen: u32,
     /// `SETTING_*` flags written with the rule generation.
     settings_flags: u32,
+    /// Cookie of the daemon's network namespace (see [`Settings::netns`]).
+    netns: u64,
     cgroup_links: Vec<cgroup::HookLink>,
     /// (interface name, direction) → the attached program and how it hangs.
     attachments: BTreeMap<(String, Direction), (&'static str, Attachment)>,
@@ -337,6 +340,10 @@ impl Datapath {
         // goes to the bank the classifier is not reading.
         let current: Settings = settings.get(&0, 0).unwrap_or_default();
         let recorded_classes = read_class_names(&class_names);
+        let netns = netns::own_cookie().unwrap_or_else(|e| {
+            log::warn!("reading the network namespace's cookie: {e}; accepted connections get no owner");
+            0
+        });
         Ok(Self {
             ebpf,
             flows,
@@ -353,6 +360,7 @@ impl Datapath {
             events,
             rules_gen: current.rules_gen,
             settings_flags: current.flags,
+            netns,
             cgroup_links: Vec::new(),
             attachments: BTreeMap::new(),
             pins: options.pins,
@@ -642,7 +650,7 @@ impl Datapath {
             next_gen = RULE_BANKS; // 0 means "no rules"; keep the bank parity sequence going.
         }
         self.rules.write(next_gen % RULE_BANKS, compiled)?;
-        let settings = Settings { rules_gen: next_gen, flags: self.settings_flags };
+        let settings = Settings { rules_gen: next_gen, flags: self.settings_flags, netns: self.netns };
         self.settings.set(0, settings, 0).map_err(|source| DatapathError::Map {
             action: "switching the rule bank",
             map: names::MAP_SETTINGS,
@@ -674,6 +682,11 @@ impl Datapath {
     /// Every owner record (socket cookie, owner).
     pub fn owners(&self) -> Vec<(u64, Owner)> {
         self.owners.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Cookie of the network namespace the daemon shapes in.
+    pub fn netns(&self) -> u64 {
+        self.netns
     }
 
     /// The owner of a bound port.

@@ -345,15 +345,13 @@ struct Walked {
 }
 
 /// The owner record of a socket: its own (by cookie), or, for a connection
-/// accepted on a bound port, the port's (a dual-stack IPv6 socket takes IPv4
-/// connections too).
+/// accepted on a bound port, the port's in this network namespace (see
+/// `ListenKey::accepting`).
 fn owner_of(tables: &dyn Tables, socket: &Socket) -> Option<Owner> {
     if socket.cookie != 0 {
         if let Some(owner) = tables.owner(socket.cookie) {
             return Some(owner);
         }
     }
-    let key = &socket.key;
-    let [listen, dual] = ListenKey::accepting(key);
-    tables.listener(&listen).or_else(|| tables.listener(&dual))
+    ListenKey::accepting(&socket.key, tables.netns()).iter().find_map(|key| tables.listener(key))
 }

@@ -27,6 +27,8 @@ pub trait Tables {
     fn remove_proc_tests(&mut self, tgid: u32) -> Result<(), DatapathError>;
     /// Owner records: of one socket, of one bound port, and of all bound ports.
     fn owner(&self, cookie: u64) -> Option<Owner>;
+    /// Cookie of the network namespace whose bound ports count (`ListenKey::netns`).
+    fn netns(&self) -> u64;
     fn listener(&self, key: &ListenKey) -> Option<Owner>;
     fn listeners(&self) -> Vec<(ListenKey, Owner)>;
     fn remove_listener(&mut self, key: &ListenKey) -> Result<(), DatapathError>;
@@ -66,6 +68,9 @@ impl Tables for Datapath {
     }
     fn owner(&self, cookie: u64) -> Option<Owner> {
         Datapath::owner(self, cookie)
+    }
+    fn netns(&self) -> u64 {
+        Datapath::netns(self)
     }
     fn listener(&self, key: &ListenKey) -> Option<Owner> {
         Datapath::listener(self, key)

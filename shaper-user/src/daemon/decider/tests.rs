@@ -85,6 +85,9 @@ impl Tables for FakeTables {
     fn owner(&self, cookie: u64) -> Option<Owner> {
         self.owners.get(&cookie).copied()
     }
+    fn netns(&self) -> u64 {
+        0
+    }
     fn listener(&self, _: &ListenKey) -> Option<Owner> {
         None
     }
