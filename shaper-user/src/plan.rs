@@ -125,7 +125,11 @@ pub fn plan(
     };
     let default_class = ids.index(&iface.default_class)?;
     let classes: Vec<&ClassConfig> = config.classes_on(iface).collect();
-    let reserved: u64 = classes.iter().filter_map(|c| c.limit(direction).and_then(|l| l.rate_bps)).sum();
+    // Validated rates cannot overflow this sum; saturating keeps any other tree sane.
+    let reserved = classes
+        .iter()
+        .filter_map(|c| c.limit(direction).and_then(|l| l.rate_bps))
+        .fold(0u64, u64::saturating_add);
     let unrated =
         classes.iter().filter(|c| c.limit(direction).and_then(|l| l.rate_bps).is_none()).count() as u64;
     let share = capacity.saturating_sub(reserved).checked_div(unrated).unwrap_or(0).max(MIN_RATE_BPS);
@@ -186,6 +190,24 @@ mod tests {
         );
         assert_eq!(p.htb.default_minor, 0x12);
         assert_eq!((p.htb.root.rate_bps, p.htb.root.ceil_bps), (100_000_000, 100_000_000));
+    }
+
+    #[test]
+    fn rates_no_file_can_give_never_overflow_the_plan() {
+        // Validation keeps each rate below 10^15 bits/s; the plan still sums
+        // with checked arithmetic, whatever it is handed.
+        let env = crate::rules::SystemEnv::default();
+        let text = "[[interface]]\nname = \"eth0\"\negress = \"100mbit\"\n\
+                    [[class]]\nname = \"a\"\negress = \"1mbit\"\n[[class]]\nname = \"b\"\negress = \"1mbit\"\n";
+        let mut conf = config::parse(Path::new("t.toml"), text, &env.env()).unwrap();
+        conf.interfaces[0].egress_bps = u64::MAX;
+        for class in &mut conf.classes[..2] {
+            class.egress = Some(config::Limit { rate_bps: Some(u64::MAX), ceil_bps: None });
+        }
+        let ids = conf.class_ids_in_file_order();
+        let p = plan(&conf, &ids, &conf.interfaces[0], Direction::Egress, 1500).unwrap();
+        let rates: Vec<(u64, u64)> = p.classes.iter().map(|c| (c.rate_bps, c.ceil_bps)).collect();
+        assert_eq!(rates, [(u64::MAX, u64::MAX), (u64::MAX, u64::MAX), (MIN_RATE_BPS, u64::MAX)]);
     }
 
     #[test]

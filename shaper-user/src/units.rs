@@ -57,14 +57,27 @@ fn rate_unit(unit: &str) -> Option<f64> {
     }
 }
 
+/// The largest rate accepted, in bits/s (10^15 - 1): HTB carries rates as
+/// 64-bit bytes/s, and anything near that is a typo. It also keeps a sum of
+/// every class's rate (at most `MAX_CLASSES`) far below `u64::MAX`.
+pub const MAX_RATE_BPS: u64 = 999_999_999_999_999;
+
+/// A rate given as a bare number of bits/s (a TOML integer), held to the
+/// range of written ones.
+pub fn rate_bps(bps: u64) -> Result<u64, UnitError> {
+    if bps > MAX_RATE_BPS {
+        return Err(UnitError::RateTooLarge(bps.to_string()));
+    }
+    Ok(bps)
+}
+
 /// Parses a rate into bits per second: `"10mbit"`, `"2.5 Mbit/s"`, `"500kbps"`,
 /// `"2MB/s"`, `"1000000"` (a bare number is bits/s).
 pub fn parse_rate(text: &str) -> Result<u64, UnitError> {
     let (value, unit) = split_number(text).ok_or_else(|| UnitError::Rate(text.to_string()))?;
     let scale = rate_unit(unit).ok_or_else(|| UnitError::RateUnit(text.to_string(), unit.to_string()))?;
     let bps = (value * scale).round();
-    // HTB carries rates as 64-bit bytes/s; anything near u64::MAX bits/s is a typo.
-    if !bps.is_finite() || bps >= 1e15 {
+    if !bps.is_finite() || bps > MAX_RATE_BPS as f64 {
         return Err(UnitError::RateTooLarge(text.to_string()));
     }
     Ok(bps as u64)

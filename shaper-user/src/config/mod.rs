@@ -199,6 +199,34 @@ impl Config {
         })
     }
 
+    /// The first interface and direction whose classes guarantee more than
+    /// its capacity, if any (sums are checked: validated rates cannot
+    /// overflow them, but `shaper set` and tests build configs too).
+    pub fn overbooked(&self) -> Option<Overbooked> {
+        for iface in &self.interfaces {
+            for (direction, capacity) in
+                [(Direction::Egress, Some(iface.egress_bps)), (Direction::Ingress, iface.ingress_bps)]
+            {
+                let Some(capacity) = capacity else { continue };
+                let parts: Vec<(String, u64)> = self
+                    .classes_on(iface)
+                    .filter_map(|c| Some((c.name.clone(), c.limit(direction)?.rate_bps?)))
+                    .collect();
+                let reserved = parts.iter().try_fold(0u64, |sum, (_, rate)| sum.checked_add(*rate));
+                if reserved.is_none_or(|r| r > capacity) {
+                    return Some(Overbooked {
+                        iface: iface.name.clone(),
+                        direction,
+                        reserved,
+                        parts,
+                        capacity,
+                    });
+                }
+            }
+        }
+        None
+    }
+
     /// Checks that every interface exists (`exists` asks the host).
     pub fn check_interfaces_exist(&self, exists: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
         for iface in &self.interfaces {
@@ -215,6 +243,25 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An interface whose classes guarantee more than its capacity.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the classes on {iface} guarantee {} of {} ({}), more than its capacity of {}",
+    reserved.map_or_else(|| format!("more than {}", units::format_rate(u64::MAX)), units::format_rate),
+    direction.as_str(),
+    parts.iter().map(|(name, rate)| format!("{name} {}", units::format_rate(*rate))).collect::<Vec<_>>().join(" + "),
+    units::format_rate(*capacity)
+)]
+pub struct Overbooked {
+    pub iface: String,
+    pub direction: Direction,
+    /// The sum of the guaranteed rates (`None`: above `u64::MAX`).
+    pub reserved: Option<u64>,
+    /// Each class with a guaranteed rate, and that rate.
+    pub parts: Vec<(String, u64)>,
+    pub capacity: u64,
 }
 
 struct Validator<'a> {
@@ -286,8 +333,14 @@ impl Validator<'_> {
             );
         }
         let config = Config { path: self.path.to_path_buf(), daemon, interfaces, classes };
-        for (iface, raw_iface) in config.interfaces.iter().zip(&raw.interface) {
-            self.check_reserved(&config, iface, raw_iface.get_ref())?;
+        if let Some(over) = config.overbooked() {
+            // The capacity it exceeds, as written.
+            let raw = raw.interface.iter().map(Spanned::get_ref).find(|i| *i.name.get_ref() == over.iface);
+            let at = raw.and_then(|i| match over.direction {
+                Direction::Egress => Some(i.egress.span().start),
+                Direction::Ingress => i.ingress.as_ref().map(|r| r.span().start),
+            });
+            return Err(self.error_at(at.unwrap_or(0), over.to_string()));
         }
         Ok(config)
     }
@@ -366,7 +419,7 @@ impl Validator<'_> {
 
     fn rate(&self, value: &Spanned<RateValue>, what: &str) -> Result<u64, ConfigError> {
         let bps = match value.get_ref() {
-            RateValue::Number(n) => *n,
+            RateValue::Number(n) => units::rate_bps(*n).map_err(|e| self.error(value, e.to_string()))?,
             RateValue::Text(t) => units::parse_rate(t).map_err(|e| self.error(value, e.to_string()))?,
         };
         if bps == 0 {
@@ -535,47 +588,6 @@ impl Validator<'_> {
             default_class,
             pos: position::pos(self.text, raw.name.span().start),
         })
-    }
-
-    /// The guaranteed rates of an interface's classes must fit its capacity.
-    fn check_reserved(
-        &self,
-        config: &Config,
-        iface: &InterfaceConfig,
-        raw: &RawInterface,
-    ) -> Result<(), ConfigError> {
-        let directions = [
-            (Direction::Egress, Some(iface.egress_bps), Some(&raw.egress)),
-            (Direction::Ingress, iface.ingress_bps, raw.ingress.as_ref()),
-        ];
-        for (direction, capacity, at) in directions {
-            let (Some(capacity), Some(at)) = (capacity, at) else { continue };
-            let limit = |c: &ClassConfig| c.limit(direction);
-            let reserved: u64 =
-                config.classes_on(iface).filter_map(|c| limit(c).and_then(|l| l.rate_bps)).sum();
-            if reserved > capacity {
-                let parts: Vec<String> = config
-                    .classes_on(iface)
-                    .filter_map(|c| {
-                        limit(c)
-                            .and_then(|l| l.rate_bps)
-                            .map(|r| format!("{} {}", c.name, units::format_rate(r)))
-                    })
-                    .collect();
-                return Err(self.error(
-                    at,
-                    format!(
-                        "the classes on {} guarantee {} of {} ({}), more than its capacity of {}",
-                        iface.name,
-                        units::format_rate(reserved),
-                        direction.as_str(),
-                        parts.join(" + "),
-                        units::format_rate(capacity)
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -308,3 +308,52 @@ fn daemon_paths_must_be_absolute() {
     assert!(c.daemon.watch_config);
     assert_eq!(c.daemon.pid_file, Path::new("/run/x.pid"));
 }
+
+#[test]
+fn bare_integer_rates_are_held_to_the_range_of_written_ones() {
+    // A bare integer is bits/s, and as bounded as "10mbit": TOML's largest
+    // integer is far above any rate HTB can take.
+    assert_eq!(
+        err("[[interface]]\nname = \"eth0\"\negress = 9223372036854775807\n"),
+        "t.toml:3:10: invalid rate \"9223372036854775807\": too large"
+    );
+    assert_eq!(
+        err(&format!("{IFACE}[[class]]\nname = \"a\"\negress = {{ ceil = 1000000000000000 }}\n")),
+        "t.toml:6:19: invalid rate \"1000000000000000\": too large"
+    );
+    // The largest accepted, written either way.
+    let c = ok("[[interface]]\nname = \"eth0\"\negress = 999999999999999\ningress = \"999999999999999\"\n");
+    assert_eq!(
+        (c.interfaces[0].egress_bps, c.interfaces[0].ingress_bps),
+        (999_999_999_999_999, Some(999_999_999_999_999))
+    );
+}
+
+#[test]
+fn guaranteed_rates_that_overflow_when_summed_are_an_error_not_a_panic() {
+    // Each rate alone fits in 64 bits; their sum does not: debug builds
+    // panicked adding them, release builds wrapped to 2.55e18, which "fit"
+    // the 9e18 capacity.
+    let huge = "7000000000000000000";
+    let mut text = "[[interface]]\nname = \"eth0\"\negress = 9000000000000000000\n".to_string();
+    for name in ["a", "b", "c"] {
+        text.push_str(&format!("[[class]]\nname = \"{name}\"\negress = {huge}\n"));
+    }
+    assert_eq!(err(&text), format!("t.toml:6:10: invalid rate \"{huge}\": too large"));
+}
+
+#[test]
+fn reservations_are_summed_with_checked_arithmetic() {
+    // Rates no file can give (`shaper set` and the validator share this check).
+    let mut c = ok(&format!(
+        "{IFACE}[[class]]\nname = \"a\"\negress = \"10mbit\"\n[[class]]\nname = \"b\"\negress = \"10mbit\"\n"
+    ));
+    assert_eq!(c.overbooked(), None);
+    for class in &mut c.classes[..2] {
+        class.egress = Some(Limit { rate_bps: Some(u64::MAX / 2 + 1), ceil_bps: None });
+    }
+    assert_eq!(
+        c.overbooked().map(|o| o.to_string()).as_deref(),
+        Some("the classes on eth0 guarantee more than 18446744074 Gbit/s of egress (a 9223372037 Gbit/s + b 9223372037 Gbit/s), more than its capacity of 100 Mbit/s")
+    );
+}

@@ -69,6 +69,13 @@ pub enum RequestError {
     Apply(#[from] DaemonError),
     #[error("no class named {0:?}")]
     UnknownClass(String),
+    /// The change would guarantee more than an interface's capacity.
+    #[error("class {class:?}: {source}")]
+    Overbooked {
+        class: String,
+        #[source]
+        source: crate::config::Overbooked,
+    },
     #[error("nothing to change: give --egress, --ingress or --priority")]
     NothingToChange,
     #[error("--{flag} {source}")]

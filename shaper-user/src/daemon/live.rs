@@ -94,6 +94,9 @@ impl ConfigState {
         let mut overrides = self.overrides.clone();
         overrides.insert(set.class.clone(), change);
         let mut config = with_overrides(&self.file, &overrides);
+        if let Some(source) = config.overbooked() {
+            return Err(RequestError::Overbooked { class: set.class.clone(), source });
+        }
         config.daemon = self.config.daemon.clone();
         Ok(Pending { config, overrides, restart_needed: Vec::new() })
     }
@@ -209,6 +212,39 @@ fn with_overrides(file: &Config, overrides: &BTreeMap<String, ClassOverride>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state() -> ConfigState {
+        let env = crate::rules::SystemEnv::default();
+        let text = "[[interface]]\nname = \"eth0\"\negress = \"100mbit\"\ningress = \"1gbit\"\n\
+                    [[class]]\nname = \"a\"\negress = \"10mbit\"\n\
+                    [[class]]\nname = \"b\"\negress = \"30mbit\"\n";
+        ConfigState::new(crate::config::parse(std::path::Path::new("t.toml"), text, &env.env()).unwrap())
+    }
+
+    #[test]
+    fn set_refuses_guaranteed_rates_above_the_capacity() {
+        let state = state();
+        let set = |class: &str, egress: &str| SetClass {
+            class: class.into(),
+            egress: Some(egress.into()),
+            ..SetClass::default()
+        };
+        // 70 + 30 fit the 100 Mbit/s; 71 + 30 do not.
+        assert!(state.set(&set("a", "70mbit")).is_ok());
+        let refused = state.set(&set("a", "71mbit")).err().map(|e| e.to_string());
+        assert_eq!(
+            refused.as_deref(),
+            Some("class \"a\": the classes on eth0 guarantee 101 Mbit/s of egress (a 71 Mbit/s + b 30 Mbit/s), more than its capacity of 100 Mbit/s")
+        );
+        // A rate with a ceil above the capacity reserves only its rate.
+        assert!(state.set(&set("a", "60mbit:5gbit")).is_ok());
+        // The largest rate a flag takes is range-checked like the config's.
+        let refused = state.set(&set("a", "1000000000000000")).err().map(|e| e.to_string());
+        assert_eq!(
+            refused.as_deref(),
+            Some("--egress \"1000000000000000\": invalid rate \"1000000000000000\": too large")
+        );
+    }
 
     #[test]
     fn limits_are_a_rate_and_an_optional_ceil() {
