@@ -131,7 +131,8 @@ fn socket_facts(
             }
         }
     }
-    (true, cookie)
+    // A socket no record explains is left to the reconcile: no report.
+    (facts.has_owner != 0, cookie)
 }
 
 /// Tells the daemon about a flow the kernel just decided.
@@ -163,8 +164,7 @@ fn send_event(walk: &Walk, cookie: u64, class: u16, provisional: bool) {
     }
     // A provisional verdict waits for the daemon's answer: wake it now (forced:
     // the kernel's adaptive wake-up stays silent while earlier reports are
-    // unread). The others only tell it who is behind the flow; it reads them at
-    // its next wake-up (at most 100 ms later), sparing it one per connection.
+    // unread). Others (none are sent today) would wait for its next wake-up.
     entry.submit(if provisional { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 });
 }
 
@@ -186,10 +186,12 @@ impl Decision {
         }
     }
 
-    /// Tells the daemon, once the flow entry it will look for exists.
+    /// Tells the daemon, once the flow entry it will look for exists: only
+    /// when its verdict waits for the daemon (a test only the daemon makes
+    /// decided it). A flood of flows the kernel decides costs the daemon nothing.
     #[inline(always)]
     fn report(&self, walk: &Walk) {
-        if self.report {
+        if self.report && self.provisional {
             send_event(walk, self.cookie, self.class, self.provisional);
         }
     }

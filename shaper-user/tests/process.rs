@@ -24,6 +24,11 @@ use shaper_testkit::{
 };
 use shaper_user::control::{ConnRow, Origin};
 
+/// A reconcile every second: the flows the kernel decides are not reported
+/// to the daemon (only provisional verdicts are), so `conns` learns who is
+/// behind them at the next reconcile.
+const SCAN_1S: &str = "\n[daemon]\nscan_interval = \"1s\"\n";
+
 fn interface(sandbox: &Sandbox) -> String {
     format!("[[interface]]\nname = \"{}\"\negress = \"1gbit\"\n", sandbox.dev_a)
 }
@@ -54,7 +59,7 @@ fn two_copies_of_one_program_are_shaped_by_name() {
     let fast = programs.copy("iperf3", "fastapp").unwrap();
     let config = format!(
         "{}\n[[class]]\nname = \"bulk\"\negress = \"5mbit\"\nmatch = 'cmd == \"bulkapp\"'\n\n\
-         [[class]]\nname = \"fast\"\negress = \"20mbit\"\nmatch = 'cmd == \"fastapp\"'\n",
+         [[class]]\nname = \"fast\"\negress = \"20mbit\"\nmatch = 'cmd == \"fastapp\"'\n{SCAN_1S}",
         interface(&sandbox)
     );
     let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
@@ -88,7 +93,7 @@ fn a_client_run_as_another_user_is_matched_by_user() {
     let user = TestUser::create(&format!("shp-{}", sandbox.tag)).unwrap();
     let config = format!(
         "{}\ndefault = \"others\"\n\n[[class]]\nname = \"theirs\"\negress = \"5mbit\"\nmatch = 'user == \"{}\"'\n\n\
-         [[class]]\nname = \"others\"\negress = \"20mbit\"\n",
+         [[class]]\nname = \"others\"\negress = \"20mbit\"\n{SCAN_1S}",
         interface(&sandbox),
         user.name
     );

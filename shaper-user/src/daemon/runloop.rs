@@ -32,6 +32,11 @@ use crate::{
 
 /// How long a report that does not wait for the daemon may wait to be read.
 const EVENT_BATCH: Duration = Duration::from_millis(100);
+/// Events read per turn of the loop: between batches the state lock is free
+/// and the control socket, the timers and the signals get their turn.
+const DRAIN_BATCH: usize = 256;
+/// Stale flows removed per turn of the loop after a reconcile, likewise.
+const PRUNE_BATCH: usize = 1024;
 
 fn lock(state: &Mutex<Shaper>) -> MutexGuard<'_, Shaper> {
     state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -153,14 +158,21 @@ async fn serve(
     // the other reports are read on this tick.
     let mut pending = tokio::time::interval(EVENT_BATCH);
     let mut clients = Box::pin(socket.serve(handler(state, stop_tx)));
+    // The ring buffer held more than one batch at the last read.
+    let mut more = false;
+    // The last reconcile left stale flows to remove.
+    let mut pruning = false;
     loop {
         tokio::select! {
             _ = &mut clients => {}
-            ready = async { s.events.as_mut()?.readable_mut().await.ok() }, if s.events.is_some() => {
+            ready = async { s.events.as_mut()?.readable_mut().await.ok() }, if s.events.is_some() && !more => {
                 if let Some(mut guard) = ready {
-                    drain(guard.get_inner_mut(), state);
+                    more = drain(guard.get_inner_mut(), state);
                     guard.clear_ready();
                 }
+            }
+            _ = tokio::task::yield_now(), if more => {
+                more = s.events.as_mut().is_some_and(|ring| drain(ring.get_mut(), state));
             }
             ready = async { s.watch.as_mut()?.readable_mut().await.ok() }, if s.watch.is_some() => {
                 if let Some(mut guard) = ready {
@@ -175,9 +187,10 @@ async fn serve(
                 }
             }
             _ = pending.tick(), if s.events.is_some() => {
-                if let Some(ring) = s.events.as_mut() { drain(ring.get_mut(), state); }
+                if let Some(ring) = s.events.as_mut() { more = drain(ring.get_mut(), state); }
             }
-            _ = scan.tick() => { lock(state).reconcile(); }
+            _ = scan.tick() => { lock(state).reconcile(); pruning = true; }
+            _ = tokio::task::yield_now(), if pruning => { pruning = lock(state).prune_stale(PRUNE_BATCH); }
             _ = meter.tick() => { lock(state).sample_rates(); }
             _ = s.sighup.recv() => reload(state, "SIGHUP"),
             mode = stop_rx.recv() => {
@@ -191,15 +204,18 @@ async fn serve(
     }
 }
 
-/// Hands every event waiting in the ring buffer to the daemon.
-fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<Shaper>) {
+/// Hands at most [`DRAIN_BATCH`] events waiting in the ring buffer to the
+/// daemon; true when there may be more.
+fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<Shaper>) -> bool {
     let mut shaper = lock(state);
-    while let Some(record) = ring.next() {
+    for _ in 0..DRAIN_BATCH {
+        let Some(record) = ring.next() else { return false };
         match events::parse(&record) {
             Some(event) => shaper.on_event(&event),
             None => log::warn!("an event record of {} bytes, not a flow event", record.len()),
         }
     }
+    true
 }
 
 /// A reload on SIGHUP or a config change, with the supervisor told.

@@ -191,6 +191,11 @@ impl Shaper {
         self.decider.reconcile(&mut self.datapath)
     }
 
+    /// Removes up to `max` more of the stale flows the reconcile found; true while some are left.
+    pub fn prune_stale(&mut self, max: usize) -> bool {
+        self.decider.prune_stale(&mut self.datapath, max)
+    }
+
     /// Samples HTB's counters for the "rate now" column.
     pub fn sample_rates(&mut self) {
         self.host.sample_rates();

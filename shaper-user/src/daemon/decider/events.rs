@@ -7,6 +7,10 @@ use shaper_common::{FlowEvent, Owner, EVENT_OWNER, EVENT_PROVISIONAL};
 use super::{Conn, Decider, Provisional, Tables};
 use crate::{control::protocol::Origin, rules::pred::ProcessFacts};
 
+/// Flows events may add to the decider's table at most: past that, a flood's
+/// flows are left to the reconcile, which sees only flows that have a socket.
+const MAX_EVENT_CONNS: usize = 1 << 18;
+
 impl Decider {
     /// Handles a new flow reported by the classifier.
     pub fn on_event(&mut self, tables: &mut dyn Tables, event: &FlowEvent) {
@@ -28,9 +32,17 @@ impl Decider {
             return;
         };
         self.decide_event(tables, event, &facts, provisional);
-        let id = self.ids.of(&event.key);
-        let conn = self.conns.entry(id).or_insert_with(|| Conn::new(Origin::Kernel));
-        conn.pid = event.owner.tgid;
+        if let Some(conn) = self.conns.get_mut(&self.ids.of(&event.key)) {
+            conn.pid = event.owner.tgid;
+        }
+    }
+
+    /// Notes what the decider knows of an event's flow, within [`MAX_EVENT_CONNS`].
+    fn note(&mut self, key: &shaper_common::FlowKey, by: Origin) {
+        let id = self.ids.of(key);
+        if self.conns.len() < MAX_EVENT_CONNS || self.conns.contains_key(&id) {
+            self.conns.insert(id, Conn::new(by));
+        }
     }
 
     /// The facts of a socket owner's process: the ones known already when the
@@ -70,11 +82,11 @@ impl Decider {
         // The daemon knows no more than the kernel (a fact it could not read
         // decided): the kernel's class stays; the reconcile looks again.
         if verdict.provisional || (!provisional && class == event.class) {
-            self.conns.insert(id, Conn::new(Origin::Kernel));
+            self.note(&event.key, Origin::Kernel);
             return;
         }
         let sent = self.settle(tables, &event.key, class);
-        self.conns.insert(id, Conn::new(Origin::Daemon));
+        self.note(&event.key, Origin::Daemon);
         if class != event.class {
             self.stats.changed += 1;
         }

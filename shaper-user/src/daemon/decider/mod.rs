@@ -1,8 +1,8 @@
 //! The decider: which class each connection belongs to, beyond what the
 //! classifier decides alone.
 //!
-//! 1. Events (events.rs): the classifier reports each new flow with its
-//!    socket's owner record. The daemon takes the owner's process facts (from
+//! 1. Events (events.rs): the classifier reports each new flow whose verdict
+//!    waits for the daemon (provisional), with its socket's owner record. The daemon takes the owner's process facts (from
 //!    a cache that rereads /proc only when the process changed), evaluates
 //!    the rules, leaves the answers to the userspace tests in PROC_TESTS for
 //!    the process's next connections, and moves the flow if the class differs.
@@ -74,6 +74,8 @@ pub struct Decider {
     last_fd_walk: Option<u32>,
     /// Socket inodes a walk of the descriptors looked for already.
     traced: HashSet<u64>,
+    /// Flows the last reconcile found stale and has not removed yet.
+    stale: Vec<FlowKey>,
     stats: DecisionStats,
     last_scan: Option<ScanReport>,
 }
@@ -92,6 +94,7 @@ impl Decider {
             generation: 0,
             last_fd_walk: None,
             traced: HashSet::new(),
+            stale: Vec::new(),
             stats: DecisionStats::default(),
             last_scan: None,
         }

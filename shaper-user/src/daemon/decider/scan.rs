@@ -36,6 +36,10 @@ const FD_WALK_EVERY: u32 = 6;
 const AUDIT_EVERY: u32 = 60;
 /// Sockets remembered as traced already, at most.
 const MAX_TRACED: usize = 1 << 20;
+/// Stale flows a reconcile removes itself; the rest are left to
+/// [`Decider::prune_stale`], which the daemon calls in batches with its lock
+/// released in between (a flood leaves tens of thousands each pass).
+const STALE_PER_PASS: usize = 1024;
 
 impl Decider {
     /// Adopts connections the classifier has not seen, corrects classes the
@@ -225,10 +229,27 @@ impl Decider {
                 conn.by = Origin::Scan;
             }
         }
-        for key in stale {
+        self.stale = stale;
+        report.removed += self.remove_stale(tables, STALE_PER_PASS);
+    }
+
+    /// Removes up to `max` of the stale flows the last reconcile found; true
+    /// while some are left.
+    pub fn prune_stale(&mut self, tables: &mut dyn Tables, max: usize) -> bool {
+        let removed = self.remove_stale(tables, max);
+        if let Some(report) = self.last_scan.as_mut() {
+            report.removed += removed;
+        }
+        !self.stale.is_empty()
+    }
+
+    fn remove_stale(&mut self, tables: &mut dyn Tables, max: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..max {
+            let Some(key) = self.stale.pop() else { break };
             if self.still_stale(tables, &key) {
                 match tables.remove_flow(&key) {
-                    Ok(()) => report.removed += 1,
+                    Ok(()) => removed += 1,
                     Err(e) => log::warn!("scan: removing a stale flow: {e}"),
                 }
                 let id = self.ids.of(&key);
@@ -236,6 +257,7 @@ impl Decider {
                 self.provisional.remove(&id);
             }
         }
+        removed
     }
 
     /// Step 5: sockets seen without a flow entry (of `candidates`, those

@@ -421,3 +421,21 @@ fn an_unknown_fact_makes_the_daemons_verdict_provisional_not_false() {
     let verdict = rules.verdict_of(&key(1), Some(&known));
     assert_eq!((verdict.class, verdict.provisional), (0, false));
 }
+
+#[test]
+fn stale_flows_past_one_batch_are_left_to_prune_stale() {
+    let mut tables = FakeTables::default();
+    let now = Arc::new(AtomicU64::new(100_000_000_000));
+    let system = FakeSystem { now_ns: Arc::clone(&now), ..FakeSystem::default() };
+    let mut d = decider(system, &mut tables);
+    let idle = FlowValue { origin: ORIGIN_KERNEL, ..FlowValue::default() };
+    for lport in 1..=3000 {
+        tables.insert_flow(&key(lport), &idle).unwrap();
+    }
+    let report = d.reconcile(&mut tables);
+    assert_eq!((report.removed, tables.flows.len()), (1024, 3000 - 1024), "one batch under the reconcile");
+    assert!(d.prune_stale(&mut tables, 1024));
+    assert!(!d.prune_stale(&mut tables, 1024), "the last batch");
+    assert!(tables.flows.is_empty());
+    assert_eq!(d.last_scan().map(|r| r.removed), Some(3000));
+}
