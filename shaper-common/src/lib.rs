@@ -265,7 +265,9 @@ pub struct Owner {
     /// The socket the record was written for (for LISTENERS: the bound socket,
     /// so that its release removes only its own entry).
     pub cookie: u64,
-    /// Name of the thread that made the socket, NUL-padded (at most 15 characters).
+    /// Name of the process (its thread group leader's: what /proc/PID/comm
+    /// shows, whatever the thread itself is called), NUL-padded (at most 15
+    /// characters).
     pub comm: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<Owner>() == 48);

@@ -88,3 +88,10 @@ pub const PINNED_MAPS: [&str; 18] = [
 
 /// aya-log's level global in the object (0 = off).
 pub const GLOBAL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+
+/// Byte offset of `task_struct.group_leader` in the running kernel (0 =
+/// unknown), set at load from the kernel's BTF: the socket hooks read the
+/// process's name through it (see `owner.rs`).
+pub const GLOBAL_TASK_GROUP_LEADER: &str = "TASK_GROUP_LEADER_OFFSET";
+/// Byte offset of `task_struct.comm` (0 = unknown), as above.
+pub const GLOBAL_TASK_COMM: &str = "TASK_COMM_OFFSET";

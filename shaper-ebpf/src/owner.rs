@@ -13,8 +13,8 @@
 
 use aya_ebpf::{
     helpers::generated::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_get_netns_cookie, bpf_get_socket_cookie,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_probe_read_kernel,
     },
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
@@ -44,24 +44,68 @@ fn shaped_protocol(proto: u32) -> bool {
     proto == u32::from(PROTO_TCP) || proto == u32::from(PROTO_UDP)
 }
 
+/// Byte offsets of `task_struct.group_leader` and `task_struct.comm` in the
+/// running kernel, set by the daemon at load from the kernel's BTF (0: unknown).
+#[unsafe(no_mangle)]
+static TASK_GROUP_LEADER_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_COMM_OFFSET: u32 = 0;
+
+/// The process's name (its thread group leader's, as /proc/PID/comm shows it)
+/// into `comm`: the calling thread may have named itself otherwise (Go runtime
+/// threads, a browser's "Socket Thread"), and a rule on `cmd` means the process.
+/// Without the offsets, or if a read fails, the thread's own name.
+#[inline(always)]
+fn process_comm(comm: &mut [u8; 16]) {
+    // SAFETY: globals the loader may rewrite; read them as it left them.
+    let (leader_at, comm_at) = unsafe {
+        (core::ptr::read_volatile(&TASK_GROUP_LEADER_OFFSET), core::ptr::read_volatile(&TASK_COMM_OFFSET))
+    };
+    if leader_at != 0 && comm_at != 0 {
+        // SAFETY: bpf_probe_read_kernel checks the addresses; the current task
+        // and its leader live while this hook runs.
+        unsafe {
+            let task = bpf_get_current_task() as usize;
+            let mut leader = 0usize;
+            let read_leader = bpf_probe_read_kernel(
+                (&mut leader as *mut usize).cast(),
+                8,
+                (task + leader_at as usize) as *const core::ffi::c_void,
+            );
+            if read_leader == 0
+                && leader != 0
+                && bpf_probe_read_kernel(
+                    comm.as_mut_ptr().cast(),
+                    comm.len() as u32,
+                    (leader + comm_at as usize) as *const core::ffi::c_void,
+                ) == 0
+            {
+                return;
+            }
+        }
+    }
+    // SAFETY: the buffer is 16 bytes as passed.
+    unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), comm.len() as u32) };
+}
+
 /// The current process, as the owner of socket `cookie`.
 #[inline(always)]
 fn current_owner(cookie: u64) -> Owner {
-    // SAFETY: helpers without preconditions; the comm buffer is 16 bytes as passed.
-    unsafe {
+    // SAFETY: helpers without preconditions.
+    let mut owner = unsafe {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let uid_gid = bpf_get_current_uid_gid();
-        let mut owner = Owner {
+        Owner {
             tgid,
             uid: uid_gid as u32,
             gid: (uid_gid >> 32) as u32,
             cgroup_id: bpf_get_current_cgroup_id(),
             cookie,
             ..Owner::default()
-        };
-        bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), owner.comm.len() as u32);
-        owner
-    }
+        }
+    };
+    process_comm(&mut owner.comm);
+    owner
 }
 
 #[inline(always)]

@@ -29,6 +29,7 @@
 //! | [`flows`], [`table`] | small helpers |
 
 pub mod accounts;
+pub mod cgroupmount;
 pub mod cgroups;
 pub mod classids;
 pub mod clock;
@@ -48,6 +49,7 @@ pub mod services;
 pub mod sockdiag;
 pub mod supervise;
 pub mod table;
+pub mod taskbtf;
 pub mod tc;
 pub mod units;
 

@@ -182,6 +182,11 @@ fn dispatch(verb: Verb) -> Result<()> {
                 conf.daemon.control_socket.display(),
                 started.log.display()
             );
+            if let Ok(Status { scan_only: Some(why), .. }) =
+                control::client::status(&conf.daemon.control_socket)
+            {
+                println!("warning: process rules are decided by the /proc scan only ({why})");
+            }
             Ok(())
         }
         Verb::Stop { client, keep } => {
@@ -365,7 +370,10 @@ fn print_status(status: &Status, json: bool) -> Result<()> {
     }
     match &status.hooks_cgroup {
         Some(cgroup) => println!("  socket hooks: cgroup {cgroup}"),
-        None => println!("  socket hooks: off (process rules are decided by the /proc scan)"),
+        None => println!(
+            "  socket hooks: off (process rules are decided by the /proc scan: {})",
+            status.scan_only.as_deref().unwrap_or("no cgroup v2")
+        ),
     }
     let d = &status.decisions;
     let us = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} µs"));

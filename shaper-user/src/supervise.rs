@@ -70,11 +70,9 @@ pub fn start(options: &RunOptions, config: &Config) -> Result<Started, Supervise
     let dir = config.daemon.pid_file.parent().unwrap_or(Path::new("/run/shaper")).to_path_buf();
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let log = dir.join("shaper.log");
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(io(format!("opening {}", log.display())))?;
+    // Never through a symbolic link: `start` runs as root.
+    let log_file = pidfile::open_no_follow(&log, true, true)
+        .map_err(io(format!("opening {} (not following symbolic links)", log.display())))?;
     let log_err = log_file.try_clone().map_err(io("duplicating the log descriptor"))?;
     let notify_path = dir.join(format!(".start-{}.notify", std::process::id()));
     let _ = std::fs::remove_file(&notify_path);

@@ -15,9 +15,24 @@ use shaper_user::control::{client, Applied, ClassRow, Command, ConnRow, Moved, S
 
 use super::{Sandbox, SandboxError};
 
+/// How `shaper run` is started in the sandbox's namespace `a`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Launcher {
+    /// nsenter into the namespace, in a private mount namespace of its own
+    /// (the host's mounts stay visible, cgroup v2 included).
+    #[default]
+    Private,
+    /// `ip netns exec`, which remounts /sys: no cgroup v2 is visible.
+    IpNetnsExec,
+    /// Like `Private`, under a wrapper command (e.g. `setpriv …` to drop a
+    /// capability); the wrapper's arguments end where `shaper run` begins.
+    Wrapped(Vec<String>),
+}
+
 /// A running daemon with its own directory (config, log, control socket, pins).
 pub struct Daemon {
     child: Option<Child>,
+    launcher: Launcher,
     dir: PathBuf,
     shaper: PathBuf,
     ns: String,
@@ -77,6 +92,24 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// Starts `shaper run` through `launcher` without waiting for it.
+    pub fn spawn_with(
+        sandbox: &Sandbox,
+        shaper: &Path,
+        config: &str,
+        launcher: Launcher,
+    ) -> Result<Self, SandboxError> {
+        let mut daemon = Self::prepare(sandbox, shaper, config)?;
+        daemon.launcher = launcher;
+        daemon.launch(&[])?;
+        Ok(daemon)
+    }
+
+    /// Waits until the daemon answers `status` (after [`Daemon::spawn_with`]).
+    pub fn ready(&mut self) -> Result<(), SandboxError> {
+        self.wait_ready()
+    }
+
     /// The run directory, its BPF filesystem and config, without a daemon
     /// (for `shaper start`, which launches its own). A daemon that the pid file
     /// names is stopped on drop all the same.
@@ -96,6 +129,7 @@ impl Daemon {
         std::fs::write(&config_path, config).map_err(file_err("writing", &config_path))?;
         let daemon = Self {
             child: None,
+            launcher: Launcher::default(),
             shaper: shaper.to_path_buf(),
             ns: ns.name().to_string(),
             cgroup: sandbox.cgroup.dir().to_path_buf(),
@@ -128,10 +162,23 @@ impl Daemon {
             .map_err(|source| SandboxError::File { action: "opening", path: self.log.clone(), source })?;
         // A mount namespace of its own: if the daemon has to mount bpffs, the
         // mount disappears with it instead of staying on the host.
-        let mut cmd = std::process::Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.ns)).arg("--").arg("unshare");
-        cmd.args(["--mount", "--propagation", "private", "--"])
-            .arg(&self.shaper)
+        let mut cmd = match &self.launcher {
+            Launcher::IpNetnsExec => {
+                let mut cmd = std::process::Command::new("ip");
+                cmd.args(["netns", "exec", &self.ns]);
+                cmd
+            }
+            Launcher::Private | Launcher::Wrapped(_) => {
+                let mut cmd = std::process::Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{}", self.ns)).arg("--").arg("unshare");
+                cmd.args(["--mount", "--propagation", "private", "--"]);
+                if let Launcher::Wrapped(wrapper) = &self.launcher {
+                    cmd.args(wrapper);
+                }
+                cmd
+            }
+        };
+        cmd.arg(&self.shaper)
             .arg("run")
             .arg("--cgroup")
             .arg(&self.cgroup)

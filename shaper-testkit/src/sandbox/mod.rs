@@ -16,7 +16,7 @@ mod iperf;
 pub mod raw;
 
 pub use cgroup::{Cgroup, Programs, TestUser};
-pub use daemon::Daemon;
+pub use daemon::{Daemon, Launcher};
 pub use iperf::{finish_client, run_client, spawn_client, spawn_client_cmd, IperfResult, IperfServer};
 
 use std::{

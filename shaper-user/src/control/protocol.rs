@@ -197,6 +197,9 @@ pub struct Status {
     /// left to the /proc scan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks_cgroup: Option<String>,
+    /// Why process rules wait for the /proc scan, when they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_only: Option<String>,
     #[serde(default)]
     pub decisions: Decisions,
     /// Where the shaping state is pinned.

@@ -1,6 +1,12 @@
 //! The daemon side of the control socket: a Unix socket readable by root only
 //! (mode 0600 and the peer's uid checked), bounded request lines, idle clients
 //! dropped, so no client can block or crash the daemon.
+//!
+//! The daemon binds it only once it holds the pid-file lock (see
+//! `daemon::pidfile`), so two daemons never race for the path. It removes only
+//! sockets: a stale one left at the path by a dead daemon when it binds, and
+//! at exit its own, if the path still names it; never a file of another kind,
+//! never a socket another process put there meanwhile.
 
 use std::{
     io,
@@ -24,6 +30,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ServerError {
     #[error("another shaper daemon is already listening on {}", .0.display())]
     InUse(PathBuf),
+    #[error("{} is not a socket; not removing it to bind the control socket there", .0.display())]
+    NotASocket(PathBuf),
     #[error("{action} {}", path.display())]
     Io {
         action: &'static str,
@@ -36,10 +44,18 @@ pub enum ServerError {
 /// Answers one command; runs on the daemon's runtime, so it must be quick.
 pub type Handler = Arc<dyn Fn(Command) -> Reply + Send + Sync>;
 
-/// The bound socket; the socket file is removed on drop.
+/// The bound socket; the socket file is removed on drop if it is still ours.
 pub struct ControlSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// Device and inode of the socket file this daemon made.
+    made: Option<(u64, u64)>,
+}
+
+/// Device and inode of what `path` names, without following a final link.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl ControlSocket {
@@ -50,16 +66,21 @@ impl ControlSocket {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_err("creating the directory of", e))?;
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt as _;
+            if !meta.file_type().is_socket() {
+                return Err(ServerError::NotASocket(path.to_path_buf()));
+            }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(ServerError::InUse(path.to_path_buf()));
             }
             std::fs::remove_file(path).map_err(|e| io_err("removing the stale socket", e))?;
         }
         let listener = UnixListener::bind(path).map_err(|e| io_err("binding", e))?;
+        let made = identity(path);
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| io_err("restricting the permissions of", e))?;
-        Ok(Self { listener, path: path.to_path_buf() })
+        Ok(Self { listener, path: path.to_path_buf(), made })
     }
 
     pub fn path(&self) -> &Path {
@@ -89,7 +110,9 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.made.is_some() && identity(&self.path) == self.made {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -26,6 +26,12 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
+    #[error(
+        "the socket hooks cannot attach: they need cgroup v2. To run with process rules decided \
+         by the /proc scan only (pyshaper's model: a new connection runs unshaped until the next \
+         scan), set `event_driven = false` under [daemon]"
+    )]
+    NoCgroup2(#[source] crate::cgroupmount::MountError),
     #[error("watching the classifier's event ring buffer")]
     Events(#[source] std::io::Error),
 }

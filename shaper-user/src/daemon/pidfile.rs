@@ -1,6 +1,12 @@
 //! The pid file: written when the daemon starts, locked while it runs (so a
 //! second daemon, or `shaper start`, knows one is running), removed when it
-//! exits.
+//! exits. Taking its lock is the first thing a daemon does: the one that holds
+//! it owns the control socket path too.
+//!
+//! It is never opened through a symbolic link (the daemon runs as root: a link
+//! planted at the path would make it truncate whatever the link names), must
+//! be a regular file, and is removed at exit only if it is still the file this
+//! daemon locked.
 
 use std::{
     fs::{File, OpenOptions},
@@ -13,6 +19,8 @@ use std::{
 pub enum PidFileError {
     #[error("shaper is already running (pid {pid}, pid file {})", path.display())]
     Running { pid: u32, path: PathBuf },
+    #[error("the pid file {} is a symbolic link or not a regular file; not using it", path.display())]
+    NotAFile { path: PathBuf },
     #[error("writing the pid file {}", path.display())]
     Io {
         path: PathBuf,
@@ -24,8 +32,33 @@ pub enum PidFileError {
 /// The locked pid file of the running daemon; removed on drop.
 pub struct PidFile {
     /// Held open for the lock.
-    _lock: File,
+    lock: File,
     path: PathBuf,
+}
+
+/// Opens `path` for reading and writing without following a final symbolic
+/// link, creating it (mode 0644) if asked; refuses anything but a regular file.
+pub(crate) fn open_no_follow(path: &Path, create: bool, append: bool) -> Result<File, io::Error> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = OpenOptions::new()
+        .read(!append)
+        .write(!append)
+        .append(append)
+        .create(create)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Device and inode of an open file or of what a path names (not following links).
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (meta.dev(), meta.ino())
 }
 
 fn try_lock(file: &File) -> bool {
@@ -35,7 +68,7 @@ fn try_lock(file: &File) -> bool {
 
 /// The pid of the daemon holding the pid file at `path`, if one does.
 pub fn running(path: &Path) -> Option<u32> {
-    let mut file = File::open(path).ok()?;
+    let mut file = open_no_follow(path, false, false).ok()?;
     if try_lock(&file) {
         return None; // nobody holds it: a stale file
     }
@@ -51,13 +84,14 @@ impl PidFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io_err)?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io_err)?;
+        let mut file = open_no_follow(path, true, false).map_err(|e| {
+            // ELOOP: the path is a symbolic link.
+            if e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::InvalidInput {
+                PidFileError::NotAFile { path: path.to_path_buf() }
+            } else {
+                io_err(e)
+            }
+        })?;
         if !try_lock(&file) {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
@@ -67,13 +101,17 @@ impl PidFile {
         file.set_len(0).map_err(io_err)?;
         file.rewind().map_err(io_err)?;
         writeln!(file, "{}", std::process::id()).map_err(io_err)?;
-        Ok(Self { _lock: file, path: path.to_path_buf() })
+        Ok(Self { lock: file, path: path.to_path_buf() })
     }
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let ours = self.lock.metadata().map(|m| identity(&m)).ok();
+        let there = std::fs::symlink_metadata(&self.path).map(|m| identity(&m)).ok();
+        if ours.is_some() && ours == there {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -94,6 +132,35 @@ mod tests {
         drop(first);
         assert!(!path.exists());
         assert_eq!(running(&path), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_symbolic_link_at_the_pid_file_is_refused_and_its_target_untouched() {
+        let dir = std::env::temp_dir().join(format!("shaper-pidfile-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let path = dir.join("shaper.pid");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let result = PidFile::create(&path);
+        assert!(matches!(result, Err(PidFileError::NotAFile { .. })), "{:?}", result.map(|_| ()));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_pid_file_replaced_while_running_is_not_removed() {
+        let dir = std::env::temp_dir().join(format!("shaper-pidfile-swap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("shaper.pid");
+        let first = PidFile::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "4242\n").unwrap();
+        drop(first);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "4242\n");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

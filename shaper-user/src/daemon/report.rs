@@ -30,6 +30,7 @@ pub struct View<'a> {
     pub started: Instant,
     pub adopted: bool,
     pub hooks: Option<&'a std::path::Path>,
+    pub scan_only: Option<&'a str>,
 }
 
 /// Class indices → names, as the reports show them.
@@ -84,6 +85,7 @@ impl<'a> View<'a> {
             scan_interval_ms: config.daemon.scan_interval.as_millis() as u64,
             last_scan: self.decider.last_scan().cloned(),
             hooks_cgroup: self.hooks.map(|h| h.display().to_string()),
+            scan_only: self.scan_only.map(str::to_string),
             pin_dir: config.daemon.pin_dir.display().to_string(),
             adopted: self.adopted,
             last_reload: self.state.last_reload(),

@@ -82,9 +82,7 @@ async fn run_async(config: Config, options: RunOptions) -> Result<Stopped, Daemo
         signals(SignalKind::terminate())?,
         signals(SignalKind::hangup())?,
     );
-    // Bind first: a second daemon must fail before it touches anything.
-    let socket = ControlSocket::bind(&config.daemon.control_socket)?;
-    let pid_file = PidFile::create(&config.daemon.pid_file)?;
+    let (pid_file, socket) = claim(&config.daemon.pid_file, &config.daemon.control_socket)?;
     let scan_interval = config.daemon.scan_interval;
     let watched = config.daemon.watch_config.then(|| config.path.clone());
     let state = Arc::new(Mutex::new(Shaper::start(config, &options)?));
@@ -112,6 +110,18 @@ async fn run_async(config: Config, options: RunOptions) -> Result<Stopped, Daemo
     notify::notify("STOPPING=1");
     drop(sources);
     Ok((state, mode, socket, pid_file))
+}
+
+/// Takes the pid-file lock, then binds the control socket: a second daemon
+/// fails on the lock before it touches the socket path (or anything else), so
+/// it can never unlink the socket of the daemon that holds the lock.
+fn claim(
+    pid_file: &std::path::Path,
+    socket: &std::path::Path,
+) -> Result<(PidFile, ControlSocket), DaemonError> {
+    let pid_file = PidFile::create(pid_file)?;
+    let socket = ControlSocket::bind(socket)?;
+    Ok((pid_file, socket))
 }
 
 /// Watches the config file for `[daemon] watch_config`.
@@ -252,4 +262,60 @@ fn kernel_logger(state: &Arc<Mutex<Shaper>>) -> Option<tokio::task::JoinHandle<(
             guard.clear_ready();
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::pidfile::PidFileError;
+
+    /// A daemon between bind and listen, or one whose socket a client cannot
+    /// reach for a moment: its socket file is there but refuses connections.
+    /// A second daemon must not take the path from it.
+    #[test]
+    fn a_losing_daemon_leaves_the_winners_socket_alone() {
+        let dir = std::env::temp_dir().join(format!("shaper-claim-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (pid_path, sock_path) = (dir.join("shaper.pid"), dir.join("shaper.sock"));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+        let _entered = runtime.enter();
+        let winner_lock = PidFile::create(&pid_path).unwrap();
+        // Bound, not listening: connect() is refused, as for a stale socket.
+        let winner_socket = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+        let before = std::fs::symlink_metadata(&sock_path).map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            m.ino()
+        });
+        match claim(&pid_path, &sock_path) {
+            Err(DaemonError::PidFile(PidFileError::Running { .. })) => {}
+            other => panic!("expected the pid-file lock to refuse, got {:?}", other.map(|_| ()).err()),
+        }
+        let after = std::fs::symlink_metadata(&sock_path).map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            m.ino()
+        });
+        assert_eq!(before.ok(), after.ok(), "the winner's socket file was replaced or removed");
+        drop((winner_socket, winner_lock));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_never_removed() {
+        let dir = std::env::temp_dir().join(format!("shaper-claim-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (pid_path, sock_path) = (dir.join("shaper.pid"), dir.join("shaper.sock"));
+        std::fs::write(&sock_path, "someone's file\n").unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+        let _entered = runtime.enter();
+        match claim(&pid_path, &sock_path) {
+            Err(DaemonError::Control(crate::control::server::ServerError::NotASocket(p))) => {
+                assert_eq!(p, sock_path)
+            }
+            other => panic!("expected NotASocket, got {:?}", other.map(|_| ()).err()),
+        }
+        assert_eq!(std::fs::read_to_string(&sock_path).unwrap(), "someone's file\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -32,7 +32,8 @@ use super::{
     report::View,
 };
 use crate::{
-    cgroups::{self, Cgroups},
+    cgroupmount::{self, V2Root},
+    cgroups::Cgroups,
     config::Config,
     control::{Applied, Command, Moved, Reply, ScanReport, SetClass},
     datapath::{Datapath, LoadOptions},
@@ -61,6 +62,10 @@ pub struct Shaper {
     started: Instant,
     /// The daemon took over shaping an earlier daemon left pinned.
     adopted: bool,
+    /// The cgroup v2 hierarchy (held: a private mount lives while it is open).
+    _cgroup_root: Option<V2Root>,
+    /// Why process rules wait for the /proc scan, when they do.
+    scan_only: Option<String>,
 }
 
 impl Shaper {
@@ -68,19 +73,31 @@ impl Shaper {
     /// the pinned state of an earlier daemon if there is one.
     pub fn start(config: Config, options: &RunOptions) -> Result<Self, DaemonError> {
         let host = Host::open()?;
-        let cgroups = match cgroups::v2_root() {
-            Ok(root) => Some(Cgroups::new(root)),
-            Err(e) => {
-                log::warn!("{e}: rules on cgroups and units never match, and processes are matched by the /proc scan only");
+        let root = match cgroupmount::v2_root() {
+            Ok(root) => Some(root),
+            // Scan-only matching was asked for: carry on without the hierarchy.
+            Err(e) if !config.daemon.event_driven => {
+                log::warn!("{e}: rules on cgroups and units never match");
                 None
             }
+            Err(e) => return Err(DaemonError::NoCgroup2(e)),
         };
-        let hook_dir = match (&config.daemon.cgroup, &cgroups) {
-            (Some(dir), _) => Some(dir.clone()),
-            (None, Some(c)) => Some(c.root().to_path_buf()),
-            (None, None) => None,
+        let cgroups = root.as_ref().map(|r| Cgroups::new(r.path().to_path_buf()));
+        // The hook cgroup as configured (for status) and as reached from here.
+        let hook_dir = match (&config.daemon.cgroup, &root) {
+            (Some(dir), Some(root)) => Some((dir.clone(), root.locate(dir).map_err(DaemonError::NoCgroup2)?)),
+            (None, Some(root)) => {
+                let at = root.path().to_path_buf();
+                Some((
+                    if root.is_private() { PathBuf::from(cgroupmount::STANDARD_ROOT) } else { at.clone() },
+                    at,
+                ))
+            }
+            (_, None) => None,
         }
         .filter(|_| config.daemon.event_driven);
+        let scan_only =
+            (!config.daemon.event_driven).then(|| "event_driven = false in the config".to_string());
         // What can fail on the config and the host alone fails here, before
         // the kernel sees anything.
         host.check(&config)?;
@@ -104,6 +121,8 @@ impl Shaper {
             hooks: None,
             started: Instant::now(),
             adopted,
+            _cgroup_root: root,
+            scan_only,
         };
         shaper.first_converge(hook_dir)?;
         shaper.finish_start();
@@ -113,14 +132,14 @@ impl Shaper {
     /// Shapes the config's interfaces and attaches the socket hooks. A fresh
     /// start that fails undoes itself; a takeover leaves the earlier state
     /// (still shaping) for the next attempt.
-    fn first_converge(&mut self, hook_dir: Option<PathBuf>) -> Result<(), DaemonError> {
+    fn first_converge(&mut self, hook_dir: Option<(PathBuf, PathBuf)>) -> Result<(), DaemonError> {
         let config = self.state.config().clone();
         let ready =
             apply::converge(&mut self.parts(), None, &config).map(|_| ()).and_then(|()| match hook_dir {
-                Some(dir) => {
+                Some((shown, dir)) => {
                     self.datapath.attach_cgroup(&dir)?;
-                    log::info!("socket hooks attached to cgroup {}", dir.display());
-                    self.hooks = Some(dir);
+                    log::info!("socket hooks attached to cgroup {}", shown.display());
+                    self.hooks = Some(shown);
                     Ok(())
                 }
                 None => Ok(()),
@@ -168,6 +187,7 @@ impl Shaper {
             started: self.started,
             adopted: self.adopted,
             hooks: self.hooks.as_deref(),
+            scan_only: self.scan_only.as_deref(),
         }
     }
 

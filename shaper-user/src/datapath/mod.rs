@@ -270,6 +270,18 @@ fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(
     T::try_from(map).map_err(|source| DatapathError::OpenMap { name, source })
 }
 
+/// Where the kernel keeps a process's name, for the socket hooks; zeros (the
+/// hooks then record the thread's name) when the kernel's BTF cannot tell.
+fn task_offsets() -> crate::taskbtf::TaskOffsets {
+    crate::taskbtf::task_offsets().unwrap_or_else(|e| {
+        log::warn!(
+            "{}: {e}; connections are recorded under the name of the thread that made them",
+            crate::taskbtf::VMLINUX_BTF
+        );
+        crate::taskbtf::TaskOffsets { group_leader: 0, comm: 0 }
+    })
+}
+
 impl Datapath {
     /// Loads the object and its programs into the kernel. Nothing is attached yet.
     pub fn load(options: LoadOptions) -> Result<Self, DatapathError> {
@@ -288,11 +300,14 @@ impl Datapath {
             }
             None => Vec::new(),
         };
+        let task = task_offsets();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::MAP_FLOWS, options.max_flows)
             .map_max_entries(names::MAP_OWNERS, options.max_flows)
-            .override_global(names::GLOBAL_LOG_LEVEL, &level, true);
+            .override_global(names::GLOBAL_LOG_LEVEL, &level, true)
+            .override_global(names::GLOBAL_TASK_GROUP_LEADER, &task.group_leader, true)
+            .override_global(names::GLOBAL_TASK_COMM, &task.comm, true);
         for (name, path) in &map_pins {
             loader.map_pin_path(name, path.as_path());
         }
