@@ -76,7 +76,7 @@ fn a_connection_made_by_a_named_thread_belongs_to_its_process() {
     println!("{row:#?}");
     // The kernel decided it, from the first packet, by the process's name.
     assert_eq!((row.class.as_str(), row.origin), ("app", Origin::Kernel), "{row:#?}");
-    assert_eq!(row.cmd.as_deref(), Some("threadapp"), "{row:#?}");
+    assert_eq!(row.rule.as_deref(), Some("cmd == \"threadapp\""), "{row:#?}");
 }
 
 /// `ip netns exec` remounts /sys, so no cgroup v2 is visible to the daemon.
