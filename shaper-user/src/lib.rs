@@ -17,6 +17,7 @@
 //! | [`tc`] | rtnetlink: links, qdiscs, HTB classes and their counters |
 //! | [`datapath`] | the eBPF object: loading, maps, attaching to interfaces |
 //! | [`pins`] | the pin directory: what outlives the daemon, and how the next one finds it |
+//! | [`owned`] | which HTB trees and IFBs are shaper's: a record per interface in the pin directory, a tag on each root |
 //! | [`procnet`] | /proc/net's socket tables, for what sock_diag cannot dump |
 //! | [`sockdiag`] | connected sockets from the kernel (NETLINK_SOCK_DIAG), with their cookies |
 //! | [`proccache`] | process facts kept until the process changes (exec, pid reuse, a new parent) |
@@ -39,6 +40,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod events;
 pub mod flows;
+pub mod owned;
 pub mod pins;
 pub mod plan;
 pub mod proccache;

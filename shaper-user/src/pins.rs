@@ -8,6 +8,8 @@
 //!     progs/<program>            the programs the links below run
 //!     links/<program>-<ifindex>  the classifier on an interface (tcx link)
 //!     links/<hook>               a socket hook on the cgroup
+//!   owned/<ifindex>              what shaper made on an interface (see [`crate::owned`]);
+//!                                outside the layout directories, which come and go with builds
 //! ```
 //!
 //! The layout version changes whenever a pinned map's layout does, so a daemon
@@ -141,6 +143,11 @@ impl Pins {
         self.dir.join("links").join(program)
     }
 
+    /// The records of what shaper made on each interface ([`crate::owned`]).
+    pub fn owned(&self) -> crate::owned::Records {
+        crate::owned::Records::new(self.root.join("owned"))
+    }
+
     /// Whether an earlier daemon left pinned maps here.
     pub fn has_state(&self) -> bool {
         self.map(shaper_common::names::MAP_IFACES).exists()
@@ -164,9 +171,11 @@ impl Pins {
         out
     }
 
-    /// Removes every pin and the directories (the pin directory too, when empty).
+    /// Removes every pin and the directories (the pin directory too, when
+    /// empty: records of what could not be removed keep it).
     pub fn remove_all(&self) {
         remove_layout(&self.dir);
+        let _ = std::fs::remove_dir(self.root.join("owned"));
         let _ = std::fs::remove_dir(&self.root);
     }
 }

@@ -162,7 +162,12 @@ pub fn run(report: &mut Report) -> Result<()> {
                 let nl = tc::Netlink::open()?;
                 let link =
                     tc::link_by_name(&nl, &sandbox.dev_a)?.ok_or_else(|| anyhow!("no {}", sandbox.dev_a))?;
-                Ok(tc::install_htb(&nl, link.index, &plan.htb)?)
+                Ok(tc::install_htb(
+                    &nl,
+                    link.index,
+                    &plan.htb,
+                    shaper_user::owned::Record::new(link.index, "").tag,
+                )?)
             })
         })?);
     }

@@ -15,6 +15,7 @@ use crate::{
     classids::ClassIds,
     config::Config,
     datapath::AttachMode,
+    owned::{self, OwnedError, Record, Records},
     plan::{self, Plan},
     tc::{self, HtbStats, Netlink},
 };
@@ -39,10 +40,26 @@ pub enum HostError {
          (`tc qdisc del dev {iface} root`) or shape another interface"
     )]
     ForeignQdisc { iface: String, kind: String, handle: String },
+    #[error(
+        "a device named {name} exists that shaper did not create; shaper makes a device of that name for \
+         the ingress of {iface} and leaves yours alone. Rename or remove it (`ip link del {name}`), or do \
+         not shape the ingress of {iface}"
+    )]
+    ForeignDevice { name: String, iface: String },
     #[error("shaper shapes at most {0} interfaces")]
     TooManyInterfaces(u32),
     #[error("netlink")]
     Netlink(#[from] tc::TcError),
+    #[error("recording what shaper made")]
+    Owned(#[from] OwnedError),
+}
+
+fn foreign(iface: &str, root: &tc::Qdisc) -> HostError {
+    HostError::ForeignQdisc {
+        iface: iface.to_string(),
+        kind: root.kind.clone(),
+        handle: tc::format_handle(root.handle),
+    }
 }
 
 /// One interface as shaper set it up.
@@ -143,6 +160,11 @@ impl Meter {
 /// The interfaces shaper shapes and the trees on them.
 pub struct Host {
     netlink: Netlink,
+    /// What shaper made on each interface, in the pin directory: the only
+    /// trees and IFBs it changes or removes ([`crate::owned`]).
+    records: Records,
+    /// Interfaces whose record this daemon wrote (what a failed start undoes).
+    made: Vec<u32>,
     shaped: Vec<Shaped>,
     meters: BTreeMap<u32, Meter>,
     /// A change failed part way: the kernel's trees may differ from `shaped`,
@@ -151,17 +173,15 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn open() -> Result<Self, HostError> {
+    pub fn open(records: Records) -> Result<Self, HostError> {
         Ok(Self {
             netlink: Netlink::open()?,
+            records,
+            made: Vec::new(),
             shaped: Vec::new(),
             meters: BTreeMap::new(),
             trees_unknown: false,
         })
-    }
-
-    pub fn netlink(&self) -> &Netlink {
-        &self.netlink
     }
 
     pub fn shaped(&self) -> &[Shaped] {
@@ -175,19 +195,17 @@ impl Host {
     }
 
     /// The interface `name`, if shaper may shape it: its root qdisc must be the
-    /// kernel's default or shaper's own HTB (left by an earlier daemon).
+    /// kernel's default or the HTB tree shaper recorded there (an earlier daemon's).
     pub fn resolve(&self, name: &str) -> Result<tc::Link, HostError> {
         let nl = &self.netlink;
         let link = tc::link_by_name(nl, name)?.ok_or_else(|| HostError::NoInterface(name.to_string()))?;
-        let root = tc::root_qdisc(nl, link.index)?;
-        if let Some(q) = root.as_ref().filter(|q| !q.is_kernel_default() && !tc::is_shapers_root(q)) {
-            return Err(HostError::ForeignQdisc {
-                iface: name.to_string(),
-                kind: q.kind.clone(),
-                handle: tc::format_handle(q.handle),
-            });
+        let record = self.records.get(link.index);
+        match tc::root_qdisc(nl, link.index)? {
+            Some(q) if !q.is_kernel_default() && !record.is_some_and(|r| r.owns_root(&q)) => {
+                Err(foreign(name, &q))
+            }
+            _ => Ok(link),
         }
-        Ok(link)
     }
 
     /// Checks that every interface of `config` can be shaped, changing nothing.
@@ -244,7 +262,7 @@ impl Host {
     }
 
     fn sync_each(
-        &self,
+        &mut self,
         targets: Vec<Target>,
         trust: bool,
         undo: &mut tc::Undo,
@@ -252,14 +270,15 @@ impl Host {
         let mut synced = Vec::new();
         for t in targets {
             let ifindex = t.link.index;
+            let mut record = self.record_for(&t.link)?;
             let before = self.shaped.iter().find(|s| s.ifindex() == ifindex).filter(|_| trust);
-            undo.extend(self.sync_tree(ifindex, &t.egress, before.map(|s| &s.egress.htb))?);
+            undo.extend(self.sync_tree(&t.link, &t.egress, before.map(|s| &s.egress.htb), record.tag)?);
             let ingress = match t.ingress {
                 Some(plan) => {
-                    let ifb = self.ifb_for(&t.link, undo)?;
+                    let ifb = self.ifb_for(&t.link, &mut record, undo)?;
                     let applied =
                         before.and_then(|s| s.ingress.as_ref()).filter(|i| i.ifb.index == ifb.index);
-                    undo.extend(self.sync_tree(ifb.index, &plan, applied.map(|i| &i.plan.htb))?);
+                    undo.extend(self.sync_tree(&ifb, &plan, applied.map(|i| &i.plan.htb), record.tag)?);
                     Some(Ingress { ifb, plan })
                 }
                 None => None,
@@ -278,36 +297,64 @@ impl Host {
         }
     }
 
-    /// The IFB of interface `link`: the one an earlier daemon left, or a new one
-    /// (which `undo` deletes).
-    fn ifb_for(&self, link: &tc::Link, undo: &mut tc::Undo) -> Result<tc::Link, HostError> {
-        let name = ifb_name(link.index);
-        Ok(match tc::link_by_name(&self.netlink, &name)? {
-            Some(ifb) => ifb,
-            None => {
-                let ifb = tc::create_ifb(&self.netlink, &name, link.mtu, IFB_TXQUEUELEN)?;
-                undo.delete_link(ifb.index, &name);
-                ifb
-            }
-        })
+    /// The record of interface `link`: an earlier daemon's, or a new one,
+    /// written before anything is made there.
+    fn record_for(&mut self, link: &tc::Link) -> Result<Record, HostError> {
+        if let Some(record) = self.records.get(link.index) {
+            return Ok(record);
+        }
+        let record = Record::new(link.index, &link.name);
+        self.records.put(&record)?;
+        self.made.push(link.index);
+        Ok(record)
     }
 
-    /// Changes shaper's tree on `ifindex` to `plan`, or builds it; `applied`
-    /// is the tree this daemon last applied there. Returns what takes it back.
+    /// The IFB of interface `link`: the one shaper made earlier (`record`
+    /// holds it), or a new one, recorded (and deleted by `undo`). A device of
+    /// that name that shaper did not make is refused.
+    fn ifb_for(
+        &self,
+        link: &tc::Link,
+        record: &mut Record,
+        undo: &mut tc::Undo,
+    ) -> Result<tc::Link, HostError> {
+        let name = ifb_name(link.index);
+        match tc::link_by_name(&self.netlink, &name)? {
+            Some(ifb) if record.ifb == Some(ifb.index) => Ok(ifb),
+            Some(_) => Err(HostError::ForeignDevice { name, iface: link.name.clone() }),
+            None => {
+                let ifb = tc::create_ifb(&self.netlink, &name, link.mtu, IFB_TXQUEUELEN)?;
+                record.ifb = Some(ifb.index);
+                if let Err(e) = self.records.put(record) {
+                    let _ = tc::delete_link(&self.netlink, ifb.index, &name);
+                    return Err(e.into());
+                }
+                undo.delete_link(ifb.index, &name);
+                Ok(ifb)
+            }
+        }
+    }
+
+    /// Changes shaper's tree on `dev` to `plan`, or builds it with `tag`;
+    /// `applied` is the tree this daemon last applied there. Returns what
+    /// takes it back.
     fn sync_tree(
         &self,
-        ifindex: u32,
+        dev: &tc::Link,
         plan: &Plan,
         applied: Option<&tc::HtbPlan>,
+        tag: u32,
     ) -> Result<tc::Undo, HostError> {
-        match tc::root_qdisc(&self.netlink, ifindex)? {
-            Some(q) if tc::is_shapers_root(&q) => {
-                Ok(tc::sync_htb(&self.netlink, ifindex, &plan.htb, applied)?)
+        let nl = &self.netlink;
+        match tc::root_qdisc(nl, dev.index)? {
+            Some(q) if tc::is_tagged_htb_root(&q, tag) => {
+                Ok(tc::sync_htb(nl, dev.index, &plan.htb, applied, tag)?)
             }
+            Some(q) if !q.is_kernel_default() => Err(foreign(&dev.name, &q)),
             _ => {
-                tc::install_htb(&self.netlink, ifindex, &plan.htb)?;
+                tc::install_htb(nl, dev.index, &plan.htb, tag)?;
                 let mut undo = tc::Undo::default();
-                undo.remove_root(ifindex);
+                undo.remove_root(dev.index);
                 Ok(undo)
             }
         }
@@ -329,9 +376,16 @@ impl Host {
         Ok(())
     }
 
-    /// Deletes the IFB an earlier config gave interface `ifindex`.
+    /// Deletes the IFB an earlier config gave interface `ifindex` (if shaper made it).
     pub fn remove_ifb(&self, ifindex: u32, ifb_ifindex: u32) {
+        let Some(mut record) = self.records.get(ifindex).filter(|r| r.ifb == Some(ifb_ifindex)) else {
+            return log::warn!("{}: not shaper's IFB; leaving it", ifb_name(ifindex));
+        };
         if let Err(e) = tc::delete_link(&self.netlink, ifb_ifindex, &ifb_name(ifindex)) {
+            return log::warn!("{}", crate::error_chain(&e));
+        }
+        record.ifb = None;
+        if let Err(e) = self.records.put(&record) {
             log::warn!("{}", crate::error_chain(&e));
         }
     }
@@ -341,41 +395,31 @@ impl Host {
         self.shaped.pop()
     }
 
-    /// Removes shaper's HTB root (if it still is shaper's) and IFB from
-    /// interface `ifindex` (`shown` names it in logs).
+    /// Removes what shaper recorded on interface `ifindex`: its HTB root
+    /// (if it still is shaper's) and its IFB (`shown` names it in logs).
     pub fn unshape(&self, ifindex: u32, shown: &str) {
-        let nl = &self.netlink;
-        match tc::root_qdisc(nl, ifindex) {
-            Ok(Some(q)) if tc::is_shapers_root(&q) => {
-                if let Err(e) = tc::remove_root_qdisc(nl, ifindex) {
-                    log::warn!("{shown}: removing the HTB root: {}", crate::error_chain(&e));
-                }
-            }
-            Ok(Some(_)) => log::warn!("{shown}: the root qdisc is no longer shaper's; leaving it"),
-            Ok(None) => {}
-            Err(e) => log::debug!("{shown}: {}", crate::error_chain(&e)),
+        let Some(record) = self.records.get(ifindex) else {
+            return log::info!("{shown}: shaper made nothing there");
+        };
+        let done = owned::take_down(&self.netlink, &self.records, &record);
+        for left in &done.left {
+            log::warn!("leaving {left}");
         }
-        let ifb = ifb_name(ifindex);
-        match tc::link_by_name(nl, &ifb) {
-            Ok(Some(link)) => {
-                if let Err(e) = tc::delete_link(nl, link.index, &ifb) {
-                    log::warn!("{shown}: {}", crate::error_chain(&e));
-                }
-            }
-            Ok(None) => {}
-            Err(e) => log::warn!("{shown}: {}", crate::error_chain(&e)),
+        for failed in &done.failed {
+            log::warn!("removing {failed}");
         }
-        let restored = tc::root_qdisc(nl, ifindex).ok().flatten();
+        let restored = tc::root_qdisc(&self.netlink, ifindex).ok().flatten();
         log::info!("restored {shown}: root qdisc {}", restored.as_ref().map_or("none", |q| q.kind.as_str()));
     }
 
-    /// [`Host::unshape`], only where shaper left something: its HTB root or its IFB.
-    pub fn unshape_if_ours(&self, ifindex: u32, shown: &str) {
-        let root = tc::root_qdisc(&self.netlink, ifindex).ok().flatten();
-        let ifb = tc::link_by_name(&self.netlink, &ifb_name(ifindex)).ok().flatten();
-        if root.as_ref().is_some_and(tc::is_shapers_root) || ifb.is_some() {
-            self.unshape(ifindex, shown);
-        }
+    /// Interfaces shaper recorded something on (ifindex, name when recorded).
+    pub fn recorded(&self) -> Vec<(u32, String)> {
+        self.records.all().into_iter().map(|r| (r.ifindex, r.name)).collect()
+    }
+
+    /// Interfaces whose record this daemon wrote: what it made from nothing.
+    pub fn made_here(&self) -> Vec<(u32, String)> {
+        self.recorded().into_iter().filter(|(i, _)| self.made.contains(i)).collect()
     }
 
     /// Samples the HTB counters of every tree for the "rate now" column.

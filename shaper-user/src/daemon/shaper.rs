@@ -72,7 +72,7 @@ impl Shaper {
     /// Checks everything, then shapes every configured interface, taking over
     /// the pinned state of an earlier daemon if there is one.
     pub fn start(config: Config, options: &RunOptions) -> Result<Self, DaemonError> {
-        let host = Host::open()?;
+        let host = Host::open(Pins::new(&config.daemon.pin_dir).owned())?;
         let root = match cgroupmount::v2_root() {
             Ok(root) => Some(root),
             // Scan-only matching was asked for: carry on without the hierarchy.
@@ -130,8 +130,9 @@ impl Shaper {
     }
 
     /// Shapes the config's interfaces and attaches the socket hooks. A fresh
-    /// start that fails undoes itself; a takeover leaves the earlier state
-    /// (still shaping) for the next attempt.
+    /// start that fails undoes itself; a takeover removes what it made on
+    /// interfaces new to it, and leaves the earlier state (still shaping) for
+    /// the next attempt.
     fn first_converge(&mut self, hook_dir: Option<(PathBuf, PathBuf)>) -> Result<(), DaemonError> {
         let config = self.state.config().clone();
         let ready =
@@ -145,7 +146,11 @@ impl Shaper {
                 None => Ok(()),
             });
         if let Err(e) = ready {
-            if !self.adopted {
+            if self.adopted {
+                for (ifindex, name) in self.host.made_here() {
+                    apply::unshape(&mut self.parts(), ifindex, Some(&name));
+                }
+            } else {
                 self.restore();
             }
             return Err(e);
@@ -345,10 +350,8 @@ impl Shaper {
         for (ifindex, _) in self.datapath.ifaces() {
             apply::unshape(&mut self.parts(), ifindex, None);
         }
-        for iface in self.state.config().interfaces.clone() {
-            if let Ok(Some(link)) = crate::tc::link_by_name(self.host.netlink(), &iface.name) {
-                self.host.unshape_if_ours(link.index, &iface.name);
-            }
+        for (ifindex, name) in self.host.recorded() {
+            apply::unshape(&mut self.parts(), ifindex, Some(&name));
         }
         if let Some(p) = self.datapath.pins() {
             p.remove_all();

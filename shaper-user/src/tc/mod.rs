@@ -83,6 +83,10 @@ pub struct Qdisc {
     pub kind: String,
     pub handle: u32,
     pub parent: u32,
+    /// HTB's `rate2quantum` (`r2q` in `tc -d qdisc show`), where shaper puts
+    /// the tag that marks a tree as its own (see [`crate::owned`]); `None` for
+    /// other kinds.
+    pub r2q: Option<u32>,
 }
 
 impl Qdisc {
@@ -158,6 +162,17 @@ fn ifindex_of(tcmsg: &[u8]) -> Option<u32> {
 pub fn link_by_name(nl: &Netlink, name: &str) -> Result<Option<Link>, TcError> {
     let mut msg = Message::new(RTM_GETLINK, 0, format!("looking up interface {name}"));
     msg.push(&[0u8; 16]).attr_str(IFLA_IFNAME, name);
+    get_link(nl, msg, name)
+}
+
+/// The interface with index `index`, or `None` if there is none.
+pub fn link_by_index(nl: &Netlink, index: u32) -> Result<Option<Link>, TcError> {
+    let mut msg = Message::new(RTM_GETLINK, 0, format!("looking up interface {index}"));
+    msg.push(&ifinfomsg(index, 0, 0));
+    get_link(nl, msg, "")
+}
+
+fn get_link(nl: &Netlink, msg: Message, name: &str) -> Result<Option<Link>, TcError> {
     let reply = match nl.get(msg) {
         Ok(r) => r,
         Err(TcError::Kernel { errno, .. }) if errno == libc::ENODEV => return Ok(None),
@@ -226,13 +241,25 @@ pub fn qdiscs(nl: &Netlink, ifindex: u32) -> Result<Vec<Qdisc>, TcError> {
         }
         let handle = reply.get(8..12).and_then(u32_of).unwrap_or(0);
         let parent = reply.get(12..16).and_then(u32_of).unwrap_or(0);
-        let kind = attrs(reply.get(20..).unwrap_or_default())
-            .find(|(k, _)| *k == TCA_KIND)
-            .map(|(_, v)| c_string(v))
-            .unwrap_or_default();
-        out.push(Qdisc { kind, handle, parent });
+        let mut qdisc = Qdisc { kind: String::new(), handle, parent, r2q: None };
+        for (kind, value) in attrs(reply.get(20..).unwrap_or_default()) {
+            match kind {
+                TCA_KIND => qdisc.kind = c_string(value),
+                TCA_OPTIONS => qdisc.r2q = htb_r2q(value),
+                _ => {}
+            }
+        }
+        if qdisc.kind != "htb" {
+            qdisc.r2q = None;
+        }
+        out.push(qdisc);
     }
     Ok(out)
+}
+
+/// `rate2quantum` in HTB's options (the second field of `struct tc_htb_glob`).
+fn htb_r2q(options: &[u8]) -> Option<u32> {
+    attrs(options).find(|(k, _)| *k == TCA_HTB_INIT).and_then(|(_, glob)| glob.get(4..8).and_then(u32_of))
 }
 
 /// The root qdisc of `ifindex`, if the interface has one.
@@ -285,24 +312,26 @@ fn htb_handle(minor: u32) -> u32 {
     (shaper_common::HTB_MAJOR << 16) | minor
 }
 
-/// `struct tc_htb_glob`: version, rate2quantum, default class.
-fn htb_glob(default_minor: u32) -> [u8; 20] {
+/// `struct tc_htb_glob`: version, rate2quantum, default class. Every class
+/// shaper makes has an explicit quantum, so HTB never uses rate2quantum:
+/// it carries `tag`, the mark of shaper's own trees ([`crate::owned`]).
+fn htb_glob(default_minor: u32, tag: u32) -> [u8; 20] {
     let mut glob = [0u8; 20];
     glob[0..4].copy_from_slice(&3u32.to_ne_bytes()); // version
-    glob[4..8].copy_from_slice(&10u32.to_ne_bytes()); // rate2quantum (unused: quanta are explicit)
+    glob[4..8].copy_from_slice(&tag.to_ne_bytes()); // rate2quantum
     glob[8..12].copy_from_slice(&default_minor.to_ne_bytes());
     glob
 }
 
 /// The messages that build `plan` on `ifindex`: the HTB qdisc, its root class,
 /// then each leaf class and the queue under it.
-fn htb_messages(ifindex: u32, plan: &HtbPlan) -> Vec<Message> {
+fn htb_messages(ifindex: u32, plan: &HtbPlan, tag: u32) -> Vec<Message> {
     let qdisc_handle = shaper_common::HTB_MAJOR << 16;
     let mut msgs = Vec::with_capacity(2 + 2 * plan.leaves.len());
     let mut qdisc = Message::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, "adding the HTB root qdisc 1:");
     qdisc.push(&tcmsg(ifindex, qdisc_handle, TC_H_ROOT)).attr_str(TCA_KIND, "htb");
     let nest = qdisc.begin_nest(TCA_OPTIONS);
-    qdisc.attr(TCA_HTB_INIT, &htb_glob(plan.default_minor));
+    qdisc.attr(TCA_HTB_INIT, &htb_glob(plan.default_minor, tag));
     qdisc.end_nest(nest);
     msgs.push(qdisc);
     let root = htb_handle(plan.root.minor);
@@ -335,24 +364,40 @@ fn leaf_queue_message(ifindex: u32, leaf: &HtbLeaf, flags: u16) -> Message {
     msg
 }
 
-/// Builds the HTB tree of `plan` as the root qdisc of `ifindex`. The root qdisc
-/// must be a kernel default. On failure nothing is left behind.
-pub fn install_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan) -> Result<(), TcError> {
-    let mut msgs = htb_messages(ifindex, plan);
+/// Builds the HTB tree of `plan` as the root qdisc of `ifindex`, marked with
+/// `tag` (in HTB's rate2quantum). The root qdisc must be a kernel default. On
+/// failure the half-built tree is removed, and only it: a root qdisc without
+/// `tag` is someone else's (the kernel refused ours because it was there).
+pub fn install_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan, tag: u32) -> Result<(), TcError> {
+    let mut msgs = htb_messages(ifindex, plan, tag);
+    // The qdisc alone first: the kernel applies the rest of a batch after a
+    // refusal, and the classes would go into whatever root refused ours.
+    let classes = msgs.split_off(1);
+    nl.batch(&mut msgs)?;
+    let mut msgs = classes;
     if let Err(e) = nl.batch(&mut msgs) {
         // Deleting the root takes every class and queue under it along.
-        if let Err(cleanup) = remove_root_qdisc(nl, ifindex) {
-            log::warn!("removing a half-built HTB tree: {cleanup}");
+        match root_qdisc(nl, ifindex) {
+            Ok(Some(q)) if is_tagged_htb_root(&q, tag) => {
+                if let Err(cleanup) = remove_htb_root(nl, ifindex) {
+                    log::warn!("removing a half-built HTB tree: {cleanup}");
+                }
+            }
+            Ok(_) => {}
+            Err(cleanup) => log::warn!("looking for a half-built HTB tree: {cleanup}"),
         }
         return Err(e);
     }
     Ok(())
 }
 
-/// Whether `qdisc` is the HTB root shaper builds (handle `1:`): a shaper that
-/// stopped without removing it, or is restarting, left it; the next one takes it over.
-pub fn is_shapers_root(qdisc: &Qdisc) -> bool {
-    qdisc.kind == "htb" && qdisc.handle == shaper_common::HTB_MAJOR << 16 && qdisc.parent == TC_H_ROOT
+/// Whether `qdisc` is an HTB root of the shape shaper builds (handle `1:`)
+/// carrying `tag` in its rate2quantum.
+pub fn is_tagged_htb_root(qdisc: &Qdisc, tag: u32) -> bool {
+    qdisc.kind == "htb"
+        && qdisc.handle == shaper_common::HTB_MAJOR << 16
+        && qdisc.parent == TC_H_ROOT
+        && qdisc.r2q == Some(tag)
 }
 
 /// Brings the HTB tree shaper left on `ifindex` to `plan` without taking it
@@ -371,6 +416,7 @@ pub fn sync_htb(
     ifindex: u32,
     plan: &HtbPlan,
     previous: Option<&HtbPlan>,
+    tag: u32,
 ) -> Result<Undo, TcError> {
     let existing: std::collections::HashSet<u32> =
         htb_stats(nl, ifindex)?.iter().map(|c| c.classid).collect();
@@ -379,10 +425,10 @@ pub fn sync_htb(
     // packet, so this matters only for what it cannot see). Older kernels
     // cannot change it in place; that is not worth a rebuild.
     if previous.is_none_or(|p| p.default_minor != plan.default_minor) {
-        match nl.request(default_message(ifindex, plan.default_minor)) {
+        match nl.request(default_message(ifindex, plan.default_minor, tag)) {
             Ok(()) => {
                 if let Some(p) = previous {
-                    undo.push(default_message(ifindex, p.default_minor));
+                    undo.push(default_message(ifindex, p.default_minor, tag));
                 }
             }
             Err(e) => log::debug!("{e}"),
@@ -401,11 +447,11 @@ pub fn sync_htb(
     }
 }
 
-fn default_message(ifindex: u32, default_minor: u32) -> Message {
+fn default_message(ifindex: u32, default_minor: u32, tag: u32) -> Message {
     let mut qdisc = Message::new(RTM_NEWQDISC, 0, "changing the HTB root qdisc 1:");
     qdisc.push(&tcmsg(ifindex, shaper_common::HTB_MAJOR << 16, TC_H_ROOT)).attr_str(TCA_KIND, "htb");
     let nest = qdisc.begin_nest(TCA_OPTIONS);
-    qdisc.attr(TCA_HTB_INIT, &htb_glob(default_minor));
+    qdisc.attr(TCA_HTB_INIT, &htb_glob(default_minor, tag));
     qdisc.end_nest(nest);
     qdisc
 }
@@ -508,10 +554,12 @@ pub fn change_leaf(nl: &Netlink, ifindex: u32, root_minor: u32, leaf: &HtbLeaf) 
     nl.batch(&mut msgs)
 }
 
-/// Deletes the root qdisc of `ifindex` (the kernel puts its default back).
-pub fn remove_root_qdisc(nl: &Netlink, ifindex: u32) -> Result<(), TcError> {
-    let mut msg = Message::new(RTM_DELQDISC, 0, "removing the root qdisc");
-    msg.push(&tcmsg(ifindex, 0, TC_H_ROOT));
+/// Deletes the root qdisc of `ifindex` if its handle is `1:` (the kernel
+/// refuses a root with another handle, and puts its default back). Callers
+/// check first that it is shaper's ([`is_tagged_htb_root`]).
+pub fn remove_htb_root(nl: &Netlink, ifindex: u32) -> Result<(), TcError> {
+    let mut msg = Message::new(RTM_DELQDISC, 0, "removing the HTB root qdisc 1:");
+    msg.push(&tcmsg(ifindex, shaper_common::HTB_MAJOR << 16, TC_H_ROOT));
     nl.request(msg)
 }
 

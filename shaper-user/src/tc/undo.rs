@@ -20,10 +20,11 @@ impl Undo {
     }
 
     /// Takes back a tree built from scratch: its root qdisc goes (with every
-    /// class and queue under it).
+    /// class and queue under it). The kernel checks the handle: a root that
+    /// is not `1:` stays.
     pub fn remove_root(&mut self, ifindex: u32) {
-        let mut msg = Message::new(super::RTM_DELQDISC, 0, "removing the root qdisc");
-        msg.push(&super::tcmsg(ifindex, 0, super::TC_H_ROOT));
+        let mut msg = Message::new(super::RTM_DELQDISC, 0, "removing the HTB root qdisc 1:");
+        msg.push(&super::tcmsg(ifindex, shaper_common::HTB_MAJOR << 16, super::TC_H_ROOT));
         self.msgs.push(msg);
     }
 
