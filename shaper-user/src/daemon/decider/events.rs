@@ -31,6 +31,11 @@ impl Decider {
             }
             return;
         };
+        if provisional {
+            // The kernel had no answers of this table for a process the daemon
+            // knows: leave them again, so its next flows do not wait.
+            self.remember(tables, &facts);
+        }
         self.decide_event(tables, event, &facts, provisional);
         if let Some(conn) = self.conns.get_mut(&self.ids.of(&event.key)) {
             conn.pid = event.owner.tgid;

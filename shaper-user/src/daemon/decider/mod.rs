@@ -125,10 +125,6 @@ impl Decider {
         self.rules = rules;
         if write {
             self.write_table(tables)?;
-            // The answers in PROC_TESTS belong to a table generation.
-            for facts in self.processes.values() {
-                self.remember(tables, facts);
-            }
         }
         Ok(())
     }
@@ -143,6 +139,12 @@ impl Decider {
         }
         let gen = tables.write_rules(&self.rules.compiled, flags)?;
         log::info!("rule table: {} nodes (generation {gen})", self.rules.compiled.nodes.len());
+        // The answers in PROC_TESTS belong to a table generation: without new
+        // ones, every flow of these processes would wait for the daemon again
+        // (a report each at its next packet: a storm with many flows).
+        for facts in self.processes.values() {
+            self.remember(tables, facts);
+        }
         Ok(())
     }
 

@@ -47,6 +47,9 @@ impl Decider {
     pub fn reconcile(&mut self, tables: &mut dyn Tables) -> ScanReport {
         let started = std::time::Instant::now();
         self.generation = self.generation.wrapping_add(1).max(1);
+        // First: a new table makes the answers left before it stale, those
+        // this pass leaves included.
+        self.refresh_cgroup_rules(tables);
         self.check_processes(tables);
         let mut report = ScanReport::default();
         let audit = self.generation % AUDIT_EVERY == 1;
@@ -63,7 +66,6 @@ impl Decider {
         self.forget_gone();
         self.forget_exited(tables);
         self.prune_listeners(tables);
-        self.refresh_cgroup_rules(tables);
         self.system.sweep(self.scan_interval * 2);
         report.micros = started.elapsed().as_micros() as u64;
         log::debug!("scan: {report:?}");
