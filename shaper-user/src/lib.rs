@@ -27,6 +27,7 @@
 //! | [`daemon`] | `shaper run`: its parts (host: interfaces and HTB trees; decider: connections and decisions; the datapath), sequenced by a thin loop |
 //! | [`control`] | the control socket protocol, server and client |
 //! | [`supervise`] | `shaper start` and `stop`: the daemon in the background |
+//! | [`teardown`] | `shaper stop --force`: shaping taken down with no daemon, from the pins and the host |
 //! | [`flows`], [`table`] | small helpers |
 
 pub mod accounts;
@@ -53,6 +54,7 @@ pub mod supervise;
 pub mod table;
 pub mod taskbtf;
 pub mod tc;
+pub mod teardown;
 pub mod units;
 
 /// An error and its chain of causes on one line: "a: b: c".

@@ -14,11 +14,13 @@ use shaper_user::{
     config::{self, Config},
     control::{self, Applied, ClassRow, ConnRow, SetClass, Status},
     daemon::{self, RunOptions},
-    error_chain, plan,
+    error_chain,
+    pins::Pins,
+    plan,
     rules::SystemEnv,
     supervise,
     table::Table,
-    tc,
+    tc, teardown,
     units::{format_bytes, format_rate},
 };
 
@@ -42,12 +44,24 @@ enum Verb {
     Run(DaemonArgs),
     /// Run the daemon in the background; returns once it shapes (or says why it could not).
     Start(DaemonArgs),
-    /// Stop the daemon and restore every interface (--keep: leave shaping in place, e.g. for an upgrade).
+    /// Stop the daemon and restore every interface (--keep: leave shaping in place, e.g. for an upgrade;
+    /// --force: also with no daemon, from what it pinned and left on the host).
     Stop {
         #[command(flatten)]
         client: ClientArgs,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "force")]
         keep: bool,
+        /// Works with no daemon (after kill -9, a config that no longer loads, interfaces gone):
+        /// removes shaper's qdiscs, IFBs, links and pins. A daemon that answers is stopped first,
+        /// one that holds the pid file but does not answer is killed.
+        #[arg(long)]
+        force: bool,
+        /// With --force: the pin directory, instead of the config's `pin_dir`.
+        #[arg(long, requires = "force")]
+        pin_dir: Option<PathBuf>,
+        /// With --force: the pid file, instead of the config's `pid_file`.
+        #[arg(long, requires = "force")]
+        pid_file: Option<PathBuf>,
     },
     /// Re-read the config file and apply the difference live (a bad file changes nothing).
     Reload(ClientArgs),
@@ -189,7 +203,8 @@ fn dispatch(verb: Verb) -> Result<()> {
             }
             Ok(())
         }
-        Verb::Stop { client, keep } => {
+        Verb::Stop { client, force: true, pin_dir, pid_file, .. } => force_stop(&client, pin_dir, pid_file),
+        Verb::Stop { client, keep, .. } => {
             let socket = socket_path(&client)?;
             let pid = supervise::stop(&socket, keep)?;
             if keep {
@@ -230,6 +245,39 @@ fn dispatch(verb: Verb) -> Result<()> {
             print_conns(&rows, args.json)
         }
     }
+}
+
+/// `shaper stop --force`: stops a daemon if one runs, then removes whatever
+/// shaper left, and says what.
+fn force_stop(client: &ClientArgs, pin_dir: Option<PathBuf>, pid_file: Option<PathBuf>) -> Result<()> {
+    let (paths, why) =
+        supervise::DaemonPaths::resolve(client.config.as_deref(), [client.socket.clone(), pid_file, pin_dir]);
+    if let Some(why) = why {
+        println!("{why}: using the defaults for the paths not given");
+    }
+    match supervise::stop_any(&paths.socket, &paths.pid_file)? {
+        supervise::Found::Nothing => println!("no daemon running"),
+        supervise::Found::Stopped(pid) => println!("stopped the daemon (pid {pid})"),
+        supervise::Found::Killed(pid) => println!("killed the daemon (pid {pid}): it did not answer"),
+    }
+    let summary = teardown::force(&Pins::new(&paths.pin_dir))?;
+    if summary.nothing() {
+        println!("nothing of shaper's to remove under {} or on the host", paths.pin_dir.display());
+    }
+    for (title, lines) in [
+        ("removed", &summary.removed),
+        ("left, not shaper's", &summary.left),
+        ("not removed", &summary.failed),
+    ] {
+        if !lines.is_empty() {
+            println!("{title}:");
+            lines.iter().for_each(|l| println!("  {l}"));
+        }
+    }
+    if !summary.failed.is_empty() {
+        anyhow::bail!("{} things could not be removed (see above)", summary.failed.len());
+    }
+    Ok(())
 }
 
 fn socket_path(args: &ClientArgs) -> Result<PathBuf> {

@@ -151,3 +151,138 @@ fn is_zombie(pid: u32) -> bool {
         .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
+
+/// Where a daemon keeps its control socket, pid file and pins (for `stop --force`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonPaths {
+    pub socket: PathBuf,
+    pub pid_file: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+impl DaemonPaths {
+    /// Each path from `given` (the command line) if set, else from the
+    /// `[daemon]` table of `config`, else the default. The config file is read
+    /// as plain TOML, so one that no longer loads (a bad rule, a missing
+    /// interface) still gives its paths; one that is not TOML at all gives
+    /// none, and the second value says why.
+    pub fn resolve(config: Option<&Path>, given: [Option<PathBuf>; 3]) -> (Self, Option<String>) {
+        let (table, why) = match config.map(|p| (p, std::fs::read_to_string(p))) {
+            None => (None, None),
+            Some((_, Ok(text))) => match text.parse::<toml::Table>() {
+                Ok(table) => (table.get("daemon").and_then(|d| d.as_table()).cloned(), None),
+                Err(e) => {
+                    let why = e.message().replace('\n', " ");
+                    (
+                        None,
+                        Some(format!(
+                            "{} is not TOML ({why}); its [daemon] paths are unknown",
+                            config_name(config)
+                        )),
+                    )
+                }
+            },
+            Some((p, Err(e))) => (None, Some(format!("cannot read {}: {e}", p.display()))),
+        };
+        let pick = |given: Option<PathBuf>, key: &str, default: &str| {
+            given
+                .or_else(|| table.as_ref()?.get(key)?.as_str().map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        let [socket, pid_file, pin_dir] = given;
+        let paths = Self {
+            socket: pick(socket, "control_socket", crate::config::DEFAULT_CONTROL_SOCKET),
+            pid_file: pick(pid_file, "pid_file", crate::config::DEFAULT_PID_FILE),
+            pin_dir: pick(pin_dir, "pin_dir", crate::pins::DEFAULT_PIN_DIR),
+        };
+        (paths, why)
+    }
+}
+
+fn config_name(config: Option<&Path>) -> String {
+    config.map_or_else(String::new, |p| p.display().to_string())
+}
+
+/// What `stop --force` found running before it took shaping down.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// No daemon.
+    Nothing,
+    /// A daemon that answered, stopped as `shaper stop` stops it (pid).
+    Stopped(u32),
+    /// A daemon that held the pid file but did not answer, killed (pid).
+    Killed(u32),
+}
+
+/// The daemon part of `stop --force`: a daemon that answers at `socket` is
+/// asked to stop (it restores everything itself); one that holds `pid_file`
+/// but does not answer is killed, so that nothing holds the pinned state
+/// while it is removed.
+pub fn stop_any(socket: &Path, pid_file: &Path) -> Result<Found, SuperviseError> {
+    match stop(socket, false) {
+        Ok(pid) => return Ok(Found::Stopped(pid)),
+        Err(e) => log::debug!("no daemon answered: {}", crate::error_chain(&e)),
+    }
+    let Some(pid) = pidfile::running(pid_file) else { return Ok(Found::Nothing) };
+    // SAFETY: plain kill(2); the pid holds the daemon's pid-file lock.
+    if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
+        return Err(SuperviseError::Io {
+            action: format!("killing the daemon (pid {pid})"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let started = Instant::now();
+    while pidfile::running(pid_file).is_some() {
+        if started.elapsed() > STOP_TIMEOUT {
+            return Err(SuperviseError::StillRunning(pid, STOP_TIMEOUT.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Found::Killed(pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config file in the temp directory, removed on drop.
+    struct Temp(PathBuf);
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn config(text: &str) -> Temp {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("shaper-paths-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        Temp(path)
+    }
+
+    #[test]
+    fn paths_come_from_the_flags_then_the_daemon_table_then_the_defaults() {
+        let file = config(
+            "[daemon]\npin_dir = \"/sys/fs/bpf/other\"\npid_file = \"/run/x.pid\"\n\n[[class]]\nname = \"a\"\nmatch = 'rprot == 1'\n",
+        );
+        let given = [Some(PathBuf::from("/tmp/s.sock")), None, None];
+        let (paths, why) = DaemonPaths::resolve(Some(&file.0), given);
+        assert_eq!(why, None);
+        assert_eq!(paths.socket, Path::new("/tmp/s.sock"));
+        assert_eq!(paths.pid_file, Path::new("/run/x.pid"));
+        assert_eq!(paths.pin_dir, Path::new("/sys/fs/bpf/other"));
+        let (paths, why) = DaemonPaths::resolve(None, [None, None, None]);
+        assert_eq!((paths.pin_dir.to_str(), why), (Some(crate::pins::DEFAULT_PIN_DIR), None));
+    }
+
+    #[test]
+    fn a_file_that_is_not_toml_gives_the_defaults_and_says_why() {
+        let file = config("this is [not toml");
+        let (paths, why) = DaemonPaths::resolve(Some(&file.0), [None, None, Some(PathBuf::from("/p"))]);
+        assert_eq!(paths.pin_dir, Path::new("/p"));
+        assert_eq!(paths.socket, Path::new(crate::config::DEFAULT_CONTROL_SOCKET));
+        assert!(why.is_some_and(|w| w.contains("is not TOML")));
+    }
+}

@@ -67,14 +67,6 @@ fn tc_rate(sandbox: &Sandbox, classid: &str, secs: f64) -> f64 {
     (b1 - b0) as f64 * 8.0 / (t1 - t0).as_secs_f64()
 }
 
-fn links(sandbox: &Sandbox) -> Vec<String> {
-    let out = sandbox.a.run("ip", &["-o", "link", "show"]).unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
-        .collect()
-}
-
 fn bytes_of(daemon: &Daemon, name: &str) -> u64 {
     class(&classes(daemon), name).bytes
 }

@@ -100,6 +100,18 @@ impl Cgroup {
             log::warn!("sandbox cleanup: removing cgroup {}: {e}", dir.display());
         }
     }
+
+    /// Names of the BPF programs attached to this cgroup itself (not its
+    /// parents), as `bpftool cgroup show` lists them.
+    pub fn attached_programs(&self) -> Result<Vec<String>, SandboxError> {
+        let dir = self.dir.to_string_lossy();
+        let out = super::run("bpftool", &["cgroup", "show", &dir])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("ID"))
+            .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+            .collect())
+    }
 }
 
 impl Drop for Cgroup {

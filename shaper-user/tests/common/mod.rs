@@ -40,6 +40,15 @@ pub fn class_in<'a>(rows: &'a [ClassRow], name: &str, direction: Direction) -> &
         .unwrap_or_else(|| panic!("no class {name} ({direction}) in {rows:#?}"))
 }
 
+/// Names of the interfaces in the sandbox's namespace `a`.
+pub fn links(sandbox: &Sandbox) -> Vec<String> {
+    let out = sandbox.a.run("ip", &["-o", "link", "show"]).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
+        .collect()
+}
+
 pub fn qdiscs(sandbox: &Sandbox) -> String {
     let out = sandbox.a.run("tc", &["qdisc", "show", "dev", &sandbox.dev_a]).unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
