@@ -186,6 +186,7 @@ pub struct Status {
     /// Nodes in the kernel rule table and its generation.
     pub rule_nodes: usize,
     pub rules_gen: u32,
+    /// Entries in the flow map at the last reconcile.
     pub flows: usize,
     pub max_flows: u32,
     /// Classifier error counters: flow-map inserts that failed, rule walks that

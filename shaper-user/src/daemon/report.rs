@@ -79,7 +79,7 @@ impl<'a> View<'a> {
             classes: config.classes.len(),
             rule_nodes: self.decider.rules().compiled.nodes.len(),
             rules_gen: self.datapath.rules_gen(),
-            flows: self.datapath.flow_count(),
+            flows: self.decider.flows(),
             max_flows: config.daemon.max_flows,
             errors: ERROR_NAMES.iter().zip(errors).map(|(n, v)| ((*n).to_string(), v)).collect(),
             scan_interval_ms: config.daemon.scan_interval.as_millis() as u64,

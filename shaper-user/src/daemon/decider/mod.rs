@@ -76,6 +76,8 @@ pub struct Decider {
     traced: HashSet<u64>,
     /// Flows the last reconcile found stale and has not removed yet.
     stale: Vec<FlowKey>,
+    /// Entries in the flow map at the last reconcile, less those removed since.
+    flows: usize,
     stats: DecisionStats,
     last_scan: Option<ScanReport>,
 }
@@ -95,6 +97,7 @@ impl Decider {
             last_fd_walk: None,
             traced: HashSet::new(),
             stale: Vec::new(),
+            flows: 0,
             stats: DecisionStats::default(),
             last_scan: None,
         }
@@ -165,6 +168,12 @@ impl Decider {
 
     pub fn stats(&self) -> &DecisionStats {
         &self.stats
+    }
+
+    /// Entries in the flow map as of the last reconcile (counting them
+    /// anew walks the whole map: too slow for every `status`).
+    pub fn flows(&self) -> usize {
+        self.flows
     }
 
     pub fn last_scan(&self) -> Option<&ScanReport> {

@@ -203,8 +203,10 @@ impl Decider {
         let process_rules = self.rules.process;
         let mut moves: Vec<(FlowKey, u16)> = Vec::new();
         let mut stale: Vec<FlowKey> = Vec::new();
+        let mut entries = 0;
         let (ids, conns, processes, rules) = (&self.ids, &mut self.conns, &self.processes, &self.rules);
         let walk = tables.for_each_flow(&mut |key, value| {
+            entries += 1;
             let Some(conn) = conns.get_mut(&ids.of(key)).filter(|c| c.seen == generation) else {
                 if now.saturating_sub(value.last_seen_ns) > stale_after {
                     stale.push(*key);
@@ -221,8 +223,9 @@ impl Decider {
                 moves.push((*key, verdict.class));
             }
         });
-        if let Err(e) = walk {
-            log::warn!("scan: walking the flows: {}", crate::error_chain(&e));
+        match walk {
+            Ok(()) => self.flows = entries,
+            Err(e) => log::warn!("scan: walking the flows: {}", crate::error_chain(&e)),
         }
         for (key, class) in moves {
             self.settle(tables, &key, class);
@@ -251,7 +254,10 @@ impl Decider {
             let Some(key) = self.stale.pop() else { break };
             if self.still_stale(tables, &key) {
                 match tables.remove_flow(&key) {
-                    Ok(()) => removed += 1,
+                    Ok(()) => {
+                        removed += 1;
+                        self.flows = self.flows.saturating_sub(1);
+                    }
                     Err(e) => log::warn!("scan: removing a stale flow: {e}"),
                 }
                 let id = self.ids.of(&key);

@@ -434,8 +434,10 @@ fn stale_flows_past_one_batch_are_left_to_prune_stale() {
     }
     let report = d.reconcile(&mut tables);
     assert_eq!((report.removed, tables.flows.len()), (1024, 3000 - 1024), "one batch under the reconcile");
+    assert_eq!(d.flows(), 3000 - 1024, "status counts what the reconcile walked, less what it removed");
     assert!(d.prune_stale(&mut tables, 1024));
     assert!(!d.prune_stale(&mut tables, 1024), "the last batch");
     assert!(tables.flows.is_empty());
     assert_eq!(d.last_scan().map(|r| r.removed), Some(3000));
+    assert_eq!(d.flows(), 0);
 }
