@@ -186,7 +186,8 @@ pub struct IfaceInfo {
     /// raw-IP devices such as WireGuard or tun).
     pub l2_len: u16,
     /// The IFB device ingress traffic is redirected to (its HTB tree shapes
-    /// downloads); 0 when the interface's ingress is not shaped.
+    /// downloads); 0 when the interface's ingress is not shaped; [`IFB_DOWN`]
+    /// while the IFB is down or gone (arriving packets pass unshaped).
     pub ifb_ifindex: u32,
     /// The interface described; 0 in an unused IFACE_TABLE entry (the
     /// datapath sets it when it registers the interface).
@@ -196,6 +197,14 @@ pub struct IfaceInfo {
     pub classes: [u64; (MAX_CLASSES / 64) as usize],
 }
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 16 + 8 * (MAX_CLASSES as usize / 64));
+
+/// `IfaceInfo::ifb_ifindex` while the interface's IFB is down or deleted: a
+/// redirect there would drop every arriving packet (the kernel frees a packet
+/// redirected to an ifindex with no device, and a down device queues into
+/// `noop`, which drops), so the classifier lets it pass unshaped and counts
+/// `ERR_IFB_DOWN` until the daemon has restored the IFB. Never a real ifindex
+/// (the kernel's are positive `int`s).
+pub const IFB_DOWN: u32 = u32::MAX;
 
 impl IfaceInfo {
     /// An interface with no classes yet and unshaped ingress.
@@ -368,11 +377,14 @@ pub const ERR_NO_IFACE: u32 = 2;
 pub const ERR_EVENT_LOST: u32 = 3;
 /// OWNERS or LISTENERS could not take a record.
 pub const ERR_OWNER_INSERT: u32 = 4;
+/// An arriving packet passed unshaped: its interface's IFB was down or gone
+/// ([`IFB_DOWN`]) until the daemon restored it.
+pub const ERR_IFB_DOWN: u32 = 5;
 /// The error counters there are.
-pub const ERR_COUNT: u32 = 5;
+pub const ERR_COUNT: u32 = 6;
 /// The name of each error counter, by index (`ERR_*`).
 pub const ERROR_NAMES: [&str; ERR_COUNT as usize] =
-    ["flow_insert", "rule_eval", "no_interface", "event_lost", "owner_insert"];
+    ["flow_insert", "rule_eval", "no_interface", "event_lost", "owner_insert", "ifb_down"];
 
 /// Version of the layout of the pinned maps (their key and value types and
 /// sizes). The daemon pins under `<pin dir>/v<PIN_LAYOUT>`; bump it with any

@@ -21,8 +21,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use shaper_common::{
     class_stats_index, classid_of, Direction, FlowEvent, FlowKey, FlowValue, ListenKey, Owner, CLASS_DEFAULT,
-    ERR_EVENT_LOST, ERR_FLOW_INSERT, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FLOW_PROVISIONAL,
-    ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_VERDICT,
+    ERR_EVENT_LOST, ERR_FLOW_INSERT, ERR_IFB_DOWN, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL,
+    FLOW_PROVISIONAL, IFB_DOWN, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_VERDICT,
 };
 
 use crate::{
@@ -269,7 +269,12 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
         return TC_ACT_UNSPEC;
     };
     let ifb = iface.ifb_ifindex;
-    if direction == Direction::Ingress && ifb == 0 {
+    if direction == Direction::Ingress && (ifb == 0 || ifb == IFB_DOWN) {
+        // No IFB (ingress not shaped), or it is down or gone: never redirect
+        // into a device that would drop the packet; pass it, unshaped.
+        if ifb == IFB_DOWN {
+            count_error(ERR_IFB_DOWN);
+        }
         return TC_ACT_UNSPEC;
     }
     let len = ctx.len() as u64;
@@ -301,8 +306,9 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
         Direction::Egress => TC_ACT_UNSPEC,
         // Through the IFB's HTB tree, which hands the packet back to this
         // interface's receive path once it may go.
-        // SAFETY: plain helper; an unknown ifindex makes the kernel drop the packet,
-        // which the daemon rules out by removing the interface entry first.
+        // SAFETY: plain helper. An ifindex with no device, or a down one, makes the
+        // kernel drop the packet (after this program returns: it cannot see it);
+        // the daemon writes IFB_DOWN the moment it hears of either.
         Direction::Ingress => unsafe { bpf_redirect(ifb, 0) as i32 },
     }
 }

@@ -389,6 +389,9 @@ fn print_status(status: &Status, json: bool) -> Result<()> {
             i.default_class
         );
     }
+    for name in &status.waiting {
+        println!("  {name}: absent; shaped as soon as it appears");
+    }
     println!(
         "  classes: {}, rule table: {} nodes (generation {})",
         status.classes, status.rule_nodes, status.rules_gen

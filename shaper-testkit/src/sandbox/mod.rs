@@ -14,10 +14,12 @@ mod cgroup;
 mod daemon;
 mod iperf;
 pub mod raw;
+mod stream;
 
 pub use cgroup::{Cgroup, Programs, TestUser};
 pub use daemon::{Daemon, Launcher};
 pub use iperf::{finish_client, run_client, spawn_client, spawn_client_cmd, IperfResult, IperfServer};
+pub use stream::Stream;
 
 use std::{
     fs::File,
@@ -143,12 +145,18 @@ impl Netns {
     /// afterwards (netlink included) belong to the namespace for their lifetime.
     /// Use it from a thread of its own: the thread never returns to the host namespace.
     pub fn enter_current_thread(&self) -> Result<(), SandboxError> {
-        let file = File::open(self.path())
-            .map_err(|source| SandboxError::Enter { name: self.name.clone(), source })?;
+        Self::enter_path(&self.path())
+    }
+
+    /// [`Netns::enter_current_thread`] by the namespace's path (for threads
+    /// that do not borrow the namespace).
+    pub fn enter_path(path: &std::path::Path) -> Result<(), SandboxError> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|source| SandboxError::Enter { name: name.clone(), source })?;
         // SAFETY: setns on a valid namespace fd affects only the calling thread.
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
         if rc != 0 {
-            return Err(SandboxError::Enter { name: self.name.clone(), source: io::Error::last_os_error() });
+            return Err(SandboxError::Enter { name, source: io::Error::last_os_error() });
         }
         Ok(())
     }
@@ -232,28 +240,37 @@ impl Sandbox {
         // Interface names are per namespace, so fixed names never collide.
         let dev_a = Self::DEV_A.to_string();
         let dev_b = Self::DEV_B.to_string();
-        run(
-            "ip",
-            &[
-                "-n",
-                a.name(),
-                "link",
-                "add",
-                &dev_a,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &dev_b,
-                "netns",
-                b.name(),
-            ],
-        )?;
         let cgroup = Cgroup::create(&tag)?;
         let sandbox = Self { a, b, dev_a, dev_b, tag, cgroup };
+        sandbox.add_link()?;
+        sandbox.configure_link()?;
+        Ok(sandbox)
+    }
+
+    /// Creates the veth pair (down, without addresses): `dev_a` in `a`, `dev_b` in `b`.
+    pub fn add_link(&self) -> Result<(), SandboxError> {
+        let (a, b) = (self.a.name(), self.b.name());
+        run(
+            "ip",
+            &["-n", a, "link", "add", &self.dev_a, "type", "veth", "peer", "name", &self.dev_b, "netns", b],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes the veth pair (both ends go), as when a USB NIC is unplugged or
+    /// a tunnel goes down; [`Sandbox::add_link`] and
+    /// [`Sandbox::configure_link`] bring it back (with new interface indices).
+    pub fn delete_link(&self) -> Result<(), SandboxError> {
+        run("ip", &["-n", self.a.name(), "link", "del", &self.dev_a])?;
+        Ok(())
+    }
+
+    /// Gives the pair its addresses, brings it up, and waits until both
+    /// families answer.
+    pub fn configure_link(&self) -> Result<(), SandboxError> {
         for (ns, dev, v4, v6) in [
-            (&sandbox.a, &sandbox.dev_a, Self::ADDR_A4, Self::ADDR_A6),
-            (&sandbox.b, &sandbox.dev_b, Self::ADDR_B4, Self::ADDR_B6),
+            (&self.a, &self.dev_a, Self::ADDR_A4, Self::ADDR_A6),
+            (&self.b, &self.dev_b, Self::ADDR_B4, Self::ADDR_B6),
         ] {
             run("ip", &["-n", ns.name(), "addr", "add", &format!("{v4}/24"), "dev", dev])?;
             run("ip", &["-n", ns.name(), "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
@@ -263,7 +280,7 @@ impl Sandbox {
         // a link comes up can take a second).
         for addr in [Self::ADDR_B4, Self::ADDR_B6] {
             let mut tries = 0;
-            while sandbox.a.run("ping", &["-c", "1", "-W", "1", addr]).is_err() {
+            while self.a.run("ping", &["-c", "1", "-W", "1", addr]).is_err() {
                 tries += 1;
                 if tries == 5 {
                     return Err(SandboxError::Command {
@@ -273,7 +290,7 @@ impl Sandbox {
                 }
             }
         }
-        Ok(sandbox)
+        Ok(())
     }
 
     /// A command that runs `program` in namespace `a`, inside the sandbox's cgroup.

@@ -108,6 +108,9 @@ pub struct InterfaceConfig {
     pub default_class: String,
     /// Where the interface's name is written, for errors found later.
     pub pos: Pos,
+    /// `optional = true`: absent at start (or at a reload) is fine; it is
+    /// shaped as soon as it appears.
+    pub optional: bool,
 }
 
 /// `[[class]]`.
@@ -227,10 +230,11 @@ impl Config {
         None
     }
 
-    /// Checks that every interface exists (`exists` asks the host).
+    /// Checks that every interface exists (`exists` asks the host), but the
+    /// `optional` ones.
     pub fn check_interfaces_exist(&self, exists: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
         for iface in &self.interfaces {
-            if !exists(&iface.name) {
+            if !iface.optional && !exists(&iface.name) {
                 return Err(ConfigError::At {
                     path: self.path.clone(),
                     pos: iface.pos,
@@ -587,6 +591,7 @@ impl Validator<'_> {
             ingress_bps,
             default_class,
             pos: position::pos(self.text, raw.name.span().start),
+            optional: raw.optional.as_ref().is_some_and(|o| *o.get_ref()),
         })
     }
 }

@@ -40,6 +40,7 @@ pub struct RawInterface {
     pub egress: Spanned<RateValue>,
     pub ingress: Option<Spanned<RateValue>>,
     pub default: Option<Spanned<String>>,
+    pub optional: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -107,7 +107,7 @@ fn the_default_class_can_be_defined_explicitly() {
 fn syntax_errors_and_unknown_keys_have_positions() {
     assert_eq!(
         err("[[interface]]\nname = \"eth0\"\negres = \"100mbit\"\n"),
-        "t.toml:3:1: unknown field `egres`, expected one of `name`, `egress`, `ingress`, `default`"
+        "t.toml:3:1: unknown field `egres`, expected one of `name`, `egress`, `ingress`, `default`, `optional`"
     );
     assert_eq!(
         err(&format!("{IFACE}[[class]]\nname = \"a\"\nrate = \"1mbit\"\n")).split(',').next().unwrap(),
@@ -286,6 +286,10 @@ fn missing_interfaces_on_the_host_are_reported_at_their_name() {
     let e = c.check_interfaces_exist(|n| n == "lo").unwrap_err();
     assert_eq!(e.to_string(), "t.toml:3:8: interface \"eth0\" does not exist (in this network namespace)");
     assert!(c.check_interfaces_exist(|n| n == "eth0").is_ok());
+    let optional = ok(&IFACE.replace("egress =", "optional = true\negress ="));
+    assert!(optional.interfaces[0].optional);
+    assert!(optional.check_interfaces_exist(|_| false).is_ok());
+    assert!(!c.interfaces[0].optional);
 }
 
 #[test]

@@ -182,6 +182,10 @@ pub struct Status {
     pub config: String,
     pub uptime_s: u64,
     pub interfaces: Vec<InterfaceStatus>,
+    /// Interfaces the config names that are absent (`optional`, or gone
+    /// since they were shaped): shaped as soon as they appear.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
     pub classes: usize,
     /// Nodes in the kernel rule table and its generation.
     pub rule_nodes: usize,

@@ -47,6 +47,8 @@ struct Prepared {
     ids: ClassIds,
     rules: RuleSet,
     targets: Vec<Target>,
+    /// Interfaces of the config that are absent (and may be: see `Host::targets`).
+    absent: Vec<String>,
     /// The interfaces the classifier knew before (ifindex → what it had).
     registered: HashMap<u32, IfaceInfo>,
     changes: Changes,
@@ -60,7 +62,7 @@ struct Prepared {
 pub fn converge(parts: &mut Parts<'_>, old: Option<&Config>, new: &Config) -> Result<Changes, DaemonError> {
     // 0. Everything checked before anything changes.
     let prepared = prepare(parts, old, new)?;
-    let Prepared { ids, rules, targets, registered, mut changes } = prepared;
+    let Prepared { ids, rules, targets, absent, registered, mut changes } = prepared;
     let write_rules =
         parts.host.shaped().is_empty() || !parts.host.trusted() || !parts.decider.same_table(&rules);
     let before = Before {
@@ -80,6 +82,7 @@ pub fn converge(parts: &mut Parts<'_>, old: Option<&Config>, new: &Config) -> Re
             return Err(e);
         }
     };
+    parts.host.set_waiting(absent);
     // 4. Connections.
     let in_use: HashSet<u16> = ids.iter().map(|(i, _)| i).collect();
     changes.flows_reevaluated = parts.decider.reevaluate(parts.datapath, &in_use);
@@ -165,7 +168,7 @@ fn prepare(parts: &Parts<'_>, old: Option<&Config>, new: &Config) -> Result<Prep
     let ids = parts.datapath.class_ids().assign(new.class_names());
     let rules = RuleSet::compile(new, &ids, parts.decider.cgroups())?;
     let registered: HashMap<u32, IfaceInfo> = parts.datapath.ifaces().into_iter().collect();
-    let targets = parts.host.targets(new, &ids, &registered)?;
+    let (targets, absent) = parts.host.targets(new, &ids, &registered)?;
     let mut changes = Changes::default();
     if let Some(old) = old {
         let before: HashMap<&str, &ClassConfig> = old.classes.iter().map(|c| (c.name.as_str(), c)).collect();
@@ -182,7 +185,7 @@ fn prepare(parts: &Parts<'_>, old: Option<&Config>, new: &Config) -> Result<Prep
         .filter(|t| !registered.contains_key(&t.link.index))
         .map(|t| t.link.name.clone())
         .collect();
-    Ok(Prepared { ids, rules, targets, registered, changes })
+    Ok(Prepared { ids, rules, targets, absent, registered, changes })
 }
 
 /// Whether a class is shaped differently in `b` than in `a`.

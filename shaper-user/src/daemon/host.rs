@@ -13,7 +13,7 @@ use shaper_common::{Direction, IfaceInfo, MAX_IFACES};
 
 use crate::{
     classids::ClassIds,
-    config::Config,
+    config::{Config, InterfaceConfig},
     datapath::AttachMode,
     owned::{self, OwnedError, Record, Records},
     plan::{self, Plan},
@@ -170,6 +170,9 @@ pub struct Host {
     /// A change failed part way: the kernel's trees may differ from `shaped`,
     /// so the next change sends them whole.
     trees_unknown: bool,
+    /// Interfaces the config names that are absent (`optional`, or gone
+    /// since): shaped when they appear.
+    waiting: Vec<String>,
 }
 
 impl Host {
@@ -181,6 +184,7 @@ impl Host {
             shaped: Vec::new(),
             meters: BTreeMap::new(),
             trees_unknown: false,
+            waiting: Vec::new(),
         })
     }
 
@@ -210,21 +214,38 @@ impl Host {
 
     /// Checks that every interface of `config` can be shaped, changing nothing.
     pub fn check(&self, config: &Config) -> Result<(), HostError> {
-        config.interfaces.iter().try_for_each(|i| self.resolve(&i.name).map(|_| ()))
+        config.interfaces.iter().try_for_each(|i| self.resolve_or_wait(i).map(|_| ()))
     }
 
-    /// Resolves and plans every interface of `config`; `registered` are the
-    /// interfaces the classifier knows already (their slots are kept).
+    /// [`Host::resolve`], where an interface that may be absent (`optional`,
+    /// or gone since the daemon shaped it) and is gives `None`.
+    fn resolve_or_wait(&self, iface: &InterfaceConfig) -> Result<Option<tc::Link>, HostError> {
+        match self.resolve(&iface.name) {
+            Err(HostError::NoInterface(_)) if iface.optional || self.waiting.contains(&iface.name) => {
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
+    }
+
+    /// Resolves and plans every interface of `config` that is present (see
+    /// [`Host::resolve_or_wait`]; the absent ones are returned by name);
+    /// `registered` are the interfaces the classifier knows already (their
+    /// slots are kept).
     pub fn targets(
         &self,
         config: &Config,
         ids: &ClassIds,
         registered: &HashMap<u32, IfaceInfo>,
-    ) -> Result<Vec<Target>, HostError> {
+    ) -> Result<(Vec<Target>, Vec<String>), HostError> {
         let mut used_slots: Vec<u32> = registered.values().map(|i| i.slot).collect();
         let mut targets = Vec::new();
+        let mut absent = Vec::new();
         for iface in &config.interfaces {
-            let link = self.resolve(&iface.name)?;
+            let Some(link) = self.resolve_or_wait(iface)? else {
+                absent.push(iface.name.clone());
+                continue;
+            };
             let egress = plan::plan(config, ids, iface, Direction::Egress, link.mtu)
                 .ok_or_else(|| HostError::NoInterface(iface.name.clone()))?;
             let ingress = plan::plan(config, ids, iface, Direction::Ingress, link.mtu);
@@ -237,7 +258,79 @@ impl Host {
             used_slots.push(slot);
             targets.push(Target { link, slot, egress, ingress });
         }
-        Ok(targets)
+        Ok((targets, absent))
+    }
+
+    /// The interfaces the config names that are absent, for `status`.
+    pub fn waiting(&self) -> &[String] {
+        &self.waiting
+    }
+
+    /// A change is in force whose absent interfaces are `absent`.
+    pub fn set_waiting(&mut self, absent: Vec<String>) {
+        for name in absent.iter().filter(|n| !self.waiting.contains(n)) {
+            log::info!("{name} is absent; it is shaped as soon as it appears");
+        }
+        self.waiting = absent;
+    }
+
+    /// Whether an interface the config waits for exists now.
+    pub fn waited_for_appeared(&self) -> bool {
+        self.waiting.iter().any(|n| tc::link_by_name(&self.netlink, n).is_ok_and(|l| l.is_some()))
+    }
+
+    /// The shaped interfaces that no longer exist under their name and index
+    /// (deleted, or renamed): (ifindex, name).
+    pub fn vanished(&self) -> Vec<(u32, String)> {
+        self.shaped
+            .iter()
+            .filter(|s| match tc::link_by_name(&self.netlink, s.name()) {
+                Ok(link) => link.is_none_or(|l| l.index != s.ifindex()),
+                Err(_) => false,
+            })
+            .map(|s| (s.ifindex(), s.name().to_string()))
+            .collect()
+    }
+
+    /// Takes interface `ifindex` off the shaped list (it went away); the
+    /// config's interface of that name waits for its return.
+    pub fn forget(&mut self, ifindex: u32) -> Option<Shaped> {
+        let at = self.shaped.iter().position(|s| s.ifindex() == ifindex)?;
+        let shaped = self.shaped.remove(at);
+        self.meters.remove(&ifindex);
+        if !self.waiting.contains(&shaped.link.name) {
+            self.waiting.push(shaped.link.name.clone());
+        }
+        Some(shaped)
+    }
+
+    /// Shaped interfaces whose IFB is down or gone: (interface, its IFB's
+    /// name, "down" or "gone").
+    pub fn lost_ifbs(&self) -> Vec<(u32, String, &'static str)> {
+        self.shaped
+            .iter()
+            .filter_map(|s| {
+                let ifb = &s.ingress.as_ref()?.ifb;
+                let state = match tc::link_by_name(&self.netlink, &ifb.name) {
+                    Ok(Some(l)) if l.index == ifb.index && l.up => return None,
+                    Ok(Some(l)) if l.index == ifb.index => "down",
+                    Ok(_) => "gone",
+                    Err(_) => return None,
+                };
+                Some((s.ifindex(), ifb.name.clone(), state))
+            })
+            .collect()
+    }
+
+    /// Whether an event about interface `index` called `name` may concern
+    /// shaper: a shaped interface, its IFB, or one the config waits for.
+    pub fn concerns(&self, index: u32, name: &str) -> bool {
+        self.waiting.iter().any(|w| w == name)
+            || self.shaped.iter().any(|s| {
+                s.ifindex() == index
+                    || s.name() == name
+                    || s.ingress.as_ref().is_some_and(|i| i.ifb.index == index || i.ifb.name == name)
+            })
     }
 
     /// Brings each target's HTB trees (and IFB) to its plans: classes changed
@@ -320,6 +413,12 @@ impl Host {
     ) -> Result<tc::Link, HostError> {
         let name = ifb_name(link.index);
         match tc::link_by_name(&self.netlink, &name)? {
+            Some(ifb) if record.ifb == Some(ifb.index) && !ifb.up => {
+                // Someone set it down: back up (its tree is still there).
+                tc::set_up(&self.netlink, ifb.index, &name)?;
+                log::info!("{name} brought back up");
+                Ok(tc::Link { up: true, ..ifb })
+            }
             Some(ifb) if record.ifb == Some(ifb.index) => Ok(ifb),
             Some(_) => Err(HostError::ForeignDevice { name, iface: link.name.clone() }),
             None => {

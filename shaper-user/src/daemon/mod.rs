@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`runloop`] | the main loop: control socket, events, timers, signals |
 //! | [`shaper`] | the running daemon: its parts, start-up, requests, stop |
+//! | [`links`] | devices that come and go: lost IFBs, interfaces gone and back |
 //! | [`apply`], [`live`], [`report`] | bringing the host to a config; the config in force and its changes; `status`, `classes`, `conns` |
 //! | [`host`], [`decider`] | the parts: interfaces and HTB trees; connections and decisions (the datapath is [`crate::datapath`]) |
 //! | [`options`], [`error`], [`notify`], [`pidfile`], [`watch`] | command-line options and the config they load; errors; sd_notify; the pid file; the config-file watch |
@@ -15,6 +16,7 @@ mod apply;
 mod decider;
 mod error;
 mod host;
+mod links;
 mod live;
 pub mod notify;
 mod options;

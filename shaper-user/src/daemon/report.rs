@@ -76,6 +76,7 @@ impl<'a> View<'a> {
             config: config.path.display().to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             interfaces: self.host.shaped().iter().map(|s| self.interface(s, &names)).collect(),
+            waiting: self.host.waiting().to_vec(),
             classes: config.classes.len(),
             rule_nodes: self.decider.rules().compiled.nodes.len(),
             rules_gen: self.datapath.rules_gen(),

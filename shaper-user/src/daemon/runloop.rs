@@ -11,6 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, Signal, SignalKind},
+    time::Instant,
 };
 
 use super::{
@@ -28,6 +29,7 @@ use crate::{
         Command, Reply, Stopping,
     },
     events,
+    tc::LinkMonitor,
 };
 
 /// How long a report that does not wait for the daemon may wait to be read.
@@ -70,6 +72,8 @@ struct Sources {
     sighup: Signal,
     events: Option<AsyncFd<RingBuf<MapData>>>,
     watch: Option<AsyncFd<ConfigWatch>>,
+    /// Link events: interfaces and IFBs that come and go.
+    links: Option<AsyncFd<LinkMonitor>>,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -85,6 +89,8 @@ async fn run_async(config: Config, options: RunOptions) -> Result<Stopped, Daemo
     let (pid_file, socket) = claim(&config.daemon.pid_file, &config.daemon.control_socket)?;
     let scan_interval = config.daemon.scan_interval;
     let watched = config.daemon.watch_config.then(|| config.path.clone());
+    // Subscribed before the start, so no interface can appear unheard between the two.
+    let links = link_monitor();
     let state = Arc::new(Mutex::new(Shaper::start(config, &options)?));
     let events = match lock(&state).take_events() {
         // SAFETY: the ring buffer owns its map fd for as long as it lives, and
@@ -97,7 +103,7 @@ async fn run_async(config: Config, options: RunOptions) -> Result<Stopped, Daemo
     };
     let watch = watched.and_then(|path| watch_file(&path));
     let logger = if options.kernel_log_level > 0 { kernel_logger(&state) } else { None };
-    let mut sources = Sources { sigint, sigterm, sighup, events, watch, _logger: logger };
+    let mut sources = Sources { sigint, sigterm, sighup, events, watch, links, _logger: logger };
     let first = lock(&state).reconcile();
     log::info!(
         "ready: control socket {}, {} connections found, {} adopted",
@@ -140,6 +146,41 @@ fn watch_file(path: &std::path::Path) -> Option<AsyncFd<ConfigWatch>> {
     }
 }
 
+/// The link events of the daemon's network namespace (none if the kernel
+/// refuses the subscription: then lost devices are only noticed by reloads).
+fn link_monitor() -> Option<AsyncFd<LinkMonitor>> {
+    // SAFETY: the monitor owns its socket, and the AsyncFd owns the monitor.
+    let monitor =
+        LinkMonitor::open().map_err(|e| std::io::Error::other(crate::error_chain(&e))).and_then(|m| {
+            unsafe { AsyncFd::register_with_interest(m, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+        });
+    match monitor {
+        Ok(m) => Some(m),
+        Err(e) => {
+            log::warn!(
+                "not listening to link events ({e}): a lost IFB or interface is not restored until a reload"
+            );
+            None
+        }
+    }
+}
+
+/// Reads the waiting link events and lets the shaper act on them; moves the
+/// heal forward if they ask for one sooner.
+fn on_links(monitor: &mut AsyncFd<LinkMonitor>, state: &Mutex<Shaper>, heal_at: &mut Option<Instant>) {
+    match monitor.get_ref().read() {
+        Ok(events) if !events.is_empty() => {
+            if let Some(after) = lock(state).on_links(&events) {
+                let at = Instant::now() + after;
+                *heal_at = Some(heal_at.map_or(at, |h| h.min(at)));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("reading link events: {}", crate::error_chain(&e)),
+    }
+}
+
 /// The control socket's handler: `stop` goes to the loop, the rest to the shaper.
 fn handler(state: &Arc<Mutex<Shaper>>, stop_tx: tokio::sync::mpsc::UnboundedSender<StopMode>) -> Handler {
     let state = Arc::clone(state);
@@ -172,9 +213,19 @@ async fn serve(
     let mut more = false;
     // The last reconcile left stale flows to remove.
     let mut pruning = false;
+    let mut heal_at: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = &mut clients => {}
+            ready = async { s.links.as_mut()?.readable_mut().await.ok() }, if s.links.is_some() => {
+                if let Some(mut guard) = ready {
+                    on_links(guard.get_mut(), state, &mut heal_at);
+                    guard.clear_ready();
+                }
+            }
+            _ = tokio::time::sleep_until(heal_at.unwrap_or_else(Instant::now)), if heal_at.is_some() => {
+                heal_at = lock(state).heal().map(|after| Instant::now() + after);
+            }
             ready = async { s.events.as_mut()?.readable_mut().await.ok() }, if s.events.is_some() && !more => {
                 if let Some(mut guard) = ready {
                     more = drain(guard.get_inner_mut(), state);

@@ -17,7 +17,10 @@
 //! SIGTERM) or leaves it in place for the next daemon (`shaper stop --keep`).
 //! Dropping a `Shaper` without `stop` leaves the pinned state too, as a crash would.
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
 use shaper_common::FlowEvent;
@@ -27,6 +30,7 @@ use super::{
     decider::{Decider, LiveSystem},
     error::{DaemonError, RequestError},
     host::Host,
+    links,
     live::{ConfigState, Pending},
     options::{self, RunOptions},
     report::View,
@@ -39,6 +43,7 @@ use crate::{
     datapath::{Datapath, LoadOptions},
     flows,
     pins::{self, Pins},
+    tc::LinkEvent,
 };
 
 /// How the daemon leaves the host when it stops.
@@ -219,6 +224,34 @@ impl Shaper {
     /// Removes up to `max` more of the stale flows the reconcile found; true while some are left.
     pub fn prune_stale(&mut self, max: usize) -> bool {
         self.decider.prune_stale(&mut self.datapath, max)
+    }
+
+    /// Link events (see [`links`]); returns when to call [`Shaper::heal`].
+    pub fn on_links(&mut self, events: &[LinkEvent]) -> Option<Duration> {
+        let mut parts =
+            Parts { host: &mut self.host, datapath: &mut self.datapath, decider: &mut self.decider };
+        links::on_events(&mut parts, self.state.config(), events)
+    }
+
+    /// Restores what link events took away (lost IFBs, interfaces gone and
+    /// back); returns when to try again if it failed.
+    pub fn heal(&mut self) -> Option<Duration> {
+        let mut parts =
+            Parts { host: &mut self.host, datapath: &mut self.datapath, decider: &mut self.decider };
+        match links::heal(&mut parts, self.state.config()) {
+            Ok(_) => {
+                log::info!("shaping {}", self.host.describe());
+                None
+            }
+            Err(e) => {
+                log::error!(
+                    "restoring shaping: {}; trying again in {:?}",
+                    crate::error_chain(&e),
+                    links::RETRY
+                );
+                Some(links::RETRY)
+            }
+        }
     }
 
     /// Samples HTB's counters for the "rate now" column.

@@ -2,9 +2,11 @@
 //! counters. No `tc` processes: a whole HTB tree goes to the kernel in one
 //! batch of messages (a thousand classes in milliseconds).
 
+mod monitor;
 mod netlink;
 mod undo;
 
+pub use monitor::{LinkEvent, LinkMonitor};
 pub use netlink::Netlink;
 use netlink::{attrs, c_string, u32_of, u64_of, Message, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use undo::Step;
@@ -75,6 +77,8 @@ pub struct Link {
     pub mtu: u32,
     /// ARPHRD_* device type (1 = Ethernet).
     pub arphrd: u16,
+    /// IFF_UP: the interface is administratively up.
+    pub up: bool,
 }
 
 /// A qdisc as the kernel reports it.
@@ -181,7 +185,8 @@ fn get_link(nl: &Netlink, msg: Message, name: &str) -> Result<Option<Link>, TcEr
     let arphrd =
         reply.get(2..4).map(|b| u16::from_ne_bytes([b[0], b[1]])).ok_or(TcError::Malformed("ifinfomsg"))?;
     let index = reply.get(4..8).and_then(u32_of).ok_or(TcError::Malformed("ifinfomsg"))?;
-    let mut link = Link { index, name: name.to_string(), mtu: 1500, arphrd };
+    let up = reply.get(8..12).and_then(u32_of).is_some_and(|f| f & IFF_UP != 0);
+    let mut link = Link { index, name: name.to_string(), mtu: 1500, arphrd, up };
     for (kind, value) in attrs(reply.get(16..).unwrap_or_default()) {
         match kind {
             IFLA_MTU => link.mtu = u32_of(value).unwrap_or(1500),
@@ -214,13 +219,18 @@ pub fn create_ifb(nl: &Netlink, name: &str, mtu: u32, txqueuelen: u32) -> Result
     nl.request(msg)?;
     let link =
         link_by_name(nl, name)?.ok_or(TcError::Malformed("the IFB device vanished after its creation"))?;
-    let mut up = Message::new(RTM_NEWLINK, 0, format!("bringing {name} up"));
-    up.push(&ifinfomsg(link.index, IFF_UP, IFF_UP));
-    if let Err(e) = nl.request(up) {
+    if let Err(e) = set_up(nl, link.index, name) {
         let _ = delete_link(nl, link.index, name);
         return Err(e);
     }
-    Ok(link)
+    Ok(Link { up: true, ..link })
+}
+
+/// Brings interface `ifindex` up (`name` is for the error message).
+pub fn set_up(nl: &Netlink, ifindex: u32, name: &str) -> Result<(), TcError> {
+    let mut up = Message::new(RTM_NEWLINK, 0, format!("bringing {name} up"));
+    up.push(&ifinfomsg(ifindex, IFF_UP, IFF_UP));
+    nl.request(up)
 }
 
 /// Deletes interface `ifindex` (`name` is for the error message).

@@ -120,61 +120,15 @@ struct Received {
 impl Netlink {
     /// Opens an rtnetlink socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, TcError> {
-        // SAFETY: plain socket(2); the fd is owned below.
-        let raw = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
-        };
-        if raw < 0 {
-            return Err(TcError::Socket(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = route_socket(0, 0, 4 * 1024 * 1024)?;
         let one: libc::c_int = 1;
         for opt in [NETLINK_EXT_ACK, NETLINK_CAP_ACK] {
             // SAFETY: valid fd and option buffer. Failure only loses detail in errors.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_NETLINK,
-                    opt,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as u32,
-                )
-            };
+            unsafe { setsockopt(&fd, libc::SOL_NETLINK, opt, &one) };
         }
-        let rcvbuf: libc::c_int = 4 * 1024 * 1024;
         let timeout = libc::timeval { tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
-        // SAFETY: valid fd and option buffers.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&rcvbuf as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            );
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
-        // SAFETY: zeroed sockaddr_nl is "any pid, no groups".
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: valid fd and address of the right size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(TcError::Socket(io::Error::last_os_error()));
-        }
+        // SAFETY: valid fd and option buffer.
+        unsafe { setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout) };
         Ok(Self { fd, seq: AtomicU32::new(1) })
     }
 
@@ -322,6 +276,56 @@ impl Netlink {
             }
         }
     }
+}
+
+/// Sets a socket option of plain-data type `T`; failure only loses a tuning.
+///
+/// # Safety
+/// `T` must be the type the option takes.
+unsafe fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, value: &T) {
+    // SAFETY: valid fd; the caller vouches for the option's type.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+}
+
+/// An rtnetlink socket of the calling thread's network namespace with a
+/// receive buffer of `rcvbuf` bytes, bound to the multicast `groups` (0: none);
+/// `flags` are extra socket(2) type flags (`SOCK_NONBLOCK`).
+pub(super) fn route_socket(flags: libc::c_int, groups: u32, rcvbuf: libc::c_int) -> Result<OwnedFd, TcError> {
+    // SAFETY: plain socket(2); the fd is owned below.
+    let raw = unsafe {
+        libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags, libc::NETLINK_ROUTE)
+    };
+    if raw < 0 {
+        return Err(TcError::Socket(io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: SO_RCVBUF takes an int.
+    unsafe { setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf) };
+    // SAFETY: zeroed sockaddr_nl is "any pid, no groups"; the groups are set after.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as u16;
+    addr.nl_groups = groups;
+    // SAFETY: valid fd and address of the right size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(TcError::Socket(io::Error::last_os_error()));
+    }
+    Ok(fd)
 }
 
 /// The error in an NLMSG_ERROR reply (`None` for an acknowledgement).
