@@ -31,10 +31,14 @@
 //!
 //! The ifindex keys the record, not the name: a device deleted and created
 //! again gets a new ifindex (so its new tree is not shaper's), and a renamed
-//! one keeps its own. An IFB is shaper's when its ifindex is the one recorded.
+//! one keeps its own. An IFB is shaper's when its ifindex is the one recorded
+//! and its name the one shaper gives it. Ifindexes are per network namespace:
+//! the record holds the namespace's inode, and [`take_down`] refuses to act on
+//! a record from another namespace (where the same ifindex is another device).
 
 use std::{
     io,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -67,12 +71,31 @@ pub struct Record {
     pub tag: u32,
     /// The IFB shaper created for the interface's ingress, by ifindex.
     pub ifb: Option<u32>,
+    /// The inode of the network namespace the ifindexes belong to (`None`
+    /// when it could not be read).
+    pub netns: Option<u64>,
+}
+
+/// The name of the IFB device shaper makes for interface `ifindex`.
+pub fn ifb_name(ifindex: u32) -> String {
+    format!("shpifb{ifindex}")
+}
+
+/// The inode of the calling thread's network namespace.
+pub fn current_netns() -> Option<u64> {
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| m.ino())
 }
 
 impl Record {
     /// A record for interface `ifindex` with a fresh tag.
     pub fn new(ifindex: u32, name: &str) -> Self {
-        Self { ifindex, name: name.to_string(), tag: new_tag(), ifb: None }
+        Self { ifindex, name: name.to_string(), tag: new_tag(), ifb: None, netns: current_netns() }
+    }
+
+    /// Whether the record was made in the caller's network namespace (or
+    /// says nothing of it).
+    pub fn in_this_netns(&self) -> bool {
+        self.netns.is_none_or(|n| current_netns().is_none_or(|here| here == n))
     }
 
     /// Whether `root` is the HTB root shaper built under this record.
@@ -85,22 +108,26 @@ impl Record {
         if let Some(ifb) = self.ifb {
             text.push_str(&format!(" ifb={ifb}"));
         }
+        if let Some(netns) = self.netns {
+            text.push_str(&format!(" netns={netns}"));
+        }
         text
     }
 
     /// The record of `ifindex` from its text; `None` if it is not one.
     fn parse(ifindex: u32, text: &str) -> Option<Self> {
         let rest = text.strip_prefix(FORMAT)?;
-        let (mut name, mut tag, mut ifb) = (None, None, None);
+        let (mut name, mut tag, mut ifb, mut netns) = (None, None, None, None);
         for field in rest.split_whitespace() {
             match field.split_once('=')? {
                 ("name", v) => name = Some(v.to_string()),
                 ("tag", v) => tag = Some(v.parse().ok()?),
                 ("ifb", v) => ifb = Some(v.parse().ok()?),
+                ("netns", v) => netns = Some(v.parse().ok()?),
                 _ => {}
             }
         }
-        Some(Self { ifindex, name: name?, tag: tag?, ifb })
+        Some(Self { ifindex, name: name?, tag: tag?, ifb, netns })
     }
 }
 
@@ -198,9 +225,18 @@ pub struct TakenDown {
 /// Removes what `record` says shaper made: its HTB root on the interface
 /// (when the interface still exists and the root still is shaper's) and the
 /// IFB it created (with the root on it). A root qdisc that is not shaper's is
-/// left as it is. The record goes once nothing of it is left.
+/// left as it is. The record goes once nothing of it is left. A record from
+/// another network namespace is left whole.
 pub fn take_down(nl: &Netlink, records: &Records, record: &Record) -> TakenDown {
     let mut done = TakenDown::default();
+    if !record.in_this_netns() {
+        done.failed.push(format!(
+            "{}: recorded in another network namespace (net:[{}])",
+            record.name,
+            record.netns.unwrap_or_default()
+        ));
+        return done;
+    }
     let link = tc::link_by_index(nl, record.ifindex).ok().flatten();
     let shown = link.as_ref().map_or_else(|| record.name.clone(), |l| l.name.clone());
     if link.is_some() {
@@ -220,6 +256,9 @@ pub fn take_down(nl: &Netlink, records: &Records, record: &Record) -> TakenDown 
     }
     if let Some(ifb) = record.ifb {
         match tc::link_by_index(nl, ifb) {
+            Ok(Some(dev)) if dev.name != ifb_name(record.ifindex) => {
+                done.left.push(format!("{} (ifindex {ifb}, once shaper's IFB, renamed)", dev.name))
+            }
             Ok(Some(dev)) => match tc::delete_link(nl, dev.index, &dev.name) {
                 Ok(()) => done.removed.push(format!("IFB {}", dev.name)),
                 Err(e) => done.failed.push(format!("IFB {}: {}", dev.name, crate::error_chain(&e))),
@@ -242,11 +281,23 @@ mod tests {
 
     #[test]
     fn records_read_back_as_written() {
-        let with_ifb = Record { ifindex: 7, name: "wg0".into(), tag: TAG_BASE + 5, ifb: Some(12) };
-        assert_eq!(with_ifb.text(), format!("shaper-owned v1 name=wg0 tag={} ifb=12", TAG_BASE + 5));
+        let with_ifb = Record {
+            ifindex: 7,
+            name: "wg0".into(),
+            tag: TAG_BASE + 5,
+            ifb: Some(12),
+            netns: Some(4026531840),
+        };
+        assert_eq!(
+            with_ifb.text(),
+            format!("shaper-owned v1 name=wg0 tag={} ifb=12 netns=4026531840", TAG_BASE + 5)
+        );
         assert_eq!(Record::parse(7, &with_ifb.text()), Some(with_ifb));
-        let without = Record { ifb: None, ..Record::new(3, "eth0") };
+        let without = Record { ifb: None, netns: None, ..Record::new(3, "eth0") };
         assert_eq!(Record::parse(3, &without.text()), Some(without));
+        let here = Record::new(3, "eth0");
+        assert!(here.netns.is_some() && here.in_this_netns());
+        assert!(!Record { netns: here.netns.map(|n| n + 1), ..here }.in_this_netns());
     }
 
     #[test]

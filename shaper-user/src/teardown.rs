@@ -29,6 +29,12 @@ use crate::{
 pub enum TeardownError {
     #[error("opening rtnetlink")]
     Netlink(#[from] TcError),
+    #[error(
+        "shaper shaped {name} in another network namespace (net:[{netns}]), where its interface \
+         numbers mean other devices; nothing was changed. Run `shaper stop --force` in that namespace \
+         (e.g. `nsenter --net=/proc/PID/ns/net`, PID a process in it)"
+    )]
+    OtherNamespace { name: String, netns: u64 },
 }
 
 /// What a forced teardown did.
@@ -55,6 +61,12 @@ pub fn force(pins: &Pins) -> Result<Summary, TeardownError> {
     let nl = Netlink::open()?;
     let records = pins.owned();
     let recorded = records.all();
+    if let Some(r) = recorded.iter().find(|r| !r.in_this_netns()) {
+        return Err(TeardownError::OtherNamespace {
+            name: r.name.clone(),
+            netns: r.netns.unwrap_or_default(),
+        });
+    }
     let mut summary = Summary::default();
     let layouts: Vec<PathBuf> = std::iter::once(pins.dir().to_path_buf())
         .chain(pins.other_layouts())
@@ -126,7 +138,7 @@ mod tests {
 
     #[test]
     fn pinned_links_are_named_for_what_they_attach() {
-        let recorded = [Record { ifindex: 2, name: "eth0".into(), tag: 1 << 30, ifb: None }];
+        let recorded = [Record { ifindex: 2, name: "eth0".into(), tag: 1 << 30, ifb: None, netns: None }];
         let shown = |p: &str| describe_link(Path::new(p), &recorded);
         assert_eq!(shown("/p/v3/links/tc_egress-2"), "classifier tc_egress on eth0 (ifindex 2)");
         assert_eq!(shown("/p/v3/links/tc_ingress-9"), "classifier tc_ingress on ifindex 9");

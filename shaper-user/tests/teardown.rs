@@ -15,7 +15,7 @@ use std::{process::Output, time::Duration};
 
 use shaper_testkit::{
     require_root,
-    sandbox::{Daemon, Sandbox},
+    sandbox::{Daemon, Netns, Sandbox},
 };
 
 mod common;
@@ -62,8 +62,11 @@ fn config(devs: &[&str]) -> String {
 
 /// `shaper stop --force` with the daemon's paths, in namespace `a`.
 fn stop_force(sandbox: &Sandbox, daemon: &Daemon) -> Output {
-    let out = sandbox
-        .a
+    stop_force_in(&sandbox.a, daemon)
+}
+
+fn stop_force_in(ns: &Netns, daemon: &Daemon) -> Output {
+    let out = ns
         .command(SHAPER)
         .args(["stop", "--force", "--config"])
         .arg(&daemon.config)
@@ -129,6 +132,13 @@ fn stop_force_after_kill_9_a_broken_config_and_a_deleted_interface_removes_every
     std::fs::write(&daemon.config, "[[interface]\nthis is not a config").unwrap();
     sandbox.a.run("ip", &["link", "del", "shp-c"]).unwrap();
     assert!(!attached_programs(&sandbox).is_empty(), "the classifier went with the daemon");
+
+    // From another network namespace (where ifindex 2 is another device): refused, nothing touched.
+    let (state, pinned) = (host_state(&sandbox), daemon.pinned());
+    let out = stop_force_in(&sandbox.b, &daemon);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in another network namespace"));
+    assert_eq!((host_state(&sandbox), daemon.pinned()), (state, pinned));
 
     let out = stop_force(&sandbox, &daemon);
     let stdout = String::from_utf8_lossy(&out.stdout);

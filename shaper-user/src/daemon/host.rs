@@ -25,10 +25,7 @@ use crate::{
 /// whenever the tasklet falls behind and costs a fifth of a TCP stream here.
 pub const IFB_TXQUEUELEN: u32 = 1000;
 
-/// The name of the IFB device shaper makes for interface `ifindex`.
-pub fn ifb_name(ifindex: u32) -> String {
-    format!("shpifb{ifindex}")
-}
+pub use crate::owned::ifb_name;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
