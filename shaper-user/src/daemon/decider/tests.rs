@@ -23,7 +23,7 @@ use crate::{
     datapath::DatapathError,
     process::Needs,
     rules::{
-        compile::{CgroupIndex, Compiled, NoCgroups},
+        compile::{CgroupIndex, Compiled, Found, NoCgroups},
         pred::ProcessFacts,
     },
     sockdiag::{SockState, Socket, Table},
@@ -37,17 +37,19 @@ struct FakeTables {
     writes: usize,
 }
 
+/// The generation of the last table written (1 for the first).
+
 fn slot(key: &FlowKey) -> (u16, u16) {
     (key.lport, key.rport)
 }
 
 impl Tables for FakeTables {
     fn rules_gen(&self) -> u32 {
-        1
+        self.writes.max(1) as u32
     }
     fn write_rules(&mut self, _: &Compiled, _: u32) -> Result<u32, DatapathError> {
         self.writes += 1;
-        Ok(1)
+        Ok(self.rules_gen())
     }
     fn for_each_flow(&self, visit: &mut dyn FnMut(&FlowKey, &FlowValue)) -> Result<(), DatapathError> {
         self.flows.values().for_each(|(k, v)| visit(k, v));
@@ -110,6 +112,22 @@ struct FakeSystem {
     /// Processes that exit between the check that they live and the read of
     /// their /proc files: they read as the live host reads them then.
     vanishing: HashSet<u32>,
+    units: Units,
+}
+
+/// Every unit a rule names, at `/system.slice/NAME` with the id the test
+/// sets (a restart gives it another).
+#[derive(Clone, Default)]
+struct Units(Arc<AtomicU64>);
+
+impl CgroupIndex for Units {
+    fn lookup(&self, _: &str) -> Option<(u64, u32)> {
+        None
+    }
+    fn units(&self, unit: &str) -> Vec<Found> {
+        let id = self.0.load(Ordering::Relaxed);
+        vec![Found { path: format!("/system.slice/{unit}"), id, level: 2 }]
+    }
 }
 
 impl System for FakeSystem {
@@ -137,7 +155,7 @@ impl System for FakeSystem {
     }
     fn sweep(&mut self, _: Duration) {}
     fn cgroups(&self) -> &dyn CgroupIndex {
-        &NoCgroups
+        &self.units
     }
     fn coarse_ns(&self) -> u64 {
         self.now_ns.load(Ordering::Relaxed)
@@ -440,4 +458,27 @@ fn stale_flows_past_one_batch_are_left_to_prune_stale() {
     assert!(tables.flows.is_empty());
     assert_eq!(d.last_scan().map(|r| r.removed), Some(3000));
     assert_eq!(d.flows(), 0);
+}
+
+#[test]
+fn answers_follow_a_table_the_reconcile_rewrites_for_a_restarted_unit() {
+    let mut tables = FakeTables::default();
+    let units = Units(Arc::new(AtomicU64::new(500)));
+    let system = FakeSystem {
+        sockets: vec![(socket(1, 11, SockState::Established), Some(40))],
+        processes: HashMap::from([(40, process(40, "curl", &["curl", "--fetch"]))]),
+        units: units.clone(),
+        ..FakeSystem::default()
+    };
+    let config = format!("{CONFIG}[[class]]\nname = \"unit\"\nmatch = 'unit == \"x.service\"'\n");
+    let mut d = decider_config(Box::new(system), &mut tables, &config);
+    d.reconcile(&mut tables);
+    let gen = |t: &FakeTables| t.proc_tests.get(&40).map(|a| a.rules_gen);
+    assert_eq!(gen(&tables), Some(tables.rules_gen()), "answers of the table in force");
+    // The unit restarts: a new cgroup id, a new table at the next pass.
+    units.0.store(501, Ordering::Relaxed);
+    let before = tables.writes;
+    d.reconcile(&mut tables);
+    assert_eq!(tables.writes, before + 1, "the table was written again");
+    assert_eq!(gen(&tables), Some(tables.rules_gen()), "the answers are of the new table, not stale");
 }
