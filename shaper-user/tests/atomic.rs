@@ -73,9 +73,16 @@ fn assert_unchanged(what: &str, before: &Snapshot, after: &Snapshot) {
 }
 
 fn snapshot(sandbox: &Sandbox, daemon: &Daemon) -> Snapshot {
+    // The interface's tree and, when downloads are shaped, its IFB's.
+    let mut devices = vec![sandbox.dev_a.clone()];
+    devices.extend(daemon.status().unwrap().interfaces.iter().filter_map(|i| i.ifb.clone()));
     let tc = |what: &str| {
-        let out = sandbox.a.run("tc", &[what, "show", "dev", &sandbox.dev_a]).unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut text = String::new();
+        for dev in &devices {
+            let out = sandbox.a.run("tc", &[what, "show", "dev", dev]).unwrap();
+            text += &format!("{dev}:\n{}", String::from_utf8_lossy(&out.stdout));
+        }
+        text
     };
     let maps = [
         names::MAP_SETTINGS,
@@ -162,4 +169,35 @@ fn a_change_the_kernel_refuses_half_way_leaves_tree_maps_and_status_as_they_were
     assert_eq!(class(&rows, "bulk").rate_bps, 15_000_000);
     assert_eq!(class(&rows, "other").rate_bps, 25_000_000);
     assert_eq!(class(&rows, "extra").rate_bps, 5_000_000);
+}
+
+#[test]
+fn a_refusal_in_the_ifb_tree_takes_back_what_the_interface_tree_accepted() {
+    require_root!();
+    let sandbox = Sandbox::new("atomicifb").unwrap();
+    let with_ingress = |bulk: &str, down: &str| {
+        config(
+            &sandbox.dev_a,
+            bulk,
+            "20mbit",
+            &format!("\n[[class]]\nname = \"down\"\ningress = \"{down}\"\nmatch = 'lport == 5301'\n"),
+        )
+        .replace("egress = \"1gbit\"", "egress = \"1gbit\"\ningress = \"1gbit\"")
+    };
+    let daemon = Daemon::start(&sandbox, shaper(), &with_ingress("10mbit", "10mbit")).unwrap();
+    let ifb = daemon.status().unwrap().interfaces[0].ifb.clone().unwrap();
+    let rows = classes(&daemon);
+    let down = class_in(&rows, "down", shaper_user::control::Direction::Ingress).classid.clone();
+    // The admin's class under shaper's leaf of "down", on the IFB.
+    sandbox
+        .a
+        .run("tc", &["class", "add", "dev", &ifb, "parent", &down, "classid", "1:99", "htb", "rate", "1mbit"])
+        .unwrap();
+    let before = snapshot(&sandbox, &daemon);
+    // "bulk" changes on the interface's tree (accepted), "down" on the IFB's (refused).
+    std::fs::write(&daemon.config, with_ingress("15mbit", "12mbit")).unwrap();
+    let err = daemon.reload().unwrap_err().to_string();
+    println!("reload refused: {err}");
+    assert!(err.contains("Invalid argument"), "{err}");
+    assert_unchanged("a reload refused on the IFB", &before, &snapshot(&sandbox, &daemon));
 }
