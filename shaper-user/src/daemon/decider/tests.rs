@@ -34,10 +34,9 @@ struct FakeTables {
     flows: BTreeMap<(u16, u16), (FlowKey, FlowValue)>,
     proc_tests: HashMap<u32, ProcTests>,
     owners: HashMap<u64, Owner>,
+    /// Tables written: the generation of the last one (1 before any).
     writes: usize,
 }
-
-/// The generation of the last table written (1 for the first).
 
 fn slot(key: &FlowKey) -> (u16, u16) {
     (key.lport, key.rport)
