@@ -273,8 +273,26 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The pid-file lock is taken first: the second daemon stops there.
+    assert!(stderr.contains("shaper is already running (pid "), "{stderr}");
+    // With a pid file of its own, the live socket stops it.
+    let out = sandbox
+        .a
+        .command(SHAPER)
+        .args(["run", "--config"])
+        .arg(&first.config)
+        .arg("--socket")
+        .arg(&first.socket)
+        .arg("--pid-file")
+        .arg(first.dir().join("other.pid"))
+        .arg("--pin-dir")
+        .arg(&first.pins)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another shaper daemon is already listening"), "{stderr}");
-    // The first one still answers.
+    // The first one still answers, on its own socket.
     first.status().unwrap();
 }
 
