@@ -173,3 +173,25 @@ fn an_optional_interface_absent_at_start_is_shaped_once_it_appears() {
     let log = daemon.log_text();
     assert!(log.contains(&format!("{} is absent", sandbox.dev_a)), "{log}");
 }
+
+#[test]
+fn every_error_counter_is_shown_after_taking_over_pins_with_fewer_counters() {
+    require_root!();
+    let sandbox = Sandbox::new("errmap").unwrap();
+    let mut daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox, "")).unwrap();
+    daemon.kill().unwrap();
+    // The ERRORS map a daemon with one counter fewer (before `ifb_down`) pinned.
+    let path = shaper_user::pins::Pins::new(&daemon.pins).map(shaper_common::names::MAP_ERRORS);
+    std::fs::remove_file(&path).unwrap();
+    let entries = (shaper_common::ERR_COUNT - 1).to_string();
+    let path_text = path.to_string_lossy().into_owned();
+    let create =
+        ["map", "create", &path_text, "type", "percpu_array", "key", "4", "value", "8", "entries", &entries];
+    shaper_testkit::sandbox::run("bpftool", &[&create[..], &["name", "ERRORS"]].concat()).unwrap();
+    daemon.restart().unwrap();
+    let errors = daemon.status().unwrap().errors;
+    let names: Vec<&str> = errors.keys().map(String::as_str).collect();
+    let mut expected = shaper_common::ERROR_NAMES.to_vec();
+    expected.sort_unstable();
+    assert_eq!(names, expected, "{}", daemon.log_text());
+}

@@ -156,8 +156,9 @@ enum Attachment {
 }
 
 /// The layout a pinned map must have to be reused: key and value sizes, and
-/// the capacity when it is set from the config (other capacities are part of
-/// the layout version).
+/// the capacity when it is set from the config or grows within a layout
+/// version (the error counters); other capacities are part of the layout
+/// version.
 struct Layout {
     key: usize,
     value: usize,
@@ -180,7 +181,8 @@ fn layout_of(name: &str, max_flows: u32) -> Option<Layout> {
         names::MAP_IFACES => (4, size_of::<IfaceInfo>(), None),
         names::MAP_IFACE_TABLE => (4, size_of::<IfaceInfo>(), None),
         names::MAP_CLASS_STATS => (4, size_of::<ClassStats>(), None),
-        names::MAP_ERRORS => (4, 8, None),
+        // Grows with each new counter: a smaller pinned one is replaced.
+        names::MAP_ERRORS => (4, 8, Some(ERR_COUNT)),
         names::MAP_LISTENERS => (size_of::<ListenKey>(), size_of::<Owner>(), None),
         names::MAP_PROC_TESTS => (4, size_of::<ProcTests>(), None),
         names::MAP_CLASS_NAMES => (4, size_of::<ClassName>(), None),
