@@ -292,6 +292,16 @@ impl Validator<'_> {
             let offset = e.span().map_or(0, |s: Range<usize>| s.start);
             // toml's messages may span lines; errors here are one line each.
             let message: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            if message.is_empty() {
+                // toml says nothing for some characters it refuses (control
+                // characters in comments): name the one it points at.
+                let at = self.text.get(offset..).and_then(|t| t.chars().next());
+                let what = at.map_or_else(
+                    || "invalid TOML".to_string(),
+                    |c| format!("invalid character {c:?} (U+{:04X})", u32::from(c)),
+                );
+                return self.error_at(offset, what);
+            }
             self.error_at(offset, message.join("; "))
         })?;
         let daemon = self.daemon(&raw)?;

@@ -361,3 +361,10 @@ fn reservations_are_summed_with_checked_arithmetic() {
         Some("the classes on eth0 guarantee more than 18446744074 Gbit/s of egress (a 9223372037 Gbit/s + b 9223372037 Gbit/s), more than its capacity of 100 Mbit/s")
     );
 }
+
+#[test]
+fn toml_errors_without_a_message_still_say_what_is_wrong() {
+    // Found by the config fuzz target: toml reports a control character in a
+    // comment with an empty message, which printed as "t.toml:4:4: ".
+    assert_eq!(err(&format!("{IFACE}# a\u{7f}b\n")), "t.toml:4:4: invalid character '\\u{7f}' (U+007F)");
+}
