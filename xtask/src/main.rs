@@ -41,6 +41,18 @@ enum Cmd {
     Lint,
     /// Shape live traffic in a throw-away sandbox and show the result.
     Demo,
+    /// Fuzz the config loader, the rules and their compiled table, the
+    /// control protocol and the classifier (root) for a bounded time each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u32,
+        /// Seed of the generators (default: from the clock; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// One target (config, rules, control, classifier); all when omitted.
+        target: Option<String>,
+    },
     /// Measure shaper against u32 chains, trickle, the pyshaper model and tc (see README, Performance).
     Bench {
         /// Only the sections whose name contains one of these words.
@@ -76,6 +88,18 @@ fn main() -> Result<()> {
                     .args(["run", "--quiet", "--release", "-p", "shaper-user", "--example", "demo", "--"])
                     .arg(&shaper),
             )
+        }
+        Cmd::Fuzz { seconds, seed, target } => {
+            setup::run()?;
+            // The debug profile: overflow checks and debug assertions on, and
+            // the build `cargo xtask test` already made.
+            let mut cmd = Command::new("cargo");
+            cmd.args(["run", "--quiet", "-p", "shaper-fuzz", "--", "--seconds", &seconds.to_string()]);
+            if let Some(seed) = seed {
+                cmd.args(["--seed", &seed.to_string()]);
+            }
+            cmd.args(target);
+            exec(&mut cmd)
         }
         Cmd::Bench { sections } => {
             setup::run()?;

@@ -150,19 +150,23 @@ async fn serve_client(stream: UnixStream, handler: Handler) -> io::Result<()> {
             let msg = format!("request longer than {MAX_REQUEST_BYTES} bytes");
             return send(&mut write, &Reply::error(msg)).await;
         }
-        let reply = match serde_json::from_slice::<serde_json::Value>(&line) {
-            Err(e) => Reply::error(format!("malformed request (expected one JSON object per line): {e}")),
-            Ok(value) => match value.get("v").and_then(serde_json::Value::as_u64) {
-                Some(v) if v != u64::from(PROTOCOL_VERSION) => Reply::error(format!(
-                    "unsupported protocol version {v}; this daemon speaks v{PROTOCOL_VERSION}"
-                )),
-                None => Reply::error("request without a protocol version \"v\""),
-                Some(_) => match serde_json::from_value::<Request>(value) {
-                    Ok(request) => handler(request.command),
-                    Err(e) => Reply::error(format!("unknown request: {e}")),
-                },
-            },
-        };
+        let reply = decode(&line).map_or_else(|refused| refused, |command| handler(command));
         send(&mut write, &reply).await?;
+    }
+}
+
+/// One request line (its newline included or not) → the command it asks
+/// for, or the error reply it gets.
+pub fn decode(line: &[u8]) -> Result<Command, Reply> {
+    let value = serde_json::from_slice::<serde_json::Value>(line)
+        .map_err(|e| Reply::error(format!("malformed request (expected one JSON object per line): {e}")))?;
+    match value.get("v").and_then(serde_json::Value::as_u64) {
+        Some(v) if v != u64::from(PROTOCOL_VERSION) => Err(Reply::error(format!(
+            "unsupported protocol version {v}; this daemon speaks v{PROTOCOL_VERSION}"
+        ))),
+        None => Err(Reply::error("request without a protocol version \"v\"")),
+        Some(_) => serde_json::from_value::<Request>(value)
+            .map(|request| request.command)
+            .map_err(|e| Reply::error(format!("unknown request: {e}"))),
     }
 }
