@@ -21,7 +21,7 @@ use common::*;
 use shaper_common::names;
 use shaper_testkit::{
     require_root,
-    sandbox::{Daemon, Sandbox},
+    sandbox::{Daemon, Sandbox, TcxPrograms},
 };
 use shaper_user::control::SetClass;
 
@@ -73,8 +73,14 @@ fn assert_unchanged(what: &str, before: &Snapshot, after: &Snapshot) {
 }
 
 fn snapshot(sandbox: &Sandbox, daemon: &Daemon) -> Snapshot {
+    snapshot_with(sandbox, daemon, &[])
+}
+
+/// [`snapshot`], with the trees of `others` too, and the ownership records.
+fn snapshot_with(sandbox: &Sandbox, daemon: &Daemon, others: &[&str]) -> Snapshot {
     // The interface's tree and, when downloads are shaped, its IFB's.
     let mut devices = vec![sandbox.dev_a.clone()];
+    devices.extend(others.iter().map(|d| d.to_string()));
     devices.extend(daemon.status().unwrap().interfaces.iter().filter_map(|i| i.ifb.clone()));
     let tc = |what: &str| {
         let mut text = String::new();
@@ -110,7 +116,21 @@ fn snapshot(sandbox: &Sandbox, daemon: &Daemon) -> Snapshot {
         status.drift,
         status.interfaces.iter().map(|i| (&i.name, i.ifindex, i.egress_bps)).collect::<Vec<_>>(),
     );
-    Snapshot { tree: tc("class") + &tc("qdisc"), maps, status }
+    let mut records: Vec<String> = std::fs::read_dir(daemon.pins.join("owned"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e.file_name().to_string_lossy(),
+                        std::fs::read_to_string(e.path()).unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    records.sort();
+    Snapshot { tree: tc("class") + &tc("qdisc") + &records.join("\n"), maps, status }
 }
 
 #[test]
@@ -200,4 +220,34 @@ fn a_refusal_in_the_ifb_tree_takes_back_what_the_interface_tree_accepted() {
     println!("reload refused: {err}");
     assert!(err.contains("Invalid argument"), "{err}");
     assert_unchanged("a reload refused on the IFB", &before, &snapshot(&sandbox, &daemon));
+}
+
+#[test]
+fn a_change_refused_when_the_classifier_attaches_is_taken_back_whole() {
+    require_root!();
+    let sandbox = Sandbox::new("atomicattach").unwrap();
+    // A second interface whose tcx egress hook another tool has filled: the
+    // kernel refuses shaper's classifier there (ERANGE), after its tree, its
+    // interface entry and its ownership record were made.
+    sandbox.a.run("ip", &["link", "add", "shp-c", "type", "veth", "peer", "name", "shp-d"]).unwrap();
+    let filler = TcxPrograms::fill_egress(&sandbox.a, "shp-c").unwrap();
+    println!("{} programs fill the egress hook of shp-c", filler.len());
+    let one = config(&sandbox.dev_a, "10mbit", "20mbit", "");
+    let daemon = Daemon::start(&sandbox, shaper(), &one).unwrap();
+    let before = snapshot_with(&sandbox, &daemon, &["shp-c"]);
+    let two =
+        one.replacen("[[class]]", "[[interface]]\nname = \"shp-c\"\negress = \"100mbit\"\n\n[[class]]", 1);
+    std::fs::write(&daemon.config, &two).unwrap();
+    let err = daemon.reload().unwrap_err().to_string();
+    println!("reload refused: {err}");
+    assert!(err.contains("shp-c"), "{err}");
+    assert_unchanged(
+        "a reload refused at the attach",
+        &before,
+        &snapshot_with(&sandbox, &daemon, &["shp-c"]),
+    );
+    // With the other tool's programs gone, the same reload applies.
+    drop(filler);
+    daemon.reload().unwrap();
+    assert!(daemon.status().unwrap().interfaces.iter().any(|i| i.name == "shp-c"));
 }

@@ -15,11 +15,13 @@ mod daemon;
 mod iperf;
 pub mod raw;
 mod stream;
+mod tcx;
 
 pub use cgroup::{Cgroup, Programs, TestUser};
 pub use daemon::{Daemon, Launcher};
 pub use iperf::{finish_client, run_client, spawn_client, spawn_client_cmd, IperfResult, IperfServer};
 pub use stream::Stream;
+pub use tcx::TcxPrograms;
 
 use std::{
     fs::File,

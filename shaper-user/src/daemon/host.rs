@@ -162,6 +162,8 @@ pub struct Host {
     records: Records,
     /// Interfaces whose record this daemon wrote (what a failed start undoes).
     made: Vec<u32>,
+    /// Records the change under way wrote (taken back with it).
+    fresh: Vec<u32>,
     shaped: Vec<Shaped>,
     meters: BTreeMap<u32, Meter>,
     /// A change failed part way: the kernel's trees may differ from `shaped`,
@@ -178,6 +180,7 @@ impl Host {
             netlink: Netlink::open()?,
             records,
             made: Vec::new(),
+            fresh: Vec::new(),
             shaped: Vec::new(),
             meters: BTreeMap::new(),
             trees_unknown: false,
@@ -385,6 +388,13 @@ impl Host {
         if undo.run(&self.netlink) && trusted {
             self.trees_unknown = false;
         }
+        // The records of interfaces the change would have added.
+        for ifindex in std::mem::take(&mut self.fresh) {
+            self.made.retain(|i| *i != ifindex);
+            if let Err(e) = self.records.remove(ifindex) {
+                log::warn!("{}", crate::error_chain(&e));
+            }
+        }
     }
 
     /// The record of interface `link`: an earlier daemon's, or a new one,
@@ -396,6 +406,7 @@ impl Host {
         let record = Record::new(link.index, &link.name);
         self.records.put(&record)?;
         self.made.push(link.index);
+        self.fresh.push(link.index);
         Ok(record)
     }
 
@@ -459,6 +470,7 @@ impl Host {
     /// The interfaces are now as `shaped` says; returns what was shaped before.
     pub fn commit(&mut self, shaped: Vec<Shaped>) -> Vec<Shaped> {
         self.trees_unknown = false;
+        self.fresh.clear();
         std::mem::replace(&mut self.shaped, shaped)
     }
 

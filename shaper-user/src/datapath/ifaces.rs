@@ -66,6 +66,9 @@ impl Ifaces {
         let waiting = self.all().into_iter().find(|(other, _)| iface_table_index(*other) == index);
         match waiting {
             Some((_, info)) => self.publish(&info),
+            // Untagged already: the rest of the entry goes too, so an entry
+            // no interface holds is all zeroes, as if never written.
+            None if held.ifindex == ifindex => self.write(index, &IfaceInfo::new(0, 0, 0)),
             None => Ok(()),
         }
     }
