@@ -24,6 +24,11 @@ pub const MAX_CLASSES: u32 = 1024;
 pub const MAX_IFACES: u32 = 16;
 /// Capacity of LISTENERS (bound ports).
 pub const MAX_LISTENERS: u32 = 16_384;
+/// Bound ports one user (other than root) may hold in LISTENERS; further
+/// binds are counted (`ERR_LISTENER_CAP`), not recorded.
+pub const MAX_LISTENERS_PER_UID: u32 = 1024;
+/// Users LISTEN_COUNTS keeps a count for.
+pub const MAX_LISTEN_UIDS: u32 = 65_536;
 /// Default capacity of the flow map (`[daemon] max_flows` overrides it at load).
 pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
 
@@ -380,17 +385,19 @@ pub const ERR_OWNER_INSERT: u32 = 4;
 /// An arriving packet passed unshaped: its interface's IFB was down or gone
 /// ([`IFB_DOWN`]) until the daemon restored it.
 pub const ERR_IFB_DOWN: u32 = 5;
+/// A user holding [`MAX_LISTENERS_PER_UID`] bound ports bound another (not recorded).
+pub const ERR_LISTENER_CAP: u32 = 6;
 /// The error counters there are.
-pub const ERR_COUNT: u32 = 6;
+pub const ERR_COUNT: u32 = 7;
 /// The name of each error counter, by index (`ERR_*`).
 pub const ERROR_NAMES: [&str; ERR_COUNT as usize] =
-    ["flow_insert", "rule_eval", "no_interface", "event_lost", "owner_insert", "ifb_down"];
+    ["flow_insert", "rule_eval", "no_interface", "event_lost", "owner_insert", "ifb_down", "listener_cap"];
 
 /// Version of the layout of the pinned maps (their key and value types and
 /// sizes). The daemon pins under `<pin dir>/v<PIN_LAYOUT>`; bump it with any
 /// change to a pinned map's type, key, value or fixed size, so that a new
 /// daemon never reads maps written by an incompatible one.
-pub const PIN_LAYOUT: u32 = 3;
+pub const PIN_LAYOUT: u32 = 4;
 
 /// Longest class name the pinned class table holds (bytes, NUL-padded).
 pub const CLASS_NAME_BYTES: usize = 60;

@@ -23,10 +23,14 @@ pub const PROG_CONNECT6: &str = "connect6";
 pub const PROG_SENDMSG4: &str = "sendmsg4";
 pub const PROG_SENDMSG6: &str = "sendmsg6";
 
-/// LRU hash: socket cookie (u64) → [`crate::Owner`].
+/// Hash: socket cookie (u64) → [`crate::Owner`]; entries go at sock_release.
 pub const MAP_OWNERS: &str = "OWNERS";
 /// Hash: [`crate::ListenKey`] → [`crate::Owner`].
 pub const MAP_LISTENERS: &str = "LISTENERS";
+/// Hash: bound socket cookie (u64) → the [`crate::ListenKey`] it holds in LISTENERS.
+pub const MAP_BOUND: &str = "BOUND";
+/// Hash: uid (u32) → LISTENERS entries it holds (u32).
+pub const MAP_LISTEN_COUNTS: &str = "LISTEN_COUNTS";
 /// Hash: tgid (u32) → [`crate::ProcTests`].
 pub const MAP_PROC_TESTS: &str = "PROC_TESTS";
 /// Ring buffer of [`crate::FlowEvent`].
@@ -34,6 +38,10 @@ pub const MAP_EVENTS: &str = "EVENTS";
 
 /// LRU hash: [`crate::FlowKey`] → [`crate::FlowValue`].
 pub const MAP_FLOWS: &str = "FLOWS";
+/// Hash (not LRU): [`crate::FlowKey`] → [`crate::FlowValue`] of the flows the
+/// daemon or an operator decided; read when FLOWS has no entry, so that an
+/// eviction from FLOWS never undoes their class.
+pub const MAP_KEPT_FLOWS: &str = "KEPT_FLOWS";
 /// Array: the two banks of [`crate::RuleNode`] (the rules' tests).
 pub const MAP_RULES: &str = "RULES";
 /// Array: the two banks of [`crate::rules::RuleEntry`] (one per rule).
@@ -65,8 +73,11 @@ pub const MAP_CLASS_NAMES: &str = "CLASS_NAMES";
 
 /// The maps pinned under the pin directory: everything that must outlive the
 /// daemon (shaping state, counters, owner records, the rule table).
-pub const PINNED_MAPS: [&str; 18] = [
+pub const PINNED_MAPS: [&str; 21] = [
     MAP_FLOWS,
+    MAP_KEPT_FLOWS,
+    MAP_BOUND,
+    MAP_LISTEN_COUNTS,
     MAP_RULES,
     MAP_RULE_ENTRIES,
     MAP_RULE_HEADS,

@@ -27,7 +27,7 @@ use shaper_common::{
 
 use crate::{
     clock, iface,
-    maps::{count_error, CLASS_STATS, EVENTS, FLOWS, LISTENERS, OWNERS, SCRATCH, SETTINGS},
+    maps::{count_error, CLASS_STATS, EVENTS, FLOWS, KEPT_FLOWS, LISTENERS, OWNERS, SCRATCH, SETTINGS},
     packet::{flow_key, KeyBuf},
     rules::{self, Walk, CGROUP_LEVELS},
     TC_ACT_UNSPEC,
@@ -234,11 +234,18 @@ fn flow_class(ctx: &TcContext, direction: Direction, key: &FlowKey, len: u64) ->
         }
         return flow.class;
     }
+    // A flow the daemon or an operator decided, pushed out of FLOWS: its class stands.
+    // SAFETY: read-only look at a map value.
+    if let Some((class, origin)) = unsafe { KEPT_FLOWS.get(key) }.map(|k| (k.class, k.origin)) {
+        let flow = FlowValue { class, origin, rules_gen, last_seen_ns: now, ..FlowValue::default() };
+        insert_flow(key, flow, direction, len);
+        return class;
+    }
     let mut walk = Walk::new(key);
     let decision = decide(ctx, direction, rules_gen, settings, &mut walk);
     let class = decision.class;
     debug!(ctx, "new flow proto {} lport {} rport {}: class {}", key.proto, key.lport, key.rport, class);
-    let mut flow = FlowValue {
+    let flow = FlowValue {
         class,
         origin: ORIGIN_KERNEL,
         flags: decision.flags(),
@@ -246,6 +253,14 @@ fn flow_class(ctx: &TcContext, direction: Direction, key: &FlowKey, len: u64) ->
         last_seen_ns: now,
         ..FlowValue::default()
     };
+    insert_flow(key, flow, direction, len);
+    decision.report(&walk);
+    class
+}
+
+/// Enters a new flow, counting its first packet.
+#[inline(always)]
+fn insert_flow(key: &FlowKey, mut flow: FlowValue, direction: Direction, len: u64) {
     match direction {
         Direction::Egress => (flow.tx_bytes, flow.tx_packets) = (len, 1),
         Direction::Ingress => (flow.rx_bytes, flow.rx_packets) = (len, 1),
@@ -256,8 +271,6 @@ fn flow_class(ctx: &TcContext, direction: Direction, key: &FlowKey, len: u64) ->
             count_error(ERR_FLOW_INSERT);
         }
     }
-    decision.report(&walk);
-    class
 }
 
 #[inline(always)]

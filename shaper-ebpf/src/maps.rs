@@ -62,9 +62,19 @@ pub(crate) static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MA
 pub(crate) static CLASS_STATS: PerCpuArray<ClassStats> =
     PerCpuArray::with_max_entries(CLASS_STATS_ENTRIES, 0);
 
-/// Socket cookie → the process that owns the socket. Sized at load like FLOWS.
+/// Flows the daemon or an operator decided (`ORIGIN_DAEMON`, `ORIGIN_PINNED`),
+/// written by the daemon only; the classifier reads it when FLOWS has no entry
+/// (an LRU eviction under a flood), so their class survives. Sized at load like FLOWS.
 #[map]
-pub(crate) static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub(crate) static KEPT_FLOWS: HashMap<FlowKey, FlowValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_PREALLOC);
+
+/// Socket cookie → the process that owns the socket. Sized at load like FLOWS.
+/// Not LRU: a record lives as long as its socket (sock_release removes it), so
+/// a flood of sockets can fail to get records (counted) but never push out
+/// another's.
+#[map]
+pub(crate) static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 /// Bound port → its owner, for connections accepted on it.
 #[map]

@@ -7,7 +7,7 @@
 //!   it is another one (a socket made before a fork or an exec, or passed on).
 //! - `post_bind4/6`: the owner of a bound port; connections accepted on it have
 //!   sockets no hook sees, and inherit this owner (see `classify`).
-//! - `sock_release`: forgets the socket.
+//! - `sock_release`: forgets the socket, and the port it bound (listen.rs).
 //!
 //! Every hook allows the operation (returns 1): shaper observes, never refuses.
 
@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use shaper_common::{ListenKey, Owner, ERR_OWNER_INSERT, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
-use crate::maps::{count_error, LISTENERS, OWNERS};
+use crate::maps::{count_error, OWNERS};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -143,6 +143,7 @@ pub fn sock_release(ctx: SockContext) -> i32 {
     // SAFETY: as in sock_create.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = OWNERS.remove(cookie);
+    crate::listen::release(cookie);
     crate::maps::keep_class_names();
     ALLOW
 }
@@ -183,8 +184,8 @@ fn post_bind<const V6: bool>(ctx: &SockContext) -> i32 {
     // SAFETY: as in sock_create.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let owner = current_owner(cookie);
-    let key = bound_key::<V6>(ctx, family, proto, port);
-    if LISTENERS.insert(key, owner, 0).is_err() || OWNERS.insert(cookie, owner, 0).is_err() {
+    crate::listen::record(&bound_key::<V6>(ctx, family, proto, port), &owner);
+    if OWNERS.insert(cookie, owner, 0).is_err() {
         count_error(ERR_OWNER_INSERT);
     }
     ALLOW

@@ -397,6 +397,11 @@ fn print_status(status: &Status, json: bool) -> Result<()> {
         status.classes, status.rule_nodes, status.rules_gen
     );
     println!("  flows: {} of {}", status.flows, status.max_flows);
+    if !status.maps.is_empty() {
+        let maps: Vec<String> =
+            status.maps.iter().map(|m| format!("{} {}/{}", m.name, m.entries, m.capacity)).collect();
+        println!("  maps: {}", maps.join(", "));
+    }
     if let Some(scan) = &status.last_scan {
         println!(
             "  last scan: {} sockets, {} adopted, {} corrected, {} stale removed, {} µs (every {} ms)",

@@ -8,7 +8,7 @@ pub mod protocol;
 pub mod server;
 
 pub use protocol::{
-    Applied, AttachMode, Changes, ClassRow, Command, ConnRow, Decisions, Direction, InterfaceStatus, Moved,
-    Origin, ReloadStatus, Reply, Request, ScanReport, SetClass, SockState, Status, Stopping,
+    Applied, AttachMode, Changes, ClassRow, Command, ConnRow, Decisions, Direction, InterfaceStatus,
+    MapUsage, Moved, Origin, ReloadStatus, Reply, Request, ScanReport, SetClass, SockState, Status, Stopping,
     PROTOCOL_VERSION,
 };

@@ -219,6 +219,17 @@ pub struct Status {
     /// "class: egress 10mbit:20mbit" (gone at the next reload).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,
+    /// How full the kernel maps that grow with traffic are.
+    #[serde(default)]
+    pub maps: Vec<MapUsage>,
+}
+
+/// One kernel map's fill (`status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapUsage {
+    pub name: String,
+    pub entries: usize,
+    pub capacity: u32,
 }
 
 /// How the daemon decided flows the kernel could not (`status`).

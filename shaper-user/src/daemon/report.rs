@@ -14,7 +14,7 @@ use super::{
 use crate::{
     classids::ClassIds,
     clock,
-    control::protocol::{ClassRow, ConnRow, Decisions, InterfaceStatus, Origin, SockState, Status},
+    control::protocol::{ClassRow, ConnRow, Decisions, InterfaceStatus, MapUsage, Origin, SockState, Status},
     datapath::Datapath,
     flows,
     plan::Plan,
@@ -92,6 +92,12 @@ impl<'a> View<'a> {
             last_reload: self.state.last_reload(),
             drift: self.state.drift(),
             decisions: self.decisions(),
+            maps: self
+                .datapath
+                .occupancy()
+                .into_iter()
+                .map(|(name, entries, capacity)| MapUsage { name: name.to_string(), entries, capacity })
+                .collect(),
         }
     }
 

@@ -6,6 +6,9 @@ pub mod batch;
 mod cgroup;
 mod ifaces;
 mod netns;
+mod occupancy;
+
+pub use occupancy::Occupancy;
 
 use shaper_common::Direction;
 
@@ -27,7 +30,7 @@ use shaper_common::{
     class_stats_index, names,
     rules::{CgroupKey, ListRef, PrefixKey, RuleBound, RuleChunk, RuleEntry, RuleHead},
     ClassName, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, ProcTests, RuleNode, Settings,
-    ERR_COUNT, MAX_CLASSES, MAX_IFACES, RULE_BANKS,
+    ERR_COUNT, MAX_CLASSES, MAX_IFACES, ORIGIN_KERNEL, RULE_BANKS,
 };
 
 use crate::{
@@ -169,6 +172,7 @@ fn layout_of(name: &str, max_flows: u32) -> Option<Layout> {
     use std::mem::size_of;
     let (key, value, max_entries) = match name {
         names::MAP_FLOWS => (size_of::<FlowKey>(), size_of::<FlowValue>(), Some(max_flows)),
+        names::MAP_KEPT_FLOWS => (size_of::<FlowKey>(), size_of::<FlowValue>(), Some(max_flows)),
         names::MAP_OWNERS => (size_of::<u64>(), size_of::<Owner>(), Some(max_flows)),
         names::MAP_RULES => (4, size_of::<RuleNode>(), None),
         names::MAP_RULE_ENTRIES => (4, size_of::<RuleEntry>(), None),
@@ -184,6 +188,8 @@ fn layout_of(name: &str, max_flows: u32) -> Option<Layout> {
         // Grows with each new counter: a smaller pinned one is replaced.
         names::MAP_ERRORS => (4, 8, Some(ERR_COUNT)),
         names::MAP_LISTENERS => (size_of::<ListenKey>(), size_of::<Owner>(), None),
+        names::MAP_BOUND => (8, size_of::<ListenKey>(), None),
+        names::MAP_LISTEN_COUNTS => (4, 4, None),
         names::MAP_PROC_TESTS => (4, size_of::<ProcTests>(), None),
         names::MAP_CLASS_NAMES => (4, size_of::<ClassName>(), None),
         _ => return None,
@@ -229,7 +235,8 @@ fn check_pinned_maps(pins: &Pins, max_flows: u32) -> Result<Vec<(&'static str, M
     Ok(resized)
 }
 
-/// Copies the entries of a map pinned with another capacity into its successor.
+/// Copies the entries of a map pinned with another capacity into its successor
+/// (aya reads an LRU and a plain hash alike).
 fn copy_entries<K: aya::Pod, V: aya::Pod>(old: MapData, new: &mut HashMap<MapData, K, V>) -> usize {
     let Ok(old) = HashMap::<MapData, K, V>::try_from(Map::LruHashMap(old)) else { return 0 };
     old.iter().filter_map(Result::ok).filter(|(k, v)| new.insert(k, v, 0).is_ok()).count()
@@ -239,6 +246,8 @@ fn copy_entries<K: aya::Pod, V: aya::Pod>(old: MapData, new: &mut HashMap<MapDat
 pub struct Datapath {
     ebpf: Ebpf,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// The flows the daemon or an operator decided (see `names::MAP_KEPT_FLOWS`).
+    kept: HashMap<MapData, FlowKey, FlowValue>,
     rules: RuleMaps,
     settings: Array<MapData, Settings>,
     ifaces: ifaces::Ifaces,
@@ -256,6 +265,8 @@ pub struct Datapath {
     settings_flags: u32,
     /// Cookie of the daemon's network namespace (see [`Settings::netns`]).
     netns: u64,
+    /// Capacity of FLOWS, KEPT_FLOWS and OWNERS.
+    max_flows: u32,
     cgroup_links: Vec<cgroup::HookLink>,
     /// (interface name, direction) → the attached program and how it hangs.
     attachments: BTreeMap<(String, Direction), (&'static str, Attachment)>,
@@ -307,6 +318,7 @@ impl Datapath {
         loader
             .map_max_entries(names::MAP_FLOWS, options.max_flows)
             .map_max_entries(names::MAP_OWNERS, options.max_flows)
+            .map_max_entries(names::MAP_KEPT_FLOWS, options.max_flows)
             .override_global(names::GLOBAL_LOG_LEVEL, &level, true)
             .override_global(names::GLOBAL_TASK_GROUP_LEADER, &task.group_leader, true)
             .override_global(names::GLOBAL_TASK_COMM, &task.comm, true);
@@ -321,6 +333,7 @@ impl Datapath {
         }
         cgroup::load(&mut ebpf)?;
         let flows = take_map(&mut ebpf, names::MAP_FLOWS)?;
+        let mut kept = take_map(&mut ebpf, names::MAP_KEPT_FLOWS)?;
         let rules = RuleMaps {
             nodes: take_map(&mut ebpf, names::MAP_RULES)?,
             entries: take_map(&mut ebpf, names::MAP_RULE_ENTRIES)?,
@@ -349,6 +362,7 @@ impl Datapath {
             let copied = match name {
                 names::MAP_FLOWS => copy_entries(old, &mut flows),
                 names::MAP_OWNERS => copy_entries(old, &mut owners),
+                names::MAP_KEPT_FLOWS => copy_entries(old, &mut kept),
                 _ => 0,
             };
             log::info!("{name}: {copied} entries kept");
@@ -364,6 +378,7 @@ impl Datapath {
         Ok(Self {
             ebpf,
             flows,
+            kept,
             rules,
             settings,
             ifaces,
@@ -378,6 +393,7 @@ impl Datapath {
             rules_gen: current.rules_gen,
             settings_flags: current.flags,
             netns,
+            max_flows: options.max_flows,
             cgroup_links: Vec::new(),
             attachments: BTreeMap::new(),
             pins: options.pins,
@@ -711,11 +727,6 @@ impl Datapath {
         self.listeners.get(key, 0).ok()
     }
 
-    /// Every bound port's owner.
-    pub fn listeners(&self) -> Vec<(ListenKey, Owner)> {
-        self.listeners.iter().filter_map(Result::ok).collect()
-    }
-
     /// Leaves the daemon's answers to the userspace tests for process `tgid`.
     pub fn set_proc_tests(&mut self, tgid: u32, tests: &ProcTests) -> Result<(), DatapathError> {
         self.proc_tests.insert(tgid, tests, 0).map_err(|source| DatapathError::Map {
@@ -735,15 +746,6 @@ impl Datapath {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => {
                 Err(DatapathError::Map { action: "removing answers", map: names::MAP_PROC_TESTS, source })
-            }
-        }
-    }
-
-    pub fn remove_listener(&mut self, key: &ListenKey) -> Result<(), DatapathError> {
-        match self.listeners.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => {
-                Err(DatapathError::Map { action: "removing a listener", map: names::MAP_LISTENERS, source })
             }
         }
     }
@@ -821,16 +823,47 @@ impl Datapath {
         .map_err(|source| DatapathError::Map { action: "dumping", map: names::MAP_OWNERS, source })
     }
 
+    /// The entry of flow `key`: FLOWS', or else the decision kept for it (a
+    /// flow FLOWS evicted that has sent nothing since).
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        self.flows.get(key, 0).ok()
+        self.flows.get(key, 0).ok().or_else(|| self.kept.get(key, 0).ok())
     }
 
+    /// Writes a flow entry. A class the daemon or an operator decided is kept
+    /// in KEPT_FLOWS too (first, so that no packet finds FLOWS' entry gone and
+    /// none kept); a flow handed to the kernel leaves it.
     pub fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DatapathError> {
+        self.keep(key, value)?;
         self.flows.insert(key, value, 0).map_err(|source| DatapathError::Map {
             action: "writing a flow",
             map: names::MAP_FLOWS,
             source,
         })
+    }
+
+    /// KEPT_FLOWS' side of writing flow `key`.
+    fn keep(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DatapathError> {
+        if value.origin == ORIGIN_KERNEL {
+            return self.forget_kept(key);
+        }
+        let kept = FlowValue { class: value.class, origin: value.origin, ..FlowValue::default() };
+        self.kept.insert(key, kept, 0).map_err(|source| DatapathError::Map {
+            action: "keeping a decided flow",
+            map: names::MAP_KEPT_FLOWS,
+            source,
+        })
+    }
+
+    fn forget_kept(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
+        match self.kept.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Map { action: "removing", map: names::MAP_KEPT_FLOWS, source }),
+        }
+    }
+
+    /// Flows with a kept decision but no FLOWS entry (evicted, or gone).
+    pub fn kept_without_entry(&self) -> Vec<FlowKey> {
+        self.kept.keys().filter_map(Result::ok).filter(|k| self.flows.get(k, 0).is_err()).collect()
     }
 
     /// Enters a flow the classifier has not seen (a connection that predates
@@ -839,7 +872,7 @@ impl Datapath {
     pub fn adopt_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<bool, DatapathError> {
         const BPF_NOEXIST: u64 = 1;
         match self.flows.insert(key, value, BPF_NOEXIST) {
-            Ok(()) => Ok(true),
+            Ok(()) => self.keep(key, value).map(|()| true),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(false),
             Err(source) => {
                 Err(DatapathError::Map { action: "adopting a flow", map: names::MAP_FLOWS, source })
@@ -848,6 +881,7 @@ impl Datapath {
     }
 
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
+        self.forget_kept(key)?;
         match self.flows.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => {

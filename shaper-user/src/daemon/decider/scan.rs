@@ -65,7 +65,7 @@ impl Decider {
         self.adopt(tables, unmapped, &mut report);
         self.forget_gone();
         self.forget_exited(tables);
-        self.prune_listeners(tables);
+        self.prune_kept(tables);
         self.system.sweep(self.scan_interval * 2);
         report.micros = started.elapsed().as_micros() as u64;
         log::debug!("scan: {report:?}");
@@ -340,11 +340,12 @@ impl Decider {
         }
     }
 
-    /// Forgets bound ports whose socket was released (their owner record is gone).
-    fn prune_listeners(&self, tables: &mut dyn Tables) {
-        for (key, owner) in tables.listeners() {
-            if tables.owner(owner.cookie).is_none() {
-                if let Err(e) = tables.remove_listener(&key) {
+    /// Forgets the decisions kept for flows FLOWS evicted whose socket is gone.
+    /// (Bound ports need no pruning: their socket's release removes them.)
+    fn prune_kept(&self, tables: &mut dyn Tables) {
+        for key in tables.kept_without_entry() {
+            if self.conns.get(&self.ids.of(&key)).is_none_or(|c| c.seen != self.generation) {
+                if let Err(e) = tables.remove_flow(&key) {
                     log::debug!("scan: {e}");
                 }
             }

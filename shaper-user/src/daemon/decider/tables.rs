@@ -25,13 +25,13 @@ pub trait Tables {
     fn set_proc_tests(&mut self, tgid: u32, tests: &ProcTests) -> Result<(), DatapathError>;
     fn proc_tests_pids(&self) -> Vec<u32>;
     fn remove_proc_tests(&mut self, tgid: u32) -> Result<(), DatapathError>;
-    /// Owner records: of one socket, of one bound port, and of all bound ports.
+    /// Owner records: of one socket, and of one bound port.
     fn owner(&self, cookie: u64) -> Option<Owner>;
     /// Cookie of the network namespace whose bound ports count (`ListenKey::netns`).
     fn netns(&self) -> u64;
     fn listener(&self, key: &ListenKey) -> Option<Owner>;
-    fn listeners(&self) -> Vec<(ListenKey, Owner)>;
-    fn remove_listener(&mut self, key: &ListenKey) -> Result<(), DatapathError>;
+    /// Flows whose decided class is kept but which FLOWS has no entry for.
+    fn kept_without_entry(&self) -> Vec<FlowKey>;
 }
 
 impl Tables for Datapath {
@@ -75,10 +75,7 @@ impl Tables for Datapath {
     fn listener(&self, key: &ListenKey) -> Option<Owner> {
         Datapath::listener(self, key)
     }
-    fn listeners(&self) -> Vec<(ListenKey, Owner)> {
-        Datapath::listeners(self)
-    }
-    fn remove_listener(&mut self, key: &ListenKey) -> Result<(), DatapathError> {
-        Datapath::remove_listener(self, key)
+    fn kept_without_entry(&self) -> Vec<FlowKey> {
+        Datapath::kept_without_entry(self)
     }
 }

@@ -92,11 +92,8 @@ impl Tables for FakeTables {
     fn listener(&self, _: &ListenKey) -> Option<Owner> {
         None
     }
-    fn listeners(&self) -> Vec<(ListenKey, Owner)> {
+    fn kept_without_entry(&self) -> Vec<FlowKey> {
         Vec::new()
-    }
-    fn remove_listener(&mut self, _: &ListenKey) -> Result<(), DatapathError> {
-        Ok(())
     }
 }
 
