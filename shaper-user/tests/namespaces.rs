@@ -56,9 +56,10 @@ fn a_bind_in_another_namespace_does_not_take_over_accepted_connections() {
     println!("download from serverapp: {:.2} Mbit/s; {served:#?}", result.received_bps / MBIT);
     assert!(!served.is_empty(), "{rows:#?}");
     for conn in &served {
-        assert_eq!(
-            (conn.class.as_str(), conn.cmd.as_deref()),
-            ("served", Some("serverapp")),
+        // (The daemon names the owner once it has seen the socket: a short
+        // connection may be gone before, and show none.)
+        assert!(
+            conn.class == "served" && conn.cmd.as_deref().is_none_or(|c| c == "serverapp"),
             "an accepted connection took the owner of a bind in another namespace: {conn:#?}"
         );
     }
