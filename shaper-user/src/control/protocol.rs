@@ -224,7 +224,8 @@ pub struct Status {
     pub maps: Vec<MapUsage>,
 }
 
-/// One kernel map's fill (`status`).
+/// One kernel map's fill (`status`): FLOWS and KEPT_FLOWS as the last scan
+/// counted them, the others at most 2 s old.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapUsage {
     pub name: String,

@@ -94,7 +94,7 @@ impl<'a> View<'a> {
             decisions: self.decisions(),
             maps: self
                 .datapath
-                .occupancy()
+                .occupancy(self.decider.flows())
                 .into_iter()
                 .map(|(name, entries, capacity)| MapUsage { name: name.to_string(), entries, capacity })
                 .collect(),

@@ -267,6 +267,8 @@ pub struct Datapath {
     netns: u64,
     /// Capacity of FLOWS, KEPT_FLOWS and OWNERS.
     max_flows: u32,
+    /// Map fills remembered for `status` (see occupancy.rs).
+    occupancy: occupancy::Remembered,
     cgroup_links: Vec<cgroup::HookLink>,
     /// (interface name, direction) → the attached program and how it hangs.
     attachments: BTreeMap<(String, Direction), (&'static str, Attachment)>,
@@ -394,6 +396,7 @@ impl Datapath {
             settings_flags: current.flags,
             netns,
             max_flows: options.max_flows,
+            occupancy: Default::default(),
             cgroup_links: Vec::new(),
             attachments: BTreeMap::new(),
             pins: options.pins,
@@ -861,9 +864,25 @@ impl Datapath {
         }
     }
 
-    /// Flows with a kept decision but no FLOWS entry (evicted, or gone).
-    pub fn kept_without_entry(&self) -> Vec<FlowKey> {
-        self.kept.keys().filter_map(Result::ok).filter(|k| self.flows.get(k, 0).is_err()).collect()
+    /// The flows with a kept decision (one batched walk; their count is
+    /// remembered for `status`).
+    pub fn kept_flows(&self) -> Vec<FlowKey> {
+        let mut keys = Vec::new();
+        if let Err(e) =
+            batch::for_each(&self.kept, batch::Mode::Auto, batch::CHUNK, &mut |k, _| keys.push(*k))
+        {
+            log::debug!("walking {}: {e}", names::MAP_KEPT_FLOWS);
+        }
+        self.occupancy.kept.set(keys.len());
+        keys
+    }
+
+    /// Forgets the kept decision of flow `key` unless FLOWS has an entry for it.
+    pub fn forget_kept_if_evicted(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
+        match self.flows.get(key, 0) {
+            Ok(_) => Ok(()),
+            Err(_) => self.forget_kept(key),
+        }
     }
 
     /// Enters a flow the classifier has not seen (a connection that predates

@@ -343,9 +343,9 @@ impl Decider {
     /// Forgets the decisions kept for flows FLOWS evicted whose socket is gone.
     /// (Bound ports need no pruning: their socket's release removes them.)
     fn prune_kept(&self, tables: &mut dyn Tables) {
-        for key in tables.kept_without_entry() {
+        for key in tables.kept_flows() {
             if self.conns.get(&self.ids.of(&key)).is_none_or(|c| c.seen != self.generation) {
-                if let Err(e) = tables.remove_flow(&key) {
+                if let Err(e) = tables.forget_kept_if_evicted(&key) {
                     log::debug!("scan: {e}");
                 }
             }

@@ -30,8 +30,10 @@ pub trait Tables {
     /// Cookie of the network namespace whose bound ports count (`ListenKey::netns`).
     fn netns(&self) -> u64;
     fn listener(&self, key: &ListenKey) -> Option<Owner>;
-    /// Flows whose decided class is kept but which FLOWS has no entry for.
-    fn kept_without_entry(&self) -> Vec<FlowKey>;
+    /// The flows whose decided class is kept (KEPT_FLOWS).
+    fn kept_flows(&self) -> Vec<FlowKey>;
+    /// Forgets the kept decision of flow `key` if FLOWS has no entry for it.
+    fn forget_kept_if_evicted(&mut self, key: &FlowKey) -> Result<(), DatapathError>;
 }
 
 impl Tables for Datapath {
@@ -75,7 +77,10 @@ impl Tables for Datapath {
     fn listener(&self, key: &ListenKey) -> Option<Owner> {
         Datapath::listener(self, key)
     }
-    fn kept_without_entry(&self) -> Vec<FlowKey> {
-        Datapath::kept_without_entry(self)
+    fn kept_flows(&self) -> Vec<FlowKey> {
+        Datapath::kept_flows(self)
+    }
+    fn forget_kept_if_evicted(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
+        Datapath::forget_kept_if_evicted(self, key)
     }
 }

@@ -92,8 +92,11 @@ impl Tables for FakeTables {
     fn listener(&self, _: &ListenKey) -> Option<Owner> {
         None
     }
-    fn kept_without_entry(&self) -> Vec<FlowKey> {
+    fn kept_flows(&self) -> Vec<FlowKey> {
         Vec::new()
+    }
+    fn forget_kept_if_evicted(&mut self, _: &FlowKey) -> Result<(), DatapathError> {
+        Ok(())
     }
 }
 
