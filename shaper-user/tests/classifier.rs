@@ -254,6 +254,33 @@ fn ingress_packets_share_their_connections_flow_and_go_to_the_ifb() {
     assert_eq!((run.priority, run.verdict), (classid_of(DEFAULT_CLASS as u32), TC_ACT_REDIRECT));
 }
 
+#[test]
+fn arriving_packets_pass_and_are_counted_while_the_ifb_is_down() {
+    require_root!();
+    let mut dp = datapath();
+    dp.set_rules(&rules()).unwrap();
+    let ingress = shaper_common::names::PROG_TC_INGRESS;
+    let mut info = IfaceInfo::new(0, DEFAULT_CLASS, 14);
+    for class in 0..=3 {
+        info.add_class(class);
+    }
+    // The daemon saw the IFB go: never redirect there, pass and count.
+    info.ifb_ifindex = shaper_common::IFB_DOWN;
+    dp.set_iface(IFINDEX, &info).unwrap();
+    let reply = Frame::tcp(ip("198.18.0.2"), 5201, ip("198.18.0.1"), 40000).build();
+    let counted = |dp: &Datapath| dp.errors().unwrap()[shaper_common::ERR_IFB_DOWN as usize];
+    let before = counted(&dp);
+    for _ in 0..3 {
+        assert_eq!(dp.test_run(ingress, &reply, IFINDEX, 1).unwrap().verdict, TC_ACT_UNSPEC);
+    }
+    assert_eq!(counted(&dp), before + 3);
+    // The IFB restored: redirected again, no longer counted.
+    info.ifb_ifindex = 4242;
+    dp.set_iface(IFINDEX, &info).unwrap();
+    assert_eq!(dp.test_run(ingress, &reply, IFINDEX, 1).unwrap().verdict, TC_ACT_REDIRECT);
+    assert_eq!(counted(&dp), before + 3);
+}
+
 /// A pseudo-random rule of one of the shapes a large rule set has: exact and
 /// nested addresses, ports shared by many rules, wide and overlapping ranges,
 /// `not`, `or` across dimensions, a protocol test the index does not cover.
