@@ -30,7 +30,7 @@ use shaper_common::{
     class_stats_index, names,
     rules::{CgroupKey, ListRef, PrefixKey, RuleBound, RuleChunk, RuleEntry, RuleHead},
     ClassName, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, ProcTests, RuleNode, Settings,
-    ERR_COUNT, MAX_CLASSES, MAX_IFACES, ORIGIN_KERNEL, RULE_BANKS,
+    ERR_COUNT, MAX_CLASSES, MAX_IFACES, ORIGIN_DAEMON, ORIGIN_KERNEL, RULE_BANKS,
 };
 
 use crate::{
@@ -40,6 +40,10 @@ use crate::{
 
 mod rules;
 use rules::RuleMaps;
+
+/// Entries of KEPT_FLOWS the daemon's own decisions leave to `shaper move`
+/// pins: this many, or an eighth of the map when that is fewer.
+const PIN_RESERVE: usize = 1024;
 
 /// The eBPF object built from `shaper-ebpf` by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper-ebpf"));
@@ -834,32 +838,58 @@ impl Datapath {
 
     /// Writes a flow entry. A class the daemon or an operator decided is kept
     /// in KEPT_FLOWS too (first, so that no packet finds FLOWS' entry gone and
-    /// none kept); a flow handed to the kernel leaves it.
+    /// none kept); a flow handed to the kernel leaves it. FLOWS is written even
+    /// when a pin could not be kept (the error says so).
     pub fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DatapathError> {
-        self.keep(key, value)?;
+        let kept = self.keep(key, value);
         self.flows.insert(key, value, 0).map_err(|source| DatapathError::Map {
             action: "writing a flow",
             map: names::MAP_FLOWS,
             source,
-        })
+        })?;
+        kept
     }
 
-    /// KEPT_FLOWS' side of writing flow `key`.
+    /// KEPT_FLOWS' side of writing flow `key`. The daemon's own decisions
+    /// leave the last [`PIN_RESERVE`] entries to operator pins; one that finds
+    /// no room stays in FLOWS alone (as every decision did before KEPT_FLOWS).
     fn keep(&mut self, key: &FlowKey, value: &FlowValue) -> Result<(), DatapathError> {
         if value.origin == ORIGIN_KERNEL {
             return self.forget_kept(key);
         }
+        let pin = value.origin != ORIGIN_DAEMON;
+        let new = self.kept.get(key, 0).is_err();
+        let capacity = self.max_flows as usize;
+        let room = capacity - PIN_RESERVE.min(capacity / 8);
+        if new && !pin && self.occupancy.kept.get() >= room {
+            log::debug!("{}: no room left for the daemon's decisions", names::MAP_KEPT_FLOWS);
+            return Ok(());
+        }
         let kept = FlowValue { class: value.class, origin: value.origin, ..FlowValue::default() };
-        self.kept.insert(key, kept, 0).map_err(|source| DatapathError::Map {
-            action: "keeping a decided flow",
-            map: names::MAP_KEPT_FLOWS,
-            source,
-        })
+        match self.kept.insert(key, kept, 0) {
+            Ok(()) => {
+                self.occupancy.kept.set(self.occupancy.kept.get() + usize::from(new));
+                Ok(())
+            }
+            Err(e) if !pin => {
+                log::debug!("{}: {e}", names::MAP_KEPT_FLOWS);
+                Ok(())
+            }
+            Err(source) => Err(DatapathError::Map {
+                action: "keeping a pinned flow",
+                map: names::MAP_KEPT_FLOWS,
+                source,
+            }),
+        }
     }
 
     fn forget_kept(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
         match self.kept.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => {
+                self.occupancy.kept.set(self.occupancy.kept.get().saturating_sub(1));
+                Ok(())
+            }
+            Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DatapathError::Map { action: "removing", map: names::MAP_KEPT_FLOWS, source }),
         }
     }
