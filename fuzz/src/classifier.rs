@@ -5,16 +5,26 @@
 //! same table, the key read from the frame by [`crate::frames::flow_key`]).
 //! Needs root.
 //!
+//! Inbound packets get an owner from the listeners (LISTENERS) and its
+//! answers from PROC_TESTS, as after the socket hooks and the daemon ran:
+//! each rule set comes with a few listeners (exact address, wildcard, IPv6
+//! wildcard, another namespace) and answers (some for a stale generation),
+//! drawn from the rules' text, so an input replays alike. A flow already in
+//! FLOWS for this generation keeps its class (its first packet, in either
+//! direction, decided it), and the user side reads it from there.
+//!
 //! Input: `match` rules, one per line, then a line `--`, then the frame's
 //! bytes (without the rules part, the frame is classified by the last rules).
+
+use std::collections::HashMap;
 
 use anyhow::Context as _;
 use shaper_common::{
     classid_of,
     names::{PROG_TC_EGRESS, PROG_TC_INGRESS},
     rules::{KernelView, SocketFacts},
-    target_class, Direction, IfaceInfo, CLASS_DEFAULT, ERROR_NAMES, SETTING_CGROUP_RULES,
-    SETTING_PROCESS_RULES, TARGET_DEFAULT,
+    target_class, Direction, FlowKey, IfaceInfo, ListenKey, Owner, ProcTests, CLASS_DEFAULT, ERROR_NAMES,
+    ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_DEFAULT,
 };
 use shaper_testkit::TestRunExt as _;
 use shaper_user::{
@@ -29,7 +39,7 @@ use shaper_user::{
 
 use crate::{
     frames,
-    rules::{evaluate, Tables},
+    rules::{evaluate, owner_of, Tables},
     world::{self, World},
     Rng, Target,
 };
@@ -57,6 +67,11 @@ pub struct Classifier {
     rules_gen: u32,
     generated: u64,
     next_rules: String,
+    /// What LISTENERS and PROC_TESTS hold for these rules.
+    listeners: HashMap<ListenKey, Owner>,
+    answers: HashMap<u32, ProcTests>,
+    /// The classifier's event ring, drained after each run so it never fills.
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
 }
 
 impl Classifier {
@@ -73,6 +88,7 @@ impl Classifier {
         datapath.set_flags(SETTING_PROCESS_RULES | SETTING_CGROUP_RULES);
         datapath.load_program(PROG_TC_INGRESS).context("loading tc_ingress")?;
         let empty = compile::compile(&[], &NoCgroups).context("compiling no rules")?;
+        let events = datapath.take_events();
         let mut me = Self {
             world: World::new(),
             datapath,
@@ -85,6 +101,9 @@ impl Classifier {
             rules_gen: 0,
             generated: 0,
             next_rules: String::new(),
+            listeners: HashMap::new(),
+            answers: HashMap::new(),
+            events,
         };
         me.set_rules("")?;
         Ok(me)
@@ -103,31 +122,106 @@ impl Classifier {
             Tables { linear: table.clone().with_mode(Mode::Linear), indexed: table.with_mode(Mode::Indexed) };
         self.rules = rules;
         self.rules_text = text.to_string();
+        self.populate(text)
+    }
+
+    /// New listeners and answers for the rules of `text`.
+    fn populate(&mut self, text: &str) -> anyhow::Result<()> {
+        for key in std::mem::take(&mut self.listeners).keys() {
+            self.datapath.remove_listener(key).context("removing a listener")?;
+        }
+        for tgid in std::mem::take(&mut self.answers).keys() {
+            self.datapath.remove_proc_tests(*tgid).context("removing answers")?;
+        }
+        let mut rng = Rng::from_bytes(text.as_bytes());
+        let netns = self.datapath.netns();
+        for _ in 0..rng.below(10) {
+            let [exact, wildcard, dual] = ListenKey::accepting(&world::flow_key(&mut rng), netns);
+            let key = match rng.below(5) {
+                0 | 1 => exact,
+                2 => wildcard,
+                3 => dual,
+                _ => ListenKey { netns: netns ^ 1, ..exact }, // bound in another namespace
+            };
+            let process = world::process(&mut rng, &self.world.tree);
+            let owner = owner_of(&process).unwrap_or(Owner { tgid: process.pid, ..Owner::default() });
+            self.datapath.insert_listener(&key, &owner).context("writing a listener")?;
+            self.listeners.insert(key, owner);
+            if rng.one_in(2) {
+                let rules_gen = if rng.one_in(4) { self.rules_gen.wrapping_sub(1) } else { self.rules_gen };
+                let tests = ProcTests {
+                    rules_gen,
+                    known: rng.next_u64(),
+                    values: rng.next_u64(),
+                    ..ProcTests::default()
+                };
+                self.datapath.set_proc_tests(owner.tgid, &tests).context("writing answers")?;
+                self.answers.insert(owner.tgid, tests);
+            }
+        }
         Ok(())
+    }
+
+    /// What the classifier knows about the socket of a test-run packet: the
+    /// owner of the port the flow's local end is bound to. Inbound, as for
+    /// any packet; outbound, because BPF_PROG_TEST_RUN gives the packet a
+    /// dummy socket that no hook saw (OWNERS has no record of it), which the
+    /// classifier takes for an accepted connection.
+    fn socket(&self, key: &FlowKey) -> SocketFacts {
+        let mut socket = SocketFacts { rules_gen: self.rules_gen, ..SocketFacts::default() };
+        let found =
+            ListenKey::accepting(key, self.datapath.netns()).iter().find_map(|k| self.listeners.get(k));
+        if let Some(owner) = found {
+            (socket.owner, socket.has_owner) = (*owner, 1);
+            if let Some(tests) = self.answers.get(&owner.tgid).filter(|t| t.rules_gen == self.rules_gen) {
+                (socket.known, socket.values, socket.has_answers) = (tests.known, tests.values, 1);
+            }
+        }
+        socket
+    }
+
+    fn drain_events(&mut self) {
+        if let Some(ring) = self.events.as_mut() {
+            while ring.next().is_some() {}
+        }
     }
 
     fn errors(&self) -> Vec<u64> {
         self.datapath.errors().unwrap_or_else(|e| panic!("reading the error counters: {e}"))
     }
 
-    /// The class the user side gives `frame` in `direction`.
+    /// The class the user side gives `frame` in `direction`: the flow's
+    /// class when FLOWS has it for this generation, else the table's verdict.
     fn expected(&self, frame: &[u8], direction: Direction) -> u16 {
         let Some(key) = frames::flow_key(frame, direction) else { return DEFAULT_CLASS };
-        // What the kernel knows about a test-run packet: no socket, no owner, no cgroup.
-        let socket = SocketFacts { rules_gen: self.rules_gen, ..SocketFacts::default() };
-        let (target, provisional) = evaluate(&self.tables, &KernelView { key: &key, socket: &socket });
-        let list: Vec<(u16, &Pred)> =
-            self.rules.iter().enumerate().map(|(i, r)| ((i as u16) % CLASSES, &r.pred)).collect();
-        if !provisional {
-            let by_pred = first_match(&list, &Facts { key: &key, process: None });
-            assert_eq!(target, by_pred.map_or(TARGET_DEFAULT, target_class), "table ≠ predicates on {key:?}");
-        }
-        let class =
-            if target == TARGET_DEFAULT { CLASS_DEFAULT } else { target & !shaper_common::TARGET_VERDICT };
+        let cached =
+            self.datapath.flow(&key).filter(|f| f.origin == ORIGIN_KERNEL && f.rules_gen == self.rules_gen);
+        let class = match cached {
+            Some(flow) => flow.class,
+            None => self.verdict(&key),
+        };
         if class == CLASS_DEFAULT {
             DEFAULT_CLASS
         } else {
             class
+        }
+    }
+
+    /// The table's verdict on a new flow, also held to the predicates when
+    /// it is not provisional.
+    fn verdict(&self, key: &FlowKey) -> u16 {
+        let socket = self.socket(key);
+        let (target, provisional) = evaluate(&self.tables, &KernelView { key, socket: &socket });
+        if !provisional && socket.has_owner == 0 {
+            let list: Vec<(u16, &Pred)> =
+                self.rules.iter().enumerate().map(|(i, r)| ((i as u16) % CLASSES, &r.pred)).collect();
+            let by_pred = first_match(&list, &Facts { key, process: None });
+            assert_eq!(target, by_pred.map_or(TARGET_DEFAULT, target_class), "table ≠ predicates on {key:?}");
+        }
+        if target == TARGET_DEFAULT {
+            CLASS_DEFAULT
+        } else {
+            target & !shaper_common::TARGET_VERDICT
         }
     }
 }
@@ -190,6 +284,8 @@ impl Target for Classifier {
             (PROG_TC_EGRESS, Direction::Egress, &[TC_ACT_UNSPEC, TC_ACT_OK][..]),
             (PROG_TC_INGRESS, Direction::Ingress, &[TC_ACT_REDIRECT][..]),
         ] {
+            // Before the run: it creates the flow's entry.
+            let expected = self.expected(frame, direction);
             let run = match self.datapath.test_run(program, frame, IFINDEX, 1) {
                 Ok(run) => run,
                 // The kernel refuses IP frames too short for their IP header before the program runs.
@@ -197,8 +293,8 @@ impl Target for Classifier {
                 Err(e) => panic!("{program} on a {}-byte frame: {e:?}", frame.len()),
             };
             ran = true;
+            self.drain_events();
             assert!(passes.contains(&run.verdict), "{program} returned {} (a drop is 2)", run.verdict);
-            let expected = self.expected(frame, direction);
             assert_eq!(
                 run.priority,
                 classid_of(u32::from(expected)),

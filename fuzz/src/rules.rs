@@ -178,7 +178,7 @@ fn check_canonical_form(rule: &Rule, env: &shaper_user::rules::Env<'_>) -> Pred 
 }
 
 /// The kernel's record of a process, as the socket hooks write it: all or nothing.
-fn owner_of(p: &ProcessFacts) -> Option<Owner> {
+pub fn owner_of(p: &ProcessFacts) -> Option<Owner> {
     let (uid, gid, cmd) = (p.uid?, p.gid?, p.cmd.as_deref()?);
     let mut comm = [0u8; 16];
     for (c, b) in comm.iter_mut().zip(cmd.bytes().take(15)) {

@@ -757,6 +757,26 @@ impl Datapath {
         }
     }
 
+    /// Removes the record of a bound port (the fuzz target's, between rule sets).
+    pub fn remove_listener(&mut self, key: &ListenKey) -> Result<(), DatapathError> {
+        match self.listeners.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => {
+                Err(DatapathError::Map { action: "removing a listener", map: names::MAP_LISTENERS, source })
+            }
+        }
+    }
+
+    /// Records `owner` as bound to `key`, as the socket hooks do (for the
+    /// classifier fuzz target and tests, which bind nothing).
+    pub fn insert_listener(&mut self, key: &ListenKey, owner: &Owner) -> Result<(), DatapathError> {
+        self.listeners.insert(key, owner, 0).map_err(|source| DatapathError::Map {
+            action: "writing a listener",
+            map: names::MAP_LISTENERS,
+            source,
+        })
+    }
+
     /// Registers interface `ifindex` with the classifier (or changes what is
     /// registered); `info.ifindex` is filled in here.
     pub fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<(), DatapathError> {
