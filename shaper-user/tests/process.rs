@@ -223,7 +223,7 @@ fn a_connection_opened_before_the_daemon_started_is_shaped_after_the_first_scan(
         sandbox.client(bulk.to_str().unwrap()).unwrap(),
         Sandbox::ADDR_B4,
         5201,
-        &["-t", "9", "-b", "50M"],
+        &["-t", "16", "-b", "50M"],
     )
     .unwrap();
     std::thread::sleep(Duration::from_secs(2));

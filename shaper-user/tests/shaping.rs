@@ -352,8 +352,10 @@ fn a_connection_opened_before_the_daemon_is_shaped_once_it_starts() {
     require_root!();
     let sandbox = Sandbox::new("before").unwrap();
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5501).unwrap();
-    // An unshaped transfer, paced at 50 Mbit/s so the far end is not the limit.
-    let client = spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5501, &["-t", "9", "-b", "50M"]).unwrap();
+    // An unshaped transfer, paced at 50 Mbit/s so the far end is not the limit,
+    // and long enough to outlast a daemon that takes seconds to load (verifier
+    // time on a busy machine) plus the 4 s measured.
+    let client = spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5501, &["-t", "16", "-b", "50M"]).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let config = format!(
         "[[interface]]\nname = \"{}\"\negress = \"1gbit\"\n\n[[class]]\nname = \"capped\"\negress = \"5mbit\"\nmatch = 'rport == 5501'\n",
