@@ -1,15 +1,99 @@
 //! The control protocol: any request line gets a command or an error reply,
 //! never a panic; a decoded command encodes back to itself; `set`'s rates
-//! parse as the daemon parses them.
+//! parse as the daemon parses them. One input in [`SOCKET_EVERY`] also goes
+//! through a real control socket (the daemon's server, a handler that echoes
+//! the command): every line sent, the last one with or without its newline,
+//! gets exactly the reply [`decode`] says, in order.
 
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
 use shaper_user::{
-    control::{server::decode, Command, Reply, Request},
+    control::{
+        server::{decode, ControlSocket, Handler},
+        Command, Reply, Request,
+    },
     units,
 };
 
 use crate::{Rng, Target};
 
-pub struct Control;
+/// One input in this many is also sent through the socket.
+const SOCKET_EVERY: usize = 16;
+
+pub struct Control {
+    path: PathBuf,
+}
+
+impl Control {
+    /// Starts a control socket server, on a thread of its own, in a
+    /// directory of its own; it lives as long as the process.
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("shaper-fuzz-control-{}", std::process::id()));
+        let path = dir.join("control.sock");
+        let (bound, ready) = std::sync::mpsc::channel();
+        let at = path.clone();
+        std::thread::spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => return drop(bound.send(Err(anyhow::Error::from(e)))),
+            };
+            runtime.block_on(async move {
+                match ControlSocket::bind(&at) {
+                    Ok(socket) => {
+                        let _ = bound.send(Ok(()));
+                        socket.serve(handler()).await;
+                    }
+                    Err(e) => drop(bound.send(Err(e.into()))),
+                }
+            });
+        });
+        ready.recv().context("the server thread ended")?.context("binding the control socket")?;
+        Ok(Self { path })
+    }
+
+    /// Sends `input` on a new connection and checks the replies.
+    fn through_socket(&self, input: &[u8]) {
+        let mut stream = UnixStream::connect(&self.path).unwrap_or_else(|e| panic!("connecting: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e}"));
+        stream.write_all(input).unwrap_or_else(|e| panic!("writing: {e}"));
+        stream.shutdown(std::net::Shutdown::Write).unwrap_or_else(|e| panic!("{e}"));
+        let replies: Vec<serde_json::Value> = BufReader::new(stream)
+            .lines()
+            .map(|l| l.unwrap_or_else(|e| panic!("reading the replies: {e}")))
+            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("reply {l:?} is not JSON: {e}")))
+            .collect();
+        let handler = handler();
+        let mut expected = Vec::new();
+        let mut rest = input;
+        while !rest.is_empty() {
+            let end = rest.iter().position(|b| *b == b'\n').map_or(rest.len(), |i| i + 1);
+            let reply = decode(&rest[..end]).map_or_else(|refused| refused, |command| handler(command));
+            expected.push(serde_json::to_value(&reply).unwrap_or_else(|e| panic!("{e}")));
+            rest = &rest[end..];
+        }
+        assert_eq!(replies, expected, "the socket's replies differ from what decode() gives");
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Answers every command with its debug form.
+fn handler() -> Handler {
+    Arc::new(|command: Command| Reply::encode(&format!("{command:?}")))
+}
 
 pub const DICTIONARY: &[&str] = &[
     "{",
@@ -121,6 +205,9 @@ impl Target for Control {
     }
 
     fn run(&mut self, input: &[u8]) -> bool {
+        if Rng::from_bytes(input).one_in(SOCKET_EVERY) {
+            self.through_socket(input);
+        }
         match decode(input) {
             Ok(command) => {
                 check_round_trip(&command);

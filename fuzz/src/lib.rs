@@ -198,8 +198,11 @@ mod tests {
     /// (the targets that need no root; `cargo xtask fuzz` runs them all).
     #[test]
     fn seeds_pass_and_a_short_run_finds_nothing() {
-        let targets: [Box<dyn Target>; 3] =
-            [Box::new(config::Config::new()), Box::new(rules::Rules::new()), Box::new(control::Control)];
+        let targets: [Box<dyn Target>; 3] = [
+            Box::new(config::Config::new()),
+            Box::new(rules::Rules::new()),
+            Box::new(control::Control::new().unwrap_or_else(|e| panic!("{e:#}"))),
+        ];
         for mut target in targets {
             let name = target.name();
             let seeds = seeds(name).unwrap_or_else(|e| panic!("corpus of {name}: {e}"));

@@ -33,7 +33,7 @@ fn target(name: &str) -> Result<Box<dyn Target>> {
     Ok(match name {
         "config" => Box::new(Config::new()),
         "rules" => Box::new(Rules::new()),
-        "control" => Box::new(Control),
+        "control" => Box::new(Control::new()?),
         "classifier" => Box::new(Classifier::new()?),
         _ => bail!("unknown target {name:?} (targets: {})", TARGETS.join(", ")),
     })
