@@ -490,9 +490,11 @@ fn each_dumped_socket_finds_its_owner_record_by_cookie() {
     let ready = lines.by_ref().map_while(Result::ok).any(|l| l.trim_end().ends_with("ready"));
     assert!(ready, "the helper did not open its sockets");
     let pid = child.id();
-    // The record names the thread that made the socket: the harness names
-    // the helper's test thread after the test.
-    let thread = "helper_holding_udp_sockets"[..15].to_string();
+    // The record names the process (what /proc/PID/comm shows: the test
+    // binary's file name), not the thread that made the socket, which the
+    // harness names after the test ("helper_holding_").
+    let process = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim_end().to_string();
+    assert_ne!(process, "helper_holding_");
 
     let mut cookies = Vec::new();
     in_netns(&sandbox.a, || {
@@ -512,7 +514,7 @@ fn each_dumped_socket_finds_its_owner_record_by_cookie() {
     for cookie in &cookies {
         let owner = owners.get(cookie).unwrap_or_else(|| panic!("no owner record for cookie {cookie}"));
         let name = String::from_utf8_lossy(&owner.comm).trim_end_matches('\0').to_string();
-        assert_eq!((owner.tgid, owner.cookie, name.as_str()), (pid, *cookie, thread.as_str()));
+        assert_eq!((owner.tgid, owner.cookie, name.as_str()), (pid, *cookie, process.as_str()));
     }
 }
 
