@@ -191,6 +191,8 @@ pub fn owner_of(p: &ProcessFacts) -> Option<Owner> {
 fn fully_known(p: &ProcessFacts) -> bool {
     p.uid.is_some()
         && p.gid.is_some()
+        && p.user.is_some()
+        && p.group.is_some()
         && p.cmd.is_some()
         && p.exe.is_some()
         && p.args.is_some()

@@ -14,6 +14,9 @@ use shaper_user::{
 
 use crate::Rng;
 
+const USERS: &[(&str, u32)] = &[("root", 0), ("backup", 34), ("alice", 1000), ("nobody", 65534)];
+const GROUPS: &[(&str, u32)] = &[("root", 0), ("users", 100)];
+
 pub struct World {
     pub services: Services,
     pub accounts: StaticAccounts,
@@ -26,10 +29,7 @@ impl World {
             services: Services::parse(
                 "ssh 22/tcp\ndomain 53/tcp\ndomain 53/udp\nhttp 80/tcp www\nhttps 443/tcp\nhttps 443/udp\n",
             ),
-            accounts: StaticAccounts::new(
-                &[("root", 0), ("backup", 34), ("alice", 1000), ("nobody", 65534)],
-                &[("root", 0), ("users", 100)],
-            ),
+            accounts: StaticAccounts::new(USERS, GROUPS),
             tree: CgroupTree::standard(),
         }
     }
@@ -115,8 +115,9 @@ fn maybe<T>(rng: &mut Rng, value: T) -> Option<T> {
 
 /// A process with random facts, some of them unknown (it exited mid-scan).
 pub fn process(rng: &mut Rng, tree: &CgroupTree) -> ProcessFacts {
-    let uid = *rng.pick(&[0u32, 34, 100, 1000, 1001, 65534, u32::MAX]);
-    let gid = *rng.pick(&[0u32, 100, 1000, u32::MAX]);
+    let (uid, gid) =
+        (*rng.pick(&[0u32, 34, 100, 1000, 1001, 65534, u32::MAX]), *rng.pick(&[0u32, 100, 1000, u32::MAX]));
+    let (uid, gid) = (maybe(rng, uid), maybe(rng, gid));
     let cmd = rng.pick(NAMES).to_string();
     let args: Vec<String> =
         (0..rng.below(4)).map(|_| rng.pick(&["sync", "-a", "", "x y"]).to_string()).collect();
@@ -124,10 +125,11 @@ pub fn process(rng: &mut Rng, tree: &CgroupTree) -> ProcessFacts {
     let ancestors: Vec<String> = (0..rng.below(3)).map(|_| rng.pick(NAMES).to_string()).collect();
     ProcessFacts {
         pid: *rng.pick(&[1u32, 77, 4000, 4242, 4999, 5000, u32::MAX]),
-        uid: maybe(rng, uid),
-        gid: maybe(rng, gid),
-        user: None,
-        group: None,
+        uid,
+        gid,
+        // The names the accounts give, as the daemon reads them (none for ids without one).
+        user: uid.and_then(|u| USERS.iter().find(|(_, id)| *id == u)).map(|(n, _)| n.to_string()),
+        group: gid.and_then(|g| GROUPS.iter().find(|(_, id)| *id == g)).map(|(n, _)| n.to_string()),
         exe: maybe(rng, format!("/usr/bin/{cmd}")),
         cmd: maybe(rng, cmd),
         args: maybe(rng, args),
