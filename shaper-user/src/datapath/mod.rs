@@ -909,7 +909,7 @@ impl Datapath {
                 self.occupancy.kept.set(self.occupancy.kept.get().saturating_sub(1));
                 Ok(())
             }
-            Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
             Err(source) => Err(DatapathError::Map { action: "removing", map: names::MAP_KEPT_FLOWS, source }),
         }
     }
@@ -952,7 +952,8 @@ impl Datapath {
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
         self.forget_kept(key)?;
         match self.flows.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
             Err(source) => {
                 Err(DatapathError::Map { action: "removing a flow", map: names::MAP_FLOWS, source })
             }
@@ -962,6 +963,16 @@ impl Datapath {
     /// Names of the interfaces the classifier is attached to.
     pub fn attached(&self) -> impl Iterator<Item = &str> {
         self.attachments.keys().map(|(name, _)| name.as_str())
+    }
+}
+
+/// Whether a map operation failed only because the key was not there (aya
+/// reports a delete of a missing key as the syscall's ENOENT).
+fn is_missing(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 
