@@ -250,8 +250,9 @@ impl Atom {
     pub fn known_for(&self, p: &ProcessFacts) -> bool {
         match self {
             Atom::Text(attr, _) => match attr {
-                TextAttr::User => p.user.is_some(),
-                TextAttr::Group => p.group.is_some(),
+                // A uid read without an account has no name: known, matching none.
+                TextAttr::User => p.uid.is_some(),
+                TextAttr::Group => p.gid.is_some(),
                 TextAttr::Cmd => p.cmd.is_some(),
                 TextAttr::Exe => p.exe.is_some(),
                 TextAttr::Args(_) => p.args.is_some(),

@@ -439,6 +439,29 @@ fn an_unknown_fact_makes_the_daemons_verdict_provisional_not_false() {
     assert_eq!((verdict.class, verdict.provisional), (0, false));
 }
 
+/// A uid that was read but has no account: its name is known to be none, so
+/// a test on the name is false, not unknown (found by the `rules` fuzz target:
+/// such a process's flows stayed provisional for good).
+#[test]
+fn a_uid_without_an_account_name_matches_no_name_test_and_is_settled() {
+    const NAMED: &str = "[[interface]]\nname = \"eth0\"\negress = \"100mbit\"\n[[class]]\nname = \"r\"\n\
+                         match = 'user ~ \"r?ync\" or group ~ \"r?ync\"'\n";
+    let env = crate::rules::SystemEnv::default();
+    let config = crate::config::parse(Path::new("t.toml"), NAMED, &env.env()).unwrap();
+    let rules = RuleSet::compile(&config, &config.class_ids_in_file_order(), &NoCgroups).unwrap();
+    let nameless = ProcessFacts {
+        pid: 9,
+        uid: Some(4242),
+        gid: Some(4242),
+        cmd: Some("x".into()),
+        ..Default::default()
+    };
+    let verdict = rules.verdict_of(&key(1), Some(&nameless));
+    assert_eq!((verdict.class, verdict.provisional), (CLASS_DEFAULT, false), "{verdict:?}");
+    let unread = ProcessFacts { uid: None, ..nameless };
+    assert!(rules.verdict_of(&key(1), Some(&unread)).provisional);
+}
+
 #[test]
 fn stale_flows_past_one_batch_are_left_to_prune_stale() {
     let mut tables = FakeTables::default();
