@@ -46,6 +46,7 @@ fn lock(state: &Mutex<Shaper>) -> MutexGuard<'_, Shaper> {
 
 /// Runs the daemon until SIGINT, SIGTERM or `shaper stop`.
 pub fn run(config: Config, options: RunOptions) -> Result<(), DaemonError> {
+    return_freed_memory();
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
     let (state, mode, socket, pid_file) = runtime.block_on(run_async(config, options))?;
@@ -116,6 +117,20 @@ async fn run_async(config: Config, options: RunOptions) -> Result<Stopped, Daemo
     notify::notify("STOPPING=1");
     drop(sources);
     Ok((state, mode, socket, pid_file))
+}
+
+/// Keeps glibc from holding on to memory the daemon has freed. The start
+/// makes a few large short-lived buffers (the eBPF object, the kernel's BTF,
+/// about 6 MB each); freeing one raises glibc's mmap threshold to its size,
+/// after which every buffer below it comes from the heap and stays in the
+/// daemon's RSS (measured: 25 MB idle instead of 14). A fixed threshold
+/// turns that adjustment off.
+fn return_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// Takes the pid-file lock, then binds the control socket: a second daemon
