@@ -40,6 +40,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
+pub mod files;
 pub mod flows;
 pub mod owned;
 pub mod pins;

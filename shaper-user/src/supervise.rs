@@ -71,7 +71,7 @@ pub fn start(options: &RunOptions, config: &Config) -> Result<Started, Supervise
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let log = dir.join("shaper.log");
     // Never through a symbolic link: `start` runs as root.
-    let log_file = pidfile::open_no_follow(&log, true, true)
+    let log_file = crate::files::open_no_follow(&log, true, true)
         .map_err(io(format!("opening {} (not following symbolic links)", log.display())))?;
     let log_err = log_file.try_clone().map_err(io("duplicating the log descriptor"))?;
     let notify_path = dir.join(format!(".start-{}.notify", std::process::id()));

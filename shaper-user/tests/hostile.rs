@@ -21,10 +21,6 @@ use shaper_testkit::{
 };
 use shaper_user::control::{ConnRow, Origin};
 
-fn interface(sandbox: &Sandbox) -> String {
-    format!("[[interface]]\nname = \"{}\"\negress = \"1gbit\"\n", sandbox.dev_a)
-}
-
 /// The row of the flow to `remote`, once `shaper conns` shows it (5 s at most).
 fn conn_to(daemon: &Daemon, remote: &str) -> ConnRow {
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -29,10 +29,6 @@ use shaper_user::control::{ConnRow, Origin};
 /// behind them at the next reconcile.
 const SCAN_1S: &str = "\n[daemon]\nscan_interval = \"1s\"\n";
 
-fn interface(sandbox: &Sandbox) -> String {
-    format!("[[interface]]\nname = \"{}\"\negress = \"1gbit\"\n", sandbox.dev_a)
-}
-
 /// iperf3's connections to `port`: (control, data), the data connection being
 /// the one that carried the bytes.
 fn iperf_conns(daemon: &Daemon, port: u16) -> (ConnRow, ConnRow) {

@@ -21,6 +21,8 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
+use crate::files;
+
 use super::protocol::{Command, Reply, Request, MAX_REQUEST_BYTES, PROTOCOL_VERSION};
 
 /// How long a client may stay silent before the daemon hangs up.
@@ -49,13 +51,7 @@ pub struct ControlSocket {
     listener: UnixListener,
     path: PathBuf,
     /// Device and inode of the socket file this daemon made.
-    made: Option<(u64, u64)>,
-}
-
-/// Device and inode of what `path` names, without following a final link.
-fn identity(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    made: Option<files::Identity>,
 }
 
 impl ControlSocket {
@@ -77,7 +73,7 @@ impl ControlSocket {
             std::fs::remove_file(path).map_err(|e| io_err("removing the stale socket", e))?;
         }
         let listener = UnixListener::bind(path).map_err(|e| io_err("binding", e))?;
-        let made = identity(path);
+        let made = files::identity(path);
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| io_err("restricting the permissions of", e))?;
         Ok(Self { listener, path: path.to_path_buf(), made })
@@ -110,9 +106,7 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        if self.made.is_some() && identity(&self.path) == self.made {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        files::remove_if_ours(&self.path, self.made);
     }
 }
 

@@ -9,7 +9,7 @@
 //! daemon locked.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Read as _, Seek as _, Write as _},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
@@ -36,31 +36,6 @@ pub struct PidFile {
     path: PathBuf,
 }
 
-/// Opens `path` for reading and writing without following a final symbolic
-/// link, creating it (mode 0644) if asked; refuses anything but a regular file.
-pub(crate) fn open_no_follow(path: &Path, create: bool, append: bool) -> Result<File, io::Error> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = OpenOptions::new()
-        .read(!append)
-        .write(!append)
-        .append(append)
-        .create(create)
-        .truncate(false)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
-    }
-    Ok(file)
-}
-
-/// Device and inode of an open file or of what a path names (not following links).
-fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt as _;
-    (meta.dev(), meta.ino())
-}
-
 fn try_lock(file: &File) -> bool {
     // SAFETY: flock on an open descriptor.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
@@ -68,7 +43,7 @@ fn try_lock(file: &File) -> bool {
 
 /// The pid of the daemon holding the pid file at `path`, if one does.
 pub fn running(path: &Path) -> Option<u32> {
-    let mut file = open_no_follow(path, false, false).ok()?;
+    let mut file = crate::files::open_no_follow(path, false, false).ok()?;
     if try_lock(&file) {
         return None; // nobody holds it: a stale file
     }
@@ -84,7 +59,7 @@ impl PidFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io_err)?;
         }
-        let mut file = open_no_follow(path, true, false).map_err(|e| {
+        let mut file = crate::files::open_no_follow(path, true, false).map_err(|e| {
             // ELOOP: the path is a symbolic link.
             if e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::InvalidInput {
                 PidFileError::NotAFile { path: path.to_path_buf() }
@@ -107,11 +82,7 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let ours = self.lock.metadata().map(|m| identity(&m)).ok();
-        let there = std::fs::symlink_metadata(&self.path).map(|m| identity(&m)).ok();
-        if ours.is_some() && ours == there {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        crate::files::remove_if_ours(&self.path, crate::files::identity_of(&self.lock));
     }
 }
 

@@ -13,6 +13,11 @@ pub fn shaper() -> &'static Path {
     Path::new(SHAPER)
 }
 
+/// The sandbox's interface at 1 Gbit/s egress (its classes' rates decide).
+pub fn interface(sandbox: &Sandbox) -> String {
+    format!("[[interface]]\nname = \"{}\"\negress = \"1gbit\"\n", sandbox.dev_a)
+}
+
 /// Asserts `measured` is within ±`tolerance` (fraction) of `expected`.
 pub fn assert_near(what: &str, measured: f64, expected: f64, tolerance: f64) {
     let ratio = measured / expected;
