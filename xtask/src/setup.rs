@@ -4,7 +4,7 @@
 //! - `bpf-linker`, built against the LLVM that ships inside the stable toolchain
 //!   (Debian's LLVM is far too old), see ../shared/TOOLCHAIN.md;
 //! - the Debian packages the tests, the demo and the bench run: iproute2,
-//!   iperf3, bpftool, iputils-ping, python3-minimal, trickle, fonts-dejavu-core.
+//!   iperf3, bpftool, iputils-ping, python3, util-linux, trickle, fonts-dejavu-core.
 //!
 //! Each step checks first and does nothing when its part is present.
 
@@ -21,11 +21,21 @@ use crate::exec;
 /// The toolchain that builds both sides (the eBPF crate through RUSTC_BOOTSTRAP).
 const TOOLCHAIN: &str = "stable";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-// python3-minimal: an unconnected UDP sender in the process tests; trickle:
+// python3 (with ctypes and threading, which python3-minimal lacks): the
+// process tests' UDP senders and a program whose thread names itself;
+// util-linux: setpriv, to drop a capability in the cgroup v2 test; trickle:
 // the userspace shaper the bench compares with; fonts-dejavu-core: the
 // bench plot's labels.
-const PACKAGES: &[&str] =
-    &["iproute2", "iperf3", "bpftool", "iputils-ping", "python3-minimal", "trickle", "fonts-dejavu-core"];
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "iperf3",
+    "bpftool",
+    "iputils-ping",
+    "python3",
+    "util-linux",
+    "trickle",
+    "fonts-dejavu-core",
+];
 
 pub(crate) fn run() -> Result<()> {
     rust_src()?;
