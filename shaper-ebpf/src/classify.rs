@@ -12,7 +12,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP},
     helpers::generated::{
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
     },
@@ -135,9 +135,10 @@ fn socket_facts(
     (facts.has_owner != 0, cookie)
 }
 
-/// Tells the daemon about a flow the kernel just decided.
+/// Tells the daemon about a flow whose verdict waits for it (the only ones
+/// reported: a flood of flows the kernel decides costs the daemon nothing).
 #[inline(always)]
-fn send_event(walk: &Walk, cookie: u64, class: u16, provisional: bool) {
+fn send_event(walk: &Walk, cookie: u64, class: u16) {
     let Some(facts) = SCRATCH.get(0) else { return };
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
         count_error(ERR_EVENT_LOST);
@@ -152,20 +153,16 @@ fn send_event(walk: &Walk, cookie: u64, class: u16, provisional: bool) {
         (*event).cookie = cookie;
         (*event).ts_ns = bpf_ktime_get_ns();
         (*event).class = class;
-        let mut flags = 0;
+        let mut flags = EVENT_PROVISIONAL;
         if facts.has_owner != 0 {
             flags |= EVENT_OWNER;
-        }
-        if provisional {
-            flags |= EVENT_PROVISIONAL;
         }
         (*event).flags = flags;
         (*event)._pad = 0;
     }
-    // A provisional verdict waits for the daemon's answer: wake it now (forced:
-    // the kernel's adaptive wake-up stays silent while earlier reports are
-    // unread). Others (none are sent today) would wait for its next wake-up.
-    entry.submit(if provisional { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 });
+    // The verdict waits for the daemon's answer: wake it now (forced: the
+    // kernel's adaptive wake-up stays silent while earlier reports are unread).
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
 }
 
 /// A verdict, with what the daemon must be told about it.
@@ -192,7 +189,7 @@ impl Decision {
     #[inline(always)]
     fn report(&self, walk: &Walk) {
         if self.report && self.provisional {
-            send_event(walk, self.cookie, self.class, self.provisional);
+            send_event(walk, self.cookie, self.class);
         }
     }
 }
