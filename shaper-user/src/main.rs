@@ -10,19 +10,18 @@ use std::{
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use shaper_user::{
-    cgroups::{self, Cgroups},
     config::{self, Config},
-    control::{self, Applied, ClassRow, ConnRow, SetClass, Status},
+    control::{self, SetClass, Status},
     daemon::{self, RunOptions},
     error_chain,
     pins::Pins,
-    plan,
     rules::SystemEnv,
-    supervise,
-    table::Table,
-    tc, teardown,
-    units::{format_bytes, format_rate},
+    supervise, teardown,
 };
+
+mod cli;
+
+use cli::print::{print_applied, print_classes, print_conns, print_json, print_status};
 
 const DEFAULT_SOCKET: &str = "/run/shaper/shaper.sock";
 
@@ -231,7 +230,7 @@ fn dispatch(verb: Verb) -> Result<()> {
             println!("moved {} to {} (pinned until it ends)", moved.conn, moved.class);
             Ok(())
         }
-        Verb::Check { config } => check(&config),
+        Verb::Check { config } => cli::check::check(&config),
         Verb::Status(args) => {
             let status = control::client::status(&socket_path(&args)?)?;
             print_status(&status, args.json)
@@ -288,253 +287,4 @@ fn socket_path(args: &ClientArgs) -> Result<PathBuf> {
         return Ok(load_config(config)?.daemon.control_socket);
     }
     Ok(PathBuf::from(DEFAULT_SOCKET))
-}
-
-fn print_applied(applied: &Applied, json: bool) -> Result<()> {
-    if json {
-        return print_json(applied);
-    }
-    println!("applied in {} ms: {}", applied.took_ms, applied.changes.summary());
-    if !applied.restart_needed.is_empty() {
-        println!("take effect at the next start: {}", applied.restart_needed.join(", "));
-    }
-    Ok(())
-}
-
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
-}
-
-fn check(path: &Path) -> Result<()> {
-    let conf = load_config(path)?;
-    if let Ok(netlink) = tc::Netlink::open() {
-        conf.check_interfaces_exist(|name| tc::link_by_name(&netlink, name).ok().flatten().is_some())?;
-    }
-    // Cgroup and unit names resolve against this host's hierarchy, if it has one.
-    let ids = conf.class_ids_in_file_order();
-    let compiled = match cgroups::v2_root() {
-        Ok(root) => conf.compile_rules(&ids, &Cgroups::new(root))?,
-        Err(_) => conf.compile_rules(&ids, &shaper_user::rules::compile::NoCgroups)?,
-    };
-    println!("{}: ok", path.display());
-    for iface in &conf.interfaces {
-        let ingress = iface.ingress_bps.map_or_else(|| "not shaped".to_string(), format_rate);
-        println!("interface {}: egress {}, ingress {}", iface.name, format_rate(iface.egress_bps), ingress);
-        let Some(egress) = plan::plan(&conf, &ids, iface, plan::Direction::Egress, 1500) else { continue };
-        let mut table = Table::new(&[
-            ("CLASS", false),
-            ("CLASSID", false),
-            ("PRIO", true),
-            ("RATE", true),
-            ("CEIL", true),
-            ("MATCH", false),
-        ]);
-        for class in &egress.classes {
-            let conf_class = conf.class(&class.name);
-            let mut name = class.name.clone();
-            if class.index == egress.default_class {
-                name.push_str(" (default)");
-            }
-            let rule =
-                conf_class.and_then(|c| c.rule.as_ref()).map_or_else(|| "-".to_string(), ToString::to_string);
-            table.row(vec![
-                name,
-                tc::format_handle(shaper_common::classid_of(u32::from(class.index))),
-                class.priority.to_string(),
-                format_rate(class.rate_bps),
-                format_rate(class.ceil_bps),
-                rule,
-            ]);
-        }
-        print!("{}", indent(&table.render()));
-    }
-    let userspace = compiled.nodes.iter().filter(|n| n.op == shaper_common::OP_USERSPACE).count();
-    println!(
-        "rule table: {} kernel tests (of {}){}",
-        compiled.nodes.len(),
-        shaper_common::MAX_RULE_NODES,
-        if userspace > 0 {
-            format!(", {userspace} of them left to the daemon (exe, args, parent, ancestor, patterns)")
-        } else {
-            String::new()
-        }
-    );
-    Ok(())
-}
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}\n")).collect()
-}
-
-fn print_status(status: &Status, json: bool) -> Result<()> {
-    if json {
-        return print_json(status);
-    }
-    println!(
-        "shaper {} (pid {}), up {}s, config {}",
-        status.version, status.pid, status.uptime_s, status.config
-    );
-    for i in &status.interfaces {
-        let ingress = match (&i.ifb, i.ingress_bps) {
-            (Some(ifb), Some(bps)) => format!("ingress {} through {ifb}", format_rate(bps)),
-            _ => "ingress not shaped".to_string(),
-        };
-        println!(
-            "  {} (ifindex {}): egress {}, {ingress}, via {}, default class {}",
-            i.name,
-            i.ifindex,
-            format_rate(i.egress_bps),
-            i.attach.as_str(),
-            i.default_class
-        );
-    }
-    for name in &status.waiting {
-        println!("  {name}: absent; shaped as soon as it appears");
-    }
-    println!(
-        "  classes: {}, rule table: {} nodes (generation {})",
-        status.classes, status.rule_nodes, status.rules_gen
-    );
-    println!("  flows: {} of {}", status.flows, status.max_flows);
-    if !status.maps.is_empty() {
-        let maps: Vec<String> =
-            status.maps.iter().map(|m| format!("{} {}/{}", m.name, m.entries, m.capacity)).collect();
-        println!("  maps: {}", maps.join(", "));
-    }
-    if let Some(scan) = &status.last_scan {
-        println!(
-            "  last scan: {} sockets, {} adopted, {} corrected, {} stale removed, {} µs (every {} ms)",
-            scan.sockets, scan.adopted, scan.corrected, scan.removed, scan.micros, status.scan_interval_ms
-        );
-        if !scan.from_proc_net.is_empty() {
-            println!(
-                "  degraded: the kernel cannot list {} sockets over sock_diag; read from /proc/net (no cookies)",
-                scan.from_proc_net.join(", ")
-            );
-        }
-    }
-    println!("  pinned at {}{}", status.pin_dir, if status.adopted { " (taken over at start)" } else { "" });
-    if let Some(r) = &status.last_reload {
-        match &r.error {
-            None => println!("  last reload: ok"),
-            Some(e) => println!("  last reload: refused ({e}); the previous config stays in force"),
-        }
-    }
-    for d in &status.drift {
-        println!("  changed by `shaper set` (not in the file): {d}");
-    }
-    match &status.hooks_cgroup {
-        Some(cgroup) => println!("  socket hooks: cgroup {cgroup}"),
-        None => println!(
-            "  socket hooks: off (process rules are decided by the /proc scan: {})",
-            status.scan_only.as_deref().unwrap_or("no cgroup v2")
-        ),
-    }
-    let d = &status.decisions;
-    let us = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} µs"));
-    println!(
-        "  new flows: {} reported, {} provisional, {} moved by the daemon (p50 {}, p99 {}, max {}; {} in provisional classes)",
-        d.events,
-        d.provisional,
-        d.changed,
-        us(d.p50_us),
-        us(d.p99_us),
-        us(d.max_us),
-        format_bytes(d.provisional_bytes)
-    );
-    let errors: Vec<String> =
-        status.errors.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect();
-    println!(
-        "  classifier errors: {}",
-        if errors.is_empty() { "none".to_string() } else { errors.join(", ") }
-    );
-    Ok(())
-}
-
-fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
-    if json {
-        return print_json(&rows);
-    }
-    let mut table = Table::new(&[
-        ("CLASS", false),
-        ("INTERFACE", false),
-        ("DIR", false),
-        ("CLASSID", false),
-        ("PRIO", true),
-        ("RATE", true),
-        ("CEIL", true),
-        ("NOW", true),
-        ("BYTES", true),
-        ("PACKETS", true),
-        ("DROPS", true),
-    ]);
-    for r in rows {
-        table.row(vec![
-            r.name.clone(),
-            r.interface.clone(),
-            r.direction.as_str().to_string(),
-            r.classid.clone(),
-            r.priority.to_string(),
-            format_rate(r.rate_bps),
-            format_rate(r.ceil_bps),
-            format_rate(r.rate_now_bps),
-            format_bytes(r.bytes),
-            r.packets.to_string(),
-            r.drops.to_string(),
-        ]);
-    }
-    print!("{}", table.render());
-    Ok(())
-}
-
-fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
-    if json {
-        return print_json(&rows);
-    }
-    // Received bytes are counted where ingress is shaped; without any, the column says nothing.
-    let received = rows.iter().any(|r| r.rx_bytes > 0);
-    let mut columns = vec![
-        ("ID", false),
-        ("PROTO", false),
-        ("LOCAL", false),
-        ("REMOTE", false),
-        ("STATE", false),
-        ("PID", true),
-        ("USER", false),
-        ("CMD", false),
-        ("CLASS", false),
-        ("BY", false),
-        ("SENT", true),
-    ];
-    if received {
-        columns.push(("RECEIVED", true));
-    }
-    columns.extend([("IDLE", true), ("RULE", false)]);
-    let mut table = Table::new(&columns);
-    for r in rows {
-        let mut cells = vec![
-            r.id.clone(),
-            r.proto.clone(),
-            r.local.clone(),
-            r.remote.clone(),
-            r.state.to_string(),
-            r.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
-            r.user.clone().unwrap_or_else(|| "-".to_string()),
-            r.cmd.clone().unwrap_or_else(|| "-".to_string()),
-            r.class.clone(),
-            r.origin.as_str().to_string(),
-            format_bytes(r.tx_bytes),
-        ];
-        if received {
-            cells.push(format_bytes(r.rx_bytes));
-        }
-        cells.extend([
-            format!("{:.1}s", r.idle_ms as f64 / 1000.0),
-            r.rule.clone().unwrap_or_else(|| "-".to_string()),
-        ]);
-        table.row(cells);
-    }
-    print!("{}", table.render());
-    Ok(())
 }
