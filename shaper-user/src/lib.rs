@@ -27,6 +27,7 @@
 //! | [`daemon`] | `shaper run`: its parts (host: interfaces and HTB trees; decider: connections and decisions; the datapath), sequenced by a thin loop |
 //! | [`control`] | the control socket protocol, server and client |
 //! | [`supervise`] | `shaper start` and `stop`: the daemon in the background |
+//! | [`manual`] | man pages and shell completions, generated from the command's clap definition |
 //! | [`teardown`] | `shaper stop --force`: shaping taken down with no daemon, from the pins and the host |
 //! | [`flows`], [`table`] | small helpers |
 
@@ -42,6 +43,7 @@ pub mod datapath;
 pub mod events;
 pub mod files;
 pub mod flows;
+pub mod manual;
 pub mod owned;
 pub mod pins;
 pub mod plan;

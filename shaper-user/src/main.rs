@@ -8,12 +8,12 @@ use std::{
 };
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use shaper_user::{
     config::{self, Config},
     control::{self, SetClass, Status},
     daemon::{self, RunOptions},
-    error_chain,
+    error_chain, manual,
     pins::Pins,
     rules::SystemEnv,
     supervise, teardown,
@@ -97,6 +97,11 @@ enum Verb {
     Classes(ClientArgs),
     /// Every flow the classifier knows and the class it is in.
     Conns(ClientArgs),
+    /// Print the shell completion script for SHELL (e.g. `shaper completions bash > /usr/share/bash-completion/completions/shaper`).
+    Completions { shell: manual::Shell },
+    /// Write the man pages (shaper.8, shaper-VERB.8) into DIR (used by `cargo xtask install`).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -242,6 +247,13 @@ fn dispatch(verb: Verb) -> Result<()> {
         Verb::Conns(args) => {
             let rows = control::client::conns(&socket_path(&args)?)?;
             print_conns(&rows, args.json)
+        }
+        Verb::Completions { shell } => {
+            Ok(manual::write_completions(Cli::command(), shell, &mut std::io::stdout())?)
+        }
+        Verb::Man { dir } => {
+            manual::write_man_pages(Cli::command(), &dir)?.iter().for_each(|p| println!("{}", p.display()));
+            Ok(())
         }
     }
 }
