@@ -29,6 +29,9 @@
 //! | [`supervise`] | `shaper start` and `stop`: the daemon in the background |
 //! | [`manual`] | man pages and shell completions, generated from the command's clap definition |
 //! | [`teardown`] | `shaper stop --force`: shaping taken down with no daemon, from the pins and the host |
+//! | [`preflight`] | `shaper check` on the host: pin directory, root qdiscs and IFB names free or shaper's |
+//! | [`logging`] | log lines on stderr: env_logger's, or `<priority>message` for journald |
+//! | [`memlock`] | RLIMIT_MEMLOCK raised for BPF maps on kernels before 5.11 |
 //! | [`flows`], [`table`] | small helpers |
 
 pub mod accounts;
@@ -43,10 +46,13 @@ pub mod datapath;
 pub mod events;
 pub mod files;
 pub mod flows;
+pub mod logging;
 pub mod manual;
+pub mod memlock;
 pub mod owned;
 pub mod pins;
 pub mod plan;
+pub mod preflight;
 pub mod proccache;
 pub mod process;
 pub mod procnet;

@@ -8,14 +8,14 @@ use std::{
 };
 
 use anyhow::Result;
-use clap::{Args, CommandFactory as _, Parser, Subcommand};
+use clap::{ArgGroup, Args, CommandFactory as _, Parser, Subcommand};
+use log::Level;
 use shaper_user::{
-    config::{self, Config},
+    config::DEFAULT_CONFIG,
     control::{self, SetClass, Status},
-    daemon::{self, RunOptions},
-    error_chain, manual,
+    daemon::{self, RequestError, RunOptions},
+    error_chain, logging, manual,
     pins::Pins,
-    rules::SystemEnv,
     supervise, teardown,
 };
 
@@ -23,13 +23,12 @@ mod cli;
 
 use cli::print::{print_applied, print_classes, print_conns, print_json, print_status};
 
-const DEFAULT_SOCKET: &str = "/run/shaper/shaper.sock";
-
 #[derive(Parser)]
 #[command(
     name = "shaper",
     version,
-    about = "Traffic shaping by program, user, port and address, with eBPF and HTB"
+    about = "Traffic shaping by program, user, port and address, with eBPF and HTB",
+    after_help = cli::exit::HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -62,33 +61,39 @@ enum Verb {
         #[arg(long, requires = "force")]
         pid_file: Option<PathBuf>,
     },
-    /// Re-read the config file and apply the difference live (a bad file changes nothing).
+    /// Have the daemon re-read its config file and apply the difference live (a file it refuses
+    /// changes nothing, and exits 1).
     Reload(ClientArgs),
     /// Change a running class without touching the config file (until the next reload).
+    #[command(group(ArgGroup::new("change").args(["egress", "ingress", "priority"]).required(true).multiple(true)))]
     Set {
         /// The class's name.
         class: String,
         /// RATE or RATE:CEIL, e.g. 5mbit or 5mbit:20mbit.
-        #[arg(long)]
+        #[arg(long, value_parser = limit_arg)]
         egress: Option<String>,
-        #[arg(long)]
+        #[arg(long, value_parser = limit_arg)]
         ingress: Option<String>,
         /// 0 (served first) to 7.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=7))]
         priority: Option<u8>,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Pin one connection (its ID in `shaper conns`) into a class.
     Move {
+        /// At least 4 digits of the connection's ID.
+        #[arg(value_parser = conn_arg)]
         conn: String,
         class: String,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Validate a config file and summarise its classes (exit 1 on error).
+    /// Validate a config file on this host and summarise its classes (exit 1 on error). Without
+    /// root it skips (and names) what only root can read.
     Check {
-        #[arg(long, short)]
+        /// The config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// What the running daemon is doing.
@@ -106,7 +111,8 @@ enum Verb {
 
 #[derive(Args)]
 struct DaemonArgs {
-    #[arg(long, short)]
+    /// The config file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Control socket to listen on, instead of the config's `control_socket`.
     #[arg(long)]
@@ -140,30 +146,48 @@ struct ClientArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// The daemon's control socket (default: `control_socket` of --config, else /run/shaper/shaper.sock).
+    /// The daemon's control socket [default: `control_socket` of --config, else of
+    /// /etc/shaper/shaper.toml when it exists, else /run/shaper/shaper.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Read the control socket path from this config file.
+    /// Read the control socket path from this config file [default: /etc/shaper/shaper.toml, when it
+    /// exists].
     #[arg(long, short)]
     config: Option<PathBuf>,
 }
 
+impl ClientArgs {
+    /// The config the client reads its paths from: --config, else the default one when it exists.
+    fn config(&self) -> Option<&Path> {
+        self.config.as_deref().or_else(|| Some(Path::new(DEFAULT_CONFIG)).filter(|p| p.exists()))
+    }
+}
+
 fn main() -> ExitCode {
+    // Usage errors end here, with clap's message and exit code 2.
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    logging::init();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shaper: {}", error_chain(e.as_ref()));
-            ExitCode::FAILURE
+            eprintln!("{}", logging::line(Level::Error, &format!("shaper: {}", error_chain(e.as_ref()))));
+            ExitCode::from(cli::exit::code(&e))
         }
     }
 }
 
-fn load_config(path: &Path) -> Result<Config> {
-    Ok(config::load(path, &SystemEnv::load().env())?)
+/// `--egress`/`--ingress` of `set`: RATE or RATE:CEIL, checked here so a
+/// malformed one is a usage error.
+fn limit_arg(text: &str) -> Result<String, String> {
+    daemon::parse_limit(text).map(|_| text.to_string()).map_err(|e| error_chain(&e))
+}
+
+/// The connection of `move`: at least 4 digits of its ID (as the daemon asks).
+fn conn_arg(text: &str) -> Result<String, String> {
+    if text.trim().len() < 4 {
+        return Err(RequestError::ShortId(text.to_string()).to_string());
+    }
+    Ok(text.to_string())
 }
 
 /// The aya-log level for the kernel programs, from RUST_LOG's `shaper_ebpf` target.
@@ -262,7 +286,7 @@ fn dispatch(verb: Verb) -> Result<()> {
 /// shaper left, and says what.
 fn force_stop(client: &ClientArgs, pin_dir: Option<PathBuf>, pid_file: Option<PathBuf>) -> Result<()> {
     let (paths, why) =
-        supervise::DaemonPaths::resolve(client.config.as_deref(), [client.socket.clone(), pid_file, pin_dir]);
+        supervise::DaemonPaths::resolve(client.config(), [client.socket.clone(), pid_file, pin_dir]);
     if let Some(why) = why {
         println!("{why}: using the defaults for the paths not given");
     }
@@ -292,11 +316,10 @@ fn force_stop(client: &ClientArgs, pin_dir: Option<PathBuf>, pid_file: Option<Pa
 }
 
 fn socket_path(args: &ClientArgs) -> Result<PathBuf> {
-    if let Some(socket) = &args.socket {
-        return Ok(socket.clone());
+    let (socket, warning) =
+        cli::socket::resolve(args.socket.as_deref(), args.config.as_deref(), Path::new(DEFAULT_CONFIG))?;
+    if let Some(warning) = warning {
+        eprintln!("{}", logging::line(Level::Warn, &format!("shaper: {warning}")));
     }
-    if let Some(config) = &args.config {
-        return Ok(load_config(config)?.daemon.control_socket);
-    }
-    Ok(PathBuf::from(DEFAULT_SOCKET))
+    Ok(socket)
 }

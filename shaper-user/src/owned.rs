@@ -211,6 +211,22 @@ impl Records {
     }
 }
 
+/// The root qdisc of interface `ifindex` when shaper may not replace it:
+/// neither the kernel's default nor the HTB root shaper recorded there.
+pub fn foreign_root(nl: &Netlink, records: &Records, ifindex: u32) -> Result<Option<Qdisc>, tc::TcError> {
+    let record = records.get(ifindex);
+    Ok(tc::root_qdisc(nl, ifindex)?
+        .filter(|q| !q.is_kernel_default() && !record.as_ref().is_some_and(|r| r.owns_root(q))))
+}
+
+/// The name of shaper's IFB for interface `ifindex` when a device that
+/// shaper did not create (not the one recorded) has it.
+pub fn foreign_ifb(nl: &Netlink, records: &Records, ifindex: u32) -> Result<Option<String>, tc::TcError> {
+    let name = ifb_name(ifindex);
+    let recorded = records.get(ifindex).and_then(|r| r.ifb);
+    Ok(tc::link_by_name(nl, &name)?.filter(|dev| Some(dev.index) != recorded).map(|_| name))
+}
+
 /// What [`take_down`] did for one record.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct TakenDown {

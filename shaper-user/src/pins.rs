@@ -83,6 +83,24 @@ fn ensure_mounted() -> Result<(), PinError> {
     Ok(())
 }
 
+/// The longest part of `path` that exists (`/` at worst).
+fn nearest_existing(path: &Path) -> &Path {
+    let mut existing = path;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    existing
+}
+
+/// Where the pin directory is, as [`Pins::check`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinPlace {
+    /// On a BPF filesystem.
+    OnBpffs,
+    /// Under /sys/fs/bpf, where nothing is mounted yet: the daemon mounts bpffs there.
+    Unmounted,
+}
+
 /// The pin directory of one shaper.
 #[derive(Clone, Debug)]
 pub struct Pins {
@@ -111,11 +129,7 @@ impl Pins {
         if self.root.starts_with(BPFFS) {
             ensure_mounted()?;
         }
-        let mut existing = self.root.as_path();
-        while !existing.exists() {
-            existing = existing.parent().unwrap_or(Path::new("/"));
-        }
-        if !is_bpffs(existing) {
+        if !is_bpffs(nearest_existing(&self.root)) {
             return Err(PinError::NotBpffs(self.root.clone()));
         }
         for sub in ["maps", "progs", "links"] {
@@ -123,6 +137,18 @@ impl Pins {
             std::fs::create_dir_all(&path).map_err(|source| PinError::Create { path, source })?;
         }
         Ok(())
+    }
+
+    /// Whether [`Pins::prepare`] would find the directory on a BPF
+    /// filesystem, changing nothing (`shaper check`).
+    pub fn check(&self) -> Result<PinPlace, PinError> {
+        if self.root.starts_with(BPFFS) && !is_bpffs(Path::new(BPFFS)) {
+            return Ok(PinPlace::Unmounted);
+        }
+        if !is_bpffs(nearest_existing(&self.root)) {
+            return Err(PinError::NotBpffs(self.root.clone()));
+        }
+        Ok(PinPlace::OnBpffs)
     }
 
     pub fn map(&self, name: &str) -> PathBuf {

@@ -43,6 +43,13 @@ pub enum SuperviseError {
     StillRunning(u32, u64),
 }
 
+impl SuperviseError {
+    /// Whether no daemon answered (see [`ClientError::is_unreachable`]).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, SuperviseError::Client(e) if e.is_unreachable())
+    }
+}
+
 /// A daemon `start` launched.
 pub struct Started {
     pub pid: u32,
@@ -152,7 +159,8 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Where a daemon keeps its control socket, pid file and pins (for `stop --force`).
+/// Where a daemon keeps its control socket, pid file and pins (for `stop
+/// --force`, and the control socket for the clients).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonPaths {
     pub socket: PathBuf,
@@ -167,40 +175,58 @@ impl DaemonPaths {
     /// interface) still gives its paths; one that is not TOML at all gives
     /// none, and the second value says why.
     pub fn resolve(config: Option<&Path>, given: [Option<PathBuf>; 3]) -> (Self, Option<String>) {
-        let (table, why) = match config.map(|p| (p, std::fs::read_to_string(p))) {
+        let (table, why) = match config.map(daemon_table) {
             None => (None, None),
-            Some((_, Ok(text))) => match text.parse::<toml::Table>() {
-                Ok(table) => (table.get("daemon").and_then(|d| d.as_table()).cloned(), None),
-                Err(e) => {
-                    let why = e.message().replace('\n', " ");
-                    (
-                        None,
-                        Some(format!(
-                            "{} is not TOML ({why}); its [daemon] paths are unknown",
-                            config_name(config)
-                        )),
-                    )
-                }
-            },
-            Some((p, Err(e))) => (None, Some(format!("cannot read {}: {e}", p.display()))),
+            Some(Ok(table)) => (table, None),
+            Some(Err(e)) => (None, Some(crate::error_chain(&e))),
         };
+        (Self::pick(table.as_ref(), given), why)
+    }
+
+    /// Each path from the `[daemon]` table of `config`, else the default,
+    /// read as [`DaemonPaths::resolve`] reads it; a file that cannot be read
+    /// or is not TOML is an error.
+    pub fn from_config(config: &Path) -> Result<Self, PathsError> {
+        Ok(Self::pick(daemon_table(config)?.as_ref(), [None, None, None]))
+    }
+
+    fn pick(table: Option<&toml::Table>, given: [Option<PathBuf>; 3]) -> Self {
         let pick = |given: Option<PathBuf>, key: &str, default: &str| {
             given
-                .or_else(|| table.as_ref()?.get(key)?.as_str().map(PathBuf::from))
+                .or_else(|| table?.get(key)?.as_str().map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from(default))
         };
         let [socket, pid_file, pin_dir] = given;
-        let paths = Self {
+        Self {
             socket: pick(socket, "control_socket", crate::config::DEFAULT_CONTROL_SOCKET),
             pid_file: pick(pid_file, "pid_file", crate::config::DEFAULT_PID_FILE),
             pin_dir: pick(pin_dir, "pin_dir", crate::pins::DEFAULT_PIN_DIR),
-        };
-        (paths, why)
+        }
     }
 }
 
-fn config_name(config: Option<&Path>) -> String {
-    config.map_or_else(String::new, |p| p.display().to_string())
+/// Why a config file gives no `[daemon]` paths.
+#[derive(Debug, thiserror::Error)]
+pub enum PathsError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not TOML ({message}); its [daemon] paths are unknown", path.display())]
+    NotToml { path: PathBuf, message: String },
+}
+
+/// The `[daemon]` table of the config at `path`, read as plain TOML (`None`: it has none).
+fn daemon_table(path: &Path) -> Result<Option<toml::Table>, PathsError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| PathsError::Read { path: path.to_path_buf(), source })?;
+    let table = text.parse::<toml::Table>().map_err(|e| PathsError::NotToml {
+        path: path.to_path_buf(),
+        message: e.message().replace('\n', " "),
+    })?;
+    Ok(table.get("daemon").and_then(|d| d.as_table()).cloned())
 }
 
 /// What `stop --force` found running before it took shaping down.

@@ -66,25 +66,17 @@ fn stop_force(sandbox: &Sandbox, daemon: &Daemon) -> Output {
 }
 
 fn stop_force_in(ns: &Netns, daemon: &Daemon) -> Output {
-    let out = ns
-        .command(SHAPER)
-        .args(["stop", "--force", "--config"])
-        .arg(&daemon.config)
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .arg("--pin-dir")
-        .arg(&daemon.pins)
-        .arg("--pid-file")
-        .arg(&daemon.pid_file)
-        .output()
-        .unwrap();
-    println!(
-        "shaper stop --force: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    output(
+        ns.command(SHAPER)
+            .args(["stop", "--force", "--config"])
+            .arg(&daemon.config)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg("--pin-dir")
+            .arg(&daemon.pins)
+            .arg("--pid-file")
+            .arg(&daemon.pid_file),
+    )
 }
 
 #[test]

@@ -147,10 +147,17 @@ impl Daemon {
     /// Starts `shaper run` again in the same directory (same config, socket
     /// and pins), after [`Daemon::kill`] or [`Daemon::stop`]; waits until it answers.
     pub fn restart(&mut self) -> Result<(), SandboxError> {
+        self.restart_with(&[])
+    }
+
+    /// [`Daemon::restart`] with `env` added to the daemon's environment; also
+    /// the first start of a directory made by [`Daemon::prepare`] (whose log
+    /// file a test may create first, to know it).
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) -> Result<(), SandboxError> {
         if self.child.is_some() {
             return Err(SandboxError::Daemon("the daemon is still running".into()));
         }
-        self.launch(&[])?;
+        self.launch(env)?;
         self.wait_ready()
     }
 

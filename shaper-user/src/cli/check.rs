@@ -1,12 +1,19 @@
 //! `shaper check`: validate a config file as the daemon would read it on
-//! this host, and summarise its classes and rule table.
+//! this host, changing nothing, and summarise its classes and rule table.
+//! Anyone may run it (an editor's or a config manager's validate step); what
+//! only root can read (the pin directory, see [`preflight`]) is checked as
+//! root and skipped otherwise, in a line that says so. A problem is one line
+//! on stderr, `shaper: FILE:LINE:COL: reason` where it has a place in the file.
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use shaper_user::{
     cgroups::{self, Cgroups},
-    config, plan,
+    config::{self, Config},
+    pins::PinPlace,
+    plan,
+    preflight::{self, HostReport},
     rules::SystemEnv,
     table::Table,
     tc,
@@ -15,15 +22,16 @@ use shaper_user::{
 
 pub(crate) fn check(path: &Path) -> Result<()> {
     let conf = config::load(path, &SystemEnv::load().env())?;
-    if let Ok(netlink) = tc::Netlink::open() {
-        conf.check_interfaces_exist(|name| tc::link_by_name(&netlink, name).ok().flatten().is_some())?;
-    }
+    let netlink = tc::Netlink::open().context("opening rtnetlink to look up the interfaces")?;
+    conf.check_interfaces_exist(|name| tc::link_by_name(&netlink, name).ok().flatten().is_some())?;
     // Cgroup and unit names resolve against this host's hierarchy, if it has one.
     let ids = conf.class_ids_in_file_order();
     let compiled = match cgroups::v2_root() {
         Ok(root) => conf.compile_rules(&ids, &Cgroups::new(root))?,
         Err(_) => conf.compile_rules(&ids, &shaper_user::rules::compile::NoCgroups)?,
     };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let host = if unsafe { libc::geteuid() } == 0 { Some(preflight::host(&conf, &netlink)?) } else { None };
     println!("{}: ok", path.display());
     for iface in &conf.interfaces {
         let ingress = iface.ingress_bps.map_or_else(|| "not shaped".to_string(), format_rate);
@@ -67,7 +75,41 @@ pub(crate) fn check(path: &Path) -> Result<()> {
             String::new()
         }
     );
+    match host {
+        Some(report) => println!("{}", host_line(&conf, &report)),
+        None => println!("{}", skipped_line(&conf)),
+    }
     Ok(())
+}
+
+/// What the root checks found, in one line.
+fn host_line(conf: &Config, report: &HostReport) -> String {
+    let pin_dir = conf.daemon.pin_dir.display();
+    let mut line = match report.pin_place {
+        PinPlace::OnBpffs => format!("host: pin directory {pin_dir} on a BPF filesystem"),
+        PinPlace::Unmounted => format!(
+            "host: pin directory {pin_dir} (no BPF filesystem at {} yet: the daemon mounts one)",
+            shaper_user::pins::BPFFS
+        ),
+    };
+    if !report.free.is_empty() {
+        line.push_str(&format!("; root qdiscs and IFB names free or shaper's on {}", report.free.join(", ")));
+    }
+    if !report.absent.is_empty() {
+        line.push_str(&format!("; absent, shaped when they appear: {}", report.absent.join(", ")));
+    }
+    line
+}
+
+/// The root checks, named, for a user who cannot run them.
+fn skipped_line(conf: &Config) -> String {
+    let names: Vec<&str> = conf.interfaces.iter().map(|i| i.name.as_str()).collect();
+    format!(
+        "not root: skipped checking that the pin directory {} is on a BPF filesystem and that the root \
+         qdiscs and IFB names of {} are free or shaper's (only root can read the pin directory)",
+        conf.daemon.pin_dir.display(),
+        names.join(", ")
+    )
 }
 
 fn indent(text: &str) -> String {

@@ -1,4 +1,6 @@
 //! The parts of the `shaper` command beyond its arguments and dispatch.
 
 pub(crate) mod check;
+pub(crate) mod exit;
 pub(crate) mod print;
+pub(crate) mod socket;

@@ -30,6 +30,10 @@ use crate::{
     units,
 };
 
+/// The config `run`, `start` and `check` read without `--config`, and the
+/// clients' source of `control_socket` when neither `--socket` nor
+/// `--config` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/shaper/shaper.toml";
 pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/shaper/shaper.sock";
 pub const DEFAULT_PID_FILE: &str = "/run/shaper/shaper.pid";
@@ -53,6 +57,9 @@ pub enum ConfigError {
     },
     #[error("{}:{pos}: {message}", path.display())]
     At { path: PathBuf, pos: Pos, message: String },
+    /// A problem with a setting the file leaves at its default.
+    #[error("{}: {message}", path.display())]
+    InFile { path: PathBuf, message: String },
 }
 
 impl ConfigError {
@@ -60,7 +67,7 @@ impl ConfigError {
     pub fn message(&self) -> String {
         match self {
             ConfigError::Read { source, .. } => source.to_string(),
-            ConfigError::At { message, .. } => message.clone(),
+            ConfigError::At { message, .. } | ConfigError::InFile { message, .. } => message.clone(),
         }
     }
 }
@@ -84,6 +91,8 @@ pub struct DaemonConfig {
     pub event_driven: bool,
     /// Where maps, programs and links are pinned so shaping outlives the daemon.
     pub pin_dir: PathBuf,
+    /// Where `pin_dir` is written (`None`: the default), for errors found on the host.
+    pub pin_dir_pos: Option<Pos>,
     /// Written by the daemon while it runs (`shaper start` waits on it).
     pub pid_file: PathBuf,
     /// Re-read the config when the file changes.
@@ -308,7 +317,8 @@ impl Validator<'_> {
         if raw.interface.is_empty() {
             return Err(self.error_at(
                 0,
-                "no [[interface]]: name at least one interface to shape, e.g.\n[[interface]]\nname = \"eth0\"\negress = \"100mbit\"",
+                "no [[interface]]: name at least one interface to shape, e.g. [[interface]] with name = \"eth0\" and \
+                 egress = \"100mbit\"",
             ));
         }
         if raw.interface.len() > MAX_IFACES as usize {
@@ -367,6 +377,7 @@ impl Validator<'_> {
             cgroup: None,
             event_driven: true,
             pin_dir: PathBuf::from(crate::pins::DEFAULT_PIN_DIR),
+            pin_dir_pos: None,
             pid_file: PathBuf::from(DEFAULT_PID_FILE),
             watch_config: false,
         };
@@ -417,6 +428,7 @@ impl Validator<'_> {
                 return Err(self.error(p, "pin_dir must be an absolute path on a BPF filesystem"));
             }
             daemon.pin_dir = path;
+            daemon.pin_dir_pos = Some(position::pos(self.text, p.span().start));
         }
         if let Some(p) = &d.pid_file {
             let path = PathBuf::from(p.get_ref());

@@ -199,7 +199,11 @@ fn class_errors() {
 
 #[test]
 fn interface_errors() {
-    assert_eq!(err("[daemon]\n"), "t.toml:1:1: no [[interface]]: name at least one interface to shape, e.g.\n[[interface]]\nname = \"eth0\"\negress = \"100mbit\"");
+    assert_eq!(
+        err("[daemon]\n"),
+        "t.toml:1:1: no [[interface]]: name at least one interface to shape, e.g. [[interface]] with \
+         name = \"eth0\" and egress = \"100mbit\""
+    );
     assert_eq!(
         err(&format!("{IFACE}{IFACE}")),
         "t.toml:5:8: interface \"eth0\" is listed twice (first on line 2)"

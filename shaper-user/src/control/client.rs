@@ -16,24 +16,33 @@ use super::protocol::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the shaper daemon at {}: {source} (is it running? start it with `shaper run --config FILE`)", path.display())]
-    Connect {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is part of the message (before the hint), not a source.
+    #[error("cannot reach the shaper daemon at {}: {cause} (is it running? start it with `shaper start` or `systemctl start shaper`)", path.display())]
+    Connect { path: PathBuf, cause: std::io::Error },
     #[error("talking to the shaper daemon at {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("the shaper daemon at {} closed the connection without replying", path.display())]
+    Closed { path: PathBuf },
     #[error("the daemon sent a reply this client cannot read: {0}")]
     BadReply(String),
     #[error("the daemon speaks control protocol v{0}; this client speaks v{PROTOCOL_VERSION}")]
     Version(u32),
     #[error("the daemon refused: {0}")]
     Refused(String),
+}
+
+impl ClientError {
+    /// Whether no daemon answered: no socket, a refused connection, a
+    /// connection dropped or silent before the reply (`shaper`'s exit code
+    /// 3), as opposed to a daemon that answered with a refusal or with a
+    /// reply this client cannot read.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Connect { .. } | ClientError::Io { .. } | ClientError::Closed { .. })
+    }
 }
 
 /// `status`: what the daemon is doing.
@@ -82,7 +91,7 @@ pub fn request<T: DeserializeOwned>(socket: &Path, command: Command) -> Result<T
 fn exchange(socket: &Path, command: Command) -> Result<serde_json::Value, ClientError> {
     let io = |source| ClientError::Io { path: socket.to_path_buf(), source };
     let mut stream = UnixStream::connect(socket)
-        .map_err(|source| ClientError::Connect { path: socket.to_path_buf(), source })?;
+        .map_err(|cause| ClientError::Connect { path: socket.to_path_buf(), cause })?;
     stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
     stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(io)?;
     let mut line =
@@ -98,7 +107,7 @@ fn exchange(socket: &Path, command: Command) -> Result<serde_json::Value, Client
         read.map_err(io)?;
     }
     if reply.is_empty() {
-        return Err(ClientError::BadReply("the daemon closed the connection without replying".into()));
+        return Err(ClientError::Closed { path: socket.to_path_buf() });
     }
     let reply: Reply = serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))?;
     if reply.v != PROTOCOL_VERSION {

@@ -51,11 +51,14 @@ pub enum HostError {
     Owned(#[from] OwnedError),
 }
 
-fn foreign(iface: &str, root: &tc::Qdisc) -> HostError {
-    HostError::ForeignQdisc {
-        iface: iface.to_string(),
-        kind: root.kind.clone(),
-        handle: tc::format_handle(root.handle),
+impl HostError {
+    /// Interface `iface` has `root`, a root qdisc shaper did not create.
+    pub fn foreign_qdisc(iface: &str, root: &tc::Qdisc) -> Self {
+        HostError::ForeignQdisc {
+            iface: iface.to_string(),
+            kind: root.kind.clone(),
+            handle: tc::format_handle(root.handle),
+        }
     }
 }
 
@@ -203,12 +206,9 @@ impl Host {
     pub fn resolve(&self, name: &str) -> Result<tc::Link, HostError> {
         let nl = &self.netlink;
         let link = tc::link_by_name(nl, name)?.ok_or_else(|| HostError::NoInterface(name.to_string()))?;
-        let record = self.records.get(link.index);
-        match tc::root_qdisc(nl, link.index)? {
-            Some(q) if !q.is_kernel_default() && !record.is_some_and(|r| r.owns_root(&q)) => {
-                Err(foreign(name, &q))
-            }
-            _ => Ok(link),
+        match owned::foreign_root(nl, &self.records, link.index)? {
+            Some(q) => Err(HostError::foreign_qdisc(name, &q)),
+            None => Ok(link),
         }
     }
 
@@ -457,7 +457,7 @@ impl Host {
             Some(q) if tc::is_tagged_htb_root(&q, tag) => {
                 Ok(tc::sync_htb(nl, dev.index, &plan.htb, applied, tag)?)
             }
-            Some(q) if !q.is_kernel_default() => Err(foreign(&dev.name, &q)),
+            Some(q) if !q.is_kernel_default() => Err(HostError::foreign_qdisc(&dev.name, &q)),
             _ => {
                 tc::install_htb(nl, dev.index, &plan.htb, tag)?;
                 let mut undo = tc::Undo::default();

@@ -27,7 +27,7 @@ mod shaper;
 mod watch;
 
 pub use error::{DaemonError, LimitError, LoadError, RequestError};
-pub use host::{ifb_name, IFB_TXQUEUELEN};
+pub use host::{ifb_name, HostError, IFB_TXQUEUELEN};
 pub use live::parse_limit;
 pub use options::{load_config, RunOptions};
 pub use runloop::run;

@@ -47,6 +47,7 @@ fn lock(state: &Mutex<Shaper>) -> MutexGuard<'_, Shaper> {
 /// Runs the daemon until SIGINT, SIGTERM or `shaper stop`.
 pub fn run(config: Config, options: RunOptions) -> Result<(), DaemonError> {
     return_freed_memory();
+    crate::memlock::raise_for_bpf();
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
     let (state, mode, socket, pid_file) = runtime.block_on(run_async(config, options))?;

@@ -1,7 +1,10 @@
 //! Helpers shared by the end-to-end test files.
 #![allow(dead_code, reason = "each test file uses its own part")]
 
-use std::path::Path;
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+};
 
 use shaper_testkit::sandbox::{Daemon, Sandbox};
 use shaper_user::control::{ClassRow, ConnRow, Direction};
@@ -11,6 +14,19 @@ pub const MBIT: f64 = 1e6;
 
 pub fn shaper() -> &'static Path {
     Path::new(SHAPER)
+}
+
+/// Runs `cmd` with stdin closed, prints its exit status and output (shown
+/// when the test fails) and returns them.
+pub fn output(cmd: &mut Command) -> Output {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    println!(
+        "{cmd:?}: {}\nstdout:\n{}stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// The sandbox's interface at 1 Gbit/s egress (its classes' rates decide).
