@@ -2,26 +2,25 @@
 //! validation (`check`), and the clients of a running daemon (`status`,
 //! `classes`, `conns`, `reload`, `set`, `move`).
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
-use clap::{ArgGroup, Args, CommandFactory as _, Parser, Subcommand};
+use clap::{ArgGroup, CommandFactory as _, Parser, Subcommand};
 use log::Level;
 use shaper_user::{
     config::DEFAULT_CONFIG,
     control::{self, SetClass, Status},
-    daemon::{self, RequestError, RunOptions},
-    error_chain, logging, manual,
+    daemon, error_chain, logging, manual,
     pins::Pins,
     supervise, teardown,
 };
 
 mod cli;
 
-use cli::print::{print_applied, print_classes, print_conns, print_json, print_status};
+use cli::{
+    args::{conn_arg, limit_arg, ClientArgs, DaemonArgs},
+    print::{print_applied, print_classes, print_conns, print_json, print_status},
+};
 
 #[derive(Parser)]
 #[command(
@@ -109,60 +108,6 @@ enum Verb {
     Man { dir: PathBuf },
 }
 
-#[derive(Args)]
-struct DaemonArgs {
-    /// The config file.
-    #[arg(long, short, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
-    /// Control socket to listen on, instead of the config's `control_socket`.
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// cgroup v2 directory to attach the socket hooks to, instead of the config's `cgroup`.
-    #[arg(long)]
-    cgroup: Option<PathBuf>,
-    /// Directory on a BPF filesystem to pin the shaping state in, instead of the config's `pin_dir`.
-    #[arg(long)]
-    pin_dir: Option<PathBuf>,
-    /// Pid file, instead of the config's `pid_file`.
-    #[arg(long)]
-    pid_file: Option<PathBuf>,
-}
-
-impl DaemonArgs {
-    fn options(&self) -> RunOptions {
-        RunOptions {
-            config_path: self.config.clone(),
-            kernel_log_level: kernel_log_level(),
-            socket: self.socket.clone(),
-            cgroup: self.cgroup.clone(),
-            pin_dir: self.pin_dir.clone(),
-            pid_file: self.pid_file.clone(),
-        }
-    }
-}
-
-#[derive(Args)]
-struct ClientArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// The daemon's control socket [default: `control_socket` of --config, else of
-    /// /etc/shaper/shaper.toml when it exists, else /run/shaper/shaper.sock].
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// Read the control socket path from this config file [default: /etc/shaper/shaper.toml, when it
-    /// exists].
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-}
-
-impl ClientArgs {
-    /// The config the client reads its paths from: --config, else the default one when it exists.
-    fn config(&self) -> Option<&Path> {
-        self.config.as_deref().or_else(|| Some(Path::new(DEFAULT_CONFIG)).filter(|p| p.exists()))
-    }
-}
-
 fn main() -> ExitCode {
     // Usage errors end here, with clap's message and exit code 2.
     let cli = Cli::parse();
@@ -174,29 +119,6 @@ fn main() -> ExitCode {
             ExitCode::from(cli::exit::code(&e))
         }
     }
-}
-
-/// `--egress`/`--ingress` of `set`: RATE or RATE:CEIL, checked here so a
-/// malformed one is a usage error.
-fn limit_arg(text: &str) -> Result<String, String> {
-    daemon::parse_limit(text).map(|_| text.to_string()).map_err(|e| error_chain(&e))
-}
-
-/// The connection of `move`: at least 4 digits of its ID (as the daemon asks).
-fn conn_arg(text: &str) -> Result<String, String> {
-    if text.trim().len() < 4 {
-        return Err(RequestError::ShortId(text.to_string()).to_string());
-    }
-    Ok(text.to_string())
-}
-
-/// The aya-log level for the kernel programs, from RUST_LOG's `shaper_ebpf` target.
-fn kernel_log_level() -> u8 {
-    use log::Level;
-    [Level::Trace, Level::Debug, Level::Info, Level::Warn, Level::Error]
-        .into_iter()
-        .find(|l| log::log_enabled!(target: "shaper_ebpf", *l))
-        .map_or(0, |l| l as u8)
 }
 
 fn dispatch(verb: Verb) -> Result<()> {
@@ -233,7 +155,7 @@ fn dispatch(verb: Verb) -> Result<()> {
         }
         Verb::Stop { client, force: true, pin_dir, pid_file, .. } => force_stop(&client, pin_dir, pid_file),
         Verb::Stop { client, keep, .. } => {
-            let socket = socket_path(&client)?;
+            let socket = client.socket()?;
             let pid = supervise::stop(&socket, keep)?;
             if keep {
                 println!("shaper stopped (pid {pid}); shaping left in place for the next daemon");
@@ -243,16 +165,16 @@ fn dispatch(verb: Verb) -> Result<()> {
             Ok(())
         }
         Verb::Reload(args) => {
-            let applied = control::client::reload(&socket_path(&args)?)?;
+            let applied = control::client::reload(&args.socket()?)?;
             print_applied(&applied, args.json)
         }
         Verb::Set { class, egress, ingress, priority, client } => {
             let set = SetClass { class, egress, ingress, priority };
-            let applied = control::client::set(&socket_path(&client)?, set)?;
+            let applied = control::client::set(&client.socket()?, set)?;
             print_applied(&applied, client.json)
         }
         Verb::Move { conn, class, client } => {
-            let moved = control::client::move_conn(&socket_path(&client)?, &conn, &class)?;
+            let moved = control::client::move_conn(&client.socket()?, &conn, &class)?;
             if client.json {
                 return print_json(&moved);
             }
@@ -261,15 +183,15 @@ fn dispatch(verb: Verb) -> Result<()> {
         }
         Verb::Check { config } => cli::check::check(&config),
         Verb::Status(args) => {
-            let status = control::client::status(&socket_path(&args)?)?;
+            let status = control::client::status(&args.socket()?)?;
             print_status(&status, args.json)
         }
         Verb::Classes(args) => {
-            let rows = control::client::classes(&socket_path(&args)?)?;
+            let rows = control::client::classes(&args.socket()?)?;
             print_classes(&rows, args.json)
         }
         Verb::Conns(args) => {
-            let rows = control::client::conns(&socket_path(&args)?)?;
+            let rows = control::client::conns(&args.socket()?)?;
             print_conns(&rows, args.json)
         }
         Verb::Completions { shell } => {
@@ -286,7 +208,7 @@ fn dispatch(verb: Verb) -> Result<()> {
 /// shaper left, and says what.
 fn force_stop(client: &ClientArgs, pin_dir: Option<PathBuf>, pid_file: Option<PathBuf>) -> Result<()> {
     let (paths, why) =
-        supervise::DaemonPaths::resolve(client.config(), [client.socket.clone(), pid_file, pin_dir]);
+        supervise::DaemonPaths::resolve(client.config_file(), [client.socket.clone(), pid_file, pin_dir]);
     if let Some(why) = why {
         println!("{why}: using the defaults for the paths not given");
     }
@@ -313,13 +235,4 @@ fn force_stop(client: &ClientArgs, pin_dir: Option<PathBuf>, pid_file: Option<Pa
         anyhow::bail!("{} things could not be removed (see above)", summary.failed.len());
     }
     Ok(())
-}
-
-fn socket_path(args: &ClientArgs) -> Result<PathBuf> {
-    let (socket, warning) =
-        cli::socket::resolve(args.socket.as_deref(), args.config.as_deref(), Path::new(DEFAULT_CONFIG))?;
-    if let Some(warning) = warning {
-        eprintln!("{}", logging::line(Level::Warn, &format!("shaper: {warning}")));
-    }
-    Ok(socket)
 }

@@ -1,5 +1,6 @@
 //! The parts of the `shaper` command beyond its arguments and dispatch.
 
+pub(crate) mod args;
 pub(crate) mod check;
 pub(crate) mod exit;
 pub(crate) mod print;
