@@ -495,6 +495,12 @@ fn a_refused_reload_exits_1_and_the_daemon_keeps_its_config() {
     let out = output(shaper_cmd(&["reload", "--socket"]).arg(&socket));
     assert_eq!((code(&out), stderr(&out)), (1, expected));
     assert_eq!(class(&classes(&daemon), "web").rate_bps, 20_000_000, "the refused config was applied");
+    // A refused `set` is exit 1 as well.
+    let out = output(shaper_cmd(&["set", "nosuch", "--egress", "1mbit", "--socket"]).arg(&socket));
+    assert_eq!(
+        (code(&out), stderr(&out).as_str()),
+        (1, "shaper: the daemon refused: no class named \"nosuch\"\n")
+    );
     let status = daemon.status().unwrap();
     assert!(status.last_reload.and_then(|r| r.error).is_some_and(|e| e.contains("shpnosuch9")));
     // Without JOURNAL_STREAM the daemon logs as before: timestamp, level, target.
