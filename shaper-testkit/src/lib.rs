@@ -4,6 +4,7 @@
 //!
 //! | module | what lives there |
 //! |---|---|
+//! | [`configmap`] | a ConfigMap volume written the way the kubelet does (symbolic-link swaps), for `watch_config` |
 //! | [`sandbox`] | network namespaces joined by a veth pair, a cgroup of their own, a `shaper run` in them ([`sandbox::Daemon`]), iperf3, test users, raw AF_PACKET frames |
 //! | [`packets`] | hand-built frames (IPv4/IPv6, extension headers, TCP/UDP, broken variants) |
 //! | [`testrun`] | BPF_PROG_TEST_RUN of a loaded classifier on such a frame |
@@ -13,6 +14,7 @@
 //! process id and a counter, and everything is removed on drop, also when a
 //! test fails and unwinds.
 
+pub mod configmap;
 pub mod packets;
 pub mod root;
 pub mod sandbox;

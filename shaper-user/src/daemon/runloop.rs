@@ -154,12 +154,32 @@ fn watch_file(path: &std::path::Path) -> Option<AsyncFd<ConfigWatch>> {
             .map_err(|e| e.into_parts().1)
     });
     match watch {
-        Ok(w) => Some(w),
+        Ok(w) => {
+            log::info!("watching {} for changes (in {})", path.display(), w.get_ref().directories());
+            Some(w)
+        }
         Err(e) => {
             log::warn!("not watching {}: {e}", path.display());
             None
         }
     }
+}
+
+/// The watched config changed: once the writer is done, follow the path
+/// again (a ConfigMap's swap moved it to another directory), then reload.
+async fn on_config_change(state: &Mutex<Shaper>, watch: &mut Option<AsyncFd<ConfigWatch>>) {
+    // Let the editor finish writing (several events, one reload).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Some(w) = watch.as_mut() {
+        let w = w.get_mut();
+        w.changed();
+        // Before the file is read: a change after this point is seen again.
+        match w.rearm() {
+            Ok(()) => log::debug!("config watch: now in {}", w.directories()),
+            Err(e) => log::warn!("config watch: {e}; later changes may need `shaper reload`"),
+        }
+    }
+    reload(state, "the config file changed");
 }
 
 /// The link events of the daemon's network namespace (none if the kernel
@@ -252,16 +272,12 @@ async fn serve(
                 more = s.events.as_mut().is_some_and(|ring| drain(ring.get_mut(), state));
             }
             ready = async { s.watch.as_mut()?.readable_mut().await.ok() }, if s.watch.is_some() => {
-                if let Some(mut guard) = ready {
-                    let changed = guard.get_inner().changed();
+                let changed = ready.is_some_and(|mut guard| {
+                    let changed = guard.get_inner_mut().changed();
                     guard.clear_ready();
-                    if changed {
-                        // Let the editor finish writing (several events, one reload).
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        if let Some(w) = s.watch.as_ref() { w.get_ref().changed(); }
-                        reload(state, "the config file changed");
-                    }
-                }
+                    changed
+                });
+                if changed { on_config_change(state, &mut s.watch).await; }
             }
             _ = pending.tick(), if s.events.is_some() => {
                 if let Some(ring) = s.events.as_mut() { more = drain(ring.get_mut(), state); }
