@@ -68,8 +68,18 @@ fn unescape(field: &str) -> String {
 
 /// The cgroup v2 path of process `pid` ("/system.slice/sshd.service"), from /proc/PID/cgroup.
 pub fn of_process(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+    v2_path(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// The cgroup v2 path in the text of a /proc/PID/cgroup file. /proc shows
+/// it relative to the reader's cgroup namespace: a daemon in a container's
+/// namespace (a Kubernetes pod) reads a process outside it as
+/// "/../../system.slice/x.service", which names no cgroup a rule does. Such
+/// a path is no answer; the socket's owner record (a cgroup id, which no
+/// namespace changes) is looked up in the mounted hierarchy instead.
+pub fn v2_path(proc_cgroup: &str) -> Option<String> {
+    let path = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    (!path.starts_with("/..")).then(|| path.to_string())
 }
 
 /// A view of the hierarchy under `root` (its mount point).
@@ -155,6 +165,17 @@ impl CgroupIndex for Cgroups {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_outside_the_readers_namespace_is_no_answer() {
+        assert_eq!(v2_path("0::/system.slice/sshd.service\n").as_deref(), Some("/system.slice/sshd.service"));
+        assert_eq!(v2_path("12:pids:/x\n0::/\n").as_deref(), Some("/"));
+        // As a daemon in a pod's cgroup namespace reads a process of the node.
+        assert_eq!(v2_path("0::/../../../system.slice/sshd.service\n"), None);
+        assert_eq!(v2_path("0::/..\n"), None);
+        // A cgroup v1 only line.
+        assert_eq!(v2_path("3:cpu:/x\n"), None);
+    }
 
     #[test]
     fn mount_fields_are_unescaped() {

@@ -10,7 +10,7 @@ use shaper_common::Owner;
 
 use crate::{
     accounts::Accounts,
-    cgroups::Cgroups,
+    cgroups::{self, Cgroups},
     rules::pred::{Atom, Pred, ProcessFacts, TextAttr},
 };
 
@@ -78,7 +78,7 @@ fn ids(root: &Path, pid: u32) -> Option<(u32, u32)> {
 
 /// The cgroup v2 path of a process, as [`cgroups::of_process`] reads it.
 fn cgroup(root: &Path, pid: u32) -> Option<String> {
-    read(root, pid, "cgroup")?.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+    cgroups::v2_path(&read(root, pid, "cgroup")?)
 }
 
 /// What /proc showed of a process: each fact `None` where its file could not
