@@ -3,6 +3,8 @@
 //! Every command that needs the eBPF toolchain or the test tools runs `setup`
 //! first; `setup` is idempotent and a fast no-op when everything is present.
 
+mod install;
+mod package;
 mod setup;
 mod structure;
 
@@ -13,6 +15,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
+
+/// What `build_release` makes, relative to the workspace root.
+const RELEASE_BINARY: &str = "target/release/shaper";
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, test and try shaper")]
@@ -53,6 +58,18 @@ enum Cmd {
         /// One target (config, rules, control, classifier); all when omitted.
         target: Option<String>,
     },
+    /// Build the release binary and install it with its man pages, shell completions,
+    /// systemd unit, README and (if none exists) the example config /etc/shaper/shaper.toml.
+    Install {
+        /// Where the program's files go (PREFIX/bin/shaper, PREFIX/share/…).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Stage everything below this directory instead of / (for packages and tests).
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+    },
+    /// Build a .deb (dpkg-deb) and a .tar.gz of the same tree (prefix /usr) in target/package/.
+    Package,
     /// Measure shaper against u32 chains, trickle, the pyshaper model and tc (see README, Performance).
     Bench {
         /// Only the sections whose name contains one of these words.
@@ -82,7 +99,7 @@ fn main() -> Result<()> {
             setup::run()?;
             require_root("the demo")?;
             build_release()?;
-            let shaper = root.join("target/release/shaper");
+            let shaper = root.join(RELEASE_BINARY);
             exec(
                 Command::new("cargo")
                     .args(["run", "--quiet", "--release", "-p", "shaper-user", "--example", "demo", "--"])
@@ -100,6 +117,32 @@ fn main() -> Result<()> {
             }
             cmd.args(target);
             exec(&mut cmd)
+        }
+        Cmd::Install { prefix, destdir } => {
+            if destdir.is_none() && !is_root()? {
+                bail!("installing into / needs root (or stage it with --destdir DIR)");
+            }
+            setup::run()?;
+            build_release()?;
+            let layout = install::Layout { prefix, destdir };
+            for line in install::install(&root, &root.join(RELEASE_BINARY), &layout)? {
+                println!("{line}");
+            }
+            if layout.destdir.is_none() {
+                println!(
+                    "next: edit {}, then `systemctl daemon-reload && systemctl enable --now shaper`",
+                    install::CONFIG
+                );
+            }
+            Ok(())
+        }
+        Cmd::Package => {
+            setup::run()?;
+            build_release()?;
+            for path in package::package(&root, &root.join(RELEASE_BINARY))? {
+                println!("{}", path.display());
+            }
+            Ok(())
         }
         Cmd::Bench { sections } => {
             setup::run()?;

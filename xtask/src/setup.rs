@@ -4,7 +4,8 @@
 //! - `bpf-linker`, built against the LLVM that ships inside the stable toolchain
 //!   (Debian's LLVM is far too old), see ../shared/TOOLCHAIN.md;
 //! - the Debian packages the tests, the demo and the bench run: iproute2,
-//!   iperf3, bpftool, iputils-ping, python3, util-linux, trickle, fonts-dejavu-core.
+//!   iperf3, bpftool, iputils-ping, python3, util-linux, trickle, fonts-dejavu-core,
+//!   and what the install and package tests check with: man-db, zsh, fish, systemd.
 //!
 //! Each step checks first and does nothing when its part is present.
 
@@ -25,7 +26,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 // process tests' UDP senders and a program whose thread names itself;
 // util-linux: setpriv, to drop a capability in the cgroup v2 test; trickle:
 // the userspace shaper the bench compares with; fonts-dejavu-core: the
-// bench plot's labels.
+// bench plot's labels; man-db (`man -l`), zsh and fish (`zsh -n`, `fish -n`)
+// and systemd (`systemd-analyze verify`): the install test's checks of the
+// man pages, completions and unit.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "iperf3",
@@ -35,6 +38,10 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "trickle",
     "fonts-dejavu-core",
+    "man-db",
+    "zsh",
+    "fish",
+    "systemd",
 ];
 
 pub(crate) fn run() -> Result<()> {
