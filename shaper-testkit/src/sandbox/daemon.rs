@@ -144,6 +144,18 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// Starts `shaper run` through `launcher` for a daemon made by
+    /// [`Daemon::prepare`] (whose `config` a test may have pointed elsewhere,
+    /// e.g. into a ConfigMap volume); waits until it answers.
+    pub fn start_prepared(&mut self, launcher: Launcher) -> Result<(), SandboxError> {
+        if self.child.is_some() {
+            return Err(SandboxError::Daemon("the daemon is already running".into()));
+        }
+        self.launcher = launcher;
+        self.launch(&[])?;
+        self.wait_ready()
+    }
+
     /// Starts `shaper run` again in the same directory (same config, socket
     /// and pins), after [`Daemon::kill`] or [`Daemon::stop`]; waits until it answers.
     pub fn restart(&mut self) -> Result<(), SandboxError> {
