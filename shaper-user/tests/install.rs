@@ -2,7 +2,9 @@
 //! every file in place with its mode, each man page renders, each completion
 //! script loads in its shell, `systemd-analyze verify` accepts the installed
 //! unit, an edited config survives a second install, and the .deb and the
-//! .tar.gz hold the same files, the conffile and the maintainer scripts.
+//! .tar.gz hold the same files, the conffile and the maintainer scripts; and
+//! the .deb's maintainer scripts, run on its own binary in a sandbox, hand
+//! shaping over on an upgrade without an unshaped moment and remove it all.
 //!
 //! Both build the release binary (`cargo build --release`, cached after the
 //! first), so this file costs one release build per run.
@@ -24,7 +26,14 @@ use std::{
     process::{Command, Output},
 };
 
-use shaper_testkit::require_root;
+use shaper_testkit::{
+    require_root,
+    sandbox::{finish_client, spawn_client, Daemon, IperfServer, Sandbox},
+};
+
+mod common;
+
+use common::*;
 
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -300,4 +309,98 @@ fn package_builds_a_deb_and_a_tarball_of_the_same_files() {
     // The tarball: the same files with the same modes, owned by root.
     let in_tar = files_of(&stdout(Command::new("tar").args(["-tvzf"]).arg(&tarball)), "0/0");
     assert_eq!(in_tar, files);
+}
+
+/// Runs `script` with `sh -e` in the sandbox's namespace `a`: in a new
+/// private mount namespace, or in the one of process `pid` (a daemon that
+/// an earlier script started there).
+fn in_sandbox(sandbox: &Sandbox, pid: Option<u32>, script: &str) -> String {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", sandbox.a.path().display()));
+    match pid {
+        Some(pid) => cmd.arg(format!("--mount=/proc/{pid}/ns/mnt")).args(["--", "sh", "-ec", script]),
+        None => cmd.args(["--", "unshare", "--mount", "--propagation", "private", "sh", "-ec", script]),
+    };
+    stdout(&mut cmd)
+}
+
+fn pid_of(daemon: &Daemon) -> u32 {
+    std::fs::read_to_string(&daemon.pid_file).unwrap().trim().parse().unwrap()
+}
+
+/// The .deb installed as dpkg would (its files, then `postinst configure`),
+/// with /usr, /etc and /run overlaid in a mount namespace of the test's own
+/// (so nothing reaches the host's, and no systemd is seen: the scripts use
+/// `shaper start`), its config naming the sandbox's interface and the test's
+/// paths; a daemon started; then an upgrade (`prerm upgrade`, `postinst
+/// configure OLD`) while traffic flows, then `prerm remove`, `postrm purge`.
+#[test]
+fn the_deb_scripts_hand_shaping_over_on_upgrade_and_remove_it() {
+    require_root!();
+    let printed = xtask(&["package"]);
+    let deb = printed.lines().find(|l| l.ends_with(".deb")).map(PathBuf::from).expect("no .deb");
+    let sandbox = Sandbox::new("deb").unwrap();
+    let daemon = Daemon::prepare(&sandbox, shaper(), "").unwrap();
+    let config = format!(
+        "[daemon]\ncontrol_socket = \"{}\"\npin_dir = \"{}\"\npid_file = \"{}\"\ncgroup = \"{}\"\n\n\
+         [[interface]]\nname = \"{}\"\negress = \"1gbit\"\n\n\
+         [[class]]\nname = \"bulk\"\negress = \"10mbit\"\nmatch = 'rport == 5201'\n",
+        daemon.socket.display(),
+        daemon.pins.display(),
+        daemon.pid_file.display(),
+        sandbox.cgroup.dir().display(),
+        sandbox.dev_a
+    );
+    std::fs::write(&daemon.config, config).unwrap();
+    let o = daemon.dir().join("root");
+    let install = format!(
+        "O={o}; mkdir -p $O; mount -t tmpfs tmpfs $O\n\
+         for d in usr etc run; do mkdir $O/$d.up $O/$d.work\n\
+         mount -t overlay overlay -o lowerdir=/$d,upperdir=$O/$d.up,workdir=$O/$d.work /$d; done\n\
+         rm -rf /run/systemd\n\
+         dpkg-deb -R {deb} $O/deb; cp -a $O/deb/usr/. /usr/; cp -a $O/deb/etc/. /etc/\n\
+         cp {config} /etc/shaper/shaper.toml\n\
+         $O/deb/DEBIAN/postinst configure\n\
+         /usr/bin/shaper start\n",
+        o = o.display(),
+        deb = deb.display(),
+        config = daemon.config.display()
+    );
+    println!("{}", in_sandbox(&sandbox, None, &install));
+    let first = pid_of(&daemon);
+    assert_eq!(daemon.status().unwrap().adopted, false);
+
+    let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let client = spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5201, &["-t", "6"]).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let upgrade = format!(
+        "O={}; $O/deb/DEBIAN/prerm upgrade 0.0.1; $O/deb/DEBIAN/postinst configure 0.0.1",
+        o.display()
+    );
+    println!("{}", in_sandbox(&sandbox, Some(first), &upgrade));
+    let result = finish_client(client).unwrap();
+    let second = pid_of(&daemon);
+    let status = daemon.status().unwrap();
+    println!("across the upgrade (pid {first} → {second}): {:.2} Mbit/s", result.received_bps / MBIT);
+    assert_ne!(first, second, "the daemon was not replaced");
+    assert!(status.adopted, "the new daemon did not take the pinned state over: {status:#?}");
+    // A moment unshaped on this veth (about 10 Gbit/s) would add tens of megabytes.
+    assert_near(
+        "a stream across the upgrade (class bulk, 10 Mbit/s)",
+        result.received_bps,
+        10.0 * MBIT,
+        0.10,
+    );
+
+    let remove = format!(
+        "O={}; $O/deb/DEBIAN/prerm remove\nrm /etc/shaper/shaper.toml\n$O/deb/DEBIAN/postrm purge\n\
+         test ! -e /etc/shaper && test ! -e /run/shaper && echo purged",
+        o.display()
+    );
+    let removed = in_sandbox(&sandbox, Some(second), &remove);
+    println!("{removed}");
+    assert!(removed.ends_with("purged\n"), "{removed}");
+    assert!(daemon.status().is_err(), "a daemon still answers after removal");
+    assert!(!qdiscs(&sandbox).contains("htb"), "shaping left after removal:\n{}", qdiscs(&sandbox));
+    assert_eq!(daemon.pinned(), Vec::<String>::new(), "pins left after removal");
 }
