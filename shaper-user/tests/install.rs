@@ -368,7 +368,7 @@ fn the_deb_scripts_hand_shaping_over_on_upgrade_and_remove_it() {
     );
     println!("{}", in_sandbox(&sandbox, None, &install));
     let first = pid_of(&daemon);
-    assert_eq!(daemon.status().unwrap().adopted, false);
+    assert!(!daemon.status().unwrap().adopted, "a fresh install took something over");
 
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
     let client = spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5201, &["-t", "6"]).unwrap();
