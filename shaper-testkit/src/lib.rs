@@ -5,7 +5,7 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`configmap`] | a ConfigMap volume written the way the kubelet does (symbolic-link swaps), for `watch_config` |
-//! | [`sandbox`] | network namespaces joined by a veth pair, a cgroup of their own, a `shaper run` in them ([`sandbox::Daemon`]), iperf3, test users, raw AF_PACKET frames |
+//! | [`sandbox`] | network namespaces joined by a veth pair, a cgroup of their own, a `shaper run` in them ([`sandbox::Daemon`]), iperf3, test users, raw AF_PACKET frames, BPF filesystems, real sshds for the deploy test |
 //! | [`packets`] | hand-built frames (IPv4/IPv6, extension headers, TCP/UDP, broken variants) |
 //! | [`testrun`] | BPF_PROG_TEST_RUN of a loaded classifier on such a frame |
 //! | [`root`] | [`require_root!`]: a root test run without root says "skipped: needs root" and passes |

@@ -3,6 +3,7 @@
 //! Every command that needs the eBPF toolchain or the test tools runs `setup`
 //! first; `setup` is idempotent and a fast no-op when everything is present.
 
+mod deploy;
 mod install;
 mod package;
 mod setup;
@@ -70,6 +71,9 @@ enum Cmd {
     },
     /// Build a .deb (dpkg-deb) and a .tar.gz of the same tree (prefix /usr) in target/package/.
     Package,
+    /// Deploy shaper to hosts over ssh: build once, check the config on each
+    /// host with the new binary, install, and reload, swap or start the daemon.
+    Deploy(deploy::DeployArgs),
     /// Measure shaper against u32 chains, trickle, the pyshaper model and tc (see README, Performance).
     Bench {
         /// Only the sections whose name contains one of these words.
@@ -144,6 +148,12 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Deploy(args) => deploy::run(args, || {
+            // The build needs the eBPF toolchain only, not the test packages.
+            setup::build_tools()?;
+            build_release()?;
+            Ok(root.join(RELEASE_BINARY))
+        }),
         Cmd::Bench { sections } => {
             setup::run()?;
             require_root("the benchmarks")?;

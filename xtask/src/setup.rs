@@ -5,7 +5,8 @@
 //!   (Debian's LLVM is far too old), see ../shared/TOOLCHAIN.md;
 //! - the Debian packages the tests, the demo and the bench run: iproute2,
 //!   iperf3, bpftool, iputils-ping, python3, util-linux, trickle, fonts-dejavu-core,
-//!   and what the install and package tests check with: man-db, zsh, fish, systemd.
+//!   man-db, zsh, fish, systemd (what the install and package tests check with),
+//!   openssh-server and openssh-client (the deploy test's sshds, and ssh/scp).
 //!
 //! Each step checks first and does nothing when its part is present.
 
@@ -28,7 +29,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 // the userspace shaper the bench compares with; fonts-dejavu-core: the
 // bench plot's labels; man-db (`man -l`), zsh and fish (`zsh -n`, `fish -n`)
 // and systemd (`systemd-analyze verify`): the install test's checks of the
-// man pages, completions and unit.
+// man pages, completions and unit; openssh-server and openssh-client: the
+// deploy test runs a real sshd in each of its test hosts and deploys over
+// ssh/scp (setup never leaves a system sshd running that it started: see
+// `no_system_sshd`).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "iperf3",
@@ -42,12 +46,19 @@ const PACKAGES: &[&str] = &[
     "zsh",
     "fish",
     "systemd",
+    "openssh-server",
+    "openssh-client",
 ];
 
 pub(crate) fn run() -> Result<()> {
-    rust_src()?;
-    bpf_linker()?;
+    build_tools()?;
     packages()
+}
+
+/// What `cargo build` needs: rust-src and bpf-linker.
+pub(crate) fn build_tools() -> Result<()> {
+    rust_src()?;
+    bpf_linker()
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -164,10 +175,37 @@ fn packages() -> Result<()> {
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
     // The package lists of a fresh machine are often stale (404s): refresh first.
     exec(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    let sshd_before = sshd_running();
     exec(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    )?;
+    if missing.contains(&"openssh-server") && !sshd_before && sshd_running() {
+        no_system_sshd()?;
+    }
+    Ok(())
+}
+
+/// Whether a process named `sshd` runs on this machine.
+fn sshd_running() -> bool {
+    let Ok(entries) = fs::read_dir("/proc") else { return false };
+    entries.filter_map(Result::ok).any(|e| {
+        e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())
+            && fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == "sshd")
+    })
+}
+
+/// Where no policy-rc.d forbids it, openssh-server's postinst starts the
+/// machine's own sshd on port 22. The deploy test runs its own sshds inside
+/// test namespaces and needs no system one: stop and disable the service the
+/// install just started (an sshd that ran before is never touched).
+fn no_system_sshd() -> Result<()> {
+    eprintln!("setup: installing openssh-server started the system's sshd; stopping and disabling it");
+    if Path::new("/run/systemd/system").exists() {
+        return exec(Command::new("systemctl").args(["disable", "--now", "ssh.service", "ssh.socket"]));
+    }
+    exec(Command::new("/etc/init.d/ssh").arg("stop"))?;
+    exec(Command::new("update-rc.d").args(["ssh", "disable"]))
 }

@@ -13,7 +13,10 @@ use std::{
 use serde::de::DeserializeOwned;
 use shaper_user::control::{client, Applied, ClassRow, Command, ConnRow, Moved, SetClass, Status};
 
-use super::{Sandbox, SandboxError};
+use super::{
+    bpffs::{mount_bpffs, unmount},
+    Sandbox, SandboxError,
+};
 
 /// How `shaper run` is started in the sandbox's namespace `a`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,24 +47,6 @@ pub struct Daemon {
     /// The pin directory (`--pin-dir`).
     pub pins: PathBuf,
     pub pid_file: PathBuf,
-}
-
-fn mount_bpffs(at: &Path) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
-    let fstype = c"bpf";
-    // SAFETY: valid C strings; no data argument.
-    let rc = unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn unmount(at: &Path) {
-    if let Ok(c) = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()) {
-        // SAFETY: valid C string.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
 }
 
 impl Daemon {

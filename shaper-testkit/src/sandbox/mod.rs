@@ -10,16 +10,20 @@
 //! caller's mount namespace (unlike `ip netns exec`, which remounts /sys and
 //! hides /sys/fs/bpf).
 
+mod bpffs;
 mod cgroup;
 mod daemon;
 mod iperf;
 pub mod raw;
+mod sshd;
 mod stream;
 mod tcx;
 
+pub use bpffs::BpfFs;
 pub use cgroup::{Cgroup, Programs, TestUser};
 pub use daemon::{Daemon, Launcher};
 pub use iperf::{finish_client, run_client, spawn_client, spawn_client_cmd, IperfResult, IperfServer};
+pub use sshd::{keygen, Sshd};
 pub use stream::Stream;
 pub use tcx::TcxPrograms;
 
