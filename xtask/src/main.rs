@@ -148,7 +148,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Deploy(args) => deploy::run(args, || {
+        Cmd::Deploy(args) => deploy::run(args, &root, || {
             // The build needs the eBPF toolchain only, not the test packages.
             setup::build_tools()?;
             build_release()?;

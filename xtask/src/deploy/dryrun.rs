@@ -31,7 +31,9 @@ pub(crate) fn report(job: &Job<'_>, state: &State, plan: &Plan) -> Report {
     ));
     details.push(match &state.daemon {
         Some(d) => format!("daemon: running (pid {}, config {})", d.pid, d.config),
-        None => "daemon: not running".to_string(),
+        None => {
+            format!("daemon: not running ({})", state.down.as_deref().unwrap_or("shaper is not installed"))
+        }
     });
     Report { outcome, details }
 }

@@ -7,11 +7,6 @@ use std::{
     process::{Command, Stdio},
 };
 
-/// The unit installed on every host (paths rewritten under `--remote-root`).
-pub(crate) const UNIT_TEMPLATE: &str = "config/shaper.service";
-/// Where the unit expects the binary and the config on a host.
-const UNIT_BINARY: &str = "/usr/local/bin/shaper";
-const UNIT_CONFIG: &str = "/etc/shaper/shaper.toml";
 /// In a `--config` directory: the config of a host without a file of its own.
 pub(crate) const DEFAULT_CONFIG: &str = "default.toml";
 
@@ -96,14 +91,27 @@ pub(crate) fn stage(dir: &Path, name: &str, bytes: &[u8]) -> Result<Payload, Loc
 }
 
 /// config/shaper.service for a host whose files live under `root` ("" for
-/// the real paths): the binary and config paths it names moved there.
-pub(crate) fn render_unit(template: &str, root: &str) -> String {
-    if root.is_empty() {
-        return template.to_string();
-    }
-    template
-        .replace(UNIT_BINARY, &format!("{root}{UNIT_BINARY}"))
-        .replace(UNIT_CONFIG, &format!("{root}{UNIT_CONFIG}"))
+/// the real paths): `cargo xtask install`'s unit for the prefix
+/// ROOT/usr/local, with the config its commands name moved to ROOT too.
+pub(crate) fn unit_for(workspace: &Path, root: &str) -> anyhow::Result<String> {
+    let unit = crate::install::unit(workspace, Path::new(&format!("{root}/usr/local")))?;
+    Ok(moved_config(&unit, root))
+}
+
+/// `unit` with the config path on its Exec lines under `root`.
+fn moved_config(unit: &str, root: &str) -> String {
+    let config = crate::install::CONFIG;
+    let lines: Vec<String> = unit
+        .lines()
+        .map(|l| {
+            if l.starts_with("Exec") {
+                l.replace(config, &format!("{root}{config}"))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    lines.join("\n") + "\n"
 }
 
 /// `--config FILE|DIR`.
@@ -148,12 +156,20 @@ mod tests {
 
     #[test]
     fn the_unit_points_at_the_files_under_the_remote_root() {
-        let unit = "ExecStart=/usr/local/bin/shaper run --config /etc/shaper/shaper.toml\n";
-        assert_eq!(render_unit(unit, ""), unit);
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let template = std::fs::read_to_string(workspace.join("config/shaper.service")).unwrap();
+        assert_eq!(unit_for(&workspace, "").unwrap(), template);
+        let unit = unit_for(&workspace, "/srv/h1").unwrap();
+        let exec: Vec<&str> = unit.lines().filter(|l| l.starts_with("Exec")).collect();
         assert_eq!(
-            render_unit(unit, "/srv/h1"),
-            "ExecStart=/srv/h1/usr/local/bin/shaper run --config /srv/h1/etc/shaper/shaper.toml\n"
+            exec,
+            [
+                "ExecStart=/srv/h1/usr/local/bin/shaper run --config /srv/h1/etc/shaper/shaper.toml",
+                "ExecReload=/srv/h1/usr/local/bin/shaper reload --config /srv/h1/etc/shaper/shaper.toml"
+            ]
         );
+        // Comments keep naming the real paths.
+        assert_eq!(moved_config("# /etc/shaper/shaper.toml\n", "/srv"), "# /etc/shaper/shaper.toml\n");
     }
 
     #[test]

@@ -98,17 +98,16 @@ fn ssh_option(s: &str) -> Result<String, String> {
 }
 
 /// Runs the deploy; fails if any host failed.
-pub(crate) fn run(args: DeployArgs, build: impl FnOnce() -> Result<PathBuf>) -> Result<()> {
+/// `workspace`: the source tree (config/shaper.service).
+pub(crate) fn run(args: DeployArgs, workspace: &Path, build: impl FnOnce() -> Result<PathBuf>) -> Result<()> {
     unique_names(&args.hosts)?;
     let binary = match &args.binary {
         Some(path) => path.clone(),
         None => build()?,
     };
     let release = Release::new(&binary).with_context(|| format!("reading {}", binary.display()))?;
-    let template = std::fs::read_to_string(local::UNIT_TEMPLATE)
-        .with_context(|| format!("reading {}", local::UNIT_TEMPLATE))?;
     let staging = Staging::new()?;
-    let (jobs, mut outcomes) = jobs(&args, &release, &template, &staging.0);
+    let (jobs, mut outcomes) = jobs(&args, &release, workspace, &staging.0);
     outcomes.extend(in_parallel(&jobs, usize::from(args.parallel), |job| {
         let report = host::deploy(job);
         print(&job.ssh.target, &report);
@@ -127,13 +126,13 @@ pub(crate) fn run(args: DeployArgs, build: impl FnOnce() -> Result<PathBuf>) -> 
 fn jobs<'a>(
     args: &DeployArgs,
     release: &'a Release,
-    template: &str,
+    workspace: &Path,
     staging: &Path,
 ) -> (Vec<Job<'a>>, Vec<Outcome>) {
     let source = ConfigSource::new(&args.config);
     let (mut jobs, mut failed) = (Vec::new(), Vec::new());
     for (i, target) in args.hosts.iter().enumerate() {
-        match job(args, target, i, release, template, &source, staging) {
+        match job(args, target, i, release, workspace, &source, staging) {
             Ok(job) => jobs.push(job),
             Err(e) => {
                 let report = Report { outcome: Outcome::Failed(format!("{e:#}")), details: Vec::new() };
@@ -160,13 +159,13 @@ fn job<'a>(
     target: &Target,
     index: usize,
     release: &'a Release,
-    template: &str,
+    workspace: &Path,
     source: &ConfigSource,
     staging: &Path,
 ) -> Result<Job<'a>> {
     let layout = Layout::new(args.remote_root.as_deref(), &target.name);
     let config = Payload::from_file(&source.for_host(&target.name)?)?;
-    let unit_text = local::render_unit(template, &layout.root);
+    let unit_text = local::unit_for(workspace, &layout.root)?;
     let unit = local::stage(staging, &format!("{index}.service"), unit_text.as_bytes())?;
     let ssh = Ssh {
         target: target.clone(),

@@ -81,6 +81,9 @@ pub(crate) struct State {
     pub systemd: bool,
     /// The daemon that answers on the installed config's control socket.
     pub daemon: Option<Daemon>,
+    /// Why none answers, when shaper is installed: `shaper status`'s exit
+    /// code and first line (3: the daemon cannot be reached).
+    pub down: Option<String>,
     /// The installed config's text (for the dry run's diff).
     pub config_text: String,
 }
@@ -93,8 +96,12 @@ h() {{ if [ -f "$1" ]; then sha256sum < "$1" | cut -d ' ' -f 1; else echo -; fi;
 echo "binary $(h "$B")"; echo "config $(h "$C")"; echo "unit $(h "$U")"
 if [ -x "$B" ]; then echo "version $("$B" --version 2>&1 | head -n 1)"; fi
 if [ -d /run/systemd/system ]; then echo "systemd yes"; fi
-if [ -x "$B" ] && [ -f "$C" ] && s=$("$B" status --json --config "$C" 2>/dev/null); then
-  echo "status $(printf '%s' "$s" | tr -d '\n')"
+if [ -x "$B" ] && [ -f "$C" ]; then
+  if s=$("$B" status --json --config "$C" 2>/dev/null); then
+    echo "status $(printf '%s' "$s" | tr -d '\n')"
+  else
+    echo "down $? $("$B" status --config "$C" 2>&1 >/dev/null | head -n 1)"
+  fi
 fi
 echo {mark}
 if [ -f "$C" ]; then cat "$C"; fi
@@ -122,6 +129,12 @@ pub(crate) fn parse_probe(out: &str) -> Result<State, ProbeError> {
             "version" => state.version = Some(value.to_string()),
             "systemd" => state.systemd = value == "yes",
             "status" => state.daemon = Some(serde_json::from_str(value).map_err(ProbeError::Status)?),
+            "down" => {
+                let (code, why) = value.split_once(' ').unwrap_or((value, ""));
+                state.down = Some(
+                    format!("shaper status exit {code}: {}", why.trim()).trim_end_matches(": ").to_string(),
+                );
+            }
             _ => {}
         }
     }

@@ -165,6 +165,12 @@ fn the_probe_reports_hashes_version_daemon_and_the_config_text() {
 
     host.shaper(&l.binary, "old");
     host.write(&l.config, "[[interface]]\n@@ config\n");
+    let stopped = parse_probe(&host.sh(&probe_script(l)).1).unwrap();
+    assert_eq!((stopped.daemon, stopped.down.as_deref()), (None, Some("shaper status exit 1")));
+    host.flag("fail-status");
+    let stopped = parse_probe(&host.sh(&probe_script(l)).1).unwrap();
+    assert_eq!(stopped.down.as_deref(), Some("shaper status exit 1: shaper: status failed"));
+    std::fs::remove_file(host.dir.join("fail-status")).unwrap();
     host.flag("running");
     let (ok, out, err) = host.sh(&probe_script(l));
     assert!(ok, "{err}");
@@ -176,7 +182,11 @@ fn the_probe_reports_hashes_version_daemon_and_the_config_text() {
     // sha256 of the text above.
     let sum = Command::new("sha256sum").arg(&l.config).output().unwrap();
     assert_eq!(state.config.as_deref(), String::from_utf8_lossy(&sum.stdout).split(' ').next());
-    assert_eq!(host.calls(), ["old --version", &format!("old status --json --config {}", l.config)]);
+    let calls = host.calls();
+    assert_eq!(
+        calls[calls.len() - 2..],
+        ["old --version", &format!("old status --json --config {}", l.config)]
+    );
 }
 
 #[test]
