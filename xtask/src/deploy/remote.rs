@@ -254,8 +254,12 @@ pub(crate) fn parse_activated(stdout: &str) -> Activated {
     for line in stdout.lines() {
         if let Some(json) = line.strip_prefix("status ") {
             out.daemon = serde_json::from_str(json).ok();
-        } else if line.starts_with("applied ") {
-            out.applied = Some(line.to_string());
+        } else if line.starts_with("applied ") || line.starts_with("take effect at the next start: ") {
+            // `shaper reload`'s summary, and the settings a reload could not apply.
+            out.applied = Some(match out.applied.take() {
+                Some(before) => format!("{before}; {line}"),
+                None => line.to_string(),
+            });
         }
     }
     out

@@ -91,8 +91,25 @@ impl Host {
         std::fs::write(self.dir.join(name), "").unwrap();
     }
 
+    /// A fake `systemctl` first on PATH: logs its calls, `start` fails once
+    /// where the test directory has `fail-systemctl`.
+    fn systemctl(&self) {
+        let bin = self.dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let (log, dir) = (self.log().display().to_string(), self.dir.display().to_string());
+        let script = format!(
+            "#!/bin/sh\necho \"systemctl $*\" >> '{log}'\n[ \"$1\" = start ] || exit 0\n\
+             if [ -e '{dir}/fail-systemctl' ]; then rm '{dir}/fail-systemctl'; exit 1; fi\ntouch '{dir}/running'\n"
+        );
+        let path = bin.join("systemctl").display().to_string();
+        std::fs::write(&path, script).unwrap();
+        run("chmod", &["755", &path]);
+    }
+
     fn sh(&self, script: &str) -> (bool, String, String) {
-        let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+        let path =
+            format!("{}:{}", self.dir.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        let out = Command::new("sh").arg("-c").arg(script).env("PATH", path).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -275,4 +292,77 @@ fn the_check_runs_the_given_binary_on_the_given_config() {
     assert!(!ok);
     assert_eq!(err, "shaper: check failed\n");
     assert_eq!(host.calls(), ["new check --config /x.toml", "new check --config /x.toml"]);
+}
+
+/// A new binary and unit on a host where systemd runs the daemon.
+fn systemd_swap(host: &Host) -> (bool, String) {
+    host.systemctl();
+    let mut swaps = host.upload(true, false);
+    let unit = swap(&host.layout.unit);
+    host.write(&unit.temp, "new unit");
+    swaps.push(unit);
+    let plan =
+        Plan { binary: true, config: false, unit: true, action: Action::Swap, starter: Starter::Systemd };
+    let (ok, _, err) = host.sh(&activate_script(&host.layout, &plan, &swaps));
+    (ok, err)
+}
+
+#[test]
+fn under_systemd_the_new_binary_is_started_by_systemctl_after_a_daemon_reload() {
+    let host = Host::running();
+    let (ok, err) = systemd_swap(&host);
+    assert!(ok, "{err}");
+    let conf = &host.layout.config;
+    let calls = host.calls();
+    assert_eq!(
+        calls,
+        [
+            format!("old stop --keep --config {conf}"),
+            "systemctl daemon-reload".to_string(),
+            "systemctl start shaper.service".to_string(),
+            "systemctl enable --quiet shaper.service".to_string(),
+            format!("new status --json --config {conf}"),
+        ]
+    );
+    assert_eq!(read(&host.layout.unit), "new unit");
+}
+
+#[test]
+fn under_systemd_a_new_binary_that_does_not_start_hands_back_to_the_old_one() {
+    let host = Host::running();
+    host.flag("fail-systemctl");
+    let (ok, err) = systemd_swap(&host);
+    assert!(!ok);
+    assert!(err.contains("deploy: the new daemon did not start"), "{err}");
+    let conf = &host.layout.config;
+    assert_eq!(
+        host.calls(),
+        [
+            format!("old stop --keep --config {conf}"),
+            "systemctl daemon-reload".to_string(),
+            "systemctl start shaper.service".to_string(),
+            // The rollback: the previous unit and binary, started again.
+            "systemctl daemon-reload".to_string(),
+            "systemctl start shaper.service".to_string(),
+        ]
+    );
+    assert!(read(&host.layout.binary).contains("echo \"old $*\""), "the old binary is not back");
+    assert!(
+        !host.layout.unit.is_empty() && !std::path::Path::new(&host.layout.unit).exists(),
+        "the new unit stayed"
+    );
+    assert!(host.dir.join("running").exists(), "no daemon runs after the rollback");
+}
+
+#[test]
+fn a_reload_reports_what_waits_for_the_next_start() {
+    let out = "applied in 2 ms: no class changed; 0 flows re-evaluated\ntake effect at the next start: pin_dir\nstatus {\"pid\":9,\"config\":\"/c\"}\n";
+    let activated = parse_activated(out);
+    assert_eq!(
+        activated.applied.as_deref(),
+        Some(
+            "applied in 2 ms: no class changed; 0 flows re-evaluated; take effect at the next start: pin_dir"
+        )
+    );
+    assert_eq!(activated.daemon, Some(Daemon { pid: 9, config: "/c".into() }));
 }
