@@ -232,7 +232,8 @@ fn a_configmap_update_reloads_the_daemon_by_itself() {
         let swapped = Instant::now();
         volume.write(&[("shaper.toml", &sandbox_config(&sandbox, &format!("{mbit}mbit")))]).unwrap();
         let took = wait_for_rate(&daemon, mbit * 1_000_000, swapped);
-        assert!(took < Duration::from_secs(2), "the reload took {took:?}:\n{}", daemon.log_text());
+        // About 0.2 s when idle; the bound leaves room for a loaded CI machine.
+        assert!(took < Duration::from_secs(5), "the reload took {took:?}:\n{}", daemon.log_text());
         std::thread::sleep(Duration::from_millis(500));
         let measured = htb_rate(&daemon, "bulk", 2.0);
         report.push(format!(
@@ -251,7 +252,7 @@ fn a_configmap_update_reloads_the_daemon_by_itself() {
         if status.last_reload.as_ref().is_some_and(|r| !r.ok) {
             break status;
         }
-        assert!(refused_at.elapsed() < Duration::from_secs(2), "no refused reload: {}", daemon.log_text());
+        assert!(refused_at.elapsed() < Duration::from_secs(5), "no refused reload: {}", daemon.log_text());
         std::thread::sleep(Duration::from_millis(20));
     };
     let error = status.last_reload.unwrap().error.unwrap_or_default();
