@@ -397,7 +397,75 @@ pub const ERROR_NAMES: [&str; ERR_COUNT as usize] =
 /// sizes). The daemon pins under `<pin dir>/v<PIN_LAYOUT>`; bump it with any
 /// change to a pinned map's type, key, value or fixed size, so that a new
 /// daemon never reads maps written by an incompatible one.
-pub const PIN_LAYOUT: u32 = 4;
+pub const PIN_LAYOUT: u32 = 5;
+
+/// Entries of QUOTA_USAGE and QUOTA_GATES: classes with a quota and their
+/// instances.
+pub const MAX_QUOTAS: u32 = 16_384;
+
+/// Key of QUOTA_USAGE and QUOTA_GATES: a class index and one of its
+/// instances ([`QUOTA_CLASS_WIDE`]: the class as a whole). Instances are the
+/// per-user/program/... leaves under a class with `per`; their key is
+/// whatever the classifier derives for them (uid, cgroup id, ...).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct QuotaKey {
+    pub class: u32,
+    pub _pad: u32,
+    pub instance: u64,
+}
+const _: () = assert!(core::mem::size_of::<QuotaKey>() == 16);
+
+/// [`QuotaKey::instance`] of the class as a whole.
+pub const QUOTA_CLASS_WIDE: u64 = 0;
+
+/// The QUOTA_GATES entry present while some quota blocks (its flags are
+/// [`GATE_BLOCKED`]): the connect hooks decide a new connection's class only
+/// then. Never a real class.
+pub const QUOTA_ANY_BLOCKED: QuotaKey = QuotaKey { class: u32::MAX, _pad: 0, instance: u64::MAX };
+
+/// What the classifier counted against a quota this period (QUOTA_USAGE),
+/// in bytes as the classifier sees them (`skb->len`: the IP packet with its
+/// link-layer header; a GSO packet counts whole). The daemon writes an entry
+/// only to create it, to reset it (a new period, `shaper usage reset`) or to
+/// restore it from the state file; the classifier adds to it atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct QuotaUsage {
+    pub egress_bytes: u64,
+    pub ingress_bytes: u64,
+    /// Bytes the classifier dropped because the quota was used up (`then = "block"`).
+    pub dropped_bytes: u64,
+    pub _pad: u64,
+}
+const _: () = assert!(core::mem::size_of::<QuotaUsage>() == 32);
+
+/// [`QuotaGate::directions`]: egress traffic counts against the quota.
+pub const QUOTA_EGRESS: u32 = 1;
+/// [`QuotaGate::directions`]: ingress traffic counts against the quota.
+pub const QUOTA_INGRESS: u32 = 2;
+/// [`QuotaGate::flags`]: drop the packet that would take the counted bytes
+/// past `limit_bytes`, and every one after it (`then = "block"`), without
+/// waiting for the daemon.
+pub const GATE_BLOCK_AT_LIMIT: u32 = 1;
+/// [`QuotaGate::flags`]: the quota is used up and blocks: drop every packet
+/// of the class (instance), both directions.
+pub const GATE_BLOCKED: u32 = 2;
+
+/// A quota as the classifier enforces it (QUOTA_GATES), written by the daemon only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct QuotaGate {
+    pub limit_bytes: u64,
+    /// Start of the period the usage belongs to, seconds since the Unix
+    /// epoch: a daemon that finds another period here starts a new one.
+    pub period_start: u64,
+    /// `QUOTA_EGRESS` | `QUOTA_INGRESS`.
+    pub directions: u32,
+    /// `GATE_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<QuotaGate>() == 24);
 
 /// Longest class name the pinned class table holds (bytes, NUL-padded).
 pub const CLASS_NAME_BYTES: usize = 60;
@@ -442,4 +510,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowEvent {}
     unsafe impl aya::Pod for super::ProcTests {}
     unsafe impl aya::Pod for super::ClassName {}
+    unsafe impl aya::Pod for super::QuotaKey {}
+    unsafe impl aya::Pod for super::QuotaUsage {}
+    unsafe impl aya::Pod for super::QuotaGate {}
 }

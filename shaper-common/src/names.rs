@@ -71,9 +71,16 @@ pub const MAP_ERRORS: &str = "ERRORS";
 /// Array of [`crate::ClassName`]: which class name each index stands for.
 pub const MAP_CLASS_NAMES: &str = "CLASS_NAMES";
 
+/// Hash: [`crate::QuotaKey`] → [`crate::QuotaUsage`]: bytes counted against
+/// each quota this period (only classes with a quota have an entry).
+pub const MAP_QUOTA_USAGE: &str = "QUOTA_USAGE";
+/// Hash: [`crate::QuotaKey`] → [`crate::QuotaGate`]: each quota's limit,
+/// period and block state.
+pub const MAP_QUOTA_GATES: &str = "QUOTA_GATES";
+
 /// The maps pinned under the pin directory: everything that must outlive the
 /// daemon (shaping state, counters, owner records, the rule table).
-pub const PINNED_MAPS: [&str; 21] = [
+pub const PINNED_MAPS: [&str; 23] = [
     MAP_FLOWS,
     MAP_KEPT_FLOWS,
     MAP_BOUND,
@@ -95,6 +102,8 @@ pub const PINNED_MAPS: [&str; 21] = [
     MAP_PROC_TESTS,
     MAP_EVENTS,
     MAP_CLASS_NAMES,
+    MAP_QUOTA_USAGE,
+    MAP_QUOTA_GATES,
 ];
 
 /// aya-log's level global in the object (0 = off).

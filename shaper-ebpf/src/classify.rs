@@ -22,29 +22,20 @@ use aya_log_ebpf::debug;
 use shaper_common::{
     class_stats_index, classid_of, Direction, FlowEvent, FlowKey, FlowValue, ListenKey, Owner, CLASS_DEFAULT,
     ERR_EVENT_LOST, ERR_FLOW_INSERT, ERR_IFB_DOWN, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL,
-    FLOW_PROVISIONAL, IFB_DOWN, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_VERDICT,
+    FLOW_PROVISIONAL, IFB_DOWN, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES,
 };
 
 use crate::{
     clock, iface,
     maps::{count_error, CLASS_STATS, EVENTS, FLOWS, KEPT_FLOWS, LISTENERS, OWNERS, SCRATCH, SETTINGS},
     packet::{flow_key, KeyBuf},
-    rules::{self, Walk, CGROUP_LEVELS},
-    TC_ACT_UNSPEC,
+    quota,
+    rules::{self, verdict_class, Walk, CGROUP_LEVELS},
+    TC_ACT_SHOT, TC_ACT_UNSPEC,
 };
 
 /// `TCP_TIME_WAIT` in `bpf_sock.state`.
 const TCP_TIME_WAIT: u32 = 6;
-
-/// Maps a rule-table verdict to a flow's class (`CLASS_DEFAULT` for "no match").
-#[inline(always)]
-fn verdict_class(verdict: u16) -> u16 {
-    if verdict == shaper_common::TARGET_DEFAULT || verdict < TARGET_VERDICT {
-        CLASS_DEFAULT
-    } else {
-        verdict & !TARGET_VERDICT
-    }
-}
 
 #[inline(always)]
 fn add(counter: &mut u64, n: u64) {
@@ -198,7 +189,7 @@ impl Decision {
 #[inline(always)]
 fn decide(ctx: &TcContext, direction: Direction, rules_gen: u32, settings: u32, walk: &mut Walk) -> Decision {
     let (report, cookie) = socket_facts(ctx, direction, settings, rules_gen, &walk.key);
-    let (verdict, provisional) = rules::evaluate(walk, rules_gen);
+    let (verdict, provisional) = rules::evaluate::<rules::Packet>(walk, rules_gen);
     Decision { class: verdict_class(verdict), provisional, report, cookie }
 }
 
@@ -309,6 +300,10 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
                 stats.rx_packets += 1;
             }
         }
+    }
+    if quota::account(class as u32, direction, len) {
+        // A quota that blocks, used up: the one drop by design (see quota.rs).
+        return TC_ACT_SHOT;
     }
     // SAFETY: tc programs may write skb->priority; HTB reads it as the class id.
     unsafe { (*ctx.skb.skb).priority = classid_of(class as u32) };

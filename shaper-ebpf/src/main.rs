@@ -20,14 +20,19 @@ mod listen;
 mod maps;
 mod owner;
 mod packet;
+mod quota;
+mod refuse;
 mod rules;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use shaper_common::Direction;
 
 /// `TC_ACT_UNSPEC` (= `TCX_NEXT`): let the next program on the hook run, then pass.
-/// shaper only sets `skb->priority`; it never decides a packet's fate.
+/// shaper only sets `skb->priority`; it never decides a packet's fate, but
+/// for a used-up quota that blocks (quota.rs).
 pub(crate) const TC_ACT_UNSPEC: i32 = -1;
+/// `TC_ACT_SHOT`: drop the packet (only for a quota that blocks).
+pub(crate) const TC_ACT_SHOT: i32 = 2;
 
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {

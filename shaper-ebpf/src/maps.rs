@@ -10,9 +10,9 @@ use shaper_common::{
         eval::Eval, CgroupKey, ListRef, PrefixKey, RuleBound, RuleChunk, RuleEntry, RuleHead, SocketFacts,
         MAX_RULES, MAX_RULE_BOUNDS, MAX_RULE_CGROUPS, MAX_RULE_CHUNKS, MAX_RULE_PREFIXES,
     },
-    ClassName, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, ProcTests, RuleNode, Settings,
-    CLASS_STATS_ENTRIES, DEFAULT_MAX_FLOWS, ERR_COUNT, MAX_CLASSES, MAX_IFACES, MAX_LISTENERS,
-    MAX_PROC_TESTS, MAX_RULE_NODES, RULE_BANKS,
+    ClassName, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, ProcTests, QuotaGate, QuotaKey,
+    QuotaUsage, RuleNode, Settings, CLASS_STATS_ENTRIES, DEFAULT_MAX_FLOWS, ERR_COUNT, MAX_CLASSES,
+    MAX_IFACES, MAX_LISTENERS, MAX_PROC_TESTS, MAX_QUOTAS, MAX_RULE_NODES, RULE_BANKS,
 };
 
 /// Socket tuple → class and counters. Sized at load by the daemon (`max_flows`).
@@ -101,10 +101,27 @@ pub(crate) static SCRATCH: PerCpuArray<SocketFacts> = PerCpuArray::with_max_entr
 #[map]
 pub(crate) static EVAL: PerCpuArray<Eval> = PerCpuArray::with_max_entries(1, 0);
 
+/// The connect hooks' socket facts and evaluation state (see `rules::Slots`),
+/// and the evaluation each CPU's slots belong to (`refuse.rs`).
+#[map]
+pub(crate) static HOOK_SCRATCH: PerCpuArray<SocketFacts> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub(crate) static HOOK_EVAL: PerCpuArray<Eval> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub(crate) static HOOK_TOKEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Class index → name, kept by the daemon with the pinned counters (see
 /// `ClassName`); only `keep_class_names` touches it, to keep it in the object.
 #[map]
 pub(crate) static CLASS_NAMES: Array<ClassName> = Array::with_max_entries(MAX_CLASSES, 0);
+
+/// Bytes counted against each quota this period (see `quota.rs`).
+#[map]
+pub(crate) static QUOTA_USAGE: HashMap<QuotaKey, QuotaUsage> = HashMap::with_max_entries(MAX_QUOTAS, 0);
+
+/// Each quota's limit and block state, written by the daemon.
+#[map]
+pub(crate) static QUOTA_GATES: HashMap<QuotaKey, QuotaGate> = HashMap::with_max_entries(MAX_QUOTAS, 0);
 
 #[map]
 pub(crate) static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_COUNT, 0);

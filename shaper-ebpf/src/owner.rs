@@ -9,7 +9,8 @@
 //!   sockets no hook sees, and inherit this owner (see `classify`).
 //! - `sock_release`: forgets the socket, and the port it bound (listen.rs).
 //!
-//! Every hook allows the operation (returns 1): shaper observes, never refuses.
+//! Every hook allows the operation (returns 1): shaper observes, never
+//! refuses — but for connect() of a class whose quota blocks (refuse.rs).
 
 use aya_ebpf::{
     helpers::generated::{
@@ -22,12 +23,17 @@ use aya_ebpf::{
 };
 use shaper_common::{ListenKey, Owner, ERR_OWNER_INSERT, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
-use crate::maps::{count_error, OWNERS};
+use crate::{
+    maps::{count_error, OWNERS},
+    refuse,
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 /// Hooks return this to let the operation go ahead.
 const ALLOW: i32 = 1;
+/// A sock_addr hook returns this to refuse the call (connect() fails with EPERM).
+const DENY: i32 = 0;
 
 /// shaper's family constant for an AF_* value; `None` for other families.
 #[inline(always)]
@@ -212,14 +218,38 @@ fn uses_socket(ctx: &SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// connect(): the owner as for the other hooks, then the quota's word.
+#[inline(always)]
+fn connects(ctx: &SockAddrContext, family: u8) -> i32 {
+    // SAFETY: protocol is readable in every sock_addr program.
+    let proto = unsafe { (*ctx.sock_addr).protocol };
+    if !shaped_protocol(proto) {
+        return ALLOW;
+    }
+    // SAFETY: a sock_addr context is what bpf_get_socket_cookie takes here.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    refresh(cookie);
+    // SAFETY: the destination fields of a connect4/6 context, read whole.
+    let key = unsafe {
+        let sa = ctx.sock_addr;
+        let ip6 = if family == FAMILY_V6 { (*sa).user_ip6 } else { [0; 4] };
+        let ip4 = if family == FAMILY_V4 { (*sa).user_ip4 } else { 0 };
+        refuse::destination(family, proto as u8, ip4, ip6, (*sa).user_port)
+    };
+    if refuse::refused(&key, &current_owner(cookie)) {
+        return DENY;
+    }
+    ALLOW
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    uses_socket(&ctx)
+    connects(&ctx, FAMILY_V4)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    uses_socket(&ctx)
+    connects(&ctx, FAMILY_V6)
 }
 
 #[cgroup_sock_addr(sendmsg4)]

@@ -19,9 +19,55 @@ use shaper_common::{
 pub(crate) use shaper_common::CGROUP_LEVELS;
 
 use crate::maps::{
-    count_error, EVAL, PROC_TESTS, RULES, RULE_BOUNDS, RULE_CGROUPS, RULE_ENTRIES, RULE_HEADS, RULE_LISTS,
-    RULE_PREFIXES, SCRATCH,
+    count_error, EVAL, HOOK_EVAL, HOOK_SCRATCH, PROC_TESTS, RULES, RULE_BOUNDS, RULE_CGROUPS, RULE_ENTRIES,
+    RULE_HEADS, RULE_LISTS, RULE_PREFIXES, SCRATCH,
 };
+
+/// Where an evaluation keeps the flow's socket facts and its state, per CPU:
+/// one set for the classifier ([`Packet`], softirq) and one for the socket
+/// hooks ([`Hook`], process context), so a packet classified in the middle
+/// of a hook's evaluation cannot overwrite it.
+pub(crate) trait Slots {
+    fn eval() -> Option<*mut shaper_common::rules::eval::Eval>;
+    fn facts() -> Option<*mut SocketFacts>;
+}
+
+/// The classifier's slots (SCRATCH, EVAL).
+pub(crate) struct Packet;
+/// The connect hooks' slots (HOOK_SCRATCH, HOOK_EVAL).
+pub(crate) struct Hook;
+
+impl Slots for Packet {
+    #[inline(always)]
+    fn eval() -> Option<*mut shaper_common::rules::eval::Eval> {
+        EVAL.get_ptr_mut(0)
+    }
+    #[inline(always)]
+    fn facts() -> Option<*mut SocketFacts> {
+        SCRATCH.get_ptr_mut(0)
+    }
+}
+
+impl Slots for Hook {
+    #[inline(always)]
+    fn eval() -> Option<*mut shaper_common::rules::eval::Eval> {
+        HOOK_EVAL.get_ptr_mut(0)
+    }
+    #[inline(always)]
+    fn facts() -> Option<*mut SocketFacts> {
+        HOOK_SCRATCH.get_ptr_mut(0)
+    }
+}
+
+/// Maps a rule-table verdict to a flow's class (`CLASS_DEFAULT` for "no match").
+#[inline(always)]
+pub(crate) fn verdict_class(verdict: u16) -> u16 {
+    if verdict == TARGET_DEFAULT || verdict < shaper_common::TARGET_VERDICT {
+        CLASS_DEFAULT
+    } else {
+        verdict & !shaper_common::TARGET_VERDICT
+    }
+}
 
 /// A flow being decided, on the stack (bpf_loop's context must be).
 #[repr(C)]
@@ -104,12 +150,12 @@ impl Table for Maps {
     }
 }
 
-extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn step<S: Slots>(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `evaluate` passed: a live `Walk` on its stack.
     let walk = unsafe { &*(ctx as *const Walk) };
-    let (Some(eval), Some(socket)) = (EVAL.get_ptr_mut(0), SCRATCH.get(0)) else { return 1 };
-    // SAFETY: this CPU's slot of EVAL, used by nothing else during this run.
-    let eval = unsafe { &mut *eval };
+    let (Some(eval), Some(socket)) = (S::eval(), S::facts()) else { return 1 };
+    // SAFETY: this CPU's slots, used by nothing else during this run (see `Slots`).
+    let (eval, socket) = unsafe { (&mut *eval, &*socket) };
     let view = KernelView { key: &walk.key, socket };
     i64::from(eval.step(&Maps { bank: walk.bank }, &view))
 }
@@ -133,15 +179,15 @@ fn load_answers(socket: &mut SocketFacts) {
 }
 
 /// The verdict of rule table generation `rules_gen` for the flow in `walk`
-/// (whose socket facts are in SCRATCH): a `target_class(..)` value or
-/// `TARGET_DEFAULT`, and whether it is provisional.
+/// (whose socket facts are in the facts slot of `S`): a `target_class(..)`
+/// value or `TARGET_DEFAULT`, and whether it is provisional.
 #[inline(always)]
-pub(crate) fn evaluate(walk: &mut Walk, rules_gen: u32) -> (u16, bool) {
+pub(crate) fn evaluate<S: Slots>(walk: &mut Walk, rules_gen: u32) -> (u16, bool) {
     if rules_gen == 0 {
         return (TARGET_DEFAULT, false);
     }
     walk.bank = rules_gen % RULE_BANKS;
-    let (Some(eval), Some(socket)) = (EVAL.get_ptr_mut(0), SCRATCH.get_ptr_mut(0)) else {
+    let (Some(eval), Some(socket)) = (S::eval(), S::facts()) else {
         count_error(ERR_RULE_EVAL);
         return (TARGET_DEFAULT, false);
     };
@@ -150,7 +196,7 @@ pub(crate) fn evaluate(walk: &mut Walk, rules_gen: u32) -> (u16, bool) {
     load_answers(socket);
     eval.start(&Maps { bank: walk.bank }, &KernelView { key: &walk.key, socket });
     // SAFETY: `step` has the callback signature bpf_loop expects and `walk` outlives the call.
-    let rc = unsafe { bpf_loop(MAX_EVAL_STEPS, step as *mut c_void, (walk as *mut Walk).cast(), 0) };
+    let rc = unsafe { bpf_loop(MAX_EVAL_STEPS, step::<S> as *mut c_void, (walk as *mut Walk).cast(), 0) };
     let verdict = eval.verdict();
     if rc < 0 || !eval.done() || verdict.error {
         count_error(ERR_RULE_EVAL);

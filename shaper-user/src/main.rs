@@ -1,6 +1,6 @@
 //! The `shaper` command: the daemon (`run`, `start`, `stop`), config
 //! validation (`check`), and the clients of a running daemon (`status`,
-//! `classes`, `conns`, `reload`, `set`, `move`).
+//! `classes`, `conns`, `usage`, `reload`, `set`, `move`).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -20,6 +20,7 @@ mod cli;
 use cli::{
     args::{conn_arg, limit_arg, ClientArgs, DaemonArgs},
     print::{print_applied, print_classes, print_conns, print_json, print_status},
+    usage::print_usage,
 };
 
 #[derive(Parser)]
@@ -101,11 +102,31 @@ enum Verb {
     Classes(ClientArgs),
     /// Every flow the classifier knows and the class it is in.
     Conns(ClientArgs),
+    /// Quota usage per class and instance: used, limit, period and state (ok, throttled, blocked,
+    /// reported); `usage reset CLASS [INSTANCE]` starts a quota's period over.
+    Usage {
+        #[command(subcommand)]
+        action: Option<UsageAction>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print the shell completion script for SHELL (e.g. `shaper completions bash > /usr/share/bash-completion/completions/shaper`).
     Completions { shell: manual::Shell },
     /// Write the man pages (shaper.8, shaper-VERB.8) into DIR (used by `cargo xtask install`).
     #[command(hide = true)]
     Man { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum UsageAction {
+    /// Start the quota of CLASS (of one of its instances) over: usage from zero, its throttle or
+    /// block lifted until it is used up again.
+    Reset {
+        class: String,
+        instance: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -193,6 +214,14 @@ fn dispatch(verb: Verb) -> Result<()> {
         Verb::Conns(args) => {
             let rows = control::client::conns(&args.socket()?)?;
             print_conns(&rows, args.json)
+        }
+        Verb::Usage { action: None, client } => {
+            let rows = control::client::usage(&client.socket()?)?;
+            print_usage(&rows, client.json)
+        }
+        Verb::Usage { action: Some(UsageAction::Reset { class, instance, client }), .. } => {
+            let rows = control::client::usage_reset(&client.socket()?, &class, instance.as_deref())?;
+            print_usage(&rows, client.json)
         }
         Verb::Completions { shell } => {
             Ok(manual::write_completions(Cli::command(), shell, &mut std::io::stdout())?)

@@ -19,6 +19,8 @@ pub enum UnitError {
         "invalid duration {0:?}: expected a number and a unit such as \"500ms\", \"5s\", \"2m\" or \"1h\""
     )]
     Duration(String),
+    #[error("invalid amount {0:?}: expected a number and a unit such as \"400MB\", \"20MiB\" or \"1.5GB\"")]
+    Bytes(String),
 }
 
 /// Splits "12.5mbit" into (12.5, "mbit"). `None` when there is no leading number.
@@ -97,6 +99,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     Duration::try_from_secs_f64(secs).map_err(|_| err())
 }
 
+/// Parses an amount of data into bytes: `"400MB"`, `"1.5 GB"`, `"20MiB"`,
+/// `"512kB"`, `"1000B"` (powers of 1000 for kB, MB, GB, TB; of 1024 for KiB,
+/// MiB, GiB, TiB; the case of the letters does not matter: an amount is bytes).
+pub fn parse_bytes(text: &str) -> Result<u64, UnitError> {
+    let err = || UnitError::Bytes(text.to_string());
+    let (value, unit) = split_number(text).ok_or_else(err)?;
+    let scale = match unit.to_ascii_lowercase().as_str() {
+        "b" | "" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(err()),
+    };
+    let bytes = (value * scale).round();
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(err());
+    }
+    Ok(bytes as u64)
+}
+
 /// A rate for people: "5 Mbit/s", "1.5 Gbit/s", "800 kbit/s".
 pub fn format_rate(bps: u64) -> String {
     let (value, unit) = match bps {
@@ -140,6 +167,19 @@ fn trim_number(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_are_bytes_in_powers_of_1000_or_1024() {
+        assert_eq!(parse_bytes("400MB"), Ok(400_000_000));
+        assert_eq!(parse_bytes("1.5 GB"), Ok(1_500_000_000));
+        assert_eq!(parse_bytes("20MiB"), Ok(20 * 1024 * 1024));
+        assert_eq!(parse_bytes("512kb"), Ok(512_000));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(
+            parse_bytes("400 mbit").unwrap_err().to_string(),
+            "invalid amount \"400 mbit\": expected a number and a unit such as \"400MB\", \"20MiB\" or \"1.5GB\""
+        );
+    }
 
     #[test]
     fn bit_rates_in_every_spelling() {

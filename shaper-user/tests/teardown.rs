@@ -15,7 +15,7 @@ use std::{process::Output, time::Duration};
 
 use shaper_testkit::{
     require_root,
-    sandbox::{Daemon, Netns, Sandbox},
+    sandbox::{Daemon, Sandbox},
 };
 
 mod common;
@@ -63,20 +63,6 @@ fn config(devs: &[&str]) -> String {
 /// `shaper stop --force` with the daemon's paths, in namespace `a`.
 fn stop_force(sandbox: &Sandbox, daemon: &Daemon) -> Output {
     stop_force_in(&sandbox.a, daemon)
-}
-
-fn stop_force_in(ns: &Netns, daemon: &Daemon) -> Output {
-    output(
-        ns.command(SHAPER)
-            .args(["stop", "--force", "--config"])
-            .arg(&daemon.config)
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .arg("--pin-dir")
-            .arg(&daemon.pins)
-            .arg("--pid-file")
-            .arg(&daemon.pid_file),
-    )
 }
 
 #[test]

@@ -81,6 +81,11 @@ impl Stream {
         self.log().last().map_or(0, |(_, b)| *b)
     }
 
+    /// Every read so far: (arrival time, bytes received until then).
+    pub fn arrivals(&self) -> Vec<(Instant, u64)> {
+        self.log().clone()
+    }
+
     fn log(&self) -> std::sync::MutexGuard<'_, Vec<(Instant, u64)>> {
         self.arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

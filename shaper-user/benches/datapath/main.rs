@@ -16,6 +16,7 @@
 //! | churn       | churn.rs    | the pyshaper model under the same churn; before the churn  |
 //! | scan        | scan.rs     | /proc/net, the fd scan, per-entry map walks, uncached facts |
 //! | apply       | apply.rs    | `tc -batch`, one `tc` per command (classic scripts)         |
+//! | quota       | quota.rs    | bytes past a quota (10, 100, 1000 Mbit/s) vs the allowance  |
 //!
 //! `cargo xtask bench NAME…` runs the sections whose name contains a word.
 //! Needs root. Everything runs in throw-away network namespaces.
@@ -49,6 +50,7 @@ mod meter;
 mod newconn;
 mod plot;
 mod process;
+mod quota;
 mod rates;
 mod report;
 mod rules;
@@ -258,8 +260,10 @@ fn main() -> Result<()> {
     let mut report = Report::default();
     let mut classified: Option<classify::Measured> = None;
     let mut failed = Vec::new();
-    let names =
-        ["classify", "testrun", "ingress", "rates", "timeline", "newconn", "rules", "churn", "scan", "apply"];
+    let names = [
+        "classify", "testrun", "ingress", "rates", "timeline", "newconn", "rules", "churn", "scan", "apply",
+        "quota",
+    ];
     let selected: Vec<&str> = names.into_iter().filter(|n| wanted(n)).collect();
     for &name in &selected {
         eprintln!("bench: {name} …");
@@ -275,6 +279,7 @@ fn main() -> Result<()> {
             "churn" => churn::run(&mut report),
             "scan" => scan::run(&mut report),
             "apply" => apply::run(&mut report),
+            "quota" => quota::run(&mut report),
             _ => Ok(()),
         };
         let took = t.elapsed().as_secs_f64();

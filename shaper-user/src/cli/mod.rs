@@ -5,3 +5,4 @@ pub(crate) mod check;
 pub(crate) mod exit;
 pub(crate) mod print;
 pub(crate) mod socket;
+pub(crate) mod usage;

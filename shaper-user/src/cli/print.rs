@@ -81,6 +81,20 @@ pub(crate) fn print_status(status: &Status, json: bool) -> Result<()> {
     for d in &status.drift {
         println!("  changed by `shaper set` (not in the file): {d}");
     }
+    for q in &status.quotas {
+        println!(
+            "  quota of {}{}: {} of {} ({:.1}%), {}",
+            q.class,
+            q.instance.as_ref().map_or_else(String::new, |i| format!(" ({i})")),
+            format_bytes(q.used_bytes),
+            format_bytes(q.limit_bytes),
+            q.percent,
+            q.state.as_str()
+        );
+    }
+    if let Some(file) = &status.state_file {
+        println!("  quota usage saved in {file}");
+    }
     match &status.hooks_cgroup {
         Some(cgroup) => println!("  socket hooks: cgroup {cgroup}"),
         None => println!(
@@ -113,7 +127,8 @@ pub(crate) fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
     if json {
         return print_json(&rows);
     }
-    let mut table = Table::new(&[
+    let quotas = rows.iter().any(|r| r.quota.is_some());
+    let mut columns = vec![
         ("CLASS", false),
         ("INTERFACE", false),
         ("DIR", false),
@@ -125,9 +140,13 @@ pub(crate) fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
         ("BYTES", true),
         ("PACKETS", true),
         ("DROPS", true),
-    ]);
+    ];
+    if quotas {
+        columns.push(("QUOTA", false));
+    }
+    let mut table = Table::new(&columns);
     for r in rows {
-        table.row(vec![
+        let mut cells = vec![
             r.name.clone(),
             r.interface.clone(),
             r.direction.as_str().to_string(),
@@ -139,7 +158,11 @@ pub(crate) fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
             format_bytes(r.bytes),
             r.packets.to_string(),
             r.drops.to_string(),
-        ]);
+        ];
+        if quotas {
+            cells.push(r.quota.map_or("-", |q| q.as_str()).to_string());
+        }
+        table.row(cells);
     }
     print!("{}", table.render());
     Ok(())

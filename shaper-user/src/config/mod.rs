@@ -5,6 +5,7 @@
 //! config/shaper.toml for an annotated example and README.md for the reference.
 
 mod position;
+mod quota;
 mod raw;
 
 use std::{
@@ -18,6 +19,7 @@ use shaper_common::{Direction, DEFAULT_MAX_FLOWS, MAX_CLASSES, MAX_IFACES};
 use toml::Spanned;
 
 pub use position::Pos;
+pub use quota::{Counted, Period, Quota, Then};
 use raw::{RateValue, RawClass, RawConfig, RawInterface, RawLimit};
 
 use crate::{
@@ -37,6 +39,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/shaper/shaper.toml";
 pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/shaper/shaper.sock";
 pub const DEFAULT_PID_FILE: &str = "/run/shaper/shaper.pid";
+/// Where the daemon keeps what must outlive a reboot (quota usage).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/shaper";
 /// The class unmatched traffic goes to when an interface names none; created
 /// with no limits of its own if the config does not define it.
 pub const DEFAULT_CLASS_NAME: &str = "default";
@@ -97,6 +101,8 @@ pub struct DaemonConfig {
     pub pid_file: PathBuf,
     /// Re-read the config when the file changes.
     pub watch_config: bool,
+    /// Where quota usage is saved across reboots (`state_dir`).
+    pub state_dir: PathBuf,
 }
 
 /// A class's limit in one direction. `None` rate: reserves nothing; `None`
@@ -137,6 +143,8 @@ pub struct ClassConfig {
     pub interfaces: Option<Vec<String>>,
     /// Created by shaper as an interface's default, not written in the file.
     pub implicit: bool,
+    /// `quota = { … }`: an allowance of bytes per period.
+    pub quota: Option<Quota>,
 }
 
 impl ClassConfig {
@@ -380,6 +388,7 @@ impl Validator<'_> {
             pin_dir_pos: None,
             pid_file: PathBuf::from(DEFAULT_PID_FILE),
             watch_config: false,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         };
         let Some(d) = &raw.daemon else { return Ok(daemon) };
         if let Some(s) = &d.scan_interval {
@@ -439,6 +448,13 @@ impl Validator<'_> {
         }
         if let Some(w) = &d.watch_config {
             daemon.watch_config = *w.get_ref();
+        }
+        if let Some(p) = &d.state_dir {
+            let path = PathBuf::from(p.get_ref());
+            if !path.is_absolute() {
+                return Err(self.error(p, "state_dir must be an absolute path"));
+            }
+            daemon.state_dir = path;
         }
         Ok(daemon)
     }
@@ -548,6 +564,7 @@ impl Validator<'_> {
                 rule,
                 interfaces: c.interfaces.as_ref().map(|l| l.iter().map(|n| n.get_ref().clone()).collect()),
                 implicit: false,
+                quota: c.quota.as_ref().map(|q| self.quota(q, name)).transpose()?,
             });
         }
         Ok(classes)
@@ -595,6 +612,7 @@ impl Validator<'_> {
                     rule_pos: None,
                     interfaces: None,
                     implicit: true,
+                    quota: None,
                 });
                 DEFAULT_CLASS_NAME.to_string()
             }

@@ -31,6 +31,7 @@ pub struct RawDaemon {
     pub pin_dir: Option<Spanned<String>>,
     pub pid_file: Option<Spanned<String>>,
     pub watch_config: Option<Spanned<bool>>,
+    pub state_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +54,7 @@ pub struct RawClass {
     #[serde(rename = "match")]
     pub rule: Option<Spanned<String>>,
     pub interfaces: Option<Vec<Spanned<String>>>,
+    pub quota: Option<Spanned<super::quota::RawQuota>>,
 }
 
 /// A rate as written: `"10mbit"`, or a bare integer (bits/s).

@@ -11,7 +11,8 @@ use std::{
 use serde::de::DeserializeOwned;
 
 use super::protocol::{
-    Applied, ClassRow, Command, ConnRow, Moved, Reply, Request, SetClass, Status, Stopping, PROTOCOL_VERSION,
+    Applied, ClassRow, Command, ConnRow, Moved, Reply, Request, SetClass, Status, Stopping, UsageRow,
+    PROTOCOL_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,16 @@ pub fn set(socket: &Path, set: SetClass) -> Result<Applied, ClientError> {
 /// `move`: pin connection `conn` (an id prefix from `conns`) into `class`.
 pub fn move_conn(socket: &Path, conn: &str, class: &str) -> Result<Moved, ClientError> {
     request(socket, Command::Move { conn: conn.to_string(), class: class.to_string() })
+}
+
+/// `usage`: every quota and where it stands.
+pub fn usage(socket: &Path) -> Result<Vec<UsageRow>, ClientError> {
+    request(socket, Command::Usage)
+}
+
+/// `usage reset`: starts the period of `class` (`instance`) over.
+pub fn usage_reset(socket: &Path, class: &str, instance: Option<&str>) -> Result<Vec<UsageRow>, ClientError> {
+    request(socket, Command::UsageReset { class: class.to_string(), instance: instance.map(str::to_string) })
 }
 
 /// `stop`: the daemon replies, then exits (`keep`: leaving shaping in place).

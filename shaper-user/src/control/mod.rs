@@ -9,6 +9,6 @@ pub mod server;
 
 pub use protocol::{
     Applied, AttachMode, Changes, ClassRow, Command, ConnRow, Decisions, Direction, InterfaceStatus,
-    MapUsage, Moved, Origin, ReloadStatus, Reply, Request, ScanReport, SetClass, SockState, Status, Stopping,
-    PROTOCOL_VERSION,
+    MapUsage, Moved, Origin, QuotaState, ReloadStatus, Reply, Request, ScanReport, SetClass, SockState,
+    Status, Stopping, UsageRow, PROTOCOL_VERSION,
 };

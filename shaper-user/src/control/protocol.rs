@@ -27,6 +27,15 @@ pub enum Command {
         conn: String,
         class: String,
     },
+    /// Quota usage per class and instance (`shaper usage`).
+    Usage,
+    /// Starts a quota's period over (`shaper usage reset CLASS [INSTANCE]`);
+    /// replies with the usage afterwards.
+    UsageReset {
+        class: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
+    },
     /// Stop the daemon; `keep` leaves shaping in place for the next one.
     Stop {
         #[serde(default)]
@@ -222,6 +231,12 @@ pub struct Status {
     /// How full the kernel maps that grow with traffic are.
     #[serde(default)]
     pub maps: Vec<MapUsage>,
+    /// Every quota and where it stands (as `shaper usage`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<UsageRow>,
+    /// Where quota usage is saved across reboots, and why it could not be (if so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<String>,
 }
 
 /// One kernel map's fill (`status`): FLOWS and KEPT_FLOWS as the last scan
@@ -338,6 +353,64 @@ pub struct ClassRow {
     /// The class's `match`, as written in the config (absent for default-only classes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// Where the class's quota stands (absent: no quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaState>,
+}
+
+/// Where a quota stands (`shaper usage`, `classes`, `status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaState {
+    /// Below the limit.
+    Ok,
+    /// Used up; the class is held to the quota's `then` rate until the period ends.
+    Throttled,
+    /// Used up; the class's packets are dropped until the period ends.
+    Blocked,
+    /// Used up; only reported (`then = "report"`).
+    Reported,
+}
+
+impl QuotaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaState::Ok => "ok",
+            QuotaState::Throttled => "throttled",
+            QuotaState::Blocked => "blocked",
+            QuotaState::Reported => "reported",
+        }
+    }
+}
+
+/// One quota of a class, or of one instance of it (`shaper usage`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub class: String,
+    /// The instance (user, program, …) for a class with `per`; absent for the class as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Bytes counted this period (the counted directions, as the classifier saw them).
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
+    /// `used_bytes` as a percentage of `limit_bytes`.
+    pub percent: f64,
+    pub egress_bytes: u64,
+    pub ingress_bytes: u64,
+    /// Bytes dropped because the quota blocks.
+    pub dropped_bytes: u64,
+    /// "egress", "ingress" or "both".
+    pub direction: String,
+    /// "64 kbit/s", "block" or "report".
+    pub then: String,
+    /// The period, seconds since the Unix epoch: start (included) and end.
+    pub period_start: u64,
+    pub period_end: u64,
+    pub state: QuotaState,
+    /// Bytes counted when this daemon saw the quota used up and applied its
+    /// action (the overrun is this minus `limit_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_at_action: Option<u64>,
 }
 
 /// One flow (`shaper conns`).
@@ -393,6 +466,10 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).is_err());
         let stop: Request = serde_json::from_str(r#"{"v":1,"cmd":"stop","keep":true}"#).unwrap();
         assert_eq!(stop.command, Command::Stop { keep: true });
+        let reset: Request = serde_json::from_str(r#"{"v":1,"cmd":"usage_reset","class":"bulk"}"#).unwrap();
+        assert_eq!(reset.command, Command::UsageReset { class: "bulk".into(), instance: None });
+        let line = serde_json::to_string(&Request::new(Command::Usage)).unwrap();
+        assert_eq!(line, r#"{"v":1,"cmd":"usage"}"#);
         let set: Request =
             serde_json::from_str(r#"{"v":1,"cmd":"set","class":"bulk","egress":"5mbit:10mbit"}"#).unwrap();
         assert_eq!(

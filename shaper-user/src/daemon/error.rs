@@ -5,7 +5,7 @@ use crate::{
     units::UnitError,
 };
 
-use super::{host::HostError, pidfile::PidFileError};
+use super::{host::HostError, pidfile::PidFileError, quota::QuotaError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -34,6 +34,14 @@ pub enum DaemonError {
     NoCgroup2(#[source] crate::cgroupmount::MountError),
     #[error("watching the classifier's event ring buffer")]
     Events(#[source] std::io::Error),
+    #[error("quotas")]
+    Quota(#[source] Box<QuotaError>),
+}
+
+impl From<QuotaError> for DaemonError {
+    fn from(e: QuotaError) -> Self {
+        DaemonError::Quota(Box::new(e))
+    }
 }
 
 impl From<DatapathError> for DaemonError {
@@ -100,4 +108,6 @@ pub enum RequestError {
     Ambiguous { id: String, count: usize },
     #[error("moving the connection")]
     Pin(#[source] DatapathError),
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
 }

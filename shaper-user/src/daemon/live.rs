@@ -156,6 +156,7 @@ fn restart_needed(old: &DaemonConfig, new: &DaemonConfig) -> Vec<String> {
         ("pin_dir", old.pin_dir != new.pin_dir),
         ("pid_file", old.pid_file != new.pid_file),
         ("watch_config", old.watch_config != new.watch_config),
+        ("state_dir", old.state_dir != new.state_dir),
     ];
     checks.iter().filter(|(_, differs)| *differs).map(|(name, _)| (*name).to_string()).collect()
 }

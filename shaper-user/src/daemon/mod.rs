@@ -10,10 +10,12 @@
 //! | [`links`] | devices that come and go: lost IFBs, interfaces gone and back |
 //! | [`apply`], [`live`], [`report`] | bringing the host to a config; the config in force and its changes; `status`, `classes`, `conns` |
 //! | [`host`], [`decider`] | the parts: interfaces and HTB trees; connections and decisions (the datapath is [`crate::datapath`]) |
+//! | [`quota`], [`effective`] | quotas: usage, periods, the state file; the class limits in force under a throttle |
 //! | [`options`], [`error`], [`notify`], [`pidfile`], [`watch`] | command-line options and the config they load; errors; sd_notify; the pid file; the config-file watch |
 
 mod apply;
 mod decider;
+mod effective;
 mod error;
 mod host;
 mod links;
@@ -21,6 +23,7 @@ mod live;
 pub mod notify;
 mod options;
 pub mod pidfile;
+mod quota;
 mod report;
 mod runloop;
 mod shaper;

@@ -10,6 +10,7 @@ use super::{
     error::DaemonError,
     host::{Host, Shaped},
     live::ConfigState,
+    quota::Quotas,
 };
 use crate::{
     classids::ClassIds,
@@ -31,6 +32,7 @@ pub struct View<'a> {
     pub adopted: bool,
     pub hooks: Option<&'a std::path::Path>,
     pub scan_only: Option<&'a str>,
+    pub quotas: &'a Quotas,
 }
 
 /// Class indices → names, as the reports show them.
@@ -98,6 +100,8 @@ impl<'a> View<'a> {
                 .into_iter()
                 .map(|(name, entries, capacity)| MapUsage { name: name.to_string(), entries, capacity })
                 .collect(),
+            quotas: self.quotas.rows(),
+            state_file: (!self.quotas.is_empty()).then(|| self.quotas.file_status()),
         }
     }
 
@@ -174,6 +178,7 @@ impl<'a> View<'a> {
                 backlog_bytes: sent.map_or(0, |s| u64::from(s.backlog)),
                 rate_now_bps: self.host.rate_now(device, classid),
                 rule: names.rule(class.index),
+                quota: self.quotas.state_of(&class.name),
             });
         }
         Ok(())

@@ -241,6 +241,8 @@ async fn serve(
     let mut scan = tokio::time::interval(scan_interval);
     scan.tick().await;
     let mut meter = tokio::time::interval(Duration::from_secs(1));
+    let mut quotas = tokio::time::interval(super::quota::CHECK_INTERVAL);
+    quotas.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The classifier wakes the daemon only for verdicts that wait for it;
     // the other reports are read on this tick.
     let mut pending = tokio::time::interval(EVENT_BATCH);
@@ -285,6 +287,7 @@ async fn serve(
             _ = scan.tick() => { lock(state).reconcile(); pruning = true; }
             _ = tokio::task::yield_now(), if pruning => { pruning = lock(state).prune_stale(PRUNE_BATCH); }
             _ = meter.tick() => { lock(state).sample_rates(); }
+            _ = quotas.tick() => { lock(state).check_quotas(); }
             _ = s.sighup.recv() => reload(state, "SIGHUP"),
             mode = stop_rx.recv() => {
                 let mode = mode.unwrap_or(StopMode::Restore);

@@ -28,18 +28,20 @@ use shaper_common::FlowEvent;
 use super::{
     apply::{self, Parts},
     decider::{Decider, LiveSystem},
+    effective,
     error::{DaemonError, RequestError},
     host::Host,
     links,
     live::{ConfigState, Pending},
     options::{self, RunOptions},
+    quota::Quotas,
     report::View,
 };
 use crate::{
     cgroupmount::{self, V2Root},
     cgroups::Cgroups,
     config::Config,
-    control::{Applied, Command, Moved, Reply, ScanReport, SetClass},
+    control::{Applied, Command, Moved, Reply, ScanReport, SetClass, UsageRow},
     datapath::{Datapath, LoadOptions},
     flows,
     pins::{self, Pins},
@@ -71,6 +73,8 @@ pub struct Shaper {
     _cgroup_root: Option<V2Root>,
     /// Why process rules wait for the /proc scan, when they do.
     scan_only: Option<String>,
+    /// The classes' quotas and their usage.
+    quotas: Quotas,
 }
 
 impl Shaper {
@@ -117,6 +121,7 @@ impl Shaper {
         }
         let system = Box::new(LiveSystem::new(cgroups));
         let decider = Decider::new(system, hook_dir.is_some(), config.daemon.scan_interval);
+        let quotas = Quotas::open(&config.daemon.state_dir);
         let mut shaper = Self {
             state: ConfigState::new(config),
             options: options.clone(),
@@ -128,7 +133,11 @@ impl Shaper {
             adopted,
             _cgroup_root: root,
             scan_only,
+            quotas,
         };
+        // Before the first converge: a quota a crashed daemon throttled is still throttled.
+        let config = shaper.state.config().clone();
+        shaper.sync_quotas(&config)?;
         shaper.first_converge(hook_dir)?;
         shaper.finish_start();
         Ok(shaper)
@@ -139,7 +148,7 @@ impl Shaper {
     /// interfaces new to it, and leaves the earlier state (still shaping) for
     /// the next attempt.
     fn first_converge(&mut self, hook_dir: Option<(PathBuf, PathBuf)>) -> Result<(), DaemonError> {
-        let config = self.state.config().clone();
+        let config = self.in_force(self.state.config());
         let ready =
             apply::converge(&mut self.parts(), None, &config).map(|_| ()).and_then(|()| match hook_dir {
                 Some((shown, dir)) => {
@@ -198,6 +207,7 @@ impl Shaper {
             adopted: self.adopted,
             hooks: self.hooks.as_deref(),
             scan_only: self.scan_only.as_deref(),
+            quotas: &self.quotas,
         }
     }
 
@@ -259,11 +269,68 @@ impl Shaper {
         self.host.sample_rates();
     }
 
+    /// The limits `config` gives, with what holds right now on top (see [`effective`]).
+    fn in_force(&self, config: &Config) -> Config {
+        effective::in_force(config, &self.quotas.throttles())
+    }
+
+    /// Follows the quotas of `config`, with the class indices it will get.
+    fn sync_quotas(&mut self, config: &Config) -> Result<(), DaemonError> {
+        let ids = self.datapath.class_ids().assign(config.class_names());
+        Ok(self.quotas.sync(config, &ids, self.datapath.quotas_mut())?)
+    }
+
+    /// Reads the quota counters (every `quota::CHECK_INTERVAL`); when a
+    /// throttle starts or ends, the class limits follow.
+    pub fn check_quotas(&mut self) {
+        if self.quotas.is_empty() {
+            return;
+        }
+        let before = self.in_force(self.state.config());
+        match self.quotas.check(self.datapath.quotas_mut()) {
+            Ok(false) => {}
+            Ok(true) => {
+                let after = self.in_force(self.state.config());
+                if let Err(e) = apply::converge(&mut self.parts(), Some(&before), &after) {
+                    log::error!("changing the limits of a quota's class: {}", crate::error_chain(&e));
+                }
+            }
+            Err(e) => log::error!("reading quota usage: {}", crate::error_chain(&e)),
+        }
+    }
+
+    /// `shaper usage reset CLASS [INSTANCE]`: the quota starts over, its action lifted.
+    pub fn reset_usage(
+        &mut self,
+        class: &str,
+        instance: Option<&str>,
+    ) -> Result<Vec<UsageRow>, RequestError> {
+        let before = self.in_force(self.state.config());
+        self.quotas.reset(class, instance, self.datapath.quotas_mut())?;
+        let after = self.in_force(self.state.config());
+        if after != before {
+            apply::converge(&mut self.parts(), Some(&before), &after)?;
+        }
+        Ok(self.quotas.rows())
+    }
+
     /// Applies `pending`; on success it is the config in force.
     fn apply(&mut self, pending: Pending, reloaded: bool) -> Result<Applied, RequestError> {
         let started = Instant::now();
-        let old = self.state.config().clone();
-        let changes = apply::converge(&mut self.parts(), Some(&old), &pending.config)?;
+        let old = self.in_force(self.state.config());
+        let previous = self.state.config().clone();
+        self.sync_quotas(&pending.config)?;
+        let new = self.in_force(&pending.config);
+        let changes = match apply::converge(&mut self.parts(), Some(&old), &new) {
+            Ok(changes) => changes,
+            Err(e) => {
+                // The quotas of the config that stays.
+                if let Err(e) = self.sync_quotas(&previous) {
+                    log::error!("{}", crate::error_chain(&e));
+                }
+                return Err(e.into());
+            }
+        };
         let restart_needed = pending.restart_needed.clone();
         self.state.applied(pending, reloaded);
         Ok(Applied { changes, restart_needed, took_ms: started.elapsed().as_millis() as u64 })
@@ -355,6 +422,10 @@ impl Shaper {
                 Err(e) => Reply::error(crate::error_chain(&e)),
             },
             Command::Conns => Reply::encode(&self.view().conns()),
+            Command::Usage => Reply::encode(&self.quotas.rows()),
+            Command::UsageReset { class, instance } => self
+                .reset_usage(&class, instance.as_deref())
+                .map_or_else(refused, |rows| Reply::encode(&rows)),
         }
     }
 
@@ -362,6 +433,9 @@ impl Shaper {
     /// qdiscs, IFBs, pins) and restores every interface, or leaves it all
     /// running for the next daemon.
     pub fn stop(mut self, mode: StopMode) {
+        if !self.quotas.is_empty() {
+            self.quotas.save();
+        }
         match mode {
             StopMode::Keep => log::info!(
                 "leaving shaping in place (pinned at {}); the next daemon takes it over",

@@ -7,8 +7,10 @@ mod cgroup;
 mod ifaces;
 mod netns;
 mod occupancy;
+mod quota;
 
 pub use occupancy::Occupancy;
+pub use quota::QuotaMaps;
 
 use shaper_common::Direction;
 
@@ -29,8 +31,9 @@ use aya::{
 use shaper_common::{
     class_stats_index, names,
     rules::{CgroupKey, ListRef, PrefixKey, RuleBound, RuleChunk, RuleEntry, RuleHead},
-    ClassName, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, ProcTests, RuleNode, Settings,
-    ERR_COUNT, MAX_CLASSES, MAX_IFACES, ORIGIN_DAEMON, ORIGIN_KERNEL, RULE_BANKS,
+    ClassName, ClassStats, FlowKey, FlowValue, IfaceInfo, ListenKey, Owner, ProcTests, QuotaGate, QuotaKey,
+    QuotaUsage, RuleNode, Settings, ERR_COUNT, MAX_CLASSES, MAX_IFACES, ORIGIN_DAEMON, ORIGIN_KERNEL,
+    RULE_BANKS,
 };
 
 use crate::{
@@ -196,6 +199,8 @@ fn layout_of(name: &str, max_flows: u32) -> Option<Layout> {
         names::MAP_LISTEN_COUNTS => (4, 4, None),
         names::MAP_PROC_TESTS => (4, size_of::<ProcTests>(), None),
         names::MAP_CLASS_NAMES => (4, size_of::<ClassName>(), None),
+        names::MAP_QUOTA_USAGE => (size_of::<QuotaKey>(), size_of::<QuotaUsage>(), None),
+        names::MAP_QUOTA_GATES => (size_of::<QuotaKey>(), size_of::<QuotaGate>(), None),
         _ => return None,
     };
     Some(Layout { key, value, max_entries })
@@ -261,6 +266,7 @@ pub struct Datapath {
     listeners: HashMap<MapData, ListenKey, Owner>,
     proc_tests: HashMap<MapData, u32, ProcTests>,
     class_names: Array<MapData, ClassName>,
+    quotas: QuotaMaps,
     /// What CLASS_NAMES holds (index → name): the class indices in force.
     recorded_classes: BTreeMap<u16, String>,
     events: Option<RingBuf<MapData>>,
@@ -361,6 +367,10 @@ impl Datapath {
         let listeners = take_map(&mut ebpf, names::MAP_LISTENERS)?;
         let proc_tests = take_map(&mut ebpf, names::MAP_PROC_TESTS)?;
         let class_names = take_map(&mut ebpf, names::MAP_CLASS_NAMES)?;
+        let quotas = QuotaMaps::new(
+            take_map(&mut ebpf, names::MAP_QUOTA_USAGE)?,
+            take_map(&mut ebpf, names::MAP_QUOTA_GATES)?,
+        );
         let events = Some(take_map(&mut ebpf, names::MAP_EVENTS)?);
         let mut flows = flows;
         let mut owners = owners;
@@ -394,6 +404,7 @@ impl Datapath {
             listeners,
             proc_tests,
             class_names,
+            quotas,
             recorded_classes,
             events,
             rules_gen: current.rules_gen,
@@ -523,6 +534,15 @@ impl Datapath {
             })?;
         }
         Ok(())
+    }
+
+    /// The quota maps (see [`QuotaMaps`]).
+    pub fn quotas(&self) -> &QuotaMaps {
+        &self.quotas
+    }
+
+    pub fn quotas_mut(&mut self) -> &mut QuotaMaps {
+        &mut self.quotas
     }
 
     /// The underlying object, for the aya-log reader.

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use shaper_testkit::sandbox::{Daemon, Sandbox};
+use shaper_testkit::sandbox::{Daemon, Netns, Sandbox};
 use shaper_user::control::{ClassRow, ConnRow, Direction};
 
 pub const SHAPER: &str = env!("CARGO_BIN_EXE_shaper");
@@ -27,6 +27,21 @@ pub fn output(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `shaper stop --force` with the daemon's paths, in namespace `ns`.
+pub fn stop_force_in(ns: &Netns, daemon: &Daemon) -> Output {
+    output(
+        ns.command(SHAPER)
+            .args(["stop", "--force", "--config"])
+            .arg(&daemon.config)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg("--pin-dir")
+            .arg(&daemon.pins)
+            .arg("--pid-file")
+            .arg(&daemon.pid_file),
+    )
 }
 
 /// The sandbox's interface at 1 Gbit/s egress (its classes' rates decide).
