@@ -9,6 +9,7 @@
 //! every other integer in host byte order.
 #![no_std]
 
+pub mod instances;
 pub mod names;
 pub mod rules;
 
@@ -350,6 +351,9 @@ impl ListenKey {
 pub const EVENT_OWNER: u16 = 1;
 /// [`FlowEvent::flags`]: the kernel's verdict is provisional (see [`FLOW_PROVISIONAL`]).
 pub const EVENT_PROVISIONAL: u16 = 2;
+/// [`FlowEvent::flags`]: the flow's class has `per` and its instance has no
+/// leaf yet (see [`instances`]); `class` is the flow's class.
+pub const EVENT_INSTANCE: u16 = 4;
 
 /// A new flow with a local socket, sent by the classifier to the daemon
 /// through the EVENTS ring buffer.
@@ -513,4 +517,9 @@ mod pod {
     unsafe impl aya::Pod for super::QuotaKey {}
     unsafe impl aya::Pod for super::QuotaUsage {}
     unsafe impl aya::Pod for super::QuotaGate {}
+    unsafe impl aya::Pod for super::instances::ClassMode {}
+    unsafe impl aya::Pod for super::instances::InstanceKey {}
+    unsafe impl aya::Pod for super::instances::InstanceSlot {}
+    unsafe impl aya::Pod for super::instances::FlowInstance {}
+    unsafe impl aya::Pod for super::instances::InstanceStats {}
 }

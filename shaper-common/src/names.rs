@@ -68,6 +68,19 @@ pub const MAP_CLASS_STATS: &str = "CLASS_STATS";
 /// Per-CPU array of u64 error counters (`ERR_*`).
 pub const MAP_ERRORS: &str = "ERRORS";
 
+/// Array of [`crate::instances::ClassMode`]: which classes have `per`.
+/// Not pinned: the daemon rewrites it at every start and reload.
+pub const MAP_CLASS_MODES: &str = "CLASS_MODES";
+/// Hash: [`crate::instances::InstanceKey`] → instance slot (u32). Not pinned:
+/// a new daemon starts with no instances, which are found again on sight.
+pub const MAP_INSTANCES: &str = "INSTANCES";
+/// Array of [`crate::instances::InstanceSlot`]: which slots are live.
+pub const MAP_INSTANCE_SLOTS: &str = "INSTANCE_SLOTS";
+/// LRU hash: [`crate::FlowKey`] → [`crate::instances::FlowInstance`].
+pub const MAP_FLOW_INSTANCES: &str = "FLOW_INSTANCES";
+/// Per-CPU array of [`crate::instances::InstanceStats`].
+pub const MAP_INSTANCE_STATS: &str = "INSTANCE_STATS";
+
 /// Array of [`crate::ClassName`]: which class name each index stands for.
 pub const MAP_CLASS_NAMES: &str = "CLASS_NAMES";
 

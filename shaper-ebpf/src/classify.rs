@@ -20,14 +20,15 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use shaper_common::{
-    class_stats_index, classid_of, Direction, FlowEvent, FlowKey, FlowValue, ListenKey, Owner, CLASS_DEFAULT,
-    ERR_EVENT_LOST, ERR_FLOW_INSERT, ERR_IFB_DOWN, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL,
-    FLOW_PROVISIONAL, IFB_DOWN, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES,
+    class_stats_index, Direction, FlowEvent, FlowKey, FlowValue, CLASS_DEFAULT, ERR_EVENT_LOST,
+    ERR_FLOW_INSERT, ERR_IFB_DOWN, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FLOW_PROVISIONAL, HTB_MAJOR,
+    IFB_DOWN, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES,
 };
 
 use crate::{
-    clock, iface,
-    maps::{count_error, CLASS_STATS, EVENTS, FLOWS, KEPT_FLOWS, LISTENERS, OWNERS, SCRATCH, SETTINGS},
+    clock, iface, instance,
+    listen::listener,
+    maps::{count_error, CLASS_STATS, EVENTS, FLOWS, KEPT_FLOWS, OWNERS, SCRATCH, SETTINGS},
     packet::{flow_key, KeyBuf},
     quota,
     rules::{self, verdict_class, Walk, CGROUP_LEVELS},
@@ -42,18 +43,6 @@ fn add(counter: &mut u64, n: u64) {
     // SAFETY: the pointer comes from a live map value; the atomic add keeps
     // concurrent CPUs from losing each other's updates.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
-}
-
-/// The owner of the port `key` is bound to locally, in the shaped interfaces'
-/// network namespace (see `ListenKey::accepting`).
-#[inline(always)]
-fn listener(key: &FlowKey) -> Option<Owner> {
-    let netns = SETTINGS.get(0).map_or(0, |s| s.netns);
-    let [exact, wildcard, dual] = ListenKey::accepting(key, netns);
-    // SAFETY: read-only looks at map values.
-    unsafe {
-        LISTENERS.get(exact).or_else(|| LISTENERS.get(wildcard)).or_else(|| LISTENERS.get(dual)).copied()
-    }
 }
 
 /// Fills in what the rules may ask about the packet's socket (its owner and its
@@ -280,7 +269,8 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
     }
     let len = ctx.len() as u64;
     let mut key = KeyBuf::new();
-    let mut class = match flow_key(ctx, iface.l2_len as usize, direction, &mut key) {
+    let parsed = flow_key(ctx, iface.l2_len as usize, direction, &mut key);
+    let mut class = match parsed {
         Some(key) => flow_class(ctx, direction, key, len),
         None => CLASS_DEFAULT,
     };
@@ -305,8 +295,9 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
         // A quota that blocks, used up: the one drop by design (see quota.rs).
         return TC_ACT_SHOT;
     }
+    let minor = instance::leaf_minor(ctx, direction, class, parsed, len);
     // SAFETY: tc programs may write skb->priority; HTB reads it as the class id.
-    unsafe { (*ctx.skb.skb).priority = classid_of(class as u32) };
+    unsafe { (*ctx.skb.skb).priority = (HTB_MAJOR << 16) | minor };
     match direction {
         Direction::Egress => TC_ACT_UNSPEC,
         // Through the IFB's HTB tree, which hands the packet back to this

@@ -6,11 +6,28 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::HashMap};
 use shaper_common::{
-    ListenKey, Owner, ERR_LISTENER_CAP, ERR_OWNER_INSERT, MAX_LISTENERS, MAX_LISTENERS_PER_UID,
+    FlowKey, ListenKey, Owner, ERR_LISTENER_CAP, ERR_OWNER_INSERT, MAX_LISTENERS, MAX_LISTENERS_PER_UID,
     MAX_LISTEN_UIDS,
 };
 
-use crate::maps::{count_error, LISTENERS};
+use crate::maps::{count_error, LISTENERS, SETTINGS};
+
+/// The owner of the port `key` is bound to locally, in the shaped interfaces'
+/// network namespace (see `ListenKey::accepting`).
+#[inline(always)]
+pub(crate) fn listener(key: &FlowKey) -> Option<Owner> {
+    listener_ref(key).copied()
+}
+
+/// The same, in place in the map (no copy of a maybe-absent value, which the
+/// verifier may see as a read of an unset register).
+#[inline(always)]
+pub(crate) fn listener_ref(key: &FlowKey) -> Option<&'static Owner> {
+    let netns = SETTINGS.get(0).map_or(0, |s| s.netns);
+    let [exact, wildcard, dual] = ListenKey::accepting(key, netns);
+    // SAFETY: read-only looks at map values.
+    unsafe { LISTENERS.get(exact).or_else(|| LISTENERS.get(wildcard)).or_else(|| LISTENERS.get(dual)) }
+}
 
 /// Bound socket cookie → the LISTENERS key it holds.
 #[map]

@@ -16,6 +16,7 @@
 mod classify;
 mod clock;
 mod iface;
+mod instance;
 mod listen;
 mod maps;
 mod owner;

@@ -6,6 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use shaper_common::{
+    instances::{ClassMode, FlowInstance, InstanceKey, InstanceSlot, InstanceStats, MAX_INSTANCES},
     rules::{
         eval::Eval, CgroupKey, ListRef, PrefixKey, RuleBound, RuleChunk, RuleEntry, RuleHead, SocketFacts,
         MAX_RULES, MAX_RULE_BOUNDS, MAX_RULE_CGROUPS, MAX_RULE_CHUNKS, MAX_RULE_PREFIXES,
@@ -122,6 +123,27 @@ pub(crate) static QUOTA_USAGE: HashMap<QuotaKey, QuotaUsage> = HashMap::with_max
 /// Each quota's limit and block state, written by the daemon.
 #[map]
 pub(crate) static QUOTA_GATES: HashMap<QuotaKey, QuotaGate> = HashMap::with_max_entries(MAX_QUOTAS, 0);
+/// Class index → its `per` mode (see `shaper_common::instances`).
+#[map]
+pub(crate) static CLASS_MODES: Array<ClassMode> = Array::with_max_entries(MAX_CLASSES, 0);
+
+/// (class, instance) → slot: written by the daemon once the slot's leaves exist.
+#[map]
+pub(crate) static INSTANCES: HashMap<InstanceKey, u32> = HashMap::with_max_entries(MAX_INSTANCES, 0);
+
+/// Slot → the class it belongs to (0: free), checked before a flow's cached slot is used.
+#[map]
+pub(crate) static INSTANCE_SLOTS: Array<InstanceSlot> = Array::with_max_entries(MAX_INSTANCES, 0);
+
+/// Flow → its instance slot, as last found.
+#[map]
+pub(crate) static FLOW_INSTANCES: LruHashMap<FlowKey, FlowInstance> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Bytes per instance slot.
+#[map]
+pub(crate) static INSTANCE_STATS: PerCpuArray<InstanceStats> =
+    PerCpuArray::with_max_entries(MAX_INSTANCES, 0);
 
 #[map]
 pub(crate) static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_COUNT, 0);

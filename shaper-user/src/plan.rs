@@ -14,14 +14,24 @@
 //!   packet larger than the burst still goes; the class waits it off).
 //! - Quanta follow the rate (weighted sharing of borrowed bandwidth), clamped to
 //!   [one frame, [`MAX_QUANTUM`]].
+//! - A class with `per` is an inner node (rate: its rate; ceil: `total`, else
+//!   the capacity) with a shared leaf for traffic whose instance has no leaf
+//!   yet; each instance's leaf (made by the daemon on first sight, see
+//!   [`instance_leaf`]) has the class's rate and ceil, or with `total` a
+//!   guaranteed rate of `total / MAX_INSTANCES_PER_CLASS` (so the guarantees
+//!   never add up past `total`) and the ceil capped at `total`: instances then
+//!   share `total` equally by borrowing.
 //! - Leaves queue in a byte FIFO of [`QUEUE_TIME`] at the ceil: this kernel has no
 //!   fq_codel or cake, and a packet FIFO of 1000 GSO packets would hold seconds.
 
-use shaper_common::{HTB_LEAF_MINOR_BASE, HTB_ROOT_MINOR, MAX_CLASSES};
+use shaper_common::{
+    instances::{shared_minor, MAX_INSTANCES_PER_CLASS},
+    HTB_LEAF_MINOR_BASE, HTB_ROOT_MINOR, MAX_CLASSES,
+};
 
 use crate::{
     classids::ClassIds,
-    config::{ClassConfig, Config, InterfaceConfig},
+    config::{ClassConfig, Config, InterfaceConfig, Per},
     tc::{HtbClass, HtbLeaf, HtbPlan, LeafQueue},
 };
 
@@ -52,6 +62,17 @@ pub struct PlannedClass {
     pub rate_bps: u64,
     pub ceil_bps: u64,
     pub priority: u8,
+    /// With `per`: what each instance's leaf gets.
+    pub per: Option<PlannedPer>,
+}
+
+/// The leaves of a class's instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedPer {
+    pub per: Per,
+    pub rate_bps: u64,
+    pub ceil_bps: u64,
+    pub idle: std::time::Duration,
 }
 
 /// The tree for one interface and direction.
@@ -100,13 +121,51 @@ fn htb_class(minor: u32, rate_bps: u64, ceil_bps: u64, priority: u8, mtu: u32) -
     }
 }
 
+fn byte_fifo(ceil_bps: u64) -> LeafQueue {
+    let queue = time_bytes(ceil_bps, QUEUE_TIME_US).clamp(MIN_QUEUE_BYTES, MAX_QUEUE_BYTES);
+    LeafQueue::Bfifo { limit_bytes: clamp_u32(queue) }
+}
+
 /// HTB parameters and queue of one leaf.
 pub fn leaf(class: &PlannedClass, mtu: u32) -> HtbLeaf {
-    let queue = time_bytes(class.ceil_bps, QUEUE_TIME_US).clamp(MIN_QUEUE_BYTES, MAX_QUEUE_BYTES);
     HtbLeaf {
         class: htb_class(leaf_minor(class.index), class.rate_bps, class.ceil_bps, class.priority, mtu),
-        queue: LeafQueue::Bfifo { limit_bytes: clamp_u32(queue) },
+        parent: HTB_ROOT_MINOR,
+        queue: byte_fifo(class.ceil_bps),
     }
+}
+
+/// The HTB classes of one class: its leaf, or with `per` its inner node and
+/// shared leaf.
+fn class_tree(class: &PlannedClass, mtu: u32) -> Vec<HtbLeaf> {
+    let mut own = leaf(class, mtu);
+    let Some(per) = &class.per else { return vec![own] };
+    own.queue = LeafQueue::Inner;
+    vec![own, instance_leaf(class, per, shared_minor(u32::from(class.index)), mtu)]
+}
+
+/// The leaf of one instance of `class` (minor `minor`), under the class.
+pub fn instance_leaf(class: &PlannedClass, per: &PlannedPer, minor: u32, mtu: u32) -> HtbLeaf {
+    HtbLeaf {
+        class: htb_class(minor, per.rate_bps, per.ceil_bps, class.priority, mtu),
+        parent: leaf_minor(class.index),
+        queue: byte_fifo(per.ceil_bps),
+    }
+}
+
+/// What each instance of a class with `rate`/`ceil` and `per` gets.
+fn planned_per(class: &ClassConfig, rate: u64, ceil: u64, capacity: u64) -> Option<(u64, u64, PlannedPer)> {
+    let per = class.per?;
+    let (node, each) = match per.total_bps {
+        Some(total) => {
+            let total = total.min(capacity);
+            let guaranteed = (total / u64::from(MAX_INSTANCES_PER_CLASS)).max(MIN_RATE_BPS);
+            let each_ceil = ceil.min(total);
+            ((rate.min(total), total), (rate.min(guaranteed).min(each_ceil), each_ceil))
+        }
+        None => ((rate, capacity), (rate, ceil)),
+    };
+    Some((node.0, node.1, PlannedPer { per: per.per, rate_bps: each.0, ceil_bps: each.1, idle: per.idle }))
 }
 
 /// The plan for `iface` in `direction` with the class indices `ids`, or
@@ -140,19 +199,28 @@ pub fn plan(
             let l = c.limit(direction);
             let ceil = l.and_then(|l| l.ceil_bps).unwrap_or(capacity).min(capacity);
             let rate = l.and_then(|l| l.rate_bps).unwrap_or(share).min(ceil);
+            let (rate, ceil, per) = match planned_per(c, rate, ceil, capacity) {
+                Some((rate, ceil, per)) => (rate, ceil, Some(per)),
+                None => (rate, ceil, None),
+            };
             Some(PlannedClass {
                 index: ids.index(&c.name)?,
                 name: c.name.clone(),
                 rate_bps: rate,
                 ceil_bps: ceil,
                 priority: c.priority,
+                per,
             })
         })
         .collect();
     let htb = HtbPlan {
-        default_minor: leaf_minor(default_class),
+        // A default class with `per` takes unclassified packets in its shared leaf.
+        default_minor: match planned.iter().find(|c| c.index == default_class) {
+            Some(PlannedClass { per: Some(_), .. }) => shared_minor(u32::from(default_class)),
+            _ => leaf_minor(default_class),
+        },
         root: htb_class(HTB_ROOT_MINOR, capacity, capacity, 0, mtu),
-        leaves: planned.iter().map(|c| leaf(c, mtu)).collect(),
+        leaves: planned.iter().flat_map(|c| class_tree(c, mtu)).collect(),
     };
     Some(Plan { direction, capacity_bps: capacity, default_class, classes: planned, htb })
 }
@@ -212,8 +280,14 @@ mod tests {
 
     #[test]
     fn bursts_and_quanta_follow_the_rate() {
-        let class =
-            |bps| PlannedClass { index: 0, name: "c".into(), rate_bps: bps, ceil_bps: bps, priority: 4 };
+        let class = |bps| PlannedClass {
+            index: 0,
+            name: "c".into(),
+            rate_bps: bps,
+            ceil_bps: bps,
+            priority: 4,
+            per: None,
+        };
         // 5 Gbit/s: 4 ms of traffic (2.5 MB), where tc's default would be a few kB.
         let fast = leaf(&class(5_000_000_000), 1500);
         assert_eq!((fast.class.burst_bytes, fast.class.cburst_bytes), (2_500_000, 2_500_000));
@@ -228,5 +302,31 @@ mod tests {
         assert_eq!(slow.class.quantum, 1514);
         assert_eq!(slow.queue, LeafQueue::Bfifo { limit_bytes: 128 * 1024 });
         assert_eq!(slow.class.minor, 0x10);
+    }
+
+    #[test]
+    fn a_class_with_per_is_an_inner_node_with_a_shared_leaf() {
+        let p = plan_of(
+            "[[interface]]\nname = \"eth0\"\negress = \"100mbit\"\n\
+             [[class]]\nname = \"a\"\negress = \"5mbit\"\nper = \"user\"\n\
+             [[class]]\nname = \"b\"\negress = \"5mbit\"\nper = \"program\"\ntotal = \"6mbit\"\n",
+        );
+        let tree: Vec<(u32, u32, u64, u64, bool)> = p.htb.leaves[..4]
+            .iter()
+            .map(|l| {
+                (l.class.minor, l.parent, l.class.rate_bps, l.class.ceil_bps, l.queue == LeafQueue::Inner)
+            })
+            .collect();
+        assert_eq!(
+            tree,
+            [
+                (0x10, 1, 5_000_000, 100_000_000, true),
+                (0x800, 0x10, 5_000_000, 5_000_000, false),
+                (0x11, 1, 5_000_000, 6_000_000, true),
+                (0x801, 0x11, MIN_RATE_BPS, 5_000_000, false),
+            ]
+        );
+        let per = p.classes[1].per.clone().unwrap();
+        assert_eq!((per.per, per.rate_bps, per.ceil_bps), (Per::Program, MIN_RATE_BPS, 5_000_000));
     }
 }

@@ -138,8 +138,11 @@ fn small_plan() -> HtbPlan {
         cburst_bytes: 30_000,
         quantum: 1514,
     };
-    let leaf =
-        |minor, rate| HtbLeaf { class: class(minor, rate), queue: LeafQueue::Bfifo { limit_bytes: 60_000 } };
+    let leaf = |minor, rate| HtbLeaf {
+        class: class(minor, rate),
+        parent: 1,
+        queue: LeafQueue::Bfifo { limit_bytes: 60_000 },
+    };
     HtbPlan {
         default_minor: 0x10,
         root: class(1, 100_000_000),

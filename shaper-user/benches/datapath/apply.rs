@@ -75,8 +75,8 @@ fn tc_commands(dev: &str, plan: &tc::HtbPlan) -> Vec<String> {
     };
     out.push(class(&plan.root, "1:"));
     for (i, leaf) in plan.leaves.iter().enumerate() {
-        out.push(class(&leaf.class, "1:1"));
-        let tc::LeafQueue::Bfifo { limit_bytes } = leaf.queue;
+        out.push(class(&leaf.class, &format!("1:{:x}", leaf.parent)));
+        let tc::LeafQueue::Bfifo { limit_bytes } = leaf.queue else { continue };
         out.push(format!(
             "qdisc add dev {dev} parent 1:{:x} handle {:x}: bfifo limit {limit_bytes}",
             leaf.class.minor, leaf.class.minor

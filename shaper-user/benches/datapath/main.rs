@@ -17,6 +17,7 @@
 //! | scan        | scan.rs     | /proc/net, the fd scan, per-entry map walks, uncached facts |
 //! | apply       | apply.rs    | `tc -batch`, one `tc` per command (classic scripts)         |
 //! | quota       | quota.rs    | bytes past a quota (10, 100, 1000 Mbit/s) vs the allowance  |
+//! | instances   | instances.rs| the rate connections were opened at (per = "connection")   |
 //!
 //! `cargo xtask bench NAME…` runs the sections whose name contains a word.
 //! Needs root. Everything runs in throw-away network namespaces.
@@ -46,6 +47,7 @@ mod churn;
 mod classify;
 mod helper;
 mod ingress;
+mod instances;
 mod meter;
 mod newconn;
 mod plot;
@@ -261,8 +263,18 @@ fn main() -> Result<()> {
     let mut classified: Option<classify::Measured> = None;
     let mut failed = Vec::new();
     let names = [
-        "classify", "testrun", "ingress", "rates", "timeline", "newconn", "rules", "churn", "scan", "apply",
+        "classify",
+        "testrun",
+        "ingress",
+        "rates",
+        "timeline",
+        "newconn",
+        "rules",
+        "churn",
+        "scan",
+        "apply",
         "quota",
+        "instances",
     ];
     let selected: Vec<&str> = names.into_iter().filter(|n| wanted(n)).collect();
     for &name in &selected {
@@ -280,6 +292,7 @@ fn main() -> Result<()> {
             "scan" => scan::run(&mut report),
             "apply" => apply::run(&mut report),
             "quota" => quota::run(&mut report),
+            "instances" => instances::run(&mut report),
             _ => Ok(()),
         };
         let took = t.elapsed().as_secs_f64();

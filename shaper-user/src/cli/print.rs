@@ -114,6 +114,19 @@ pub(crate) fn print_status(status: &Status, json: bool) -> Result<()> {
         us(d.max_us),
         format_bytes(d.provisional_bytes)
     );
+    let i = &status.instances;
+    if *i != Default::default() {
+        let by_class: Vec<String> = i.by_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        println!(
+            "  instances (per): {} live ({}), {} created, {} removed idle or changed, {} over the cap, {} failed",
+            i.live,
+            if by_class.is_empty() { "none".to_string() } else { by_class.join(", ") },
+            i.created,
+            i.removed,
+            i.capped,
+            i.failed
+        );
+    }
     let errors: Vec<String> =
         status.errors.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect();
     println!(
@@ -163,6 +176,21 @@ pub(crate) fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
             cells.push(r.quota.map_or("-", |q| q.as_str()).to_string());
         }
         table.row(cells);
+        for i in &r.instances {
+            table.row(vec![
+                format!("  {} {}", r.per.as_deref().unwrap_or("per"), i.key),
+                r.interface.clone(),
+                r.direction.as_str().to_string(),
+                i.classid.clone(),
+                "-".to_string(),
+                format_rate(i.rate_bps),
+                format_rate(i.ceil_bps),
+                format_rate(i.rate_now_bps),
+                format_bytes(i.bytes),
+                "-".to_string(),
+                "-".to_string(),
+            ]);
+        }
     }
     print!("{}", table.render());
     Ok(())

@@ -4,6 +4,7 @@
 //! error names the file, line and column and says what was expected. See
 //! config/shaper.toml for an annotated example and README.md for the reference.
 
+mod per;
 mod position;
 mod quota;
 mod raw;
@@ -18,6 +19,7 @@ use std::{
 use shaper_common::{Direction, DEFAULT_MAX_FLOWS, MAX_CLASSES, MAX_IFACES};
 use toml::Spanned;
 
+pub use per::{Per, PerConfig, DEFAULT_INSTANCE_IDLE};
 pub use position::Pos;
 pub use quota::{Counted, Period, Quota, Then};
 use raw::{RateValue, RawClass, RawConfig, RawInterface, RawLimit};
@@ -145,6 +147,8 @@ pub struct ClassConfig {
     pub implicit: bool,
     /// `quota = { … }`: an allowance of bytes per period.
     pub quota: Option<Quota>,
+    /// `per`: one HTB leaf per user, program, unit, cgroup or connection.
+    pub per: Option<PerConfig>,
 }
 
 impl ClassConfig {
@@ -565,6 +569,7 @@ impl Validator<'_> {
                 interfaces: c.interfaces.as_ref().map(|l| l.iter().map(|n| n.get_ref().clone()).collect()),
                 implicit: false,
                 quota: c.quota.as_ref().map(|q| self.quota(q, name)).transpose()?,
+                per: self.per(c, name)?,
             });
         }
         Ok(classes)
@@ -613,6 +618,7 @@ impl Validator<'_> {
                     interfaces: None,
                     implicit: true,
                     quota: None,
+                    per: None,
                 });
                 DEFAULT_CLASS_NAME.to_string()
             }

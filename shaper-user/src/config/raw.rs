@@ -55,6 +55,9 @@ pub struct RawClass {
     pub rule: Option<Spanned<String>>,
     pub interfaces: Option<Vec<Spanned<String>>>,
     pub quota: Option<Spanned<super::quota::RawQuota>>,
+    pub per: Option<Spanned<String>>,
+    pub total: Option<Spanned<RateValue>>,
+    pub instance_idle: Option<Spanned<String>>,
 }
 
 /// A rate as written: `"10mbit"`, or a bare integer (bits/s).

@@ -8,7 +8,7 @@ pub mod protocol;
 pub mod server;
 
 pub use protocol::{
-    Applied, AttachMode, Changes, ClassRow, Command, ConnRow, Decisions, Direction, InterfaceStatus,
-    MapUsage, Moved, Origin, QuotaState, ReloadStatus, Reply, Request, ScanReport, SetClass, SockState,
-    Status, Stopping, UsageRow, PROTOCOL_VERSION,
+    Applied, AttachMode, Changes, ClassRow, Command, ConnRow, Decisions, Direction, InstanceCounters,
+    InstanceRow, InterfaceStatus, MapUsage, Moved, Origin, QuotaState, ReloadStatus, Reply, Request,
+    ScanReport, SetClass, SockState, Status, Stopping, UsageRow, PROTOCOL_VERSION,
 };

@@ -237,6 +237,45 @@ pub struct Status {
     /// Where quota usage is saved across reboots, and why it could not be (if so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_file: Option<String>,
+    /// Instances of classes with `per`.
+    #[serde(default)]
+    pub instances: InstanceCounters,
+}
+
+/// Instances of classes with `per` (`status`): how many live, and what
+/// happened to the reports of new ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceCounters {
+    pub live: u64,
+    /// Live instances by class name.
+    #[serde(default)]
+    pub by_class: std::collections::BTreeMap<String, u64>,
+    pub created: u64,
+    /// Removed: idle for `instance_idle`, or their class lost `per`.
+    pub removed: u64,
+    /// Not created: the class (or all classes) had as many as allowed;
+    /// their traffic stays in the class's shared leaf.
+    pub capped: u64,
+    /// Not created: the kernel refused a leaf.
+    pub failed: u64,
+}
+
+/// One instance of a class with `per` (`classes`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRow {
+    /// The user, program, unit, cgroup or connection.
+    pub key: String,
+    /// tc notation of its leaf, e.g. "1:1003".
+    pub classid: String,
+    pub rate_bps: u64,
+    pub ceil_bps: u64,
+    /// Bytes the classifier put into it in this direction since it was made.
+    pub bytes: u64,
+    /// What HTB sent out of its leaf.
+    pub sent_bytes: u64,
+    pub rate_now_bps: u64,
+    /// Seconds since its last packet (as of the last scan).
+    pub idle_s: u64,
 }
 
 /// One kernel map's fill (`status`): FLOWS and KEPT_FLOWS as the last scan
@@ -356,6 +395,12 @@ pub struct ClassRow {
     /// Where the class's quota stands (absent: no quota).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaState>,
+    /// `per` ("user", "program", …), when the class has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<String>,
+    /// Its live instances (with `per`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceRow>,
 }
 
 /// Where a quota stands (`shaper usage`, `classes`, `status`).

@@ -545,6 +545,11 @@ impl Host {
         }
     }
 
+    /// The netlink socket the trees are changed through.
+    pub fn netlink(&self) -> &Netlink {
+        &self.netlink
+    }
+
     /// HTB's counters of the classes on `device`, by class id.
     pub fn htb_stats(&self, device: u32) -> Result<HashMap<u32, HtbStats>, HostError> {
         Ok(tc::htb_stats(&self.netlink, device)?.into_iter().map(|s| (s.classid, s)).collect())

@@ -9,7 +9,7 @@
 //! | [`shaper`] | the running daemon: its parts, start-up, requests, stop |
 //! | [`links`] | devices that come and go: lost IFBs, interfaces gone and back |
 //! | [`apply`], [`live`], [`report`] | bringing the host to a config; the config in force and its changes; `status`, `classes`, `conns` |
-//! | [`host`], [`decider`] | the parts: interfaces and HTB trees; connections and decisions (the datapath is [`crate::datapath`]) |
+//! | [`host`], [`decider`], [`instances`] | the parts: interfaces and HTB trees; connections and decisions; the instances of classes with `per` (the datapath is [`crate::datapath`]) |
 //! | [`quota`], [`effective`] | quotas: usage, periods, the state file; the class limits in force under a throttle |
 //! | [`options`], [`error`], [`notify`], [`pidfile`], [`watch`] | command-line options and the config they load; errors; sd_notify; the pid file; the config-file watch |
 
@@ -18,6 +18,7 @@ mod decider;
 mod effective;
 mod error;
 mod host;
+mod instances;
 mod links;
 mod live;
 pub mod notify;

@@ -9,6 +9,7 @@ use super::{
     decider::Decider,
     error::DaemonError,
     host::{Host, Shaped},
+    instances::Instances,
     live::ConfigState,
     quota::Quotas,
 };
@@ -27,6 +28,7 @@ pub struct View<'a> {
     pub host: &'a Host,
     pub datapath: &'a Datapath,
     pub decider: &'a Decider,
+    pub instances: &'a Instances,
     pub state: &'a ConfigState,
     pub started: Instant,
     pub adopted: bool,
@@ -102,6 +104,7 @@ impl<'a> View<'a> {
                 .collect(),
             quotas: self.quotas.rows(),
             state_file: (!self.quotas.is_empty()).then(|| self.quotas.file_status()),
+            instances: self.instances.counters(|index| names.class(index)),
         }
     }
 
@@ -179,6 +182,12 @@ impl<'a> View<'a> {
                 rate_now_bps: self.host.rate_now(device, classid),
                 rule: names.rule(class.index),
                 quota: self.quotas.state_of(&class.name),
+                per: class.per.as_ref().map(|p| p.per.as_str().to_string()),
+                instances: class
+                    .per
+                    .as_ref()
+                    .map(|per| self.instances.rows(self.host, (direction, device), class.index, per))
+                    .unwrap_or_default(),
             });
         }
         Ok(())

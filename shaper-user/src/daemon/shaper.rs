@@ -23,7 +23,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use shaper_common::FlowEvent;
+use shaper_common::{FlowEvent, EVENT_INSTANCE};
 
 use super::{
     apply::{self, Parts},
@@ -31,6 +31,7 @@ use super::{
     effective,
     error::{DaemonError, RequestError},
     host::Host,
+    instances::Instances,
     links,
     live::{ConfigState, Pending},
     options::{self, RunOptions},
@@ -64,6 +65,7 @@ pub struct Shaper {
     host: Host,
     datapath: Datapath,
     decider: Decider,
+    instances: Instances,
     /// The cgroup the socket hooks are attached to.
     hooks: Option<PathBuf>,
     started: Instant,
@@ -128,6 +130,7 @@ impl Shaper {
             host,
             datapath,
             decider,
+            instances: Instances::default(),
             hooks: None,
             started: Instant::now(),
             adopted,
@@ -169,6 +172,8 @@ impl Shaper {
             }
             return Err(e);
         }
+        self.instances.clear_leftovers(&self.host);
+        self.instances.configure(&self.host, &mut self.datapath, &config);
         Ok(())
     }
 
@@ -202,6 +207,7 @@ impl Shaper {
             host: &self.host,
             datapath: &self.datapath,
             decider: &self.decider,
+            instances: &self.instances,
             state: &self.state,
             started: self.started,
             adopted: self.adopted,
@@ -221,13 +227,18 @@ impl Shaper {
         self.datapath.ebpf_mut()
     }
 
-    /// A new flow the classifier reported.
+    /// A new flow the classifier reported, or a new instance of a class with `per`.
     pub fn on_event(&mut self, event: &FlowEvent) {
-        self.decider.on_event(&mut self.datapath, event);
+        if event.flags & EVENT_INSTANCE != 0 {
+            self.instances.on_event(&self.host, &mut self.datapath, event);
+        } else {
+            self.decider.on_event(&mut self.datapath, event);
+        }
     }
 
-    /// One pass of the periodic reconcile.
+    /// One pass of the periodic reconcile (idle instances go too).
     pub fn reconcile(&mut self) -> ScanReport {
+        self.instances.expire(&self.host, &mut self.datapath);
         self.decider.reconcile(&mut self.datapath)
     }
 
@@ -294,6 +305,8 @@ impl Shaper {
                 if let Err(e) = apply::converge(&mut self.parts(), Some(&before), &after) {
                     log::error!("changing the limits of a quota's class: {}", crate::error_chain(&e));
                 }
+                // With `per`, each instance's leaf follows its class.
+                self.instances.configure(&self.host, &mut self.datapath, &after);
             }
             Err(e) => log::error!("reading quota usage: {}", crate::error_chain(&e)),
         }
@@ -310,6 +323,7 @@ impl Shaper {
         let after = self.in_force(self.state.config());
         if after != before {
             apply::converge(&mut self.parts(), Some(&before), &after)?;
+            self.instances.configure(&self.host, &mut self.datapath, &after);
         }
         Ok(self.quotas.rows())
     }
@@ -321,6 +335,7 @@ impl Shaper {
         let previous = self.state.config().clone();
         self.sync_quotas(&pending.config)?;
         let new = self.in_force(&pending.config);
+        self.instances.retire(&self.host, &mut self.datapath, &new);
         let changes = match apply::converge(&mut self.parts(), Some(&old), &new) {
             Ok(changes) => changes,
             Err(e) => {
@@ -331,6 +346,7 @@ impl Shaper {
                 return Err(e.into());
             }
         };
+        self.instances.configure(&self.host, &mut self.datapath, &new);
         let restart_needed = pending.restart_needed.clone();
         self.state.applied(pending, reloaded);
         Ok(Applied { changes, restart_needed, took_ms: started.elapsed().as_millis() as u64 })

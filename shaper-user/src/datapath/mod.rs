@@ -5,6 +5,7 @@
 pub mod batch;
 mod cgroup;
 mod ifaces;
+mod instances;
 mod netns;
 mod occupancy;
 mod quota;
@@ -12,7 +13,10 @@ mod quota;
 pub use occupancy::Occupancy;
 pub use quota::QuotaMaps;
 
-use shaper_common::Direction;
+use shaper_common::{
+    instances::{InstanceKey, InstanceStats},
+    Direction,
+};
 
 use crate::classids::ClassIds;
 
@@ -267,6 +271,7 @@ pub struct Datapath {
     proc_tests: HashMap<MapData, u32, ProcTests>,
     class_names: Array<MapData, ClassName>,
     quotas: QuotaMaps,
+    instances: instances::InstanceMaps,
     /// What CLASS_NAMES holds (index → name): the class indices in force.
     recorded_classes: BTreeMap<u16, String>,
     events: Option<RingBuf<MapData>>,
@@ -372,6 +377,12 @@ impl Datapath {
             take_map(&mut ebpf, names::MAP_QUOTA_GATES)?,
         );
         let events = Some(take_map(&mut ebpf, names::MAP_EVENTS)?);
+        let instances = instances::InstanceMaps {
+            modes: take_map(&mut ebpf, names::MAP_CLASS_MODES)?,
+            keys: take_map(&mut ebpf, names::MAP_INSTANCES)?,
+            slots: take_map(&mut ebpf, names::MAP_INSTANCE_SLOTS)?,
+            stats: take_map(&mut ebpf, names::MAP_INSTANCE_STATS)?,
+        };
         let mut flows = flows;
         let mut owners = owners;
         for (name, old) in resized {
@@ -405,6 +416,7 @@ impl Datapath {
             proc_tests,
             class_names,
             quotas,
+            instances,
             recorded_classes,
             events,
             rules_gen: current.rules_gen,
@@ -822,6 +834,36 @@ impl Datapath {
             sum.rx_packets += s.rx_packets;
             sum
         }))
+    }
+
+    /// Sets each class index's `per` mode (`modes[index]`, `PER_*`).
+    pub fn set_class_modes(&mut self, modes: &[u8]) -> Result<(), DatapathError> {
+        self.instances.set_modes(modes)
+    }
+
+    /// Makes instance slot `slot` live for `class`, found by `keys`.
+    pub fn open_instance(
+        &mut self,
+        slot: u32,
+        class: u16,
+        keys: &[InstanceKey],
+    ) -> Result<(), DatapathError> {
+        self.instances.open(slot, class, keys)
+    }
+
+    /// Points one more key at a live instance slot.
+    pub fn alias_instance(&mut self, slot: u32, key: &InstanceKey) -> Result<(), DatapathError> {
+        self.instances.alias(slot, key)
+    }
+
+    /// Frees instance slot `slot` and its keys.
+    pub fn close_instance(&mut self, slot: u32, keys: &[InstanceKey]) -> Result<(), DatapathError> {
+        self.instances.close(slot, keys)
+    }
+
+    /// Bytes the classifier put into instance slot `slot`.
+    pub fn instance_stats(&self, slot: u32) -> InstanceStats {
+        self.instances.stats(slot)
     }
 
     /// The classifier's error counters (`ERR_*`), summed over CPUs.

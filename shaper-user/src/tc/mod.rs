@@ -134,11 +134,16 @@ pub struct HtbClass {
 pub enum LeafQueue {
     /// A FIFO limited in bytes.
     Bfifo { limit_bytes: u32 },
+    /// None: the class is an inner node (a class with `per`), its children queue.
+    Inner,
 }
 
+/// A class under the root: a leaf and its queue, or an inner node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HtbLeaf {
     pub class: HtbClass,
+    /// Minor of the parent class: the root, or the class of an instance leaf.
+    pub parent: u32,
     pub queue: LeafQueue,
 }
 
@@ -344,7 +349,6 @@ fn htb_messages(ifindex: u32, plan: &HtbPlan, tag: u32) -> Vec<Message> {
     qdisc.attr(TCA_HTB_INIT, &htb_glob(plan.default_minor, tag));
     qdisc.end_nest(nest);
     msgs.push(qdisc);
-    let root = htb_handle(plan.root.minor);
     msgs.push(class_message(
         ifindex,
         &plan.root,
@@ -353,25 +357,42 @@ fn htb_messages(ifindex: u32, plan: &HtbPlan, tag: u32) -> Vec<Message> {
         "adding the HTB root class".into(),
     ));
     for leaf in &plan.leaves {
-        let handle = htb_handle(leaf.class.minor);
-        let what = format!("adding HTB class {}", format_handle(handle));
-        msgs.push(class_message(ifindex, &leaf.class, root, NLM_F_CREATE | NLM_F_EXCL, what));
-        msgs.push(leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_EXCL));
+        msgs.extend(add_leaf_messages(ifindex, leaf));
     }
     msgs
 }
 
-fn leaf_queue_message(ifindex: u32, leaf: &HtbLeaf, flags: u16) -> Message {
+/// The messages that add `leaf` (and its queue) to the tree on `ifindex`.
+fn add_leaf_messages(ifindex: u32, leaf: &HtbLeaf) -> Vec<Message> {
+    let handle = htb_handle(leaf.class.minor);
+    let what = format!("adding HTB class {}", format_handle(handle));
+    let mut msgs =
+        vec![class_message(ifindex, &leaf.class, htb_handle(leaf.parent), NLM_F_CREATE | NLM_F_EXCL, what)];
+    msgs.extend(leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_EXCL));
+    msgs
+}
+
+/// Adds one leaf (an instance's) to the tree on `ifindex`.
+pub fn add_leaf(nl: &Netlink, ifindex: u32, leaf: &HtbLeaf) -> Result<(), TcError> {
+    nl.batch(&mut add_leaf_messages(ifindex, leaf))
+}
+
+/// Deletes class `1:minor` (with its queue) from the tree on `ifindex`.
+pub fn delete_class(nl: &Netlink, ifindex: u32, minor: u32) -> Result<(), TcError> {
+    nl.request(delete_class_message(ifindex, htb_handle(minor)))
+}
+
+fn leaf_queue_message(ifindex: u32, leaf: &HtbLeaf, flags: u16) -> Option<Message> {
     let parent = htb_handle(leaf.class.minor);
     // The queue's handle major is the class's minor: "qdisc bfifo 10: parent 1:10".
     let handle = leaf.class.minor << 16;
-    let LeafQueue::Bfifo { limit_bytes } = leaf.queue;
+    let LeafQueue::Bfifo { limit_bytes } = leaf.queue else { return None };
     let mut msg =
         Message::new(RTM_NEWQDISC, flags, format!("adding the queue of class {}", format_handle(parent)));
     msg.push(&tcmsg(ifindex, handle, parent))
         .attr_str(TCA_KIND, "bfifo")
         .attr(TCA_OPTIONS, &limit_bytes.to_ne_bytes());
-    msg
+    Some(msg)
 }
 
 /// Builds the HTB tree of `plan` as the root qdisc of `ifindex`, marked with
@@ -499,6 +520,7 @@ fn sync_steps(
         previous.map(|p| p.leaves.iter().collect()).unwrap_or_default();
     for leaf in &plan.leaves {
         let handle = htb_handle(leaf.class.minor);
+        let root = htb_handle(leaf.parent);
         if existing.contains(&handle) && applied.contains(leaf) {
             continue;
         }
@@ -517,10 +539,10 @@ fn sync_steps(
                     )
                 }),
             });
-            steps.push(Step {
-                request: leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_REPLACE),
-                undo: was.map(|w| leaf_queue_message(ifindex, w, NLM_F_CREATE | NLM_F_REPLACE)),
-            });
+            if let Some(request) = leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_REPLACE) {
+                let undo = was.and_then(|w| leaf_queue_message(ifindex, w, NLM_F_CREATE | NLM_F_REPLACE));
+                steps.push(Step { request, undo });
+            }
         } else {
             let what = format!("adding HTB class {}", format_handle(handle));
             steps.push(Step {
@@ -528,17 +550,17 @@ fn sync_steps(
                 // Deleting the class takes its queue along.
                 undo: Some(delete_class_message(ifindex, handle)),
             });
-            steps.push(Step {
-                request: leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_EXCL),
-                undo: None,
-            });
+            if let Some(request) = leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_EXCL) {
+                steps.push(Step { request, undo: None });
+            }
         }
     }
     steps
 }
 
 /// Deletes the HTB classes of shaper's tree on `ifindex` that `plan` does not
-/// have (with their queues). Returns how many went.
+/// have (with their queues). Returns how many went. Instance leaves are the
+/// daemon's instance table's to remove, not the plan's.
 pub fn prune_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan) -> Result<usize, TcError> {
     let keep: std::collections::HashSet<u32> = std::iter::once(plan.root.minor)
         .chain(plan.leaves.iter().map(|l| l.class.minor))
@@ -546,6 +568,7 @@ pub fn prune_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan) -> Result<usize, Tc
         .collect();
     let mut msgs: Vec<Message> = htb_stats(nl, ifindex)?
         .into_iter()
+        .filter(|c| c.classid & 0xffff < shaper_common::instances::INSTANCE_MINOR_BASE)
         .filter(|c| c.classid >> 16 == shaper_common::HTB_MAJOR && !keep.contains(&c.classid))
         .map(|c| delete_class_message(ifindex, c.classid))
         .collect();
@@ -555,12 +578,10 @@ pub fn prune_htb(nl: &Netlink, ifindex: u32, plan: &HtbPlan) -> Result<usize, Tc
 }
 
 /// Changes the parameters of an existing leaf class in place (no packet is lost).
-pub fn change_leaf(nl: &Netlink, ifindex: u32, root_minor: u32, leaf: &HtbLeaf) -> Result<(), TcError> {
+pub fn change_leaf(nl: &Netlink, ifindex: u32, leaf: &HtbLeaf) -> Result<(), TcError> {
     let what = format!("changing HTB class {}", format_handle(htb_handle(leaf.class.minor)));
-    let mut msgs = vec![
-        class_message(ifindex, &leaf.class, htb_handle(root_minor), 0, what),
-        leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_REPLACE),
-    ];
+    let mut msgs = vec![class_message(ifindex, &leaf.class, htb_handle(leaf.parent), 0, what)];
+    msgs.extend(leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_REPLACE));
     nl.batch(&mut msgs)
 }
 

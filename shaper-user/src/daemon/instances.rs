@@ -1,0 +1,335 @@
+//! Limits per instance: the daemon's table of the instances of classes with
+//! `per` (see `shaper_common::instances` for the kernel's part).
+//!
+//! The order of a new instance: the classifier reports a flow whose instance
+//! has no leaf (its packets meanwhile go to the class's shared leaf); here the
+//! instance gets a free slot, a leaf under the class in every HTB tree that
+//! has the class (egress and the IFB's), and only then its INSTANCES entry,
+//! so the classifier never sends a packet to a leaf that is not there. Its
+//! removal (idle for `instance_idle`, its class gone or changed) goes the other
+//! way round: map entries first, then the leaves. Bounded: at most
+//! `MAX_INSTANCES_PER_CLASS` per class and `MAX_INSTANCES` in all; a report
+//! past either is counted (`capped`) and its traffic stays in the shared leaf.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use shaper_common::{
+    instances::{instance_minor, InstanceKey, InstanceStats, MAX_INSTANCES, MAX_INSTANCES_PER_CLASS},
+    Direction, FlowEvent, EVENT_OWNER,
+};
+
+use super::host::Host;
+use crate::{
+    accounts::{Accounts, SystemAccounts},
+    config::{Config, Per},
+    control::{InstanceCounters, InstanceRow},
+    datapath::Datapath,
+    plan::{self, PlannedClass, PlannedPer},
+    tc,
+};
+
+/// One live instance.
+struct Instance {
+    class: u16,
+    /// What tells it apart, as shown ("alice", "curl", "sshd.service", …).
+    name: String,
+    keys: Vec<InstanceKey>,
+    /// Bytes at creation (the slot's counters are not reset) and last seen.
+    base: InstanceStats,
+    last: InstanceStats,
+    active: Instant,
+    idle: Duration,
+}
+
+/// The instance table.
+#[derive(Default)]
+pub struct Instances {
+    slots: Vec<Option<Instance>>,
+    by_name: HashMap<(u16, String), u32>,
+    counters: InstanceCounters,
+    accounts: SystemAccounts,
+}
+
+/// The planned class `class` with `per`, on every tree that has it: (device, mtu, class, per).
+fn trees_of(host: &Host, class: u16) -> Vec<(u32, u32, PlannedClass, PlannedPer)> {
+    let mut out = Vec::new();
+    for shaped in host.shaped() {
+        for (_, plan, device) in shaped.trees() {
+            if let Some(c) = plan.classes.iter().find(|c| c.index == class) {
+                if let Some(per) = &c.per {
+                    out.push((device, shaped.link.mtu, c.clone(), per.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What tells the instance of `event` apart, as shown.
+fn instance_name(accounts: &SystemAccounts, per: Per, event: &FlowEvent) -> String {
+    let owner = &event.owner;
+    match per {
+        Per::User => accounts.user_name(owner.uid).unwrap_or_else(|| owner.uid.to_string()),
+        Per::Program => {
+            let end = owner.comm.iter().position(|b| *b == 0).unwrap_or(owner.comm.len());
+            String::from_utf8_lossy(&owner.comm[..end]).into_owned()
+        }
+        Per::Cgroup => {
+            crate::cgroups::of_process(owner.tgid).unwrap_or_else(|| format!("cgroup {}", owner.cgroup_id))
+        }
+        Per::Unit => crate::cgroups::of_process(owner.tgid)
+            .and_then(|path| {
+                path.rsplit('/')
+                    .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| format!("cgroup {}", owner.cgroup_id)),
+        Per::Connection => format!(
+            "{} {} → {}",
+            crate::flows::proto_name(event.key.proto),
+            crate::flows::endpoint(&event.key, true),
+            crate::flows::endpoint(&event.key, false)
+        ),
+    }
+}
+
+impl Instances {
+    fn count_of(&self, class: u16) -> usize {
+        self.slots.iter().flatten().filter(|i| i.class == class).count()
+    }
+
+    fn free_slot(&mut self) -> Option<u32> {
+        if let Some(at) = self.slots.iter().position(Option::is_none) {
+            return Some(at as u32);
+        }
+        (self.slots.len() < MAX_INSTANCES as usize).then(|| {
+            self.slots.push(None);
+            (self.slots.len() - 1) as u32
+        })
+    }
+
+    /// A flow whose instance has no leaf yet (`EVENT_INSTANCE`).
+    pub fn on_event(&mut self, host: &Host, datapath: &mut Datapath, event: &FlowEvent) {
+        let trees = trees_of(host, event.class);
+        let Some((_, _, _, per)) = trees.first() else { return };
+        let owner = (event.flags & EVENT_OWNER != 0).then_some(&event.owner);
+        let Some(key) = InstanceKey::of(event.class, per.per.mode(), &event.key, owner) else { return };
+        let name = instance_name(&self.accounts, per.per, event);
+        if let Some(slot) = self.by_name.get(&(event.class, name.clone())).copied() {
+            // Known (a report from before its entry was written, or another
+            // cgroup of the same unit): one more key for the same leaf.
+            if let Some(Some(instance)) = self.slots.get_mut(slot as usize) {
+                if !instance.keys.contains(&key) {
+                    instance.keys.push(key);
+                }
+                if let Err(e) = datapath.alias_instance(slot, &key) {
+                    log::warn!("instance {name}: {}", crate::error_chain(&e));
+                }
+            }
+            return;
+        }
+        if self.count_of(event.class) >= MAX_INSTANCES_PER_CLASS as usize {
+            self.counters.capped += 1;
+            return;
+        }
+        let Some(slot) = self.free_slot() else {
+            self.counters.capped += 1;
+            return;
+        };
+        if let Err(e) = self.create(host, datapath, &trees, slot, key) {
+            self.counters.failed += 1;
+            log::warn!("instance {name} of class {}: {e}", event.class);
+            return;
+        }
+        let base = datapath.instance_stats(slot);
+        let idle = per.idle;
+        self.slots[slot as usize] = Some(Instance {
+            class: event.class,
+            name: name.clone(),
+            keys: vec![key],
+            base,
+            last: base,
+            active: Instant::now(),
+            idle,
+        });
+        self.by_name.insert((event.class, name), slot);
+        self.counters.created += 1;
+    }
+
+    /// The leaves of a new instance in `slot`, then its map entries.
+    fn create(
+        &self,
+        host: &Host,
+        datapath: &mut Datapath,
+        trees: &[(u32, u32, PlannedClass, PlannedPer)],
+        slot: u32,
+        key: InstanceKey,
+    ) -> Result<(), String> {
+        let minor = instance_minor(slot);
+        for (n, (device, mtu, class, per)) in trees.iter().enumerate() {
+            let leaf = plan::instance_leaf(class, per, minor, *mtu);
+            if let Err(e) = tc::add_leaf(host.netlink(), *device, &leaf) {
+                for (device, ..) in &trees[..n] {
+                    let _ = tc::delete_class(host.netlink(), *device, minor);
+                }
+                return Err(e.to_string());
+            }
+        }
+        let class = trees.first().map_or(0, |t| t.2.index);
+        datapath.open_instance(slot, class, &[key]).map_err(|e| crate::error_chain(&e))
+    }
+
+    /// Removes the instance in `slot`: map entries first, then its leaves.
+    fn remove(&mut self, host: &Host, datapath: &mut Datapath, slot: u32) {
+        let Some(instance) = self.slots.get_mut(slot as usize).and_then(Option::take) else { return };
+        self.by_name.remove(&(instance.class, instance.name.clone()));
+        if let Err(e) = datapath.close_instance(slot, &instance.keys) {
+            log::warn!("removing instance {}: {}", instance.name, crate::error_chain(&e));
+        }
+        for shaped in host.shaped() {
+            for (_, _, device) in shaped.trees() {
+                // A tree without the class (or rebuilt since) has no such leaf: fine.
+                let _ = tc::delete_class(host.netlink(), device, instance_minor(slot));
+            }
+        }
+        self.counters.removed += 1;
+    }
+
+    /// Removes the instances that have been idle for their class's
+    /// `instance_idle`; notes which had traffic.
+    pub fn expire(&mut self, host: &Host, datapath: &mut Datapath) {
+        let now = Instant::now();
+        let mut idle = Vec::new();
+        for (slot, instance) in self.slots.iter_mut().enumerate() {
+            let Some(instance) = instance else { continue };
+            let bytes = datapath.instance_stats(slot as u32);
+            if bytes != instance.last {
+                instance.last = bytes;
+                instance.active = now;
+            } else if now.duration_since(instance.active) >= instance.idle {
+                idle.push(slot as u32);
+            }
+        }
+        for slot in idle {
+            self.remove(host, datapath, slot);
+        }
+    }
+
+    /// Before a new config: removes the instances of classes that lose `per`
+    /// or change it (their leaves would keep the class an inner node).
+    pub fn retire(&mut self, host: &Host, datapath: &mut Datapath, next: &Config) {
+        let ids = datapath.class_ids();
+        let gone: Vec<u32> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, i)| i.as_ref().map(|i| (slot as u32, i.class)))
+            .filter(|(_, class)| {
+                let now = trees_of(host, *class).first().map(|t| t.3.per);
+                let name = ids.name(*class);
+                let next = name.and_then(|n| next.class(n)).and_then(|c| c.per).map(|p| p.per);
+                now.is_none() || now != next
+            })
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in gone {
+            self.remove(host, datapath, slot);
+        }
+    }
+
+    /// After a config is in force: the classifier's modes, and each
+    /// instance's leaf brought to its class's current limits.
+    pub fn configure(&mut self, host: &Host, datapath: &mut Datapath, config: &Config) {
+        let ids = datapath.class_ids();
+        let mut modes = Vec::new();
+        for class in &config.classes {
+            let (Some(index), Some(per)) = (ids.index(&class.name), class.per) else { continue };
+            let at = usize::from(index);
+            if modes.len() <= at {
+                modes.resize(at + 1, 0);
+            }
+            modes[at] = per.per.mode();
+        }
+        if let Err(e) = datapath.set_class_modes(&modes) {
+            log::error!("instances: {}", crate::error_chain(&e));
+        }
+        for (slot, instance) in self.slots.iter_mut().enumerate() {
+            let Some(instance) = instance else { continue };
+            for (device, mtu, class, per) in trees_of(host, instance.class) {
+                instance.idle = per.idle;
+                let leaf = plan::instance_leaf(&class, &per, instance_minor(slot as u32), mtu);
+                if let Err(e) = tc::change_leaf(host.netlink(), device, &leaf) {
+                    log::warn!("instance {}: {e}", instance.name);
+                }
+            }
+        }
+    }
+
+    /// Removes instance leaves an earlier daemon left (its instance table
+    /// went with it; instances are found again on sight).
+    pub fn clear_leftovers(&self, host: &Host) {
+        for shaped in host.shaped() {
+            for (_, _, device) in shaped.trees() {
+                let Ok(stats) = host.htb_stats(device) else { continue };
+                for classid in stats.keys() {
+                    let minor = classid & 0xffff;
+                    if classid >> 16 == shaper_common::HTB_MAJOR && minor >= instance_minor(0) {
+                        let _ = tc::delete_class(host.netlink(), device, minor);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The live instances of `class` on `device`, for `classes`.
+    pub fn rows(
+        &self,
+        host: &Host,
+        tree: (Direction, u32),
+        class: u16,
+        per: &PlannedPer,
+    ) -> Vec<InstanceRow> {
+        let (direction, device) = tree;
+        let stats = host.htb_stats(device).unwrap_or_default();
+        let mut rows: Vec<InstanceRow> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, i)| i.as_ref().filter(|i| i.class == class).map(|i| (slot as u32, i)))
+            .map(|(slot, i)| {
+                let classid = (shaper_common::HTB_MAJOR << 16) | instance_minor(slot);
+                InstanceRow {
+                    key: i.name.clone(),
+                    classid: tc::format_handle(classid),
+                    rate_bps: per.rate_bps,
+                    ceil_bps: per.ceil_bps,
+                    bytes: match direction {
+                        Direction::Egress => i.last.tx_bytes.saturating_sub(i.base.tx_bytes),
+                        Direction::Ingress => i.last.rx_bytes.saturating_sub(i.base.rx_bytes),
+                    },
+                    sent_bytes: stats.get(&classid).map_or(0, |s| s.bytes),
+                    rate_now_bps: host.rate_now(device, classid),
+                    idle_s: i.active.elapsed().as_secs(),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        rows
+    }
+
+    /// Counters for `status`; `name` names a class index.
+    pub fn counters(&self, name: impl Fn(u16) -> String) -> InstanceCounters {
+        let mut by_class = std::collections::BTreeMap::new();
+        for instance in self.slots.iter().flatten() {
+            *by_class.entry(name(instance.class)).or_insert(0) += 1;
+        }
+        InstanceCounters {
+            live: self.slots.iter().flatten().count() as u64,
+            by_class,
+            ..self.counters.clone()
+        }
+    }
+}

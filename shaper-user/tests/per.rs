@@ -1,0 +1,174 @@
+//! End to end: limits per user, program or connection (`per`, `total`,
+//! `instance_idle`), with real traffic from programs started in the
+//! sandbox's cgroup as test users or under other names.
+//!
+//! Needs root (without it each test reports "skipped: needs root"). Every
+//! test builds and removes its own sandbox, cgroups, program copies and users.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test with a backtrace"
+)]
+
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use shaper_testkit::{
+    require_root,
+    sandbox::{finish_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox, TestUser},
+};
+use shaper_user::control::{ClassRow, Direction};
+
+const SCAN: &str = "\n[daemon]\nscan_interval = \"500ms\"\n";
+
+/// Runs one iperf3 client per command at once (to ports 5201, 5202, …) for 8
+/// seconds; returns each one's received rate, and the class rows seen midway.
+fn run_at_once(commands: Vec<Command>, daemon: &Daemon) -> (Vec<f64>, Vec<ClassRow>) {
+    let args = ["-t", "8", "-O", "2"];
+    let clients: Vec<_> = commands
+        .into_iter()
+        .enumerate()
+        .map(|(i, cmd)| spawn_client_cmd(cmd, Sandbox::ADDR_B4, 5201 + i as u16, &args).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    let rows = classes(daemon);
+    let rates = clients.into_iter().map(|c| finish_client(c).unwrap().received_bps).collect();
+    (rates, rows)
+}
+
+/// The instance keys `classes` shows for class `name` (egress).
+fn instance_keys(rows: &[ClassRow], name: &str) -> Vec<String> {
+    class_in(rows, name, Direction::Egress).instances.iter().map(|i| i.key.clone()).collect()
+}
+
+fn per_class(per: &str, extra: &str) -> String {
+    format!(
+        "\n[[class]]\nname = \"each\"\negress = \"5mbit\"\nmatch = 'rport in [5201, 5202]'\nper = \"{per}\"\n{extra}"
+    )
+}
+
+#[test]
+fn each_user_gets_the_class_rate_and_total_caps_them_together() {
+    require_root!();
+    let sandbox = Sandbox::new("peru").unwrap();
+    let users = [
+        TestUser::create(&format!("shp-{}a", sandbox.tag)).unwrap(),
+        TestUser::create(&format!("shp-{}b", sandbox.tag)).unwrap(),
+    ];
+    let config = format!("{}{}{SCAN}", interface(&sandbox), per_class("user", ""));
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let _s2 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5202).unwrap();
+    let commands = || users.iter().map(|u| sandbox.client_as(u, "iperf3").unwrap()).collect();
+    let (rates, rows) = run_at_once(commands(), &daemon);
+    println!("per user, 5mbit each: {:.2} and {:.2} Mbit/s", rates[0] / MBIT, rates[1] / MBIT);
+    for (user, rate) in users.iter().zip(&rates) {
+        assert_near(&format!("user {} (5 Mbit/s of its own)", user.name), *rate, 5.0 * MBIT, 0.10);
+    }
+    let mut expected: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
+    expected.sort();
+    assert_eq!(instance_keys(&rows, "each"), expected, "{rows:#?}");
+    // The same class with a total: both users together at 6 Mbit/s, applied live.
+    std::fs::write(
+        &daemon.config,
+        format!("{}{}{SCAN}", interface(&sandbox), per_class("user", "total = \"6mbit\"\n")),
+    )
+    .unwrap();
+    daemon.reload().unwrap();
+    let (rates, _) = run_at_once(commands(), &daemon);
+    println!("per user, total 6mbit: {:.2} and {:.2} Mbit/s", rates[0] / MBIT, rates[1] / MBIT);
+    assert_near("both users together under total = 6mbit", rates[0] + rates[1], 6.0 * MBIT, 0.10);
+    assert_near("each user's share of the total", rates[0], 3.0 * MBIT, 0.20);
+    let status = daemon.status().unwrap();
+    assert_eq!((status.instances.live, status.instances.capped), (2, 0), "{status:#?}");
+}
+
+#[test]
+fn each_program_gets_the_class_rate() {
+    require_root!();
+    let sandbox = Sandbox::new("perp").unwrap();
+    let programs = Programs::create(&sandbox.tag).unwrap();
+    let names = ["shpone", "shptwo"];
+    let paths: Vec<_> = names.iter().map(|n| programs.copy("iperf3", n).unwrap()).collect();
+    let config = format!("{}{}{SCAN}", interface(&sandbox), per_class("program", ""));
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let _s2 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5202).unwrap();
+    let commands = paths.iter().map(|p| sandbox.client(p.to_str().unwrap()).unwrap()).collect();
+    let (rates, rows) = run_at_once(commands, &daemon);
+    println!("per program, 5mbit each: {:.2} and {:.2} Mbit/s", rates[0] / MBIT, rates[1] / MBIT);
+    for (name, rate) in names.iter().zip(&rates) {
+        assert_near(&format!("program {name} (5 Mbit/s of its own)"), *rate, 5.0 * MBIT, 0.10);
+    }
+    assert_eq!(instance_keys(&rows, "each"), names, "{rows:#?}");
+}
+
+#[test]
+fn an_idle_instance_loses_its_leaf() {
+    require_root!();
+    let sandbox = Sandbox::new("peri").unwrap();
+    let user = TestUser::create(&format!("shp-{}", sandbox.tag)).unwrap();
+    let config = format!("{}{}{SCAN}", interface(&sandbox), per_class("user", "instance_idle = \"2s\"\n"));
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let run =
+        spawn_client_cmd(sandbox.client_as(&user, "iperf3").unwrap(), Sandbox::ADDR_B4, 5201, &["-t", "2"]);
+    let result = finish_client(run.unwrap()).unwrap();
+    assert_near("the user's transfer", result.received_bps, 5.0 * MBIT, 0.15);
+    let leaf = class_in(&classes(&daemon), "each", Direction::Egress).instances[0].classid.clone();
+    let htb = |s: &Sandbox| {
+        String::from_utf8_lossy(&s.a.run("tc", &["class", "show", "dev", &s.dev_a]).unwrap().stdout)
+            .into_owned()
+    };
+    assert!(htb(&sandbox).contains(&format!("class htb {leaf} ")), "{}", htb(&sandbox));
+    let started = Instant::now();
+    while daemon.status().unwrap().instances.live > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still live after 10 s: {:#?}",
+            daemon.status().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("removed {:.1} s after the transfer ended (instance_idle 2s)", started.elapsed().as_secs_f64());
+    assert!(started.elapsed() >= Duration::from_secs(1), "removed before it was idle");
+    assert_eq!(daemon.status().unwrap().instances.removed, 1);
+    assert!(instance_keys(&classes(&daemon), "each").is_empty());
+    assert!(!htb(&sandbox).contains(&format!("class htb {leaf} ")), "{}", htb(&sandbox));
+}
+
+#[test]
+fn a_flood_of_connections_stops_at_the_cap_and_is_counted() {
+    require_root!();
+    let sandbox = Sandbox::new("perf").unwrap();
+    let config = format!(
+        "{}\n[[class]]\nname = \"each\"\negress = \"5mbit\"\nmatch = 'rport == 9'\nper = \"connection\"\n{SCAN}",
+        interface(&sandbox)
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    // 1 200 UDP sockets, each bound to a port of its own and sending one
+    // datagram: 1 200 connections, 1 024 allowed.
+    let flood = "import socket\nfor i in range(1200):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+                 s.bind(('198.18.0.1', 20000 + i))\n    s.sendto(b'x', ('198.18.0.2', 9))\n    s.close()\n";
+    let out = output(sandbox.client("python3").unwrap().args(["-c", flood]));
+    assert!(out.status.success());
+    let started = Instant::now();
+    let counted = loop {
+        let s = daemon.status().unwrap();
+        if s.instances.live + s.instances.capped >= 1200 || started.elapsed() > Duration::from_secs(20) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("after the flood: {:?}", counted.instances);
+    assert_eq!(counted.instances.live, 1024, "{:#?}", counted.instances);
+    assert_eq!(counted.instances.capped, 1200 - 1024, "{:#?}", counted.instances);
+    assert_eq!(counted.instances.failed, 0);
+    assert_eq!(class_in(&classes(&daemon), "each", Direction::Egress).instances.len(), 1024);
+}
