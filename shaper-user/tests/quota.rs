@@ -156,6 +156,10 @@ quota = {{ bytes = "20MB", period = "{period}s", direction = "egress", then = "1
     );
     let row = class_in(&classes(&daemon), "bulk", Direction::Egress).clone();
     assert_eq!((row.rate_bps, row.ceil_bps, row.quota), (1_000_000, 1_000_000, Some(QuotaState::Throttled)));
+    // A reload (the file unchanged) keeps the throttle: it is part of the limits in force.
+    daemon.reload().unwrap();
+    let row = class_in(&classes(&daemon), "bulk", Direction::Egress).clone();
+    assert_eq!((row.rate_bps, row.ceil_bps), (1_000_000, 1_000_000));
     // kill -9 and a new daemon: the pinned counters keep the usage, and the
     // throttle holds. The stream stops first (its receiver's close resets the
     // connection), so the usage stands still meanwhile.
