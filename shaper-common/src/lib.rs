@@ -40,6 +40,14 @@ pub const HTB_ROOT_MINOR: u32 = 1;
 /// HTB minor of class index 0; class index `i` is `1:(0x10 + i)` in hex, as `tc` prints it.
 pub const HTB_LEAF_MINOR_BASE: u32 = 0x10;
 
+/// HTB minor of the leaf every tree has for pure TCP acknowledgements (no
+/// payload, or the few bytes of Ethernet padding): served first, so the ACKs
+/// of a download are not stuck behind a saturating upload in their class's
+/// queue. Outside every class: at most 1/20 of the capacity.
+pub const HTB_ACK_MINOR: u32 = 0xc00;
+const _: () = assert!(HTB_ACK_MINOR >= instances::SHARED_MINOR_BASE + MAX_CLASSES);
+const _: () = assert!(HTB_ACK_MINOR + MAX_CLASSES <= instances::INSTANCE_MINOR_BASE);
+
 /// The HTB class id (`major << 16 | minor`) of class index `class`.
 #[inline(always)]
 pub const fn classid_of(class: u32) -> u32 {

@@ -21,8 +21,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use shaper_common::{
     class_stats_index, Direction, FlowEvent, FlowKey, FlowValue, CLASS_DEFAULT, ERR_EVENT_LOST,
-    ERR_FLOW_INSERT, ERR_IFB_DOWN, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FLOW_PROVISIONAL, HTB_MAJOR,
-    IFB_DOWN, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES,
+    ERR_FLOW_INSERT, ERR_IFB_DOWN, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FLOW_PROVISIONAL,
+    HTB_ACK_MINOR, HTB_MAJOR, IFB_DOWN, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES,
 };
 
 use crate::{
@@ -269,7 +269,10 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
     }
     let len = ctx.len() as u64;
     let mut key = KeyBuf::new();
-    let parsed = flow_key(ctx, iface.l2_len as usize, direction, &mut key);
+    let (parsed, bare_ack) = match flow_key(ctx, iface.l2_len as usize, direction, &mut key) {
+        Some((key, bare_ack)) => (Some(key), bare_ack),
+        None => (None, false),
+    };
     let mut class = match parsed {
         Some(key) => flow_class(ctx, direction, key, len),
         None => CLASS_DEFAULT,
@@ -295,7 +298,11 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
         // A quota that blocks, used up: the one drop by design (see quota.rs).
         return TC_ACT_SHOT;
     }
-    let minor = instance::leaf_minor(ctx, direction, class, parsed, len);
+    let mut minor = instance::leaf_minor(ctx, direction, class, parsed, len);
+    if bare_ack {
+        // Counted in its class (and instance), sent ahead of every queue.
+        minor = HTB_ACK_MINOR;
+    }
     // SAFETY: tc programs may write skb->priority; HTB reads it as the class id.
     unsafe { (*ctx.skb.skb).priority = (HTB_MAJOR << 16) | minor };
     match direction {

@@ -131,16 +131,24 @@ fn bytes<'a, const N: usize>(
     }
 }
 
+/// TCP flags of a bare acknowledgement: ACK, and none of SYN, FIN, RST.
+const TCP_ACK: u8 = 0x10;
+const TCP_SYN_FIN_RST: u8 = 0x07;
+/// Bytes past the TCP header a bare ACK may carry: Ethernet pads a frame to
+/// 60 bytes, and a received one reaches tc before IP trims the padding.
+const ACK_SLACK: usize = 6;
+
 /// The flow key of an IPv4/IPv6 packet, built in `buf`, or `None` when the
 /// packet has none (not IP, a fragment, truncated, or an IPv6 extension
-/// chain too long to walk): such packets take the default class.
+/// chain too long to walk): such packets take the default class. With it,
+/// whether the packet is a bare TCP acknowledgement (no payload).
 #[inline(always)]
 pub(crate) fn flow_key<'a>(
     ctx: &TcContext,
     l2_len: usize,
     direction: Direction,
     buf: &'a mut KeyBuf,
-) -> Option<&'a FlowKey> {
+) -> Option<(&'a FlowKey, bool)> {
     if l2_len > MAX_L2_LEN {
         return None;
     }
@@ -149,8 +157,17 @@ pub(crate) fn flow_key<'a>(
         ETH_P_IPV6 => ipv6(ctx, l2_len, direction, buf)?,
         _ => return None,
     };
-    let (mut src_port, mut dst_port) = (0, 0);
-    if ip.proto == PROTO_TCP || ip.proto == PROTO_UDP {
+    let (mut src_port, mut dst_port, mut bare_ack) = (0, 0, false);
+    if ip.proto == PROTO_TCP {
+        let mut copy = MaybeUninit::<[u8; 14]>::uninit();
+        let tcp = bytes(ctx, ip.l4, &mut copy)?;
+        src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+        dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+        let header = ((tcp[12] >> 4) as usize) * 4;
+        bare_ack = tcp[13] & TCP_ACK != 0
+            && tcp[13] & TCP_SYN_FIN_RST == 0
+            && ctx.len() as usize <= ip.l4 + header + ACK_SLACK;
+    } else if ip.proto == PROTO_UDP {
         let mut copy = MaybeUninit::<[u8; 4]>::uninit();
         let ports = bytes(ctx, ip.l4, &mut copy)?;
         src_port = u16::from_be_bytes([ports[0], ports[1]]);
@@ -161,7 +178,7 @@ pub(crate) fn flow_key<'a>(
         Direction::Ingress => (dst_port, src_port),
     };
     // SAFETY: ipv4() and ipv6() store the addresses before they return Some.
-    Some(unsafe { buf.finish(head(ip.family, ip.proto, lport, rport)) })
+    Some((unsafe { buf.finish(head(ip.family, ip.proto, lport, rport)) }, bare_ack))
 }
 
 /// The IPv4 header at `at`.

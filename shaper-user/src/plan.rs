@@ -21,12 +21,16 @@
 //!   guaranteed rate of `total / MAX_INSTANCES_PER_CLASS` (so the guarantees
 //!   never add up past `total`) and the ceil capped at `total`: instances then
 //!   share `total` equally by borrowing.
+//! - Every tree has a leaf for bare TCP acknowledgements
+//!   ([`shaper_common::HTB_ACK_MINOR`], priority 0, rate 1/100 and ceil 1/20
+//!   of the capacity): the classifier sends them there, so the ACKs of a
+//!   download are never queued behind an upload that fills their class.
 //! - Leaves queue in a byte FIFO of [`QUEUE_TIME`] at the ceil: this kernel has no
 //!   fq_codel or cake, and a packet FIFO of 1000 GSO packets would hold seconds.
 
 use shaper_common::{
     instances::{shared_minor, MAX_INSTANCES_PER_CLASS},
-    HTB_LEAF_MINOR_BASE, HTB_ROOT_MINOR, MAX_CLASSES,
+    HTB_ACK_MINOR, HTB_LEAF_MINOR_BASE, HTB_ROOT_MINOR, MAX_CLASSES,
 };
 
 use crate::{
@@ -153,6 +157,17 @@ pub fn instance_leaf(class: &PlannedClass, per: &PlannedPer, minor: u32, mtu: u3
     }
 }
 
+/// The leaf of bare TCP acknowledgements: served first, at most 1/20 of the capacity.
+fn ack_leaf(capacity: u64, mtu: u32) -> HtbLeaf {
+    let rate = (capacity / 100).max(MIN_RATE_BPS);
+    let ceil = (capacity / 20).max(rate);
+    HtbLeaf {
+        class: htb_class(HTB_ACK_MINOR, rate, ceil, 0, mtu),
+        parent: HTB_ROOT_MINOR,
+        queue: byte_fifo(ceil),
+    }
+}
+
 /// What each instance of a class with `rate`/`ceil` and `per` gets.
 fn planned_per(class: &ClassConfig, rate: u64, ceil: u64, capacity: u64) -> Option<(u64, u64, PlannedPer)> {
     let per = class.per?;
@@ -220,7 +235,7 @@ pub fn plan(
             _ => leaf_minor(default_class),
         },
         root: htb_class(HTB_ROOT_MINOR, capacity, capacity, 0, mtu),
-        leaves: planned.iter().flat_map(|c| class_tree(c, mtu)).collect(),
+        leaves: planned.iter().flat_map(|c| class_tree(c, mtu)).chain([ack_leaf(capacity, mtu)]).collect(),
     };
     Some(Plan { direction, capacity_bps: capacity, default_class, classes: planned, htb })
 }

@@ -172,3 +172,49 @@ fn a_flood_of_connections_stops_at_the_cap_and_is_counted() {
     assert_eq!(counted.instances.failed, 0);
     assert_eq!(class_in(&classes(&daemon), "each", Direction::Egress).instances.len(), 1024);
 }
+
+/// The download's receive rate (iperf3 -R: the far end sends) over 8 s on
+/// `port`, and the upload's next to it if `upload` names a port.
+fn download_next_to(sandbox: &Sandbox, port: u16, upload: Option<u16>) -> (f64, Option<f64>) {
+    let args = ["-t", "8", "-O", "2"];
+    let up = upload
+        .map(|p| spawn_client_cmd(sandbox.client("iperf3").unwrap(), Sandbox::ADDR_B4, p, &args).unwrap());
+    let down = spawn_client_cmd(
+        sandbox.client("iperf3").unwrap(),
+        Sandbox::ADDR_B4,
+        port,
+        &["-t", "8", "-O", "2", "-R"],
+    )
+    .unwrap();
+    let down = finish_client(down).unwrap().received_bps;
+    (down, up.map(|u| finish_client(u).unwrap().received_bps))
+}
+
+#[test]
+fn a_download_keeps_its_share_next_to_a_saturating_upload_in_its_class() {
+    require_root!();
+    let sandbox = Sandbox::new("pera").unwrap();
+    let config = format!(
+        "[[interface]]\nname = \"{}\"\negress = \"1gbit\"\ningress = \"1gbit\"\n\n\
+         [[class]]\nname = \"both\"\negress = \"1mbit\"\ningress = \"1mbit\"\nmatch = 'rport in [5201, 5202]'\n",
+        sandbox.dev_a
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let _s2 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5202).unwrap();
+    let (alone, _) = download_next_to(&sandbox, 5202, None);
+    let (beside, upload) = download_next_to(&sandbox, 5202, Some(5201));
+    let upload = upload.unwrap();
+    println!(
+        "download alone {:.3} Mbit/s, next to the upload {:.3} Mbit/s ({:.2} of its share); upload {:.3} Mbit/s",
+        alone / MBIT,
+        beside / MBIT,
+        beside / alone,
+        upload / MBIT
+    );
+    assert_near("the download alone in its 1 Mbit/s class", alone, 0.95 * MBIT, 0.10);
+    assert!(beside >= 0.8 * alone, "the download got {:.2} of its share next to the upload", beside / alone);
+    assert_near("the upload next to it", upload, 0.95 * MBIT, 0.10);
+    let rows = classes(&daemon);
+    assert!(class_in(&rows, "both", Direction::Ingress).bytes > 0);
+}
