@@ -14,6 +14,7 @@
 //! | [`accounts`] | user and group names ↔ ids |
 //! | [`services`] | /etc/services names for `service ==` |
 //! | [`plan`] | config → the HTB tree of an interface (rates, bursts, quanta, queues) |
+//! | [`schedule`] | schedule windows in local time: which is in force at a moment, the next boundary, a class's limits then |
 //! | [`tc`] | rtnetlink: links, qdiscs, HTB classes and their counters |
 //! | [`datapath`] | the eBPF object: loading, maps, attaching to interfaces |
 //! | [`pins`] | the pin directory: what outlives the daemon, and how the next one finds it |
@@ -57,6 +58,7 @@ pub mod proccache;
 pub mod process;
 pub mod procnet;
 pub mod rules;
+pub mod schedule;
 pub mod services;
 pub mod sockdiag;
 pub mod supervise;

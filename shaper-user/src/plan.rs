@@ -25,8 +25,11 @@
 //!   ([`shaper_common::HTB_ACK_MINOR`], priority 0, rate 1/100 and ceil 1/20
 //!   of the capacity): the classifier sends them there, so the ACKs of a
 //!   download are never queued behind an upload that fills their class.
-//! - Leaves queue in a byte FIFO of [`QUEUE_TIME`] at the ceil: this kernel has no
-//!   fq_codel or cake, and a packet FIFO of 1000 GSO packets would hold seconds.
+//! - Leaves queue in the class's `queue`: fq_codel (the kernel's defaults), or
+//!   a FIFO of [`QUEUE_TIME_US`] at the ceil (a pfifo counts it in frames of the
+//!   MTU: a FIFO of 1000 GSO packets would hold seconds). A class that names
+//!   none has the queue the daemon chose for the kernel (a byte FIFO where it
+//!   has no fq_codel; see [`crate::tc::Kernel`]).
 
 use shaper_common::{
     instances::{shared_minor, MAX_INSTANCES_PER_CLASS},
@@ -35,7 +38,7 @@ use shaper_common::{
 
 use crate::{
     classids::ClassIds,
-    config::{ClassConfig, Config, InterfaceConfig, Per},
+    config::{ClassConfig, Config, InterfaceConfig, Per, QueueKind},
     tc::{HtbClass, HtbLeaf, HtbPlan, LeafQueue},
 };
 
@@ -66,6 +69,7 @@ pub struct PlannedClass {
     pub rate_bps: u64,
     pub ceil_bps: u64,
     pub priority: u8,
+    pub queue: QueueKind,
     /// With `per`: what each instance's leaf gets.
     pub per: Option<PlannedPer>,
 }
@@ -125,9 +129,15 @@ fn htb_class(minor: u32, rate_bps: u64, ceil_bps: u64, priority: u8, mtu: u32) -
     }
 }
 
-fn byte_fifo(ceil_bps: u64) -> LeafQueue {
-    let queue = time_bytes(ceil_bps, QUEUE_TIME_US).clamp(MIN_QUEUE_BYTES, MAX_QUEUE_BYTES);
-    LeafQueue::Bfifo { limit_bytes: clamp_u32(queue) }
+/// A leaf queue of `kind` for a leaf whose ceil is `ceil_bps`: the FIFOs
+/// hold [`QUEUE_TIME_US`] at the ceil (a pfifo in frames of the MTU).
+fn leaf_queue(kind: QueueKind, ceil_bps: u64, mtu: u32) -> LeafQueue {
+    let bytes = time_bytes(ceil_bps, QUEUE_TIME_US).clamp(MIN_QUEUE_BYTES, MAX_QUEUE_BYTES);
+    match kind {
+        QueueKind::Bfifo => LeafQueue::Bfifo { limit_bytes: clamp_u32(bytes) },
+        QueueKind::Pfifo => LeafQueue::Pfifo { limit_packets: clamp_u32(bytes / (u64::from(mtu) + 14)) },
+        QueueKind::FqCodel => LeafQueue::FqCodel,
+    }
 }
 
 /// HTB parameters and queue of one leaf.
@@ -135,7 +145,7 @@ pub fn leaf(class: &PlannedClass, mtu: u32) -> HtbLeaf {
     HtbLeaf {
         class: htb_class(leaf_minor(class.index), class.rate_bps, class.ceil_bps, class.priority, mtu),
         parent: HTB_ROOT_MINOR,
-        queue: byte_fifo(class.ceil_bps),
+        queue: leaf_queue(class.queue, class.ceil_bps, mtu),
     }
 }
 
@@ -153,7 +163,7 @@ pub fn instance_leaf(class: &PlannedClass, per: &PlannedPer, minor: u32, mtu: u3
     HtbLeaf {
         class: htb_class(minor, per.rate_bps, per.ceil_bps, class.priority, mtu),
         parent: leaf_minor(class.index),
-        queue: byte_fifo(per.ceil_bps),
+        queue: leaf_queue(class.queue, per.ceil_bps, mtu),
     }
 }
 
@@ -164,7 +174,7 @@ fn ack_leaf(capacity: u64, mtu: u32) -> HtbLeaf {
     HtbLeaf {
         class: htb_class(HTB_ACK_MINOR, rate, ceil, 0, mtu),
         parent: HTB_ROOT_MINOR,
-        queue: byte_fifo(ceil),
+        queue: leaf_queue(QueueKind::Bfifo, ceil, mtu),
     }
 }
 
@@ -225,6 +235,7 @@ pub fn plan(
                 ceil_bps: ceil,
                 priority: c.priority,
                 per,
+                queue: c.queue.unwrap_or(QueueKind::Bfifo),
             })
         })
         .collect();
@@ -302,6 +313,7 @@ mod tests {
             ceil_bps: bps,
             priority: 4,
             per: None,
+            queue: QueueKind::Bfifo,
         };
         // 5 Gbit/s: 4 ms of traffic (2.5 MB), where tc's default would be a few kB.
         let fast = leaf(&class(5_000_000_000), 1500);
@@ -317,6 +329,13 @@ mod tests {
         assert_eq!(slow.class.quantum, 1514);
         assert_eq!(slow.queue, LeafQueue::Bfifo { limit_bytes: 128 * 1024 });
         assert_eq!(slow.class.minor, 0x10);
+        // A packet FIFO holds as many frames of the MTU: 100 ms at 100 Mbit/s.
+        let pfifo = PlannedClass { queue: QueueKind::Pfifo, ..class(100_000_000) };
+        assert_eq!(leaf(&pfifo, 1500).queue, LeafQueue::Pfifo { limit_packets: 1_250_000 / 1514 });
+        assert_eq!(
+            leaf(&PlannedClass { queue: QueueKind::Pfifo, ..class(1_000_000) }, 1500).queue,
+            LeafQueue::Pfifo { limit_packets: 86 }
+        );
     }
 
     #[test]

@@ -76,10 +76,10 @@ fn tc_commands(dev: &str, plan: &tc::HtbPlan) -> Vec<String> {
     out.push(class(&plan.root, "1:"));
     for (i, leaf) in plan.leaves.iter().enumerate() {
         out.push(class(&leaf.class, &format!("1:{:x}", leaf.parent)));
-        let tc::LeafQueue::Bfifo { limit_bytes } = leaf.queue else { continue };
+        let Some(queue) = leaf.queue.tc_spec() else { continue };
         out.push(format!(
-            "qdisc add dev {dev} parent 1:{:x} handle {:x}: bfifo limit {limit_bytes}",
-            leaf.class.minor, leaf.class.minor
+            "qdisc add dev {dev} parent 1:{:x} handle {:x}: {}",
+            leaf.class.minor, leaf.class.minor, queue
         ));
         if i < CLASSES {
             out.push(format!(

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use shaper_user::{
-    control::{Applied, ClassRow, ConnRow, Status},
+    control::{protocol::WindowStatus, Applied, ClassRow, ConnRow, Status},
     table::Table,
     units::{format_bytes, format_rate},
 };
@@ -95,6 +95,19 @@ pub(crate) fn print_status(status: &Status, json: bool) -> Result<()> {
     if let Some(file) = &status.state_file {
         println!("  quota usage saved in {file}");
     }
+    for w in &status.windows {
+        println!("  schedule: {} in {}", w.class, window(w));
+    }
+    let q = &status.queues;
+    match (&q.probe_error, q.fq_codel) {
+        (_, true) => println!("  leaf queues: fq_codel unless a class names another"),
+        (None, false) => {
+            println!("  leaf queues: bfifo unless a class names another (this kernel has no fq_codel)")
+        }
+        (Some(e), false) => {
+            println!("  leaf queues: bfifo unless a class names another (fq_codel unknown: {e})")
+        }
+    }
     match &status.hooks_cgroup {
         Some(cgroup) => println!("  socket hooks: cgroup {cgroup}"),
         None => println!(
@@ -136,11 +149,28 @@ pub(crate) fn print_status(status: &Status, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// "window 1 (mon-fri 09:00-18:00) since Wed 09:00 until Wed 18:00", local time.
+fn window(w: &WindowStatus) -> String {
+    let at = |secs: Option<u64>| {
+        let t = secs.and_then(|s| jiff::Timestamp::from_second(s as i64).ok())?;
+        Some(t.to_zoned(jiff::tz::TimeZone::system()).strftime("%a %H:%M").to_string())
+    };
+    let mut out = format!("window {} ({})", w.window, w.text);
+    if let Some(since) = at(w.since) {
+        out.push_str(&format!(" since {since}"));
+    }
+    if let Some(until) = at(w.until) {
+        out.push_str(&format!(" until {until}"));
+    }
+    out
+}
+
 pub(crate) fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
     if json {
         return print_json(&rows);
     }
     let quotas = rows.iter().any(|r| r.quota.is_some());
+    let windows = rows.iter().any(|r| r.window.is_some());
     let mut columns = vec![
         ("CLASS", false),
         ("INTERFACE", false),
@@ -153,9 +183,13 @@ pub(crate) fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
         ("BYTES", true),
         ("PACKETS", true),
         ("DROPS", true),
+        ("QUEUE", false),
     ];
     if quotas {
         columns.push(("QUOTA", false));
+    }
+    if windows {
+        columns.push(("WINDOW", false));
     }
     let mut table = Table::new(&columns);
     for r in rows {
@@ -171,9 +205,13 @@ pub(crate) fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
             format_bytes(r.bytes),
             r.packets.to_string(),
             r.drops.to_string(),
+            r.queue.clone(),
         ];
         if quotas {
             cells.push(r.quota.map_or("-", |q| q.as_str()).to_string());
+        }
+        if windows {
+            cells.push(r.window.as_ref().map_or_else(|| "-".to_string(), window));
         }
         table.row(cells);
         for i in &r.instances {

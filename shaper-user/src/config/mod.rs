@@ -5,9 +5,11 @@
 //! config/shaper.toml for an annotated example and README.md for the reference.
 
 mod per;
-mod position;
+pub mod position;
+pub mod queue;
 mod quota;
 mod raw;
+pub mod schedule;
 
 use std::{
     collections::HashMap,
@@ -21,6 +23,7 @@ use toml::Spanned;
 
 pub use per::{Per, PerConfig, DEFAULT_INSTANCE_IDLE};
 pub use position::Pos;
+pub use queue::QueueKind;
 pub use quota::{Counted, Period, Quota, Then};
 use raw::{RateValue, RawClass, RawConfig, RawInterface, RawLimit};
 
@@ -149,6 +152,12 @@ pub struct ClassConfig {
     pub quota: Option<Quota>,
     /// `per`: one HTB leaf per user, program, unit, cgroup or connection.
     pub per: Option<PerConfig>,
+    /// Windows whose limits replace `egress` and `ingress` while they are
+    /// active (see [`crate::schedule`]).
+    pub schedule: Vec<schedule::Window>,
+    /// The leaf queue asked for (`None`: the kernel's best), and where.
+    pub queue: Option<QueueKind>,
+    pub queue_pos: Option<Pos>,
 }
 
 impl ClassConfig {
@@ -228,23 +237,34 @@ impl Config {
     /// overflow them, but `shaper set` and tests build configs too).
     pub fn overbooked(&self) -> Option<Overbooked> {
         for iface in &self.interfaces {
+            let classes: Vec<&ClassConfig> = self.classes_on(iface).collect();
+            // The classes' own limits, then the moments of the week when a
+            // schedule window opens or closes.
+            let moments = schedule::moments(&classes);
             for (direction, capacity) in
                 [(Direction::Egress, Some(iface.egress_bps)), (Direction::Ingress, iface.ingress_bps)]
             {
                 let Some(capacity) = capacity else { continue };
-                let parts: Vec<(String, u64)> = self
-                    .classes_on(iface)
-                    .filter_map(|c| Some((c.name.clone(), c.limit(direction)?.rate_bps?)))
-                    .collect();
-                let reserved = parts.iter().try_fold(0u64, |sum, (_, rate)| sum.checked_add(*rate));
-                if reserved.is_none_or(|r| r > capacity) {
-                    return Some(Overbooked {
-                        iface: iface.name.clone(),
-                        direction,
-                        reserved,
-                        parts,
-                        capacity,
-                    });
+                for moment in &moments {
+                    let parts: Vec<(String, u64)> = classes
+                        .iter()
+                        .filter_map(|c| {
+                            let (window, limit) = schedule::limit_during(c, *moment, direction);
+                            let name =
+                                window.map_or_else(|| c.name.clone(), |w| format!("{} ({})", c.name, w.text));
+                            Some((name, limit?.rate_bps?))
+                        })
+                        .collect();
+                    let reserved = parts.iter().try_fold(0u64, |sum, (_, rate)| sum.checked_add(*rate));
+                    if reserved.is_none_or(|r| r > capacity) {
+                        return Some(Overbooked {
+                            iface: iface.name.clone(),
+                            direction,
+                            reserved,
+                            parts,
+                            capacity,
+                        });
+                    }
                 }
             }
         }
@@ -368,6 +388,7 @@ impl Validator<'_> {
                 self.error_at(at, format!("at most {} classes (the implicit default included)", MAX_CLASSES))
             );
         }
+        self.check_window_rates(&classes, &interfaces)?;
         let config = Config { path: self.path.to_path_buf(), daemon, interfaces, classes };
         if let Some(over) = config.overbooked() {
             // The capacity it exceeds, as written.
@@ -570,6 +591,13 @@ impl Validator<'_> {
                 implicit: false,
                 quota: c.quota.as_ref().map(|q| self.quota(q, name)).transpose()?,
                 per: self.per(c, name)?,
+                schedule: self.schedule(c.schedule.as_deref().unwrap_or_default(), name)?,
+                queue: c
+                    .queue
+                    .as_ref()
+                    .map(|q| QueueKind::parse(q.get_ref()).map_err(|e| self.error(q, e)))
+                    .transpose()?,
+                queue_pos: c.queue.as_ref().map(|q| position::pos(self.text, q.span().start)),
             });
         }
         Ok(classes)
@@ -619,6 +647,9 @@ impl Validator<'_> {
                     implicit: true,
                     quota: None,
                     per: None,
+                    schedule: Vec::new(),
+                    queue: None,
+                    queue_pos: None,
                 });
                 DEFAULT_CLASS_NAME.to_string()
             }

@@ -58,6 +58,18 @@ pub struct RawClass {
     pub per: Option<Spanned<String>>,
     pub total: Option<Spanned<RateValue>>,
     pub instance_idle: Option<Spanned<String>>,
+    pub schedule: Option<Vec<Spanned<RawWindow>>>,
+    pub queue: Option<Spanned<String>>,
+}
+
+/// One window of a class's `schedule`, as written (see config/schedule.rs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    pub days: Option<Spanned<String>>,
+    pub hours: Option<Spanned<String>>,
+    pub egress: Option<Spanned<RawLimit>>,
+    pub ingress: Option<Spanned<RawLimit>>,
 }
 
 /// A rate as written: `"10mbit"`, or a bare integer (bits/s).

@@ -240,6 +240,39 @@ pub struct Status {
     /// Instances of classes with `per`.
     #[serde(default)]
     pub instances: InstanceCounters,
+    /// The schedule windows in force, one per class that is in one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowStatus>,
+    /// The leaf queues this kernel offers.
+    #[serde(default)]
+    pub queues: QueueStatus,
+}
+
+/// A class's schedule window in force (`status`, `classes`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowStatus {
+    pub class: String,
+    /// 1 for the class's first window.
+    pub window: usize,
+    /// The window as written: "mon-fri 09:00-18:00".
+    pub text: String,
+    /// Since and until when it is in force, in seconds since the Unix epoch
+    /// (absent: more than a week away).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+}
+
+/// The queues of the classes that name none (`status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    /// "fq_codel", or "bfifo" where the kernel has no fq_codel.
+    pub default: String,
+    pub fq_codel: bool,
+    /// Why the kernel could not be asked, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_error: Option<String>,
 }
 
 /// Instances of classes with `per` (`status`): how many live, and what
@@ -392,6 +425,12 @@ pub struct ClassRow {
     /// The class's `match`, as written in the config (absent for default-only classes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// The kind of the class's leaf queue: "fq_codel", "bfifo" or "pfifo".
+    #[serde(default)]
+    pub queue: String,
+    /// The schedule window whose limits the class has now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowStatus>,
     /// Where the class's quota stands (absent: no quota).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaState>,

@@ -195,6 +195,7 @@ fn differs(a: &ClassConfig, b: &ClassConfig) -> bool {
         || a.priority != b.priority
         || a.rule_source != b.rule_source
         || a.interfaces != b.interfaces
+        || a.queue != b.queue
 }
 
 /// Step 3: the classifier on every interface (egress always, ingress where

@@ -27,6 +27,7 @@ pub mod pidfile;
 mod quota;
 mod report;
 mod runloop;
+mod schedules;
 mod shaper;
 mod watch;
 

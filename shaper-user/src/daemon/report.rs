@@ -12,6 +12,7 @@ use super::{
     instances::Instances,
     live::ConfigState,
     quota::Quotas,
+    schedules::Schedules,
 };
 use crate::{
     classids::ClassIds,
@@ -30,6 +31,7 @@ pub struct View<'a> {
     pub decider: &'a Decider,
     pub instances: &'a Instances,
     pub state: &'a ConfigState,
+    pub schedules: &'a Schedules,
     pub started: Instant,
     pub adopted: bool,
     pub hooks: Option<&'a std::path::Path>,
@@ -105,6 +107,8 @@ impl<'a> View<'a> {
             quotas: self.quotas.rows(),
             state_file: (!self.quotas.is_empty()).then(|| self.quotas.file_status()),
             instances: self.instances.counters(|index| names.class(index)),
+            windows: self.schedules.windows(config),
+            queues: self.schedules.queues(),
         }
     }
 
@@ -188,6 +192,8 @@ impl<'a> View<'a> {
                     .as_ref()
                     .map(|per| self.instances.rows(self.host, (direction, device), class.index, per))
                     .unwrap_or_default(),
+                queue: class.queue.as_str().to_string(),
+                window: self.schedules.window(self.state.config(), &class.name),
             });
         }
         Ok(())

@@ -217,8 +217,13 @@ fn on_links(monitor: &mut AsyncFd<LinkMonitor>, state: &Mutex<Shaper>, heal_at: 
     }
 }
 
-/// The control socket's handler: `stop` goes to the loop, the rest to the shaper.
-fn handler(state: &Arc<Mutex<Shaper>>, stop_tx: tokio::sync::mpsc::UnboundedSender<StopMode>) -> Handler {
+/// The control socket's handler: `stop` goes to the loop, the rest to the
+/// shaper; after a `reload` or `set` the loop looks at the schedules again.
+fn handler(
+    state: &Arc<Mutex<Shaper>>,
+    stop_tx: tokio::sync::mpsc::UnboundedSender<StopMode>,
+    changed: Arc<tokio::sync::Notify>,
+) -> Handler {
     let state = Arc::clone(state);
     Arc::new(move |command| match command {
         Command::Stop { keep } => {
@@ -226,7 +231,14 @@ fn handler(state: &Arc<Mutex<Shaper>>, stop_tx: tokio::sync::mpsc::UnboundedSend
             let _ = stop_tx.send(mode);
             Reply::encode(&Stopping::now(keep))
         }
-        other => lock(&state).handle(other),
+        other => {
+            let rearm = matches!(other, Command::Reload | Command::Set(_));
+            let reply = lock(&state).handle(other);
+            if rearm {
+                changed.notify_one();
+            }
+            reply
+        }
     })
 }
 
@@ -246,7 +258,10 @@ async fn serve(
     // The classifier wakes the daemon only for verdicts that wait for it;
     // the other reports are read on this tick.
     let mut pending = tokio::time::interval(EVENT_BATCH);
-    let mut clients = Box::pin(socket.serve(handler(state, stop_tx)));
+    let rearm = Arc::new(tokio::sync::Notify::new());
+    let mut clients = Box::pin(socket.serve(handler(state, stop_tx, Arc::clone(&rearm))));
+    // When to look at the schedule windows again.
+    let mut clock_at = Instant::now() + lock(state).clock_check_in();
     // The ring buffer held more than one batch at the last read.
     let mut more = false;
     // The last reconcile left stale flows to remove.
@@ -279,8 +294,13 @@ async fn serve(
                     guard.clear_ready();
                     changed
                 });
-                if changed { on_config_change(state, &mut s.watch).await; }
+                if changed {
+                    on_config_change(state, &mut s.watch).await;
+                    clock_at = Instant::now() + lock(state).clock_check_in();
+                }
             }
+            _ = tokio::time::sleep_until(clock_at) => { clock_at = Instant::now() + lock(state).on_clock(); }
+            _ = rearm.notified() => { clock_at = Instant::now() + lock(state).clock_check_in(); }
             _ = pending.tick(), if s.events.is_some() => {
                 if let Some(ring) = s.events.as_mut() { more = drain(ring.get_mut(), state); }
             }
@@ -288,7 +308,10 @@ async fn serve(
             _ = tokio::task::yield_now(), if pruning => { pruning = lock(state).prune_stale(PRUNE_BATCH); }
             _ = meter.tick() => { lock(state).sample_rates(); }
             _ = quotas.tick() => { lock(state).check_quotas(); }
-            _ = s.sighup.recv() => reload(state, "SIGHUP"),
+            _ = s.sighup.recv() => {
+                reload(state, "SIGHUP");
+                clock_at = Instant::now() + lock(state).clock_check_in();
+            }
             mode = stop_rx.recv() => {
                 let mode = mode.unwrap_or(StopMode::Restore);
                 log::info!("stop requested ({})", if mode == StopMode::Keep { "keeping shaping in place" } else { "restoring" });

@@ -37,6 +37,7 @@ use super::{
     options::{self, RunOptions},
     quota::Quotas,
     report::View,
+    schedules::{self, Schedules},
 };
 use crate::{
     cgroupmount::{self, V2Root},
@@ -61,6 +62,8 @@ pub enum StopMode {
 /// Everything the running daemon owns.
 pub struct Shaper {
     state: ConfigState,
+    /// The config in force as the host has it now (windows, queues).
+    schedules: Schedules,
     options: RunOptions,
     host: Host,
     datapath: Datapath,
@@ -112,6 +115,8 @@ impl Shaper {
         // What can fail on the config and the host alone fails here, before
         // the kernel sees anything.
         host.check(&config)?;
+        let schedules = Schedules::probe();
+        schedules.check_queues(&config)?;
         let datapath = Datapath::load(LoadOptions {
             max_flows: config.daemon.max_flows,
             kernel_log_level: options.kernel_log_level,
@@ -126,6 +131,7 @@ impl Shaper {
         let quotas = Quotas::open(&config.daemon.state_dir);
         let mut shaper = Self {
             state: ConfigState::new(config),
+            schedules,
             options: options.clone(),
             host,
             datapath,
@@ -151,7 +157,11 @@ impl Shaper {
     /// interfaces new to it, and leaves the earlier state (still shaping) for
     /// the next attempt.
     fn first_converge(&mut self, hook_dir: Option<(PathBuf, PathBuf)>) -> Result<(), DaemonError> {
-        let config = self.in_force(self.state.config());
+        let tz = schedules::local_zone();
+        let config = self.state.config().clone();
+        self.schedules.advance(&config, &tz, jiff::Timestamp::now());
+        self.log_windows(&schedules::Windows::new());
+        let config = self.in_force(&config);
         let ready =
             apply::converge(&mut self.parts(), None, &config).map(|_| ()).and_then(|()| match hook_dir {
                 Some((shown, dir)) => {
@@ -209,6 +219,7 @@ impl Shaper {
             decider: &self.decider,
             instances: &self.instances,
             state: &self.state,
+            schedules: &self.schedules,
             started: self.started,
             adopted: self.adopted,
             hooks: self.hooks.as_deref(),
@@ -249,17 +260,19 @@ impl Shaper {
 
     /// Link events (see [`links`]); returns when to call [`Shaper::heal`].
     pub fn on_links(&mut self, events: &[LinkEvent]) -> Option<Duration> {
+        let config = self.in_force(self.state.config());
         let mut parts =
             Parts { host: &mut self.host, datapath: &mut self.datapath, decider: &mut self.decider };
-        links::on_events(&mut parts, self.state.config(), events)
+        links::on_events(&mut parts, &config, events)
     }
 
     /// Restores what link events took away (lost IFBs, interfaces gone and
     /// back); returns when to try again if it failed.
     pub fn heal(&mut self) -> Option<Duration> {
+        let config = self.in_force(self.state.config());
         let mut parts =
             Parts { host: &mut self.host, datapath: &mut self.datapath, decider: &mut self.decider };
-        match links::heal(&mut parts, self.state.config()) {
+        match links::heal(&mut parts, &config) {
             Ok(_) => {
                 log::info!("shaping {}", self.host.describe());
                 None
@@ -280,9 +293,10 @@ impl Shaper {
         self.host.sample_rates();
     }
 
-    /// The limits `config` gives, with what holds right now on top (see [`effective`]).
+    /// The limits `config` gives, with what holds right now on top: the
+    /// schedule windows in force, then the quotas' throttles (see [`effective`]).
     fn in_force(&self, config: &Config) -> Config {
-        effective::in_force(config, &self.quotas.throttles())
+        effective::in_force(&self.schedules.apply(config), &self.quotas.throttles())
     }
 
     /// Follows the quotas of `config`, with the class indices it will get.
@@ -331,15 +345,19 @@ impl Shaper {
     /// Applies `pending`; on success it is the config in force.
     fn apply(&mut self, pending: Pending, reloaded: bool) -> Result<Applied, RequestError> {
         let started = Instant::now();
+        self.schedules.check_queues(&pending.config).map_err(DaemonError::from)?;
         let old = self.in_force(self.state.config());
         let previous = self.state.config().clone();
         self.sync_quotas(&pending.config)?;
+        let windows =
+            self.schedules.advance(&pending.config, &schedules::local_zone(), jiff::Timestamp::now());
         let new = self.in_force(&pending.config);
         self.instances.retire(&self.host, &mut self.datapath, &new);
         let changes = match apply::converge(&mut self.parts(), Some(&old), &new) {
             Ok(changes) => changes,
             Err(e) => {
-                // The quotas of the config that stays.
+                // The quotas and windows of the config that stays.
+                self.schedules.restore(windows);
                 if let Err(e) = self.sync_quotas(&previous) {
                     log::error!("{}", crate::error_chain(&e));
                 }
@@ -347,9 +365,46 @@ impl Shaper {
             }
         };
         self.instances.configure(&self.host, &mut self.datapath, &new);
+        self.log_windows(&windows);
         let restart_needed = pending.restart_needed.clone();
         self.state.applied(pending, reloaded);
         Ok(Applied { changes, restart_needed, took_ms: started.elapsed().as_millis() as u64 })
+    }
+
+    /// Looks at the clock: classes whose schedule window opened or closed get
+    /// their new limits. Returns how long until the next look.
+    pub fn on_clock(&mut self) -> Duration {
+        let (tz, now) = (schedules::local_zone(), jiff::Timestamp::now());
+        let config = self.state.config().clone();
+        let before = self.in_force(&config);
+        let windows = self.schedules.advance(&config, &tz, now);
+        if !self.schedules.switched(&windows).is_empty() {
+            let after = self.in_force(&config);
+            if let Err(e) = apply::converge(&mut self.parts(), Some(&before), &after) {
+                log::error!("switching schedule windows: {}; trying again soon", crate::error_chain(&e));
+                self.schedules.restore(windows);
+                return links::RETRY;
+            }
+            // Each instance's leaf (classes with `per`) follows its class.
+            self.instances.configure(&self.host, &mut self.datapath, &after);
+            self.log_windows(&windows);
+        }
+        Schedules::next_check(&config, &tz, now)
+    }
+
+    /// How long until the schedule windows should be looked at again.
+    pub fn clock_check_in(&self) -> Duration {
+        Schedules::next_check(self.state.config(), &schedules::local_zone(), jiff::Timestamp::now())
+    }
+
+    /// Says which window each class that switched since `before` is in now.
+    fn log_windows(&self, before: &schedules::Windows) {
+        for name in self.schedules.switched(before) {
+            match self.schedules.window(self.state.config(), &name) {
+                Some(w) => log::info!("class {name}: schedule window {} ({}) in force", w.window, w.text),
+                None => log::info!("class {name}: outside its schedule windows, its own limits in force"),
+            }
+        }
     }
 
     /// Re-reads the config file and applies it. On a bad file nothing changes

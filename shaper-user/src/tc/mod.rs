@@ -4,11 +4,14 @@
 
 mod monitor;
 mod netlink;
+mod queue;
 mod undo;
 
 pub use monitor::{LinkEvent, LinkMonitor};
 pub use netlink::Netlink;
 use netlink::{attrs, c_string, u32_of, u64_of, Message, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use queue::{delete_leaf_queue_message, leaf_queue_message};
+pub use queue::{Kernel, LeafQueue};
 use undo::Step;
 pub use undo::Undo;
 
@@ -127,15 +130,6 @@ pub struct HtbClass {
     pub cburst_bytes: u32,
     /// Bytes served per round when classes share borrowed bandwidth.
     pub quantum: u32,
-}
-
-/// The queue under a leaf class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LeafQueue {
-    /// A FIFO limited in bytes.
-    Bfifo { limit_bytes: u32 },
-    /// None: the class is an inner node (a class with `per`), its children queue.
-    Inner,
 }
 
 /// A class under the root: a leaf and its queue, or an inner node.
@@ -382,19 +376,6 @@ pub fn delete_class(nl: &Netlink, ifindex: u32, minor: u32) -> Result<(), TcErro
     nl.request(delete_class_message(ifindex, htb_handle(minor)))
 }
 
-fn leaf_queue_message(ifindex: u32, leaf: &HtbLeaf, flags: u16) -> Option<Message> {
-    let parent = htb_handle(leaf.class.minor);
-    // The queue's handle major is the class's minor: "qdisc bfifo 10: parent 1:10".
-    let handle = leaf.class.minor << 16;
-    let LeafQueue::Bfifo { limit_bytes } = leaf.queue else { return None };
-    let mut msg =
-        Message::new(RTM_NEWQDISC, flags, format!("adding the queue of class {}", format_handle(parent)));
-    msg.push(&tcmsg(ifindex, handle, parent))
-        .attr_str(TCA_KIND, "bfifo")
-        .attr(TCA_OPTIONS, &limit_bytes.to_ne_bytes());
-    Some(msg)
-}
-
 /// Builds the HTB tree of `plan` as the root qdisc of `ifindex`, marked with
 /// `tag` (in HTB's rate2quantum). The root qdisc must be a kernel default. On
 /// failure the half-built tree is removed, and only it: a root qdisc without
@@ -465,7 +446,11 @@ pub fn sync_htb(
             Err(e) => log::debug!("{e}"),
         }
     }
-    let steps = sync_steps(ifindex, plan, previous, &existing);
+    // The queues under the classes now (parent → kind, handle): a queue of
+    // another kind cannot be changed into the one planned, only replaced.
+    let queues: std::collections::HashMap<u32, (String, u32)> =
+        qdiscs(nl, ifindex)?.into_iter().map(|q| (q.parent, (q.kind, q.handle))).collect();
+    let steps = sync_steps(ifindex, plan, previous, &existing, &queues);
     match undo::apply(nl, steps) {
         Ok(later) => {
             undo.extend(later);
@@ -499,6 +484,7 @@ fn sync_steps(
     plan: &HtbPlan,
     previous: Option<&HtbPlan>,
     existing: &std::collections::HashSet<u32>,
+    queues: &std::collections::HashMap<u32, (String, u32)>,
 ) -> Vec<Step> {
     let qdisc_handle = shaper_common::HTB_MAJOR << 16;
     let root = htb_handle(plan.root.minor);
@@ -539,10 +525,7 @@ fn sync_steps(
                     )
                 }),
             });
-            if let Some(request) = leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_REPLACE) {
-                let undo = was.and_then(|w| leaf_queue_message(ifindex, w, NLM_F_CREATE | NLM_F_REPLACE));
-                steps.push(Step { request, undo });
-            }
+            steps.extend(queue_steps(ifindex, leaf, was, queues.get(&handle)));
         } else {
             let what = format!("adding HTB class {}", format_handle(handle));
             steps.push(Step {
@@ -556,6 +539,41 @@ fn sync_steps(
         }
     }
     steps
+}
+
+/// The requests that bring the queue of the existing class of `leaf` to
+/// `leaf.queue`; `was`: the leaf as last applied, `now`: the kind and handle
+/// of the queue the class has.
+fn queue_steps(
+    ifindex: u32,
+    leaf: &HtbLeaf,
+    was: Option<&HtbLeaf>,
+    now: Option<&(String, u32)>,
+) -> Vec<Step> {
+    // An inner node has no queue (HTB drops a leaf's queue when it gets children).
+    let Some(kind) = leaf.queue.kind() else { return Vec::new() };
+    let back = |flags| was.and_then(|w| leaf_queue_message(ifindex, w, flags));
+    match now {
+        // Another kind under the same handle: the kernel changes a qdisc's
+        // parameters, never its kind. Out with it, in with the new one.
+        Some((other, handle)) if other != kind.as_str() && *handle == leaf.class.minor << 16 => {
+            let mut steps = vec![Step {
+                request: delete_leaf_queue_message(ifindex, leaf.class.minor),
+                undo: back(NLM_F_CREATE | NLM_F_EXCL),
+            }];
+            steps.extend(leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_EXCL).map(|request| Step {
+                request,
+                undo: Some(delete_leaf_queue_message(ifindex, leaf.class.minor)),
+            }));
+            steps
+        }
+        // The same kind is changed in place; under another handle (or none)
+        // the new queue is grafted in its place.
+        _ => leaf_queue_message(ifindex, leaf, NLM_F_CREATE | NLM_F_REPLACE)
+            .map(|request| Step { request, undo: back(NLM_F_CREATE | NLM_F_REPLACE) })
+            .into_iter()
+            .collect(),
+    }
 }
 
 /// Deletes the HTB classes of shaper's tree on `ifindex` that `plan` does not
