@@ -156,3 +156,55 @@ fn window_status(config: &Config, class: &str, active: &Active) -> Option<Window
         until: seconds(active.until),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limit;
+
+    fn config() -> Config {
+        let env = crate::rules::SystemEnv::default();
+        let text = "[[interface]]\nname = \"eth0\"\negress = \"100mbit\"\n\
+                    [[class]]\nname = \"bulk\"\negress = \"50mbit\"\nqueue = \"fq_codel\"\n\
+                    schedule = [ { days = \"mon-fri\", hours = \"09:00-18:00\", egress = \"2mbit\" } ]\n";
+        crate::config::parse(std::path::Path::new("t.toml"), text, &env.env()).unwrap()
+    }
+
+    fn schedules(fq_codel: bool) -> Schedules {
+        Schedules { kernel: Kernel { fq_codel }, probe_error: None, active: Windows::new() }
+    }
+
+    #[test]
+    fn the_windows_in_force_replace_the_limits_and_queues_are_chosen_for_the_kernel() {
+        let (config, tz) = (config(), TimeZone::UTC);
+        let mut s = schedules(true);
+        let limit = |c: &Config, name: &str| c.class(name).unwrap().egress.and_then(|l: Limit| l.rate_bps);
+        // Monday 7 December 2026, 08:59:59 UTC: the class's own limits.
+        let before = s.advance(&config, &tz, "2026-12-07T08:59:59Z".parse().unwrap());
+        assert!(before.is_empty() && s.switched(&before).is_empty());
+        assert_eq!(limit(&s.apply(&config), "bulk"), Some(50_000_000));
+        assert_eq!(
+            Schedules::next_check(&config, &tz, "2026-12-07T08:59:59Z".parse().unwrap()).as_millis(),
+            1_010
+        );
+        // 09:00: the window's.
+        let before = s.advance(&config, &tz, "2026-12-07T09:00:00Z".parse().unwrap());
+        assert_eq!(s.switched(&before), ["bulk"]);
+        let applied = s.apply(&config);
+        assert_eq!(limit(&applied, "bulk"), Some(2_000_000));
+        assert_eq!(applied.class("default").unwrap().queue, Some(QueueKind::FqCodel));
+        assert_eq!(s.windows(&config)[0].until, Some(1_796_666_400)); // 18:00 UTC
+                                                                      // Back, as if the change had failed.
+        s.restore(before);
+        assert_eq!(limit(&s.apply(&config), "bulk"), Some(50_000_000));
+        // Without fq_codel in the kernel: bfifo by default, and the explicit one refused.
+        let s = schedules(false);
+        assert_eq!(s.apply(&config).class("default").unwrap().queue, Some(QueueKind::Bfifo));
+        assert_eq!(
+            s.check_queues(&config).unwrap_err().to_string(),
+            "t.toml:7:9: class \"bulk\": queue \"fq_codel\": this kernel has no fq_codel qdisc (sch_fq_codel); \
+             use \"bfifo\" or \"pfifo\", or leave `queue` out (fq_codel where the kernel has it, else bfifo)"
+        );
+        assert!(schedules(true).check_queues(&config).is_ok());
+    }
+}
