@@ -1,7 +1,8 @@
 //! Schedule windows and leaf queues, on real traffic between two namespaces:
 //! a window that opens at the next minute switches the class's rate within
 //! 2 s of its boundary and back when it closes, the first matching window
-//! wins, `classes` and `status` name the window in force; `queue = "pfifo"`
+//! wins, `shaper set` changes the class's own limits (the window still wins
+//! while open), `classes` and `status` name the window in force; `queue = "pfifo"`
 //! puts a packet FIFO under the class, and fq_codel is refused where the
 //! kernel has none (or used where it has it).
 //!
@@ -20,7 +21,7 @@ use shaper_testkit::{
     require_root,
     sandbox::{Daemon, Sandbox, Stream},
 };
-use shaper_user::control::ClassRow;
+use shaper_user::control::{ClassRow, SetClass};
 
 mod common;
 
@@ -29,6 +30,7 @@ use common::*;
 const PORT: u16 = 5301;
 const OWN_BPS: f64 = 20e6;
 const WINDOW_BPS: f64 = 5e6;
+const SET_BPS: f64 = 10e6;
 
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
@@ -113,8 +115,14 @@ fn a_window_switches_the_rate_at_its_boundaries_and_the_first_match_wins() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("schedule: bulk in window 1 ({day} {hours})")), "{text}");
     let windowed = rate_between(&stream, open as f64 + 3.0, open as f64 + 10.0);
+    // `set` changes the class's own limits: the window still wins while it is open.
+    daemon
+        .set(SetClass { class: "bulk".into(), egress: Some("10mbit".into()), ..SetClass::default() })
+        .unwrap();
+    let set = row(&daemon);
+    assert_eq!((set.rate_bps, set.window.map(|w| w.window)), (WINDOW_BPS as u64, Some(1)));
 
-    let back = wait_for_rate(&daemon, OWN_BPS as u64, Duration::from_secs(70));
+    let back = wait_for_rate(&daemon, SET_BPS as u64, Duration::from_secs(70));
     assert_eq!(row(&daemon).window, None);
     let after = rate_between(&stream, close as f64 + 3.0, close as f64 + 10.0);
     println!(
@@ -131,7 +139,7 @@ fn a_window_switches_the_rate_at_its_boundaries_and_the_first_match_wins() {
     assert!((0.0..2.0).contains(&(back - close as f64)), "back at {back} for a window closing at {close}");
     assert_near("before the window", own, OWN_BPS, 0.1);
     assert_near("in the window", windowed, WINDOW_BPS, 0.1);
-    assert_near("after the window", after, OWN_BPS, 0.1);
+    assert_near("after the window (the limit `set` gave)", after, SET_BPS, 0.1);
     daemon.stop().unwrap();
 }
 
