@@ -294,11 +294,11 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
             }
         }
     }
-    if quota::account(class as u32, direction, len) {
+    let mut minor = instance::leaf_minor(ctx, direction, class, parsed, len);
+    if quota::account(class as u32, instance::slot_plus_one(minor), direction, len) {
         // A quota that blocks, used up: the one drop by design (see quota.rs).
         return TC_ACT_SHOT;
     }
-    let mut minor = instance::leaf_minor(ctx, direction, class, parsed, len);
     if bare_ack {
         // Counted in its class (and instance), sent ahead of every queue.
         minor = HTB_ACK_MINOR;

@@ -87,6 +87,17 @@ fn count(slot: u32, direction: Direction, len: u64) {
     }
 }
 
+/// Slot + 1 of the instance whose leaf is HTB minor `minor` (0: not an instance's).
+#[inline(always)]
+pub(crate) fn slot_plus_one(minor: u32) -> u64 {
+    let first = instance_minor(0);
+    if minor >= first && minor < first + MAX_INSTANCES {
+        u64::from(minor - first) + 1
+    } else {
+        0
+    }
+}
+
 /// The HTB minor of a packet of class `class` on flow `key` (`None`: not parsed).
 #[inline(always)]
 pub(crate) fn leaf_minor(

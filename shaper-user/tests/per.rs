@@ -23,7 +23,7 @@ use shaper_testkit::{
     require_root,
     sandbox::{finish_client, spawn_client_cmd, Daemon, IperfServer, Programs, Sandbox, TestUser},
 };
-use shaper_user::control::{ClassRow, Direction};
+use shaper_user::control::{client, ClassRow, Direction, QuotaState, UsageRow};
 
 const SCAN: &str = "\n[daemon]\nscan_interval = \"500ms\"\n";
 
@@ -217,4 +217,90 @@ fn a_download_keeps_its_share_next_to_a_saturating_upload_in_its_class() {
     assert_near("the upload next to it", upload, 0.95 * MBIT, 0.10);
     let rows = classes(&daemon);
     assert!(class_in(&rows, "both", Direction::Ingress).bytes > 0);
+}
+
+/// The quota row of instance `instance` of class `class`, by `shaper usage --json`.
+fn usage_of(daemon: &Daemon, class: &str, instance: &str) -> UsageRow {
+    let out = output(Command::new(SHAPER).args(["usage", "--json", "--socket"]).arg(&daemon.socket));
+    let rows: Vec<UsageRow> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.iter()
+        .find(|r| r.class == class && r.instance.as_deref() == Some(instance))
+        .cloned()
+        .unwrap_or_else(|| panic!("no quota for {class} ({instance}): {rows:#?}"))
+}
+
+#[test]
+fn each_user_has_its_own_quota() {
+    require_root!();
+    let sandbox = Sandbox::new("perq").unwrap();
+    let users = [
+        TestUser::create(&format!("shp-{}a", sandbox.tag)).unwrap(),
+        TestUser::create(&format!("shp-{}b", sandbox.tag)).unwrap(),
+    ];
+    let (a, b) = (&users[0].name, &users[1].name);
+    let quota = "quota = { bytes = \"24MB\", period = \"1h\", direction = \"egress\", then = \"1mbit\" }\n";
+    let state_dir = Daemon::dir_for(&sandbox.tag).join("state");
+    let config = format!(
+        "{}\n[[class]]\nname = \"each\"\negress = \"20mbit\"\nmatch = 'rport in [5201, 5202]'\nper = \"user\"\n\
+         {quota}{SCAN}state_dir = \"{}\"\n",
+        interface(&sandbox),
+        state_dir.display()
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let _s2 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5202).unwrap();
+    // User A alone uses up its 24 MB (about 10 s at 20 Mbit/s).
+    let client = |user, port, secs: &str| {
+        spawn_client_cmd(
+            sandbox.client_as(user, "iperf3").unwrap(),
+            Sandbox::ADDR_B4,
+            port,
+            &["-t", secs, "-O", "2"],
+        )
+        .unwrap()
+    };
+    let alone = client(&users[0], 5201, "10");
+    let started = Instant::now();
+    let row = loop {
+        let row = usage_of(&daemon, "each", a);
+        if row.state == QuotaState::Throttled {
+            break row;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{a} not throttled after 20 s: {row:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("{a} throttled after {:.1} s at {} bytes", started.elapsed().as_secs_f64(), row.used_bytes);
+    finish_client(alone).unwrap();
+    // Now both at once: A held to 1 Mbit/s, B at its 20 Mbit/s (B's 8 s stay under its quota).
+    let (rate_a, rate_b) = (client(&users[0], 5201, "6"), client(&users[1], 5202, "6"));
+    std::thread::sleep(Duration::from_secs(4));
+    let rows = classes(&daemon);
+    let (rate_a, rate_b) =
+        (finish_client(rate_a).unwrap().received_bps, finish_client(rate_b).unwrap().received_bps);
+    println!("after A's quota: A {:.2} Mbit/s, B {:.2} Mbit/s", rate_a / MBIT, rate_b / MBIT);
+    assert_near(&format!("user {a}, throttled"), rate_a, MBIT, 0.10);
+    assert_near(&format!("user {b}, its quota not used up"), rate_b, 20.0 * MBIT, 0.10);
+    let leaves = &class_in(&rows, "each", Direction::Egress).instances;
+    let leaf = |name: &str| leaves.iter().find(|i| i.key == name).map(|i| (i.rate_bps, i.ceil_bps));
+    assert_eq!(
+        (leaf(a), leaf(b)),
+        (Some((1_000_000, 1_000_000)), Some((20_000_000, 20_000_000))),
+        "{leaves:#?}"
+    );
+    let (row_a, row_b) = (usage_of(&daemon, "each", a), usage_of(&daemon, "each", b));
+    assert_eq!((row_a.state, row_b.state), (QuotaState::Throttled, QuotaState::Ok), "{row_a:#?} {row_b:#?}");
+    assert!(row_b.used_bytes > 8_000_000 && row_b.used_bytes < 24_000_000, "{row_b:#?}");
+    // The class row is the total of both, and never acts.
+    let total = client::usage(&daemon.socket).unwrap().into_iter().find(|r| r.instance.is_none()).unwrap();
+    assert_eq!(total.state, QuotaState::Ok, "{total:#?}");
+    assert!(total.used_bytes >= row_a.used_bytes + row_b.used_bytes, "{total:#?}");
+    // `usage reset CLASS INSTANCE` lifts A's throttle, and only A's usage starts over.
+    let out =
+        output(Command::new(SHAPER).args(["usage", "reset", "each", a, "--socket"]).arg(&daemon.socket));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (row_a, again_b) = (usage_of(&daemon, "each", a), usage_of(&daemon, "each", b));
+    assert_eq!((row_a.state, row_a.used_bytes), (QuotaState::Ok, 0), "{row_a:#?}");
+    assert_eq!(again_b.used_bytes, row_b.used_bytes);
+    let leaves = class_in(&classes(&daemon), "each", Direction::Egress).instances.clone();
+    assert!(leaves.iter().all(|i| i.rate_bps == 20_000_000), "{leaves:#?}");
 }

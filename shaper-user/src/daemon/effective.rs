@@ -32,7 +32,7 @@ pub fn in_force(config: &Config, throttles: &[Throttle]) -> Config {
 }
 
 /// A limit held to `bps`.
-fn throttled(limit: Option<Limit>, bps: u64) -> Limit {
+pub fn throttled(limit: Option<Limit>, bps: u64) -> Limit {
     let ceil = limit.and_then(|l| l.ceil_bps).map_or(bps, |c| c.min(bps));
     let rate = limit.and_then(|l| l.rate_bps).map_or(ceil, |r| r.min(ceil));
     Limit { rate_bps: Some(rate), ceil_bps: Some(ceil) }
@@ -51,7 +51,8 @@ mod tests {
                     [[class]]\nname = \"other\"\negress = \"10kbit\"\n";
         let config = crate::config::parse(std::path::Path::new("t.toml"), text, &env.env()).unwrap();
         let limits = |c: &Config, name: &str| (c.class(name).unwrap().egress, c.class(name).unwrap().ingress);
-        let throttle = |class: &str, counted| Throttle { class: class.into(), counted, bps: 64_000 };
+        let throttle =
+            |class: &str, counted| Throttle { class: class.into(), instance: None, counted, bps: 64_000 };
         let held = in_force(&config, &[throttle("bulk", Counted::Egress)]);
         let fixed = |bps| Some(Limit { rate_bps: Some(bps), ceil_bps: Some(bps) });
         assert_eq!(limits(&held, "bulk"), (fixed(64_000), limits(&config, "bulk").1));

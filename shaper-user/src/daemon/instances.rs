@@ -21,10 +21,10 @@ use shaper_common::{
     Direction, FlowEvent, EVENT_OWNER,
 };
 
-use super::host::Host;
+use super::{effective, host::Host};
 use crate::{
     accounts::{Accounts, SystemAccounts},
-    config::{Config, Per},
+    config::{Config, Counted, Limit, Per},
     control::{InstanceCounters, InstanceRow},
     datapath::Datapath,
     plan::{self, PlannedClass, PlannedPer},
@@ -51,21 +51,37 @@ pub struct Instances {
     by_name: HashMap<(u16, String), u32>,
     counters: InstanceCounters,
     accounts: SystemAccounts,
+    /// Instances whose quota holds them to a rate: (class, name) → (counted directions, bits/s).
+    held: HashMap<(u16, String), (Counted, u64)>,
 }
 
-/// The planned class `class` with `per`, on every tree that has it: (device, mtu, class, per).
-fn trees_of(host: &Host, class: u16) -> Vec<(u32, u32, PlannedClass, PlannedPer)> {
+/// The planned class `class` with `per`, on every tree that has it: (device, mtu, class, per, direction).
+fn trees_of(host: &Host, class: u16) -> Vec<(u32, u32, PlannedClass, PlannedPer, Direction)> {
     let mut out = Vec::new();
     for shaped in host.shaped() {
-        for (_, plan, device) in shaped.trees() {
+        for (direction, plan, device) in shaped.trees() {
             if let Some(c) = plan.classes.iter().find(|c| c.index == class) {
                 if let Some(per) = &c.per {
-                    out.push((device, shaped.link.mtu, c.clone(), per.clone()));
+                    out.push((device, shaped.link.mtu, c.clone(), per.clone(), direction));
                 }
             }
         }
     }
     out
+}
+
+/// `per`'s limits for an instance, held down by its quota (`held`) in the directions it counts.
+fn limits_for(per: &PlannedPer, direction: Direction, held: Option<&(Counted, u64)>) -> PlannedPer {
+    let Some(bps) = held.filter(|(counted, _)| counted.counts(direction)).map(|(_, bps)| *bps) else {
+        return per.clone();
+    };
+    let limit = Limit { rate_bps: Some(per.rate_bps), ceil_bps: Some(per.ceil_bps) };
+    let held = effective::throttled(Some(limit), bps);
+    PlannedPer {
+        rate_bps: held.rate_bps.unwrap_or(per.rate_bps),
+        ceil_bps: held.ceil_bps.unwrap_or(per.ceil_bps),
+        ..per.clone()
+    }
 }
 
 /// What tells the instance of `event` apart, as shown.
@@ -111,12 +127,24 @@ impl Instances {
         })
     }
 
-    /// A flow whose instance has no leaf yet (`EVENT_INSTANCE`).
-    pub fn on_event(&mut self, host: &Host, datapath: &mut Datapath, event: &FlowEvent) {
+    /// The class and name of the instance in `slot`.
+    pub fn named(&self, slot: u32) -> Option<(u16, String)> {
+        self.slots.get(slot as usize)?.as_ref().map(|i| (i.class, i.name.clone()))
+    }
+
+    /// Holds these instances (class, name) to their quota's rate from the
+    /// next [`Instances::configure`] on, and no others.
+    pub fn hold(&mut self, held: HashMap<(u16, String), (Counted, u64)>) {
+        self.held = held;
+    }
+
+    /// A flow whose instance has no leaf yet (`EVENT_INSTANCE`); returns
+    /// the slot of the instance it made.
+    pub fn on_event(&mut self, host: &Host, datapath: &mut Datapath, event: &FlowEvent) -> Option<u32> {
         let trees = trees_of(host, event.class);
-        let Some((_, _, _, per)) = trees.first() else { return };
+        let (_, _, _, per, _) = trees.first()?;
         let owner = (event.flags & EVENT_OWNER != 0).then_some(&event.owner);
-        let Some(key) = InstanceKey::of(event.class, per.per.mode(), &event.key, owner) else { return };
+        let key = InstanceKey::of(event.class, per.per.mode(), &event.key, owner)?;
         let name = instance_name(&self.accounts, per.per, event);
         if let Some(slot) = self.by_name.get(&(event.class, name.clone())).copied() {
             // Known (a report from before its entry was written, or another
@@ -129,20 +157,20 @@ impl Instances {
                     log::warn!("instance {name}: {}", crate::error_chain(&e));
                 }
             }
-            return;
+            return None;
         }
         if self.count_of(event.class) >= MAX_INSTANCES_PER_CLASS as usize {
             self.counters.capped += 1;
-            return;
+            return None;
         }
         let Some(slot) = self.free_slot() else {
             self.counters.capped += 1;
-            return;
+            return None;
         };
         if let Err(e) = self.create(host, datapath, &trees, slot, key) {
             self.counters.failed += 1;
             log::warn!("instance {name} of class {}: {e}", event.class);
-            return;
+            return None;
         }
         let base = datapath.instance_stats(slot);
         let idle = per.idle;
@@ -157,6 +185,7 @@ impl Instances {
         });
         self.by_name.insert((event.class, name), slot);
         self.counters.created += 1;
+        Some(slot)
     }
 
     /// The leaves of a new instance in `slot`, then its map entries.
@@ -164,12 +193,12 @@ impl Instances {
         &self,
         host: &Host,
         datapath: &mut Datapath,
-        trees: &[(u32, u32, PlannedClass, PlannedPer)],
+        trees: &[(u32, u32, PlannedClass, PlannedPer, Direction)],
         slot: u32,
         key: InstanceKey,
     ) -> Result<(), String> {
         let minor = instance_minor(slot);
-        for (n, (device, mtu, class, per)) in trees.iter().enumerate() {
+        for (n, (device, mtu, class, per, _)) in trees.iter().enumerate() {
             let leaf = plan::instance_leaf(class, per, minor, *mtu);
             if let Err(e) = tc::add_leaf(host.netlink(), *device, &leaf) {
                 for (device, ..) in &trees[..n] {
@@ -183,8 +212,9 @@ impl Instances {
     }
 
     /// Removes the instance in `slot`: map entries first, then its leaves.
-    fn remove(&mut self, host: &Host, datapath: &mut Datapath, slot: u32) {
-        let Some(instance) = self.slots.get_mut(slot as usize).and_then(Option::take) else { return };
+    /// Returns its class and name.
+    fn remove(&mut self, host: &Host, datapath: &mut Datapath, slot: u32) -> Option<(u16, String)> {
+        let instance = self.slots.get_mut(slot as usize).and_then(Option::take)?;
         self.by_name.remove(&(instance.class, instance.name.clone()));
         if let Err(e) = datapath.close_instance(slot, &instance.keys) {
             log::warn!("removing instance {}: {}", instance.name, crate::error_chain(&e));
@@ -196,11 +226,12 @@ impl Instances {
             }
         }
         self.counters.removed += 1;
+        Some((instance.class, instance.name))
     }
 
     /// Removes the instances that have been idle for their class's
-    /// `instance_idle`; notes which had traffic.
-    pub fn expire(&mut self, host: &Host, datapath: &mut Datapath) {
+    /// `instance_idle`; notes which had traffic. Returns the removed ones.
+    pub fn expire(&mut self, host: &Host, datapath: &mut Datapath) -> Vec<(u16, String)> {
         let now = Instant::now();
         let mut idle = Vec::new();
         for (slot, instance) in self.slots.iter_mut().enumerate() {
@@ -213,14 +244,13 @@ impl Instances {
                 idle.push(slot as u32);
             }
         }
-        for slot in idle {
-            self.remove(host, datapath, slot);
-        }
+        idle.into_iter().filter_map(|slot| self.remove(host, datapath, slot)).collect()
     }
 
     /// Before a new config: removes the instances of classes that lose `per`
     /// or change it (their leaves would keep the class an inner node).
-    pub fn retire(&mut self, host: &Host, datapath: &mut Datapath, next: &Config) {
+    /// Returns the removed ones.
+    pub fn retire(&mut self, host: &Host, datapath: &mut Datapath, next: &Config) -> Vec<(u16, String)> {
         let ids = datapath.class_ids();
         let gone: Vec<u32> = self
             .slots
@@ -235,9 +265,7 @@ impl Instances {
             })
             .map(|(slot, _)| slot)
             .collect();
-        for slot in gone {
-            self.remove(host, datapath, slot);
-        }
+        gone.into_iter().filter_map(|slot| self.remove(host, datapath, slot)).collect()
     }
 
     /// After a config is in force: the classifier's modes, and each
@@ -258,8 +286,10 @@ impl Instances {
         }
         for (slot, instance) in self.slots.iter_mut().enumerate() {
             let Some(instance) = instance else { continue };
-            for (device, mtu, class, per) in trees_of(host, instance.class) {
+            let held = self.held.get(&(instance.class, instance.name.clone()));
+            for (device, mtu, class, per, direction) in trees_of(host, instance.class) {
                 instance.idle = per.idle;
+                let per = limits_for(&per, direction, held);
                 let leaf = plan::instance_leaf(&class, &per, instance_minor(slot as u32), mtu);
                 if let Err(e) = tc::change_leaf(host.netlink(), device, &leaf) {
                     log::warn!("instance {}: {e}", instance.name);
@@ -301,6 +331,7 @@ impl Instances {
             .filter_map(|(slot, i)| i.as_ref().filter(|i| i.class == class).map(|i| (slot as u32, i)))
             .map(|(slot, i)| {
                 let classid = (shaper_common::HTB_MAJOR << 16) | instance_minor(slot);
+                let per = limits_for(per, direction, self.held.get(&(i.class, i.name.clone())));
                 InstanceRow {
                     key: i.name.clone(),
                     classid: tc::format_handle(classid),

@@ -183,7 +183,7 @@ impl Shaper {
             return Err(e);
         }
         self.instances.clear_leftovers(&self.host);
-        self.instances.configure(&self.host, &mut self.datapath, &config);
+        self.configure_instances(&config);
         Ok(())
     }
 
@@ -241,7 +241,9 @@ impl Shaper {
     /// A new flow the classifier reported, or a new instance of a class with `per`.
     pub fn on_event(&mut self, event: &FlowEvent) {
         if event.flags & EVENT_INSTANCE != 0 {
-            self.instances.on_event(&self.host, &mut self.datapath, event);
+            if let Some(slot) = self.instances.on_event(&self.host, &mut self.datapath, event) {
+                self.open_instance_quota(slot);
+            }
         } else {
             self.decider.on_event(&mut self.datapath, event);
         }
@@ -249,7 +251,8 @@ impl Shaper {
 
     /// One pass of the periodic reconcile (idle instances go too).
     pub fn reconcile(&mut self) -> ScanReport {
-        self.instances.expire(&self.host, &mut self.datapath);
+        let gone = self.instances.expire(&self.host, &mut self.datapath);
+        self.close_instance_quotas(&gone);
         self.decider.reconcile(&mut self.datapath)
     }
 
@@ -299,6 +302,43 @@ impl Shaper {
         effective::in_force(&self.schedules.apply(config), &self.quotas.throttles())
     }
 
+    /// Brings each instance's leaf to its class's limits in `config`, or
+    /// to its quota's rate while that holds it.
+    fn configure_instances(&mut self, config: &Config) {
+        let ids = self.datapath.class_ids();
+        let held = self
+            .quotas
+            .instance_throttles()
+            .into_iter()
+            .filter_map(|t| Some(((ids.index(&t.class)?, t.instance?), (t.counted, t.bps))))
+            .collect();
+        self.instances.hold(held);
+        self.instances.configure(&self.host, &mut self.datapath, config);
+    }
+
+    /// The quota of the instance just made in `slot` (with `per`, each
+    /// instance has its own); its leaf is held at once if it is used up.
+    fn open_instance_quota(&mut self, slot: u32) {
+        let Some((class, name)) = self.instances.named(slot) else { return };
+        match self.quotas.open_instance(class, &name, slot, self.datapath.quotas_mut()) {
+            Ok(true) => {
+                let config = self.in_force(self.state.config());
+                self.configure_instances(&config);
+            }
+            Ok(false) => {}
+            Err(e) => log::error!("quota of instance {name}: {}", crate::error_chain(&e)),
+        }
+    }
+
+    /// Instances whose leaves went keep their usage, not their kernel entries.
+    fn close_instance_quotas(&mut self, gone: &[(u16, String)]) {
+        for (class, name) in gone {
+            if let Err(e) = self.quotas.close_instance(*class, name, self.datapath.quotas_mut()) {
+                log::error!("quota of instance {name}: {}", crate::error_chain(&e));
+            }
+        }
+    }
+
     /// Follows the quotas of `config`, with the class indices it will get.
     fn sync_quotas(&mut self, config: &Config) -> Result<(), DaemonError> {
         let ids = self.datapath.class_ids().assign(config.class_names());
@@ -320,7 +360,7 @@ impl Shaper {
                     log::error!("changing the limits of a quota's class: {}", crate::error_chain(&e));
                 }
                 // With `per`, each instance's leaf follows its class.
-                self.instances.configure(&self.host, &mut self.datapath, &after);
+                self.configure_instances(&after);
             }
             Err(e) => log::error!("reading quota usage: {}", crate::error_chain(&e)),
         }
@@ -337,8 +377,9 @@ impl Shaper {
         let after = self.in_force(self.state.config());
         if after != before {
             apply::converge(&mut self.parts(), Some(&before), &after)?;
-            self.instances.configure(&self.host, &mut self.datapath, &after);
         }
+        // With `per`, each instance's leaf follows its class (and its own quota).
+        self.configure_instances(&after);
         Ok(self.quotas.rows())
     }
 
@@ -352,7 +393,8 @@ impl Shaper {
         let windows =
             self.schedules.advance(&pending.config, &schedules::local_zone(), jiff::Timestamp::now());
         let new = self.in_force(&pending.config);
-        self.instances.retire(&self.host, &mut self.datapath, &new);
+        let gone = self.instances.retire(&self.host, &mut self.datapath, &new);
+        self.close_instance_quotas(&gone);
         let changes = match apply::converge(&mut self.parts(), Some(&old), &new) {
             Ok(changes) => changes,
             Err(e) => {
@@ -364,7 +406,7 @@ impl Shaper {
                 return Err(e.into());
             }
         };
-        self.instances.configure(&self.host, &mut self.datapath, &new);
+        self.configure_instances(&new);
         self.log_windows(&windows);
         let restart_needed = pending.restart_needed.clone();
         self.state.applied(pending, reloaded);
@@ -385,8 +427,9 @@ impl Shaper {
                 self.schedules.restore(windows);
                 return links::RETRY;
             }
-            // Each instance's leaf (classes with `per`) follows its class.
-            self.instances.configure(&self.host, &mut self.datapath, &after);
+            // Each instance's leaf (classes with `per`) follows its class
+            // (an instance held by its own quota stays held).
+            self.configure_instances(&after);
             self.log_windows(&windows);
         }
         Schedules::next_check(&config, &tz, now)

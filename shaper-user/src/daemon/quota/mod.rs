@@ -13,8 +13,15 @@
 //! belong to), and in the state file (a reboot), written at most every
 //! [`SAVE_INTERVAL`] and at stop.
 //!
-//! Quotas are keyed by class and instance ([`QuotaId`]): a class with `per`
-//! may add one per instance under the same class index.
+//! Quotas are keyed by class and instance ([`QuotaId`]). A class with `per`
+//! has one per instance (its name: the user, program, …), made when the
+//! instance's leaf is ([`Quotas::open_instance`]) with the kernel key of its
+//! slot; the class's own entry is then the class total and never acts. An
+//! instance that goes idle keeps its usage here and in the state file (its
+//! kernel entry goes with its leaf) and gets it back when it returns in the
+//! same period. Instance entries are bounded like instances: at most
+//! `MAX_INSTANCES_PER_CLASS` per class (the idle ones with least usage go
+//! first), and idle ones with nothing counted go at a new period.
 
 mod statefile;
 
@@ -25,7 +32,10 @@ use std::{
 };
 
 use jiff::{tz::TimeZone, Timestamp};
-use shaper_common::{QuotaGate, QuotaKey, QuotaUsage, GATE_BLOCKED, GATE_BLOCK_AT_LIMIT, QUOTA_CLASS_WIDE};
+use shaper_common::{
+    instances::MAX_INSTANCES_PER_CLASS, QuotaGate, QuotaKey, QuotaUsage, GATE_BLOCKED, GATE_BLOCK_AT_LIMIT,
+    QUOTA_CLASS_WIDE,
+};
 
 pub use statefile::{SavedQuota, StateFile};
 
@@ -45,10 +55,12 @@ pub const SAVE_INTERVAL: Duration = Duration::from_secs(10);
 /// A quota's name: its class, and the instance for a class with `per`.
 pub type QuotaId = (String, Option<String>);
 
-/// A class limited to a rate while its quota is used up.
+/// A class (or one instance of it) limited to a rate while its quota is used up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Throttle {
     pub class: String,
+    /// The instance, for a class with `per` (its leaf is held, not the class).
+    pub instance: Option<String>,
     pub counted: Counted,
     pub bps: u64,
 }
@@ -75,6 +87,10 @@ struct Tracked {
     state: QuotaState,
     /// Bytes counted when the daemon saw the quota used up (this period).
     used_at_action: Option<u64>,
+    /// The kernel has its entry (an instance's goes while it is idle).
+    live: bool,
+    /// The class total of a class with `per`: counted, never acts.
+    total: bool,
 }
 
 impl Tracked {
@@ -93,7 +109,7 @@ impl Tracked {
     /// counts past its limit (the kernel drops the packet that would): its
     /// first drop says it is used up.
     fn judge(&self) -> QuotaState {
-        if self.used() < self.quota.bytes && self.usage.dropped_bytes == 0 {
+        if self.total || (self.used() < self.quota.bytes && self.usage.dropped_bytes == 0) {
             return QuotaState::Ok;
         }
         match self.quota.then {
@@ -105,6 +121,7 @@ impl Tracked {
 
     fn gate(&self) -> QuotaGate {
         let flags = match (self.quota.then, self.state) {
+            _ if self.total => 0,
             (Then::Block, QuotaState::Blocked) => GATE_BLOCK_AT_LIMIT | GATE_BLOCKED,
             (Then::Block, _) => GATE_BLOCK_AT_LIMIT,
             _ => 0,
@@ -193,6 +210,8 @@ impl Quotas {
                 usage: QuotaUsage::default(),
                 state: QuotaState::Ok,
                 used_at_action: None,
+                live: true,
+                total: class.per.is_some(),
             };
             match self.carried(&id, &tracked, maps) {
                 Some(usage) => tracked.usage = usage,
@@ -208,14 +227,124 @@ impl Quotas {
             }
             next.insert(id, tracked);
         }
-        let kept: Vec<QuotaKey> = next.values().map(|t| t.key).collect();
+        self.carry_instances(&mut next, maps)?;
+        let kept: Vec<QuotaKey> = next.values().filter(|t| t.live).map(|t| t.key).collect();
         for key in maps.keys().into_iter().filter(|k| !kept.contains(k)) {
             maps.remove(&key)?;
         }
         self.book = next;
-        self.restored.clear();
+        // Instances come back on sight: what the file saved for them waits.
+        self.restored.retain(|s| s.instance.is_some());
         self.dirty = true;
         self.tell_hooks(maps)
+    }
+
+    /// Keeps the instance quotas of classes that keep their quota, `per`
+    /// and index (with the quota as `config` has it now; a new period bound
+    /// starts them over).
+    fn carry_instances(
+        &mut self,
+        next: &mut BTreeMap<QuotaId, Tracked>,
+        maps: &mut QuotaMaps,
+    ) -> Result<(), QuotaError> {
+        let old = std::mem::take(&mut self.book);
+        for (id, mut tracked) in old.into_iter().filter(|(id, _)| id.1.is_some()) {
+            let class =
+                next.get(&(id.0.clone(), None)).filter(|c| c.total && c.key.class == tracked.key.class);
+            let Some((quota, start)) = class.map(|c| (c.quota.clone(), c.start)) else { continue };
+            tracked.quota = quota;
+            if tracked.start != start {
+                tracked.new_period(Timestamp::now(), &self.tz);
+            }
+            tracked.state = tracked.judge();
+            if tracked.live {
+                maps.set_usage(&tracked.key, &tracked.usage)?;
+                maps.set_gate(&tracked.key, &tracked.gate())?;
+            }
+            next.insert(id, tracked);
+        }
+        Ok(())
+    }
+
+    /// A new instance `name` of class index `class` has its leaf in `slot`:
+    /// its quota (if the class has one) counts under the slot's key from now
+    /// on, from the usage it had this period (idle and back, or saved in the
+    /// state file). Returns whether it is held to a rate now.
+    pub fn open_instance(
+        &mut self,
+        class: u16,
+        name: &str,
+        slot: u32,
+        maps: &mut QuotaMaps,
+    ) -> Result<bool, QuotaError> {
+        let Some((class_name, parent)) =
+            self.book.iter().find(|(id, t)| id.1.is_none() && t.total && t.key.class == u32::from(class))
+        else {
+            return Ok(false);
+        };
+        let id: QuotaId = (class_name.0.clone(), Some(name.to_string()));
+        let key = QuotaKey { class: u32::from(class), _pad: 0, instance: u64::from(slot) + 1 };
+        let mut tracked = match self.book.get(&id) {
+            Some(known) => Tracked { key, live: true, ..known.clone() },
+            None => Tracked {
+                key,
+                total: false,
+                usage: QuotaUsage::default(),
+                state: QuotaState::Ok,
+                used_at_action: None,
+                ..parent.clone()
+            },
+        };
+        if !self.book.contains_key(&id) {
+            self.make_room(class);
+            if let Some(usage) = self.restored(&id, &tracked) {
+                tracked.usage = usage;
+            }
+        }
+        tracked.state = tracked.judge();
+        maps.set_usage(&key, &tracked.usage)?;
+        maps.set_gate(&key, &tracked.gate())?;
+        if tracked.state != QuotaState::Ok {
+            log::warn!("{}", used_up(&id, &tracked));
+        }
+        let held = tracked.state == QuotaState::Throttled;
+        self.book.insert(id, tracked);
+        self.dirty = true;
+        self.tell_hooks(maps).map(|()| held)
+    }
+
+    /// Instance `name` of class index `class` lost its leaf (idle, or its
+    /// class changed): its usage stays here, its kernel entry goes.
+    pub fn close_instance(&mut self, class: u16, name: &str, maps: &mut QuotaMaps) -> Result<(), QuotaError> {
+        let found = self
+            .book
+            .iter_mut()
+            .find(|(id, t)| id.1.as_deref() == Some(name) && t.live && t.key.class == u32::from(class));
+        let Some((_, tracked)) = found else { return Ok(()) };
+        if let Some(usage) = maps.usage(&tracked.key) {
+            tracked.usage = usage;
+        }
+        tracked.live = false;
+        self.dirty = true;
+        Ok(maps.remove(&tracked.key)?)
+    }
+
+    /// At most `MAX_INSTANCES_PER_CLASS` instance quotas per class: the
+    /// idle one with the least usage goes to make room for one more.
+    fn make_room(&mut self, class: u16) {
+        let of_class = |t: &Tracked| !t.total && t.key.class == u32::from(class);
+        if self.book.values().filter(|t| of_class(t)).count() < MAX_INSTANCES_PER_CLASS as usize {
+            return;
+        }
+        let least = self
+            .book
+            .iter()
+            .filter(|(_, t)| of_class(t) && !t.live)
+            .min_by_key(|(_, t)| t.used())
+            .map(|(id, _)| id.clone());
+        if let Some(id) = least {
+            self.book.remove(&id);
+        }
     }
 
     /// Whether the connect hooks must decide new connections' classes.
@@ -254,7 +383,7 @@ impl Quotas {
     /// used up to their action. Saves the state file when it is due.
     /// Returns whether the throttles changed (the class limits must follow).
     pub fn check(&mut self, maps: &mut QuotaMaps) -> Result<bool, QuotaError> {
-        let before = self.throttles();
+        let before = (self.throttles(), self.instance_throttles());
         let now = Timestamp::now();
         let mut result = Ok(());
         for (id, tracked) in &mut self.book {
@@ -266,19 +395,35 @@ impl Quotas {
         if self.dirty && self.saved_at.is_none_or(|t| t.elapsed() >= SAVE_INTERVAL) {
             self.save();
         }
-        result.and_then(|()| self.tell_hooks(maps)).map(|()| before != self.throttles())
+        // Idle instances with nothing counted this period are forgotten.
+        self.book.retain(|id, t| id.1.is_none() || t.live || t.usage != QuotaUsage::default());
+        result
+            .and_then(|()| self.tell_hooks(maps))
+            .map(|()| before != (self.throttles(), self.instance_throttles()))
     }
 
     /// The classes held to their quota's rate now.
     pub fn throttles(&self) -> Vec<Throttle> {
-        self.book
-            .iter()
-            .filter(|((_, instance), t)| instance.is_none() && t.state == QuotaState::Throttled)
-            .filter_map(|((class, _), t)| match t.quota.then {
-                Then::Throttle(bps) => Some(Throttle { class: class.clone(), counted: t.quota.counted, bps }),
+        self.held().filter(|t| t.instance.is_none()).collect()
+    }
+
+    /// The instances (of classes with `per`) held to their quota's rate now.
+    pub fn instance_throttles(&self) -> Vec<Throttle> {
+        self.held().filter(|t| t.instance.is_some()).collect()
+    }
+
+    fn held(&self) -> impl Iterator<Item = Throttle> + '_ {
+        self.book.iter().filter(|(_, t)| t.state == QuotaState::Throttled).filter_map(
+            |((class, instance), t)| match t.quota.then {
+                Then::Throttle(bps) => Some(Throttle {
+                    class: class.clone(),
+                    instance: instance.clone(),
+                    counted: t.quota.counted,
+                    bps,
+                }),
                 _ => None,
-            })
-            .collect()
+            },
+        )
     }
 
     /// Starts the period of `class` (`instance`) over: zero usage, no action.
@@ -300,8 +445,10 @@ impl Quotas {
         tracked.usage = QuotaUsage::default();
         tracked.state = QuotaState::Ok;
         tracked.used_at_action = None;
-        maps.set_usage(&tracked.key, &tracked.usage)?;
-        maps.set_gate(&tracked.key, &tracked.gate())?;
+        if tracked.live {
+            maps.set_usage(&tracked.key, &tracked.usage)?;
+            maps.set_gate(&tracked.key, &tracked.gate())?;
+        }
         log::info!("quota of {}: reset; usage starts from zero", shown(&id));
         self.dirty = true;
         self.tell_hooks(maps)
@@ -385,8 +532,10 @@ fn check_one(
     if now >= tracked.end {
         let was = tracked.state;
         tracked.new_period(now, tz);
-        maps.set_usage(&tracked.key, &tracked.usage)?;
-        maps.set_gate(&tracked.key, &tracked.gate())?;
+        if tracked.live {
+            maps.set_usage(&tracked.key, &tracked.usage)?;
+            maps.set_gate(&tracked.key, &tracked.gate())?;
+        }
         log::info!(
             "quota of {}: a new period until {}; usage starts from zero{}",
             shown(id),
@@ -394,6 +543,9 @@ fn check_one(
             if was == QuotaState::Ok { String::new() } else { format!(", no longer {}", was.as_str()) }
         );
         return Ok(true);
+    }
+    if !tracked.live {
+        return Ok(false);
     }
     let Some(usage) = maps.usage(&tracked.key) else {
         // Gone from the kernel (a map emptied by hand): count again from what was read.
