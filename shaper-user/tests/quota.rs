@@ -298,3 +298,48 @@ quota = { bytes = "2MB", direction = "egress", then = "report" }
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert!(daemon.log_text().contains("is not a quota state file"), "{}", daemon.log_text());
 }
+
+#[test]
+fn with_per_a_used_up_instance_is_blocked_alone() {
+    require_root!();
+    let sandbox = Sandbox::new("qper").unwrap();
+    let config = config(
+        &sandbox,
+        r#"
+[[class]]
+name = "conns"
+egress = "20mbit"
+match = 'rport in 5301..5309'
+per = "connection"
+quota = { bytes = "8MB", period = "1h", direction = "egress", then = "block" }
+"#,
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    // Two connections, each an instance with its own 8 MB: the first at the
+    // class's 20 Mbit/s uses it up in about 3.2 s, the second at 4 Mbit/s would take 16 s.
+    let fast = Stream::start(&sandbox.b, Sandbox::ADDR_B4, 5301, &sandbox.a, 200.0 * MBIT).unwrap();
+    let slow = Stream::start(&sandbox.b, Sandbox::ADDR_B4, 5302, &sandbox.a, 4.0 * MBIT).unwrap();
+    let instances = || -> Vec<UsageRow> {
+        client::usage(&daemon.socket).unwrap().into_iter().filter(|r| r.instance.is_some()).collect()
+    };
+    let started = Instant::now();
+    while !instances().iter().any(|r| r.state == QuotaState::Blocked) {
+        assert!(started.elapsed() < Duration::from_secs(10), "none blocked after 10 s: {:#?}", instances());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("one connection blocked after {:.1} s", started.elapsed().as_secs_f64());
+    std::thread::sleep(Duration::from_millis(500));
+    let (at_block, from) = (fast.bytes(), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (after, to) = (fast.bytes(), Instant::now());
+    let slow_rate = slow.rate(from, to);
+    println!("blocked connection: {at_block} then {after} bytes; the other: {:.2} Mbit/s", slow_rate / MBIT);
+    assert!(at_block <= 8_000_000, "{at_block} bytes arrived past an 8 MB quota");
+    assert_eq!(after, at_block, "bytes arrived after the block");
+    assert_near("the other connection of the class", slow_rate, 4.0 * MBIT, 0.10);
+    let rows = instances();
+    let states: Vec<_> = rows.iter().map(|r| r.state).collect();
+    assert_eq!(states.iter().filter(|s| **s == QuotaState::Blocked).count(), 1, "{rows:#?}");
+    assert_eq!(states.iter().filter(|s| **s == QuotaState::Ok).count(), 1, "{rows:#?}");
+    assert!(rows.iter().any(|r| r.state == QuotaState::Blocked && r.dropped_bytes > 0), "{rows:#?}");
+}
