@@ -304,3 +304,45 @@ fn each_user_has_its_own_quota() {
     let leaves = class_in(&classes(&daemon), "each", Direction::Egress).instances.clone();
     assert!(leaves.iter().all(|i| i.rate_bps == 20_000_000), "{leaves:#?}");
 }
+
+#[test]
+fn an_instance_keeps_its_used_up_quota_across_its_idle_removal() {
+    require_root!();
+    let sandbox = Sandbox::new("perk").unwrap();
+    let user = TestUser::create(&format!("shp-{}", sandbox.tag)).unwrap();
+    let state_dir = Daemon::dir_for(&sandbox.tag).join("state");
+    let config = format!(
+        "{}{}{SCAN}state_dir = \"{}\"\n",
+        interface(&sandbox),
+        per_class(
+            "user",
+            "instance_idle = \"2s\"\n\
+             quota = { bytes = \"4MB\", period = \"1h\", direction = \"egress\", then = \"1mbit\" }\n"
+        ),
+        state_dir.display()
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    // 5 Mbit/s for 8 s: 5 MB, past the 4 MB quota.
+    let run = |secs: &str| {
+        let cmd = sandbox.client_as(&user, "iperf3").unwrap();
+        finish_client(spawn_client_cmd(cmd, Sandbox::ADDR_B4, 5201, &["-t", secs, "-O", "1"]).unwrap())
+            .unwrap()
+    };
+    run("8");
+    let used = usage_of(&daemon, "each", &user.name);
+    assert_eq!(used.state, QuotaState::Throttled, "{used:#?}");
+    let started = Instant::now();
+    while daemon.status().unwrap().instances.live > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the idle instance is still live after 10 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let idle = usage_of(&daemon, "each", &user.name);
+    println!("idle and without a leaf: {} bytes, {:?}", idle.used_bytes, idle.state);
+    assert_eq!((idle.state, idle.used_bytes >= used.used_bytes), (QuotaState::Throttled, true), "{idle:#?}");
+    // Back in the same period: a new leaf, held at once.
+    let again = run("4").received_bps;
+    println!("back after its idle removal: {:.2} Mbit/s", again / MBIT);
+    assert_near("the returning user, still throttled", again, MBIT, 0.10);
+    assert_eq!(daemon.status().unwrap().instances.created, 2);
+}
