@@ -86,7 +86,12 @@ fn snapshot_with(sandbox: &Sandbox, daemon: &Daemon, others: &[&str]) -> Snapsho
         let mut text = String::new();
         for dev in &devices {
             let out = sandbox.a.run("tc", &[what, "show", "dev", dev]).unwrap();
-            text += &format!("{dev}:\n{}", String::from_utf8_lossy(&out.stdout));
+            // Sorted: the kernel lists classes in the order of its hash
+            // table, which a class added and taken back can regrow.
+            let mut lines: Vec<String> =
+                String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+            lines.sort();
+            text += &format!("{dev}:\n{}\n", lines.join("\n"));
         }
         text
     };

@@ -298,6 +298,35 @@ impl Instances {
         }
     }
 
+    /// Puts back the leaves of live instances that a rebuilt tree lacks (an
+    /// IFB made again, an interface back with a new index).
+    pub fn restore(&self, host: &Host) {
+        let mut present: HashMap<u32, std::collections::HashSet<u32>> = HashMap::new();
+        for (slot, instance) in self.slots.iter().enumerate() {
+            let Some(instance) = instance else { continue };
+            let minor = instance_minor(slot as u32);
+            let held = self.held.get(&(instance.class, instance.name.clone()));
+            for (device, mtu, class, per, direction) in trees_of(host, instance.class) {
+                let per = limits_for(&per, direction, held);
+                let classes = present.entry(device).or_insert_with(|| {
+                    host.htb_stats(device)
+                        .map(|s| s.keys().map(|id| id & 0xffff).collect())
+                        .unwrap_or_default()
+                });
+                if classes.contains(&minor) {
+                    continue;
+                }
+                let leaf = plan::instance_leaf(&class, &per, minor, mtu);
+                match tc::add_leaf(host.netlink(), device, &leaf) {
+                    Ok(()) => {
+                        classes.insert(minor);
+                    }
+                    Err(e) => log::warn!("restoring instance {}: {e}", instance.name),
+                }
+            }
+        }
+    }
+
     /// Removes instance leaves an earlier daemon left (its instance table
     /// went with it; instances are found again on sight).
     pub fn clear_leftovers(&self, host: &Host) {

@@ -277,6 +277,7 @@ impl Shaper {
             Parts { host: &mut self.host, datapath: &mut self.datapath, decider: &mut self.decider };
         match links::heal(&mut parts, &config) {
             Ok(_) => {
+                self.instances.restore(&self.host);
                 log::info!("shaping {}", self.host.describe());
                 None
             }

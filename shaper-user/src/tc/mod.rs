@@ -504,6 +504,22 @@ fn sync_steps(
     }
     let applied: std::collections::HashSet<&HtbLeaf> =
         previous.map(|p| p.leaves.iter().collect()).unwrap_or_default();
+    // A class that loses `per` turns back into a leaf only once its children
+    // are gone (HTB puts a queue under it again): its shared leaf goes first.
+    let wanted: std::collections::HashSet<u32> = plan.leaves.iter().map(|l| l.class.minor).collect();
+    for gone in previous.map(|p| p.leaves.as_slice()).unwrap_or_default() {
+        let parent_stays_a_leaf =
+            plan.leaves.iter().any(|l| l.class.minor == gone.parent && l.queue != LeafQueue::Inner);
+        if parent_stays_a_leaf
+            && !wanted.contains(&gone.class.minor)
+            && existing.contains(&htb_handle(gone.class.minor))
+        {
+            steps.push(Step {
+                request: delete_class_message(ifindex, htb_handle(gone.class.minor)),
+                undo: None,
+            });
+        }
+    }
     for leaf in &plan.leaves {
         let handle = htb_handle(leaf.class.minor);
         let root = htb_handle(leaf.parent);
