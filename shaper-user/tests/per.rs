@@ -387,3 +387,46 @@ fn a_reload_takes_per_away_and_gives_it_back() {
     assert_eq!(daemon.status().unwrap().instances.live, 1);
     assert!(htb().contains("class htb 1:800 "), "{}", htb());
 }
+
+#[test]
+fn a_quota_added_by_a_reload_counts_for_the_instances_already_there() {
+    require_root!();
+    let sandbox = Sandbox::new("perz").unwrap();
+    let user = TestUser::create(&format!("shp-{}", sandbox.tag)).unwrap();
+    let state_dir = Daemon::dir_for(&sandbox.tag).join("state");
+    let config = |extra: &str| {
+        format!(
+            "{}{}{SCAN}state_dir = \"{}\"\n",
+            interface(&sandbox),
+            per_class("user", extra),
+            state_dir.display()
+        )
+    };
+    let daemon = Daemon::start(&sandbox, shaper(), &config("")).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5201).unwrap();
+    let cmd = sandbox.client_as(&user, "iperf3").unwrap();
+    let run = spawn_client_cmd(cmd, Sandbox::ADDR_B4, 5201, &["-t", "8"]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(daemon.status().unwrap().instances.live, 1);
+    let quota = "quota = { bytes = \"2MB\", period = \"1h\", direction = \"egress\", then = \"1mbit\" }\n";
+    std::fs::write(&daemon.config, config(quota)).unwrap();
+    daemon.reload().unwrap();
+    let started = Instant::now();
+    let row = loop {
+        let row = usage_of(&daemon, "each", &user.name);
+        if row.state == QuotaState::Throttled {
+            break row;
+        }
+        assert!(started.elapsed() < Duration::from_secs(6), "not throttled 6 s after the reload: {row:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!(
+        "throttled {:.1} s after the reload at {} bytes",
+        started.elapsed().as_secs_f64(),
+        row.used_bytes
+    );
+    assert_eq!(daemon.status().unwrap().instances.created, 1, "the instance kept its leaf");
+    let leaf = class_in(&classes(&daemon), "each", Direction::Egress).instances[0].clone();
+    assert_eq!((leaf.rate_bps, leaf.ceil_bps), (1_000_000, 1_000_000), "{leaf:#?}");
+    finish_client(run).unwrap();
+}

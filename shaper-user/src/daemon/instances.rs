@@ -132,6 +132,11 @@ impl Instances {
         self.slots.get(slot as usize)?.as_ref().map(|i| (i.class, i.name.clone()))
     }
 
+    /// The slots of the live instances.
+    pub fn live_slots(&self) -> Vec<u32> {
+        self.slots.iter().enumerate().filter(|(_, i)| i.is_some()).map(|(slot, _)| slot as u32).collect()
+    }
+
     /// Holds these instances (class, name) to their quota's rate from the
     /// next [`Instances::configure`] on, and no others.
     pub fn hold(&mut self, held: HashMap<(u16, String), (Counted, u64)>) {

@@ -241,8 +241,11 @@ impl Shaper {
     /// A new flow the classifier reported, or a new instance of a class with `per`.
     pub fn on_event(&mut self, event: &FlowEvent) {
         if event.flags & EVENT_INSTANCE != 0 {
-            if let Some(slot) = self.instances.on_event(&self.host, &mut self.datapath, event) {
-                self.open_instance_quota(slot);
+            let slot = self.instances.on_event(&self.host, &mut self.datapath, event);
+            if slot.is_some_and(|slot| self.open_instance_quota(slot)) {
+                // Used up before it went idle: its new leaf is held at once.
+                let config = self.in_force(self.state.config());
+                self.configure_instances(&config);
             }
         } else {
             self.decider.on_event(&mut self.datapath, event);
@@ -317,17 +320,16 @@ impl Shaper {
         self.instances.configure(&self.host, &mut self.datapath, config);
     }
 
-    /// The quota of the instance just made in `slot` (with `per`, each
-    /// instance has its own); its leaf is held at once if it is used up.
-    fn open_instance_quota(&mut self, slot: u32) {
-        let Some((class, name)) = self.instances.named(slot) else { return };
+    /// The quota of the instance in `slot` (with `per`, each instance has
+    /// its own); true when it holds the instance's leaf right away.
+    fn open_instance_quota(&mut self, slot: u32) -> bool {
+        let Some((class, name)) = self.instances.named(slot) else { return false };
         match self.quotas.open_instance(class, &name, slot, self.datapath.quotas_mut()) {
-            Ok(true) => {
-                let config = self.in_force(self.state.config());
-                self.configure_instances(&config);
+            Ok(held) => held,
+            Err(e) => {
+                log::error!("quota of instance {name}: {}", crate::error_chain(&e));
+                false
             }
-            Ok(false) => {}
-            Err(e) => log::error!("quota of instance {name}: {}", crate::error_chain(&e)),
         }
     }
 
@@ -407,6 +409,10 @@ impl Shaper {
                 return Err(e.into());
             }
         };
+        // Instances live before their class got a quota count from now on.
+        for slot in self.instances.live_slots() {
+            self.open_instance_quota(slot);
+        }
         self.configure_instances(&new);
         self.log_windows(&windows);
         let restart_needed = pending.restart_needed.clone();

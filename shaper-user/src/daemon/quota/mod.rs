@@ -266,7 +266,8 @@ impl Quotas {
         Ok(())
     }
 
-    /// A new instance `name` of class index `class` has its leaf in `slot`:
+    /// Instance `name` of class index `class` has its leaf in `slot` (new,
+    /// or its class just got a quota):
     /// its quota (if the class has one) counts under the slot's key from now
     /// on, from the usage it had this period (idle and back, or saved in the
     /// state file). Returns whether it is held to a rate now.
@@ -284,6 +285,10 @@ impl Quotas {
         };
         let id: QuotaId = (class_name.0.clone(), Some(name.to_string()));
         let key = QuotaKey { class: u32::from(class), _pad: 0, instance: u64::from(slot) + 1 };
+        if let Some(open) = self.book.get(&id).filter(|t| t.live && t.key == key) {
+            // Already counting under this slot (a reload): the kernel's count stands.
+            return Ok(open.state == QuotaState::Throttled);
+        }
         let mut tracked = match self.book.get(&id) {
             Some(known) => Tracked { key, live: true, ..known.clone() },
             None => Tracked {
