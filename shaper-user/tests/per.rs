@@ -221,12 +221,27 @@ fn a_download_keeps_its_share_next_to_a_saturating_upload_in_its_class() {
 
 /// The quota row of instance `instance` of class `class`, by `shaper usage --json`.
 fn usage_of(daemon: &Daemon, class: &str, instance: &str) -> UsageRow {
+    usage_row(daemon, class, instance)
+        .unwrap_or_else(|rows| panic!("no quota for {class} ({instance}): {rows:#?}"))
+}
+
+/// The quota row of an instance, or all rows when it has none (yet).
+fn usage_row(daemon: &Daemon, class: &str, instance: &str) -> Result<UsageRow, Vec<UsageRow>> {
     let out = output(Command::new(SHAPER).args(["usage", "--json", "--socket"]).arg(&daemon.socket));
     let rows: Vec<UsageRow> = serde_json::from_slice(&out.stdout).unwrap();
-    rows.iter()
-        .find(|r| r.class == class && r.instance.as_deref() == Some(instance))
-        .cloned()
-        .unwrap_or_else(|| panic!("no quota for {class} ({instance}): {rows:#?}"))
+    rows.iter().find(|r| r.class == class && r.instance.as_deref() == Some(instance)).cloned().ok_or(rows)
+}
+
+/// Polls until instance `instance` of class `class` is throttled (its row then).
+fn wait_throttled(daemon: &Daemon, class: &str, instance: &str, within: Duration) -> UsageRow {
+    let started = Instant::now();
+    loop {
+        match usage_row(daemon, class, instance) {
+            Ok(row) if row.state == QuotaState::Throttled => return row,
+            row => assert!(started.elapsed() < within, "{instance} not throttled after {within:?}: {row:#?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -261,14 +276,7 @@ fn each_user_has_its_own_quota() {
     };
     let alone = client(&users[0], 5201, "10");
     let started = Instant::now();
-    let row = loop {
-        let row = usage_of(&daemon, "each", a);
-        if row.state == QuotaState::Throttled {
-            break row;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "{a} not throttled after 20 s: {row:#?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let row = wait_throttled(&daemon, "each", a, Duration::from_secs(20));
     println!("{a} throttled after {:.1} s at {} bytes", started.elapsed().as_secs_f64(), row.used_bytes);
     finish_client(alone).unwrap();
     // Now both at once: A held to 1 Mbit/s, B at its 20 Mbit/s (B's 8 s stay under its quota).
@@ -412,14 +420,7 @@ fn a_quota_added_by_a_reload_counts_for_the_instances_already_there() {
     std::fs::write(&daemon.config, config(quota)).unwrap();
     daemon.reload().unwrap();
     let started = Instant::now();
-    let row = loop {
-        let row = usage_of(&daemon, "each", &user.name);
-        if row.state == QuotaState::Throttled {
-            break row;
-        }
-        assert!(started.elapsed() < Duration::from_secs(6), "not throttled 6 s after the reload: {row:#?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let row = wait_throttled(&daemon, "each", &user.name, Duration::from_secs(6));
     println!(
         "throttled {:.1} s after the reload at {} bytes",
         started.elapsed().as_secs_f64(),
