@@ -24,7 +24,7 @@ use shaper_common::{
     names::{PROG_TC_EGRESS, PROG_TC_INGRESS},
     rules::{KernelView, SocketFacts},
     target_class, Direction, FlowKey, IfaceInfo, ListenKey, Owner, ProcTests, CLASS_DEFAULT, ERROR_NAMES,
-    ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_DEFAULT,
+    HTB_ACK_MINOR, HTB_MAJOR, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES, TARGET_DEFAULT,
 };
 use shaper_testkit::TestRunExt as _;
 use shaper_user::{
@@ -295,9 +295,15 @@ impl Target for Classifier {
             ran = true;
             self.drain_events();
             assert!(passes.contains(&run.verdict), "{program} returned {} (a drop is 2)", run.verdict);
+            // Bare ACKs go ahead of every queue, to the ACK leaf.
+            let expected_id = if frames::bare_ack(frame) {
+                (HTB_MAJOR << 16) | HTB_ACK_MINOR
+            } else {
+                classid_of(u32::from(expected))
+            };
             assert_eq!(
                 run.priority,
-                classid_of(u32::from(expected)),
+                expected_id,
                 "{program}: class {:#x}, the user side says {expected} (key {:?})",
                 run.priority,
                 frames::flow_key(frame, direction)

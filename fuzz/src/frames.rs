@@ -17,6 +17,21 @@ const MAX_IPV6_EXT: usize = 6;
 /// routing, destination options and AH walked, at most six; a fragment
 /// header ends the walk), then the ports of TCP and UDP.
 pub fn flow_key(frame: &[u8], direction: Direction) -> Option<FlowKey> {
+    transport(frame, direction).map(|(key, _)| key)
+}
+
+/// Whether the classifier sends `frame` to the ACK leaf: a TCP segment with
+/// ACK set, no SYN, FIN or RST, and at most 6 bytes after its header (the
+/// padding of a minimal Ethernet frame).
+pub fn bare_ack(frame: &[u8]) -> bool {
+    let Some((key, l4)) = transport(frame, Direction::Egress) else { return false };
+    let Some(tcp) = frame.get(l4..l4 + 14) else { return false };
+    let header = usize::from(tcp[12] >> 4) * 4;
+    key.proto == PROTO_TCP && tcp[13] & 0x10 != 0 && tcp[13] & 0x07 == 0 && frame.len() <= l4 + header + 6
+}
+
+/// The flow key and the offset of the transport header.
+fn transport(frame: &[u8], direction: Direction) -> Option<(FlowKey, usize)> {
     let at = 14;
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let bytes = |offset: usize, n: usize| frame.get(offset..offset.checked_add(n)?);
@@ -72,14 +87,15 @@ pub fn flow_key(frame: &[u8], direction: Direction) -> Option<FlowKey> {
     }
     let (mut sport, mut dport) = (0, 0);
     if key.proto == PROTO_TCP || key.proto == PROTO_UDP {
-        let p = bytes(l4, 4)?;
+        // The classifier reads TCP's first 14 bytes (ports to flags) at once.
+        let p = bytes(l4, if key.proto == PROTO_TCP { 14 } else { 4 })?;
         (sport, dport) = (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
     }
     (key.laddr, key.raddr, key.lport, key.rport) = match direction {
         Direction::Egress => (src, dst, sport, dport),
         Direction::Ingress => (dst, src, dport, sport),
     };
-    Some(key)
+    Some((key, l4))
 }
 
 fn addr(rng: &mut Rng, v6: bool) -> IpAddr {

@@ -26,12 +26,20 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A TCP data segment (ACK set, 64 bytes of payload). Without payload it
+    /// would be a bare ACK, which the classifier sends to the ACK leaf instead
+    /// of its class: [`Frame::bare_ack`].
     pub fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Self {
-        Self { proto: PROTO_TCP, src, dst, sport, dport, payload: 0, ipv6_ext: Vec::new(), fragment: false }
+        Self { proto: PROTO_TCP, src, dst, sport, dport, payload: 64, ipv6_ext: Vec::new(), fragment: false }
+    }
+
+    /// A TCP segment with ACK set and no payload.
+    pub fn bare_ack(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Self {
+        Self { payload: 0, ..Self::tcp(src, sport, dst, dport) }
     }
 
     pub fn udp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Self {
-        Self { proto: PROTO_UDP, ..Self::tcp(src, sport, dst, dport) }
+        Self { proto: PROTO_UDP, payload: 0, ..Self::tcp(src, sport, dst, dport) }
     }
 
     /// The frame's bytes.

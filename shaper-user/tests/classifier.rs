@@ -113,17 +113,18 @@ fn truncated_and_non_ip_frames_pass_with_the_default_class() {
     dp.set_rules(&rules()).unwrap();
     let mut with_ext = Frame::tcp(ip("fd00::1"), 40000, ip("fd00::2"), 5201);
     with_ext.ipv6_ext = vec![(0, 8), (60, 16)];
-    // (frame, length of its IP header, length of its transport header)
+    // (frame, length of its IP header, length of its transport header and payload)
     let frames = [
-        (Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build(), 20, 20),
-        (Frame::udp(ip("fd00::1"), 40000, ip("fd00::2"), 6005).build(), 40, 8),
-        (with_ext.build(), 40, 20),
+        (Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201), 20, 20),
+        (Frame::udp(ip("fd00::1"), 40000, ip("fd00::2"), 6005), 40, 8),
+        (with_ext, 40, 20),
     ];
-    for (full, ip_len, l4_len) in frames {
+    for (frame, ip_len, l4_len) in frames {
+        let full = frame.build();
         // Every cut that loses a byte of the ports (or of an extension header)
         // leaves no flow key. BPF_PROG_TEST_RUN itself refuses frames shorter than
         // the IP header; those are covered by the raw-socket test on a live link.
-        let ports_end = full.len() - l4_len + 4;
+        let ports_end = full.len() - frame.payload - l4_len + 4;
         for cut in 14 + ip_len..ports_end {
             let priority = dp
                 .test_run(shaper_common::names::PROG_TC_EGRESS, &full[..cut], IFINDEX, 1)
@@ -209,6 +210,20 @@ fn no_rules_loaded_means_default_class() {
     let frame = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build();
     assert_eq!(classify(&mut dp, &frame), classid_of(DEFAULT_CLASS as u32));
     assert_eq!(dp.errors().unwrap().iter().sum::<u64>(), 0);
+}
+
+/// A bare ACK (no payload) goes to the ACK leaf, ahead of every class's
+/// queue; a data segment of the same connection goes to its class.
+#[test]
+fn bare_acks_go_to_the_ack_leaf_and_data_to_its_class() {
+    require_root!();
+    let mut dp = datapath();
+    let (a, b) = (ip("198.18.0.1"), ip("198.18.0.2"));
+    let ack_leaf = (shaper_common::HTB_MAJOR << 16) | shaper_common::HTB_ACK_MINOR;
+    assert_eq!(classify(&mut dp, &Frame::bare_ack(a, 40000, b, 5201).build()), ack_leaf);
+    assert_eq!(classify(&mut dp, &Frame::tcp(a, 40000, b, 5201).build()), classid_of(DEFAULT_CLASS as u32));
+    // UDP has no ACKs: an empty datagram stays in its class.
+    assert_eq!(classify(&mut dp, &Frame::udp(a, 40000, b, 5201).build()), classid_of(DEFAULT_CLASS as u32));
 }
 
 /// `TC_ACT_REDIRECT`, what `bpf_redirect` makes the ingress classifier return.
