@@ -179,6 +179,7 @@ pub(crate) fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
         ("PRIO", true),
         ("RATE", true),
         ("CEIL", true),
+        ("CURRENT", true),
         ("NOW", true),
         ("BYTES", true),
         ("PACKETS", true),
@@ -201,6 +202,7 @@ pub(crate) fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
             r.priority.to_string(),
             format_rate(r.rate_bps),
             format_rate(r.ceil_bps),
+            format_rate(r.current_bps),
             format_rate(r.rate_now_bps),
             format_bytes(r.bytes),
             r.packets.to_string(),
@@ -223,6 +225,7 @@ pub(crate) fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
                 "-".to_string(),
                 format_rate(i.rate_bps),
                 format_rate(i.ceil_bps),
+                "-".to_string(),
                 format_rate(i.rate_now_bps),
                 format_bytes(i.bytes),
                 "-".to_string(),
@@ -251,6 +254,7 @@ pub(crate) fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
         ("CMD", false),
         ("CLASS", false),
         ("BY", false),
+        ("RATE", true),
         ("SENT", true),
     ];
     if received {
@@ -270,6 +274,7 @@ pub(crate) fn print_conns(rows: &[ConnRow], json: bool) -> Result<()> {
             r.cmd.clone().unwrap_or_else(|| "-".to_string()),
             r.class.clone(),
             r.origin.as_str().to_string(),
+            format_rate(r.tx_bps.saturating_add(r.rx_bps)),
             format_bytes(r.tx_bytes),
         ];
         if received {

@@ -422,6 +422,10 @@ pub struct ClassRow {
     pub backlog_bytes: u64,
     /// Rate HTB sent at over the last few seconds, bits/s.
     pub rate_now_bps: u64,
+    /// Current rate: bits/s the classifier put into the class over the last
+    /// second (its `bytes` per interval: offered, before queueing and drops).
+    #[serde(default)]
+    pub current_bps: u64,
     /// The class's `match`, as written in the config (absent for default-only classes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
@@ -534,6 +538,14 @@ pub struct ConnRow {
     pub rx_bytes: u64,
     pub rx_packets: u64,
     pub idle_ms: u64,
+    /// Current rates: bits/s sent and received over the last second.
+    #[serde(default)]
+    pub tx_bps: u64,
+    #[serde(default)]
+    pub rx_bps: u64,
+    /// Seconds since the daemon first counted the flow (at most its uptime).
+    #[serde(default)]
+    pub age_s: u64,
 }
 
 #[cfg(test)]

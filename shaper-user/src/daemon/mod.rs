@@ -25,6 +25,7 @@ pub mod notify;
 mod options;
 pub mod pidfile;
 mod quota;
+mod rates;
 mod report;
 mod runloop;
 mod schedules;

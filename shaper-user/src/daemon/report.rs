@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use shaper_common::{classid_of, Direction, CLASS_DEFAULT, ERROR_NAMES, ORIGIN_DAEMON, ORIGIN_PINNED};
+use shaper_common::{
+    classid_of, Direction, FlowKey, FlowValue, CLASS_DEFAULT, ERROR_NAMES, ORIGIN_DAEMON, ORIGIN_PINNED,
+};
 
 use super::{
     decider::Decider,
@@ -12,6 +14,7 @@ use super::{
     instances::Instances,
     live::ConfigState,
     quota::Quotas,
+    rates::{ClassKey, Rates},
     schedules::Schedules,
 };
 use crate::{
@@ -37,6 +40,7 @@ pub struct View<'a> {
     pub hooks: Option<&'a std::path::Path>,
     pub scan_only: Option<&'a str>,
     pub quotas: &'a Quotas,
+    pub rates: &'a Rates,
 }
 
 /// Class indices → names, as the reports show them.
@@ -184,6 +188,7 @@ impl<'a> View<'a> {
                 overlimits: sent.map_or(0, |s| u64::from(s.overlimits)),
                 backlog_bytes: sent.map_or(0, |s| u64::from(s.backlog)),
                 rate_now_bps: self.host.rate_now(device, classid),
+                current_bps: self.rates.class(&ClassKey { slot: shaped.slot, class: class.index, direction }),
                 rule: names.rule(class.index),
                 quota: self.quotas.state_of(&class.name),
                 per: class.per.as_ref().map(|p| p.per.as_str().to_string()),
@@ -203,43 +208,46 @@ impl<'a> View<'a> {
     pub fn conns(&self) -> Vec<ConnRow> {
         let names = self.names();
         let now = clock::monotonic_coarse_ns();
-        let mut rows: Vec<ConnRow> = self
-            .datapath
-            .flows()
-            .into_iter()
-            .map(|(key, value)| {
-                let info = self.decider.conn(&key);
-                let process = info.and_then(|i| self.decider.process(i.pid));
-                let provisional = self.decider.provisional(&key);
-                let origin = match (value.origin, info.map(|i| i.by)) {
-                    (ORIGIN_PINNED, _) => Origin::Pinned,
-                    (ORIGIN_DAEMON, Some(by)) => by,
-                    (ORIGIN_DAEMON, None) => Origin::Scan,
-                    _ => Origin::Kernel,
-                };
-                ConnRow {
-                    id: flows::id(&key),
-                    proto: flows::proto_name(key.proto),
-                    local: flows::endpoint(&key, true),
-                    remote: flows::endpoint(&key, false),
-                    class: names.class(value.class),
-                    origin,
-                    pid: info.map(|i| i.pid).filter(|p| *p != 0),
-                    user: process.and_then(|p| p.user.clone().or_else(|| p.uid.map(|u| u.to_string()))),
-                    cmd: process.and_then(|p| p.cmd.clone()),
-                    rule: names.rule(value.class),
-                    decided_us: provisional.map(|p| u64::from(p.decided_us)),
-                    provisional_bytes: provisional.map(|p| p.bytes),
-                    state: info.map_or(SockState::Gone, |i| i.state),
-                    tx_bytes: value.tx_bytes,
-                    tx_packets: value.tx_packets,
-                    rx_bytes: value.rx_bytes,
-                    rx_packets: value.rx_packets,
-                    idle_ms: now.saturating_sub(value.last_seen_ns) / 1_000_000,
-                }
-            })
-            .collect();
+        let mut rows: Vec<ConnRow> =
+            self.datapath.flows().iter().map(|(key, value)| self.conn_row(&names, now, key, value)).collect();
         rows.sort_by(|a, b| (&a.proto, &a.local, &a.remote).cmp(&(&b.proto, &b.local, &b.remote)));
         rows
+    }
+
+    /// Flow `key`'s row, its entry `value` read at `now` (CLOCK_MONOTONIC_COARSE).
+    fn conn_row(&self, names: &Names<'_>, now: u64, key: &FlowKey, value: &FlowValue) -> ConnRow {
+        let info = self.decider.conn(key);
+        let process = info.and_then(|i| self.decider.process(i.pid));
+        let provisional = self.decider.provisional(key);
+        let origin = match (value.origin, info.map(|i| i.by)) {
+            (ORIGIN_PINNED, _) => Origin::Pinned,
+            (ORIGIN_DAEMON, Some(by)) => by,
+            (ORIGIN_DAEMON, None) => Origin::Scan,
+            _ => Origin::Kernel,
+        };
+        let rate = self.rates.flow(key).unwrap_or_default();
+        ConnRow {
+            id: flows::id(key),
+            proto: flows::proto_name(key.proto),
+            local: flows::endpoint(key, true),
+            remote: flows::endpoint(key, false),
+            class: names.class(value.class),
+            origin,
+            pid: info.map(|i| i.pid).filter(|p| *p != 0),
+            user: process.and_then(|p| p.user.clone().or_else(|| p.uid.map(|u| u.to_string()))),
+            cmd: process.and_then(|p| p.cmd.clone()),
+            rule: names.rule(value.class),
+            decided_us: provisional.map(|p| u64::from(p.decided_us)),
+            provisional_bytes: provisional.map(|p| p.bytes),
+            state: info.map_or(SockState::Gone, |i| i.state),
+            tx_bytes: value.tx_bytes,
+            tx_packets: value.tx_packets,
+            rx_bytes: value.rx_bytes,
+            rx_packets: value.rx_packets,
+            idle_ms: now.saturating_sub(value.last_seen_ns) / 1_000_000,
+            tx_bps: rate.tx_bps,
+            rx_bps: rate.rx_bps,
+            age_s: rate.age_s,
+        }
     }
 }

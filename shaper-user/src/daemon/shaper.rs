@@ -36,6 +36,7 @@ use super::{
     live::{ConfigState, Pending},
     options::{self, RunOptions},
     quota::Quotas,
+    rates::Rates,
     report::View,
     schedules::{self, Schedules},
 };
@@ -80,6 +81,8 @@ pub struct Shaper {
     scan_only: Option<String>,
     /// The classes' quotas and their usage.
     quotas: Quotas,
+    /// Current rates per class and flow.
+    rates: Rates,
 }
 
 impl Shaper {
@@ -143,6 +146,7 @@ impl Shaper {
             _cgroup_root: root,
             scan_only,
             quotas,
+            rates: Rates::new(),
         };
         // Before the first converge: a quota a crashed daemon throttled is still throttled.
         let config = shaper.state.config().clone();
@@ -225,6 +229,7 @@ impl Shaper {
             hooks: self.hooks.as_deref(),
             scan_only: self.scan_only.as_deref(),
             quotas: &self.quotas,
+            rates: &self.rates,
         }
     }
 
@@ -295,9 +300,11 @@ impl Shaper {
         }
     }
 
-    /// Samples HTB's counters for the "rate now" column.
+    /// Samples HTB's counters for the "rate now" column, and the
+    /// classifier's for the current rates.
     pub fn sample_rates(&mut self) {
         self.host.sample_rates();
+        self.rates.sample(&self.host, &self.datapath);
     }
 
     /// The limits `config` gives, with what holds right now on top: the

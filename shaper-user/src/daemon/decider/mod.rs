@@ -28,6 +28,7 @@ mod tables;
 mod tests;
 
 pub use conn::{Conn, DecisionStats, Provisional};
+pub use flowid::{FlowIds, IdMap};
 pub use ruleset::RuleSet;
 pub use system::{LiveSystem, ScanError, System};
 pub use tables::Tables;
@@ -37,8 +38,6 @@ use std::{
     sync::Arc,
     time::Duration,
 };
-
-use flowid::{FlowIds, IdMap};
 
 use shaper_common::{
     FlowKey, FlowValue, FLOW_PROVISIONAL, ORIGIN_DAEMON, ORIGIN_KERNEL, ORIGIN_PINNED, SETTING_CGROUP_RULES,
