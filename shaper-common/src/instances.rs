@@ -55,14 +55,20 @@ pub const fn instance_minor(slot: u32) -> u32 {
 }
 
 /// What the classifier needs about a class (CLASS_MODES, an array of
-/// [`MAX_CLASSES`]), written by the daemon.
+/// [`MAX_CLASSES`]), written by the daemon before the classifier can meet
+/// the class: its `per` mode, and which per-packet work the class needs
+/// (`MODE_*` bits), so that a class without a quota pays no quota lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ClassMode {
     /// One of the `PER_*` constants.
     pub per: u8,
-    pub _pad: [u8; 3],
+    /// `MODE_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
+/// [`ClassMode::flags`]: the class has a quota (QUOTA_USAGE has its entry).
+pub const MODE_QUOTA: u8 = 1;
 const _: () = assert!(core::mem::size_of::<ClassMode>() == 4);
 
 /// Key of INSTANCES: a class and what tells its instances apart.

@@ -20,15 +20,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use shaper_common::{
-    class_stats_index, Direction, FlowEvent, FlowKey, FlowValue, CLASS_DEFAULT, ERR_EVENT_LOST,
-    ERR_FLOW_INSERT, ERR_IFB_DOWN, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL, FLOW_PROVISIONAL,
-    HTB_ACK_MINOR, HTB_MAJOR, IFB_DOWN, ORIGIN_KERNEL, SETTING_CGROUP_RULES, SETTING_PROCESS_RULES,
+    class_stats_index, instances::MODE_QUOTA, Direction, FlowEvent, FlowKey, FlowValue, CLASS_DEFAULT,
+    ERR_EVENT_LOST, ERR_FLOW_INSERT, ERR_IFB_DOWN, ERR_NO_IFACE, EVENT_OWNER, EVENT_PROVISIONAL,
+    FLOW_PROVISIONAL, HTB_ACK_MINOR, HTB_MAJOR, IFB_DOWN, ORIGIN_KERNEL, SETTING_CGROUP_RULES,
+    SETTING_PROCESS_RULES,
 };
 
 use crate::{
     clock, iface, instance,
     listen::listener,
-    maps::{count_error, CLASS_STATS, EVENTS, FLOWS, KEPT_FLOWS, OWNERS, SCRATCH, SETTINGS},
+    maps::{count_error, CLASS_MODES, CLASS_STATS, EVENTS, FLOWS, KEPT_FLOWS, OWNERS, SCRATCH, SETTINGS},
     packet::{flow_key, KeyBuf},
     quota,
     rules::{self, verdict_class, Walk, CGROUP_LEVELS},
@@ -294,8 +295,13 @@ pub(crate) fn classify(ctx: &TcContext, direction: Direction) -> i32 {
             }
         }
     }
-    let mut minor = instance::leaf_minor(ctx, direction, class, parsed, len);
-    if quota::account(class as u32, instance::slot_plus_one(minor), direction, len) {
+    // What the class needs beyond its leaf: one array read, so that a class
+    // without `per` or a quota costs no further lookup.
+    let mode = CLASS_MODES.get(class as u32).copied().unwrap_or_default();
+    let mut minor = instance::leaf_minor(ctx, direction, class, mode.per, parsed, len);
+    if mode.flags & MODE_QUOTA != 0
+        && quota::account(class as u32, instance::slot_plus_one(minor), direction, len)
+    {
         // A quota that blocks, used up: the one drop by design (see quota.rs).
         return TC_ACT_SHOT;
     }

@@ -17,9 +17,7 @@ use shaper_common::{
 
 use crate::{
     listen::listener_ref,
-    maps::{
-        count_error, CLASS_MODES, EVENTS, FLOW_INSTANCES, INSTANCES, INSTANCE_SLOTS, INSTANCE_STATS, OWNERS,
-    },
+    maps::{count_error, EVENTS, FLOW_INSTANCES, INSTANCES, INSTANCE_SLOTS, INSTANCE_STATS, OWNERS},
 };
 
 /// The owner of the packet's socket (egress), or of the local port it belongs to.
@@ -98,17 +96,18 @@ pub(crate) fn slot_plus_one(minor: u32) -> u64 {
     }
 }
 
-/// The HTB minor of a packet of class `class` on flow `key` (`None`: not parsed).
+/// The HTB minor of a packet of class `class` (whose `per` mode is `per`)
+/// on flow `key` (`None`: not parsed).
 #[inline(always)]
 pub(crate) fn leaf_minor(
     ctx: &TcContext,
     direction: Direction,
     class: u16,
+    per: u8,
     key: Option<&FlowKey>,
     len: u64,
 ) -> u32 {
     let own = HTB_LEAF_MINOR_BASE + u32::from(class);
-    let per = CLASS_MODES.get(u32::from(class)).map_or(PER_NONE, |m| m.per);
     if per == PER_NONE {
         return own;
     }

@@ -7,7 +7,8 @@
 //!
 //! 1. HTB trees: classes changed in place and added (never rebuilt: queued
 //!    packets and HTB's counters stay); IFBs created or taken over;
-//! 2. the class indices, the interface map, then the rule table, swapped in
+//! 2. the class indices and what the classifier must do for each (modes),
+//!    the interface map, then the rule table, swapped in
 //!    one write (the classifier sees the old table or the new one, never a mix);
 //! 3. the classifier attached (or its pinned link updated in place);
 //! 4. existing connections re-evaluated: the kernel redoes the ones it decided
@@ -21,12 +22,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use shaper_common::{Direction, IfaceInfo};
+use shaper_common::{instances::ClassMode, Direction, IfaceInfo};
 
 use super::{
     decider::{Decider, RuleSet},
     error::DaemonError,
     host::{Host, Shaped, Synced, Target},
+    modes::class_modes,
 };
 use crate::{
     classids::ClassIds,
@@ -65,7 +67,9 @@ pub fn converge(parts: &mut Parts<'_>, old: Option<&Config>, new: &Config) -> Re
     let Prepared { ids, rules, targets, absent, registered, mut changes } = prepared;
     let write_rules =
         parts.host.shaped().is_empty() || !parts.host.trusted() || !parts.decider.same_table(&rules);
+    let modes = class_modes(new, &ids);
     let before = Before {
+        modes: old.map(|old| class_modes(old, &parts.datapath.class_ids())).unwrap_or_default(),
         ids: parts.datapath.class_ids(),
         rules: parts.decider.rules().clone(),
         registered: registered.clone(),
@@ -74,7 +78,7 @@ pub fn converge(parts: &mut Parts<'_>, old: Option<&Config>, new: &Config) -> Re
     // 1. Trees and IFBs, additions and changes only (undone by sync_trees itself on failure).
     let (synced, undo) = parts.host.sync_trees(targets)?;
     // 2. and 3.
-    let previous = match switch(parts, &ids, rules, write_rules, synced) {
+    let previous = match switch(parts, &ids, &modes, rules, write_rules, synced) {
         Ok(previous) => previous,
         Err(e) => {
             log::error!("{}; taking the change back", crate::error_chain(&e));
@@ -96,21 +100,24 @@ pub fn converge(parts: &mut Parts<'_>, old: Option<&Config>, new: &Config) -> Re
 /// What a change replaces, to take it back.
 struct Before {
     ids: ClassIds,
+    modes: Vec<ClassMode>,
     rules: RuleSet,
     registered: HashMap<u32, IfaceInfo>,
     trusted: bool,
 }
 
-/// Steps 2 and 3: class indices, interface map, rules, the classifier.
-/// Returns the interfaces shaped before.
+/// Steps 2 and 3: class indices and modes, interface map, rules, the
+/// classifier. Returns the interfaces shaped before.
 fn switch(
     parts: &mut Parts<'_>,
     ids: &ClassIds,
+    modes: &[ClassMode],
     rules: RuleSet,
     write_rules: bool,
     synced: Vec<Synced>,
 ) -> Result<Vec<Shaped>, DaemonError> {
     parts.datapath.record_class_ids(ids)?;
+    parts.datapath.set_class_modes(modes)?;
     for s in &synced {
         parts.datapath.set_iface(s.link.index, &s.iface_info())?;
     }
@@ -155,6 +162,7 @@ fn roll_back(parts: &mut Parts<'_>, before: Before, write_rules: bool, undo: cra
     if write_rules {
         failures.extend(parts.decider.install(parts.datapath, before.rules, true).err());
     }
+    failures.extend(parts.datapath.set_class_modes(&before.modes).err());
     failures.extend(parts.datapath.release_classes(&before.ids).err());
     for e in failures {
         log::error!("taking a change back: {}", crate::error_chain(&e));

@@ -273,22 +273,10 @@ impl Instances {
         gone.into_iter().filter_map(|slot| self.remove(host, datapath, slot)).collect()
     }
 
-    /// After a config is in force: the classifier's modes, and each
-    /// instance's leaf brought to its class's current limits.
-    pub fn configure(&mut self, host: &Host, datapath: &mut Datapath, config: &Config) {
-        let ids = datapath.class_ids();
-        let mut modes = Vec::new();
-        for class in &config.classes {
-            let (Some(index), Some(per)) = (ids.index(&class.name), class.per) else { continue };
-            let at = usize::from(index);
-            if modes.len() <= at {
-                modes.resize(at + 1, 0);
-            }
-            modes[at] = per.per.mode();
-        }
-        if let Err(e) = datapath.set_class_modes(&modes) {
-            log::error!("instances: {}", crate::error_chain(&e));
-        }
+    /// After a config is in force: each instance's leaf brought to its
+    /// class's current limits (the classifier's modes were written by the
+    /// change itself, see `apply`).
+    pub fn configure(&mut self, host: &Host) {
         for (slot, instance) in self.slots.iter_mut().enumerate() {
             let Some(instance) = instance else { continue };
             let held = self.held.get(&(instance.class, instance.name.clone()));

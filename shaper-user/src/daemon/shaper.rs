@@ -187,7 +187,7 @@ impl Shaper {
             return Err(e);
         }
         self.instances.clear_leftovers(&self.host);
-        self.configure_instances(&config);
+        self.configure_instances();
         Ok(())
     }
 
@@ -249,8 +249,7 @@ impl Shaper {
             let slot = self.instances.on_event(&self.host, &mut self.datapath, event);
             if slot.is_some_and(|slot| self.open_instance_quota(slot)) {
                 // Used up before it went idle: its new leaf is held at once.
-                let config = self.in_force(self.state.config());
-                self.configure_instances(&config);
+                self.configure_instances();
             }
         } else {
             self.decider.on_event(&mut self.datapath, event);
@@ -313,9 +312,9 @@ impl Shaper {
         effective::in_force(&self.schedules.apply(config), &self.quotas.throttles())
     }
 
-    /// Brings each instance's leaf to its class's limits in `config`, or
-    /// to its quota's rate while that holds it.
-    fn configure_instances(&mut self, config: &Config) {
+    /// Brings each instance's leaf to its class's limits in force, or to
+    /// its quota's rate while that holds it.
+    fn configure_instances(&mut self) {
         let ids = self.datapath.class_ids();
         let held = self
             .quotas
@@ -324,7 +323,7 @@ impl Shaper {
             .filter_map(|t| Some(((ids.index(&t.class)?, t.instance?), (t.counted, t.bps))))
             .collect();
         self.instances.hold(held);
-        self.instances.configure(&self.host, &mut self.datapath, config);
+        self.instances.configure(&self.host);
     }
 
     /// The quota of the instance in `slot` (with `per`, each instance has
@@ -370,7 +369,7 @@ impl Shaper {
                     log::error!("changing the limits of a quota's class: {}", crate::error_chain(&e));
                 }
                 // With `per`, each instance's leaf follows its class.
-                self.configure_instances(&after);
+                self.configure_instances();
             }
             Err(e) => log::error!("reading quota usage: {}", crate::error_chain(&e)),
         }
@@ -389,7 +388,7 @@ impl Shaper {
             apply::converge(&mut self.parts(), Some(&before), &after)?;
         }
         // With `per`, each instance's leaf follows its class (and its own quota).
-        self.configure_instances(&after);
+        self.configure_instances();
         Ok(self.quotas.rows())
     }
 
@@ -420,7 +419,7 @@ impl Shaper {
         for slot in self.instances.live_slots() {
             self.open_instance_quota(slot);
         }
-        self.configure_instances(&new);
+        self.configure_instances();
         self.log_windows(&windows);
         let restart_needed = pending.restart_needed.clone();
         self.state.applied(pending, reloaded);
@@ -443,7 +442,7 @@ impl Shaper {
             }
             // Each instance's leaf (classes with `per`) follows its class
             // (an instance held by its own quota stays held).
-            self.configure_instances(&after);
+            self.configure_instances();
             self.log_windows(&windows);
         }
         Schedules::next_check(&config, &tz, now)

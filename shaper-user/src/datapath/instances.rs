@@ -1,5 +1,5 @@
-//! The instance maps (see `shaper_common::instances`): CLASS_MODES, which
-//! classes have `per`; INSTANCES, (class, instance) → slot; INSTANCE_SLOTS,
+//! The instance maps (see `shaper_common::instances`): CLASS_MODES, each
+//! class's `per` mode and per-packet work; INSTANCES, (class, instance) → slot; INSTANCE_SLOTS,
 //! which slots are live; INSTANCE_STATS, bytes per slot. None is pinned: a
 //! new daemon finds its instances again on sight.
 
@@ -23,11 +23,10 @@ fn error(action: &'static str, map: &'static str) -> impl FnOnce(MapError) -> Da
 }
 
 impl InstanceMaps {
-    /// Sets the `per` mode of every class index (`modes[i]`, missing ones none).
-    pub(super) fn set_modes(&mut self, modes: &[u8]) -> Result<(), DatapathError> {
+    /// Sets the mode of every class index (`modes[i]`, missing ones the default).
+    pub(super) fn set_modes(&mut self, modes: &[ClassMode]) -> Result<(), DatapathError> {
         for index in 0..MAX_CLASSES {
-            let per = modes.get(index as usize).copied().unwrap_or(0);
-            let want = ClassMode { per, _pad: [0; 3] };
+            let want = modes.get(index as usize).copied().unwrap_or_default();
             if self.modes.get(&index, 0).is_ok_and(|m| m == want) {
                 continue;
             }

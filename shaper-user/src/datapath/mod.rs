@@ -14,7 +14,7 @@ pub use occupancy::Occupancy;
 pub use quota::QuotaMaps;
 
 use shaper_common::{
-    instances::{InstanceKey, InstanceStats},
+    instances::{ClassMode, InstanceKey, InstanceStats},
     Direction,
 };
 
@@ -836,8 +836,8 @@ impl Datapath {
         }))
     }
 
-    /// Sets each class index's `per` mode (`modes[index]`, `PER_*`).
-    pub fn set_class_modes(&mut self, modes: &[u8]) -> Result<(), DatapathError> {
+    /// Sets each class index's mode (`modes[index]`, see `ClassMode`).
+    pub fn set_class_modes(&mut self, modes: &[ClassMode]) -> Result<(), DatapathError> {
         self.instances.set_modes(modes)
     }
 
