@@ -27,6 +27,7 @@
 //! | [`events`] | the classifier's reports of new flows |
 //! | [`daemon`] | `shaper run`: its parts (host: interfaces and HTB trees; decider: connections and decisions; the datapath), sequenced by a thin loop |
 //! | [`control`] | the control socket protocol, server and client |
+//! | [`metrics`] | Prometheus/OpenMetrics text of the daemon's counters, and its HTTP endpoint |
 //! | [`supervise`] | `shaper start` and `stop`: the daemon in the background |
 //! | [`manual`] | man pages and shell completions, generated from the command's clap definition |
 //! | [`teardown`] | `shaper stop --force`: shaping taken down with no daemon, from the pins and the host |
@@ -50,6 +51,7 @@ pub mod flows;
 pub mod logging;
 pub mod manual;
 pub mod memlock;
+pub mod metrics;
 pub mod owned;
 pub mod pins;
 pub mod plan;

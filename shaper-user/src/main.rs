@@ -1,6 +1,6 @@
 //! The `shaper` command: the daemon (`run`, `start`, `stop`), config
 //! validation (`check`), and the clients of a running daemon (`status`,
-//! `classes`, `conns`, `usage`, `reload`, `set`, `move`).
+//! `classes`, `conns`, `usage`, `metrics`, `reload`, `set`, `move`).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -107,6 +107,15 @@ enum Verb {
     Usage {
         #[command(subcommand)]
         action: Option<UsageAction>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The daemon's metrics as Prometheus text, as its `[daemon] metrics` endpoint serves them
+    /// (e.g. for node_exporter's textfile collector).
+    Metrics {
+        /// OpenMetrics 1.0.0 instead of Prometheus text 0.0.4.
+        #[arg(long)]
+        openmetrics: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -222,6 +231,14 @@ fn dispatch(verb: Verb) -> Result<()> {
         Verb::Usage { action: Some(UsageAction::Reset { class, instance, client }), .. } => {
             let rows = control::client::usage_reset(&client.socket()?, &class, instance.as_deref())?;
             print_usage(&rows, client.json)
+        }
+        Verb::Metrics { openmetrics, client } => {
+            let metrics = control::client::metrics(&client.socket()?, openmetrics)?;
+            if client.json {
+                return print_json(&metrics);
+            }
+            print!("{}", metrics.text);
+            Ok(())
         }
         Verb::Completions { shell } => {
             Ok(manual::write_completions(Cli::command(), shell, &mut std::io::stdout())?)

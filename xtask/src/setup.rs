@@ -6,7 +6,8 @@
 //! - the Debian packages the tests, the demo and the bench run: iproute2,
 //!   iperf3, bpftool, iputils-ping, python3, util-linux, trickle, fonts-dejavu-core,
 //!   man-db, zsh, fish, systemd (what the install and package tests check with),
-//!   openssh-server and openssh-client (the deploy test's sshds, and ssh/scp).
+//!   openssh-server and openssh-client (the deploy test's sshds, and ssh/scp),
+//!   prometheus (its `promtool check metrics` lints the metrics test's scrape).
 //!
 //! Each step checks first and does nothing when its part is present.
 
@@ -31,8 +32,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 // and systemd (`systemd-analyze verify`): the install test's checks of the
 // man pages, completions and unit; openssh-server and openssh-client: the
 // deploy test runs a real sshd in each of its test hosts and deploys over
-// ssh/scp (setup never leaves a system sshd running that it started: see
-// `no_system_sshd`).
+// ssh/scp; prometheus: `promtool check metrics` (setup never leaves a
+// system sshd or Prometheus running that it started: see `UNWANTED_SERVICES`).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "iperf3",
@@ -48,6 +49,18 @@ const PACKAGES: &[&str] = &[
     "systemd",
     "openssh-server",
     "openssh-client",
+    "prometheus",
+];
+
+/// Services a package's postinst may start on the machine (where no
+/// policy-rc.d forbids it) that nothing here needs: (package, process name,
+/// init script, systemd units). The deploy test runs its own sshds inside
+/// test namespaces; the metrics test needs only `promtool`, not a Prometheus
+/// server on port 9090. Setup stops and disables a service its install just
+/// started; one that ran before is never touched.
+const UNWANTED_SERVICES: &[(&str, &str, &str, &[&str])] = &[
+    ("openssh-server", "sshd", "ssh", &["ssh.service", "ssh.socket"]),
+    ("prometheus", "prometheus", "prometheus", &["prometheus.service"]),
 ];
 
 pub(crate) fn run() -> Result<()> {
@@ -175,37 +188,37 @@ fn packages() -> Result<()> {
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
     // The package lists of a fresh machine are often stale (404s): refresh first.
     exec(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
-    let sshd_before = sshd_running();
+    let before: Vec<bool> = UNWANTED_SERVICES.iter().map(|(_, process, _, _)| running(process)).collect();
     exec(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    if missing.contains(&"openssh-server") && !sshd_before && sshd_running() {
-        no_system_sshd()?;
+    for (&(package, process, init, units), ran) in UNWANTED_SERVICES.iter().zip(before) {
+        if missing.contains(&package) && !ran && running(process) {
+            no_system_service(package, init, units)?;
+        }
     }
     Ok(())
 }
 
-/// Whether a process named `sshd` runs on this machine.
-fn sshd_running() -> bool {
+/// Whether a process named `name` runs on this machine.
+fn running(name: &str) -> bool {
     let Ok(entries) = fs::read_dir("/proc") else { return false };
     entries.filter_map(Result::ok).any(|e| {
         e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())
-            && fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == "sshd")
+            && fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
     })
 }
 
-/// Where no policy-rc.d forbids it, openssh-server's postinst starts the
-/// machine's own sshd on port 22. The deploy test runs its own sshds inside
-/// test namespaces and needs no system one: stop and disable the service the
-/// install just started (an sshd that ran before is never touched).
-fn no_system_sshd() -> Result<()> {
-    eprintln!("setup: installing openssh-server started the system's sshd; stopping and disabling it");
+/// Stops and disables the service that installing `package` just started
+/// (see [`UNWANTED_SERVICES`]).
+fn no_system_service(package: &str, init: &str, units: &[&str]) -> Result<()> {
+    eprintln!("setup: installing {package} started the system's {init} service; stopping and disabling it");
     if Path::new("/run/systemd/system").exists() {
-        return exec(Command::new("systemctl").args(["disable", "--now", "ssh.service", "ssh.socket"]));
+        return exec(Command::new("systemctl").args(["disable", "--now"]).args(units));
     }
-    exec(Command::new("/etc/init.d/ssh").arg("stop"))?;
-    exec(Command::new("update-rc.d").args(["ssh", "disable"]))
+    exec(Command::new(format!("/etc/init.d/{init}")).arg("stop"))?;
+    exec(Command::new("update-rc.d").args([init, "disable"]))
 }

@@ -108,6 +108,8 @@ pub struct DaemonConfig {
     pub watch_config: bool,
     /// Where quota usage is saved across reboots (`state_dir`).
     pub state_dir: PathBuf,
+    /// Where the metrics endpoint listens (`None`: off, the default).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// A class's limit in one direction. `None` rate: reserves nothing; `None`
@@ -414,6 +416,7 @@ impl Validator<'_> {
             pid_file: PathBuf::from(DEFAULT_PID_FILE),
             watch_config: false,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            metrics: None,
         };
         let Some(d) = &raw.daemon else { return Ok(daemon) };
         if let Some(s) = &d.scan_interval {
@@ -480,6 +483,9 @@ impl Validator<'_> {
                 return Err(self.error(p, "state_dir must be an absolute path"));
             }
             daemon.state_dir = path;
+        }
+        if let Some(m) = &d.metrics {
+            daemon.metrics = Some(metrics_address(m.get_ref()).map_err(|e| self.error(m, e))?);
         }
         Ok(daemon)
     }
@@ -670,6 +676,17 @@ impl Validator<'_> {
             pos: position::pos(self.text, raw.name.span().start),
             optional: raw.optional.as_ref().is_some_and(|o| *o.get_ref()),
         })
+    }
+}
+
+/// `[daemon] metrics`: an IP address and a port (no host names: the
+/// daemon resolves nothing), e.g. "127.0.0.1:9464" or "[::1]:9464".
+fn metrics_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    let expected = "metrics must be an IP address and port such as \"127.0.0.1:9464\" or \"[::1]:9464\"";
+    match text.trim().parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => Err(format!("{expected}, with a port other than 0")),
+        Ok(addr) => Ok(addr),
+        Err(_) => Err(format!("{expected} (got \"{text}\")")),
     }
 }
 

@@ -32,6 +32,7 @@ pub struct RawDaemon {
     pub pid_file: Option<Spanned<String>>,
     pub watch_config: Option<Spanned<bool>>,
     pub state_dir: Option<Spanned<String>>,
+    pub metrics: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -372,3 +372,26 @@ fn toml_errors_without_a_message_still_say_what_is_wrong() {
     // comment with an empty message, which printed as "t.toml:4:4: ".
     assert_eq!(err(&format!("{IFACE}# a\u{7f}b\n")), "t.toml:4:4: invalid character '\\u{7f}' (U+007F)");
 }
+
+#[test]
+fn the_metrics_address_is_off_by_default_and_checked_where_written() {
+    assert_eq!(ok(IFACE).daemon.metrics, None);
+    let c = ok(&format!("[daemon]\nmetrics = \"127.0.0.1:9464\"\n{IFACE}"));
+    assert_eq!(c.daemon.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+    let c = ok(&format!("[daemon]\nmetrics = \"[::1]:19464\"\n{IFACE}"));
+    assert_eq!(c.daemon.metrics, Some("[::1]:19464".parse().unwrap()));
+    let expected = "metrics must be an IP address and port such as \"127.0.0.1:9464\" or \"[::1]:9464\"";
+    assert_eq!(
+        err(&format!("[daemon]\nmetrics = \"localhost:9464\"\n{IFACE}")),
+        format!("t.toml:2:11: {expected} (got \"localhost:9464\")")
+    );
+    assert_eq!(
+        err(&format!("[daemon]\nscan_interval = \"5s\"\nmetrics = \"127.0.0.1\"\n{IFACE}")),
+        format!("t.toml:3:11: {expected} (got \"127.0.0.1\")")
+    );
+    assert_eq!(
+        err(&format!("[daemon]\nmetrics = \"0.0.0.0:0\"\n{IFACE}")),
+        format!("t.toml:2:11: {expected}, with a port other than 0")
+    );
+    assert!(err(&format!("[daemon]\nmetrics = 9464\n{IFACE}")).starts_with("t.toml:2:11: invalid type"));
+}

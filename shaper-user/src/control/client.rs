@@ -11,8 +11,8 @@ use std::{
 use serde::de::DeserializeOwned;
 
 use super::protocol::{
-    Applied, ClassRow, Command, ConnRow, Moved, Reply, Request, SetClass, Status, Stopping, UsageRow,
-    PROTOCOL_VERSION,
+    Applied, ClassRow, Command, ConnRow, MetricsText, Moved, Reply, Request, SetClass, Status, Stopping,
+    UsageRow, PROTOCOL_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,11 @@ pub fn usage(socket: &Path) -> Result<Vec<UsageRow>, ClientError> {
 /// `usage reset`: starts the period of `class` (`instance`) over.
 pub fn usage_reset(socket: &Path, class: &str, instance: Option<&str>) -> Result<Vec<UsageRow>, ClientError> {
     request(socket, Command::UsageReset { class: class.to_string(), instance: instance.map(str::to_string) })
+}
+
+/// `metrics`: the exposition text (`openmetrics`: OpenMetrics 1.0.0, else Prometheus text 0.0.4).
+pub fn metrics(socket: &Path, openmetrics: bool) -> Result<MetricsText, ClientError> {
+    request(socket, Command::Metrics { openmetrics })
 }
 
 /// `stop`: the daemon replies, then exits (`keep`: leaving shaping in place).

@@ -9,6 +9,6 @@ pub mod server;
 
 pub use protocol::{
     Applied, AttachMode, Changes, ClassRow, Command, ConnRow, Decisions, Direction, InstanceCounters,
-    InstanceRow, InterfaceStatus, MapUsage, Moved, Origin, QuotaState, ReloadStatus, Reply, Request,
-    ScanReport, SetClass, SockState, Status, Stopping, UsageRow, PROTOCOL_VERSION,
+    InstanceRow, InterfaceStatus, MapUsage, MetricsText, Moved, Origin, QuotaState, ReloadStatus, Reply,
+    Request, ScanReport, SetClass, SockState, Status, Stopping, UsageRow, PROTOCOL_VERSION,
 };

@@ -36,6 +36,12 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         instance: Option<String>,
     },
+    /// The metrics as the HTTP endpoint serves them (`shaper metrics`);
+    /// `openmetrics`: OpenMetrics 1.0.0 instead of Prometheus text 0.0.4.
+    Metrics {
+        #[serde(default)]
+        openmetrics: bool,
+    },
     /// Stop the daemon; `keep` leaves shaping in place for the next one.
     Stop {
         #[serde(default)]
@@ -112,6 +118,14 @@ pub struct Moved {
     /// The connection for people: "tcp 198.18.0.1:40000 → 198.18.0.2:5201".
     pub conn: String,
     pub class: String,
+}
+
+/// The reply to `metrics`: the exposition text and its content type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsText {
+    /// E.g. "text/plain; version=0.0.4; charset=utf-8".
+    pub content_type: String,
+    pub text: String,
 }
 
 /// The reply to `stop`, sent before the daemon exits.
@@ -564,6 +578,10 @@ mod tests {
         assert_eq!(stop.command, Command::Stop { keep: true });
         let reset: Request = serde_json::from_str(r#"{"v":1,"cmd":"usage_reset","class":"bulk"}"#).unwrap();
         assert_eq!(reset.command, Command::UsageReset { class: "bulk".into(), instance: None });
+        let metrics: Request = serde_json::from_str(r#"{"v":1,"cmd":"metrics"}"#).unwrap();
+        assert_eq!(metrics.command, Command::Metrics { openmetrics: false });
+        let line = serde_json::to_string(&Request::new(Command::Metrics { openmetrics: true })).unwrap();
+        assert_eq!(line, r#"{"v":1,"cmd":"metrics","openmetrics":true}"#);
         let line = serde_json::to_string(&Request::new(Command::Usage)).unwrap();
         assert_eq!(line, r#"{"v":1,"cmd":"usage"}"#);
         let set: Request =

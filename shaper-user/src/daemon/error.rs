@@ -36,6 +36,12 @@ pub enum DaemonError {
     Events(#[source] std::io::Error),
     #[error("quotas")]
     Quota(#[source] Box<QuotaError>),
+    #[error("cannot serve metrics on {addr} ([daemon] metrics)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<QuotaError> for DaemonError {

@@ -157,6 +157,7 @@ fn restart_needed(old: &DaemonConfig, new: &DaemonConfig) -> Vec<String> {
         ("pid_file", old.pid_file != new.pid_file),
         ("watch_config", old.watch_config != new.watch_config),
         ("state_dir", old.state_dir != new.state_dir),
+        ("metrics", old.metrics != new.metrics),
     ];
     checks.iter().filter(|(_, differs)| *differs).map(|(name, _)| (*name).to_string()).collect()
 }

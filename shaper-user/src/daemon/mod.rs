@@ -9,6 +9,7 @@
 //! | [`shaper`] | the running daemon: its parts, start-up, requests, stop |
 //! | [`links`] | devices that come and go: lost IFBs, interfaces gone and back |
 //! | [`apply`], [`modes`], [`live`], [`report`] | bringing the host to a config; what the classifier does per class; the config in force and its changes; `status`, `classes`, `conns` |
+//! | [`metrics`] | what a scrape shows, and the endpoint of `[daemon] metrics` |
 //! | [`host`], [`decider`], [`instances`] | the parts: interfaces and HTB trees; connections and decisions; the instances of classes with `per` (the datapath is [`crate::datapath`]) |
 //! | [`quota`], [`effective`] | quotas: usage, periods, the state file; the class limits in force under a throttle |
 //! | [`options`], [`error`], [`notify`], [`pidfile`], [`watch`] | command-line options and the config they load; errors; sd_notify; the pid file; the config-file watch |
@@ -21,6 +22,7 @@ mod host;
 mod instances;
 mod links;
 mod live;
+mod metrics;
 mod modes;
 pub mod notify;
 mod options;

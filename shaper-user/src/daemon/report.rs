@@ -20,7 +20,9 @@ use super::{
 use crate::{
     classids::ClassIds,
     clock,
-    control::protocol::{ClassRow, ConnRow, Decisions, InterfaceStatus, MapUsage, Origin, SockState, Status},
+    control::protocol::{
+        ClassRow, ConnRow, Decisions, InstanceCounters, InterfaceStatus, MapUsage, Origin, SockState, Status,
+    },
     datapath::Datapath,
     flows,
     plan::Plan,
@@ -102,18 +104,28 @@ impl<'a> View<'a> {
             last_reload: self.state.last_reload(),
             drift: self.state.drift(),
             decisions: self.decisions(),
-            maps: self
-                .datapath
-                .occupancy(self.decider.flows())
-                .into_iter()
-                .map(|(name, entries, capacity)| MapUsage { name: name.to_string(), entries, capacity })
-                .collect(),
+            maps: self.map_usage(),
             quotas: self.quotas.rows(),
             state_file: (!self.quotas.is_empty()).then(|| self.quotas.file_status()),
-            instances: self.instances.counters(|index| names.class(index)),
+            instances: self.instance_counters(),
             windows: self.schedules.windows(config),
             queues: self.schedules.queues(),
         }
+    }
+
+    /// How full the kernel maps that grow with traffic are.
+    pub fn map_usage(&self) -> Vec<MapUsage> {
+        let occupancy = self.datapath.occupancy(self.decider.flows());
+        occupancy
+            .into_iter()
+            .map(|(name, entries, capacity)| MapUsage { name: name.to_string(), entries, capacity })
+            .collect()
+    }
+
+    /// The instances of classes with `per`, by class name.
+    pub fn instance_counters(&self) -> InstanceCounters {
+        let names = self.names();
+        self.instances.counters(|index| names.class(index))
     }
 
     fn interface(&self, s: &Shaped, names: &Names<'_>) -> InterfaceStatus {

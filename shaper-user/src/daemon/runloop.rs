@@ -16,7 +16,7 @@ use tokio::{
 
 use super::{
     error::DaemonError,
-    notify,
+    metrics, notify,
     options::RunOptions,
     pidfile::PidFile,
     shaper::{Shaper, StopMode},
@@ -77,6 +77,8 @@ struct Sources {
     /// Link events: interfaces and IFBs that come and go.
     links: Option<AsyncFd<LinkMonitor>>,
     _logger: Option<tokio::task::JoinHandle<()>>,
+    /// The metrics endpoint's task (`[daemon] metrics`).
+    _metrics: Option<tokio::task::JoinHandle<()>>,
 }
 
 type Stopped = (Arc<Mutex<Shaper>>, StopMode, ControlSocket, PidFile);
@@ -89,6 +91,10 @@ async fn run_async(config: Config, options: RunOptions) -> Result<Stopped, Daemo
         signals(SignalKind::hangup())?,
     );
     let (pid_file, socket) = claim(&config.daemon.pid_file, &config.daemon.control_socket)?;
+    let endpoint = match config.daemon.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let scan_interval = config.daemon.scan_interval;
     let watched = config.daemon.watch_config.then(|| config.path.clone());
     // Subscribed before the start, so no interface can appear unheard between the two.
@@ -105,7 +111,9 @@ async fn run_async(config: Config, options: RunOptions) -> Result<Stopped, Daemo
     };
     let watch = watched.and_then(|path| watch_file(&path));
     let logger = if options.kernel_log_level > 0 { kernel_logger(&state) } else { None };
-    let mut sources = Sources { sigint, sigterm, sighup, events, watch, links, _logger: logger };
+    let metrics = endpoint.map(|server| tokio::spawn(server.serve(render_metrics(&state))));
+    let mut sources =
+        Sources { sigint, sigterm, sighup, events, watch, links, _logger: logger, _metrics: metrics };
     let first = lock(&state).reconcile();
     log::info!(
         "ready: control socket {}, {} connections found, {} adopted",
@@ -240,6 +248,12 @@ fn handler(
             reply
         }
     })
+}
+
+/// The metrics endpoint's view of the shaper.
+fn render_metrics(state: &Arc<Mutex<Shaper>>) -> crate::metrics::http::Render {
+    let state = Arc::clone(state);
+    Arc::new(move |format| lock(&state).metrics(format).map_err(|e| crate::error_chain(&e)))
 }
 
 /// Serves until a stop is asked for; returns how to stop.

@@ -44,9 +44,10 @@ use crate::{
     cgroupmount::{self, V2Root},
     cgroups::Cgroups,
     config::Config,
-    control::{Applied, Command, Moved, Reply, ScanReport, SetClass, UsageRow},
+    control::{Applied, Command, MetricsText, Moved, Reply, ScanReport, SetClass, UsageRow},
     datapath::{Datapath, LoadOptions},
     flows,
+    metrics::Format,
     pins::{self, Pins},
     tc::LinkEvent,
 };
@@ -297,6 +298,11 @@ impl Shaper {
                 Some(links::RETRY)
             }
         }
+    }
+
+    /// The metrics text in `format` (`shaper metrics`, the HTTP endpoint).
+    pub fn metrics(&self, format: Format) -> Result<String, DaemonError> {
+        Ok(self.view().metrics()?.render(format))
     }
 
     /// Samples HTB's counters for the "rate now" column, and the
@@ -550,6 +556,15 @@ impl Shaper {
             },
             Command::Conns => Reply::encode(&self.view().conns()),
             Command::Usage => Reply::encode(&self.quotas.rows()),
+            Command::Metrics { openmetrics } => {
+                let format = if openmetrics { Format::OpenMetrics } else { Format::Text };
+                match self.metrics(format) {
+                    Ok(text) => {
+                        Reply::encode(&MetricsText { content_type: format.content_type().into(), text })
+                    }
+                    Err(e) => Reply::error(crate::error_chain(&e)),
+                }
+            }
             Command::UsageReset { class, instance } => self
                 .reset_usage(&class, instance.as_deref())
                 .map_or_else(refused, |rows| Reply::encode(&rows)),

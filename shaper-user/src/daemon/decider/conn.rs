@@ -2,7 +2,11 @@
 
 use std::collections::VecDeque;
 
-use crate::{control::protocol::Origin, sockdiag::SockState};
+use crate::{
+    control::protocol::Origin,
+    metrics::{histogram::DECISION_BOUNDS_US, Histogram},
+    sockdiag::SockState,
+};
 
 /// Decision latencies kept for percentiles.
 const LATENCY_SAMPLES: usize = 10_000;
@@ -41,8 +45,8 @@ pub struct Provisional {
     pub bytes: u64,
 }
 
-/// Counts of the daemon's decisions, for `status` and the benchmarks.
-#[derive(Debug, Default)]
+/// Counts of the daemon's decisions, for `status`, the metrics and the benchmarks.
+#[derive(Debug)]
 pub struct DecisionStats {
     pub events: u64,
     /// Events whose kernel verdict was provisional.
@@ -53,10 +57,26 @@ pub struct DecisionStats {
     pub provisional_bytes: u64,
     /// First packet → final class, microseconds, for provisional flows.
     latencies_us: VecDeque<u64>,
+    /// The same since the start, by bucket (the metrics' histogram).
+    pub latency: Histogram,
+}
+
+impl Default for DecisionStats {
+    fn default() -> Self {
+        Self {
+            events: 0,
+            provisional: 0,
+            changed: 0,
+            provisional_bytes: 0,
+            latencies_us: VecDeque::new(),
+            latency: Histogram::new(DECISION_BOUNDS_US),
+        }
+    }
 }
 
 impl DecisionStats {
     pub fn record(&mut self, latency_us: u64) {
+        self.latency.observe_us(latency_us);
         if self.latencies_us.len() == LATENCY_SAMPLES {
             self.latencies_us.pop_front();
         }
@@ -98,6 +118,8 @@ mod tests {
         assert_eq!(s.percentile(50.0), Some(51));
         assert_eq!(s.percentile(99.0), Some(99));
         assert_eq!(s.percentile(100.0), Some(100));
+        // The histogram counts them too: 50 at or below 50 µs, all 100 at or below 100 µs.
+        assert_eq!(s.latency.cumulative()[..2], [(Some(50), 50), (Some(100), 100)]);
         for _ in 0..LATENCY_SAMPLES {
             s.record(7);
         }

@@ -48,6 +48,7 @@ use crate::{
     control::protocol::ScanReport,
     datapath::DatapathError,
     flows,
+    metrics::{histogram, Histogram},
     rules::{self, compile::CgroupIndex, pred::ProcessFacts},
 };
 
@@ -79,6 +80,8 @@ pub struct Decider {
     flows: usize,
     stats: DecisionStats,
     last_scan: Option<ScanReport>,
+    /// Wall times of the reconciles (the metrics' histogram).
+    scan_durations: Histogram,
 }
 
 impl Decider {
@@ -99,6 +102,7 @@ impl Decider {
             flows: 0,
             stats: DecisionStats::default(),
             last_scan: None,
+            scan_durations: Histogram::new(histogram::SCAN_BOUNDS_US),
         }
     }
 
@@ -177,6 +181,11 @@ impl Decider {
 
     pub fn last_scan(&self) -> Option<&ScanReport> {
         self.last_scan.as_ref()
+    }
+
+    /// How long the reconciles took, so far.
+    pub fn scan_durations(&self) -> &Histogram {
+        &self.scan_durations
     }
 
     /// Puts flow `key` into `class` for good; returns the bytes it had sent until

@@ -68,6 +68,7 @@ impl Decider {
         self.prune_kept(tables);
         self.system.sweep(self.scan_interval * 2);
         report.micros = started.elapsed().as_micros() as u64;
+        self.scan_durations.observe_us(report.micros);
         log::debug!("scan: {report:?}");
         self.last_scan = Some(report.clone());
         report

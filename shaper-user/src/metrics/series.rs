@@ -1,0 +1,155 @@
+//! Every series shaper exports, written from a [`Snapshot`]. Label sets are
+//! bounded by the config: classes × interfaces × directions, the kernel
+//! maps, the classifier's error counters; never a connection or an instance.
+
+use super::{
+    text::{Exposition, Kind},
+    Format, Snapshot,
+};
+use crate::control::protocol::ClassRow;
+
+/// A series of one class row: family name, kind, help, and its value.
+type ClassSeries = (&'static str, Kind, &'static str, fn(&ClassRow) -> u64);
+
+/// The per-class rates, gauges in bytes/s (Prometheus' base unit; the
+/// config and `shaper classes` speak bits/s: these are those over 8).
+const CLASS_RATES: &[(&str, &str, fn(&ClassRow) -> u64)] = &[
+    (
+        "shaper_class_current_rate_bytes_per_second",
+        "Rate HTB sent the class at over the last seconds, bytes/s.",
+        |c| c.rate_now_bps,
+    ),
+    (
+        "shaper_class_rate_bytes_per_second",
+        "The class's guaranteed rate in force (schedule windows and quota throttles applied), bytes/s.",
+        |c| c.rate_bps,
+    ),
+    (
+        "shaper_class_ceil_bytes_per_second",
+        "The class's ceiling in force (schedule windows and quota throttles applied), bytes/s.",
+        |c| c.ceil_bps,
+    ),
+];
+
+/// The per-class series, labelled class, interface and direction.
+const CLASS_SERIES: &[ClassSeries] = &[
+    (
+        "shaper_class_bytes",
+        Kind::Counter,
+        "Bytes the classifier put into the class (frames as seen on the hook, before queueing or drops).",
+        |c| c.bytes,
+    ),
+    ("shaper_class_packets", Kind::Counter, "Packets the classifier put into the class.", |c| c.packets),
+    ("shaper_class_sent_bytes", Kind::Counter, "Bytes HTB sent out of the class.", |c| c.sent_bytes),
+    ("shaper_class_sent_packets", Kind::Counter, "Packets HTB sent out of the class.", |c| c.sent_packets),
+    ("shaper_class_drops", Kind::Counter, "Packets the class's queue dropped.", |c| c.drops),
+    ("shaper_class_overlimits", Kind::Counter, "Times HTB held the class back at its limits.", |c| {
+        c.overlimits
+    }),
+    ("shaper_class_backlog_bytes", Kind::Gauge, "Bytes waiting in the class's queue.", |c| c.backlog_bytes),
+];
+
+/// The whole exposition of `snapshot` in `format`.
+pub fn write(snapshot: &Snapshot, format: Format) -> String {
+    let mut text = Exposition::new(format);
+    text.family("shaper_build", Kind::Info, "The running shaper's version.")
+        .int(&[("version", &snapshot.version)], 1);
+    text.family(
+        "shaper_start_time_seconds",
+        Kind::Gauge,
+        "When the daemon started, seconds since the Unix epoch.",
+    )
+    .int(&[], snapshot.started_at);
+    classes(&mut text, &snapshot.classes);
+    flows(&mut text, snapshot);
+    decisions(&mut text, snapshot);
+    text.finish()
+}
+
+fn class_labels(c: &ClassRow) -> [(&'static str, &str); 3] {
+    [("class", &c.name), ("interface", &c.interface), ("direction", c.direction.as_str())]
+}
+
+fn classes(text: &mut Exposition, rows: &[ClassRow]) {
+    let mut info = text.family(
+        "shaper_class",
+        Kind::Info,
+        "Each class on each interface and direction: its HTB class id and leaf queue.",
+    );
+    for row in rows {
+        let [class, interface, direction] = class_labels(row);
+        info.int(&[class, interface, direction, ("classid", &row.classid), ("queue", &row.queue)], 1);
+    }
+    for (name, kind, help, value) in CLASS_SERIES {
+        let mut family = text.family(name, *kind, help);
+        for row in rows {
+            family.int(&class_labels(row), value(row));
+        }
+    }
+    for (name, help, bits) in CLASS_RATES {
+        let mut family = text.family(name, Kind::Gauge, help);
+        for row in rows {
+            family.float(&class_labels(row), bits(row) as f64 / 8.0);
+        }
+    }
+}
+
+fn flows(text: &mut Exposition, s: &Snapshot) {
+    text.family("shaper_flows", Kind::Gauge, "Entries in the kernel's flow map at the last reconcile.")
+        .int(&[], s.flows as u64);
+    let mut entries =
+        text.family("shaper_map_entries", Kind::Gauge, "Entries in each kernel map that grows with traffic.");
+    for m in &s.maps {
+        entries.int(&[("map", &m.name)], m.entries as u64);
+    }
+    let mut capacity =
+        text.family("shaper_map_capacity", Kind::Gauge, "Entries each of those kernel maps can hold.");
+    for m in &s.maps {
+        capacity.int(&[("map", &m.name)], u64::from(m.capacity));
+    }
+    let lost = s.errors.iter().find(|(name, _)| name == "event_lost").map_or(0, |(_, v)| *v);
+    text.family(
+        "shaper_events_lost",
+        Kind::Counter,
+        "New-flow reports the classifier could not queue to the daemon (ring buffer full); the reconcile catches up.",
+    )
+    .int(&[], lost);
+    let mut errors =
+        text.family("shaper_classifier_errors", Kind::Counter, "The classifier's error counters, by name.");
+    for (name, value) in &s.errors {
+        errors.int(&[("error", name)], *value);
+    }
+    let mut instances =
+        text.family("shaper_class_instances", Kind::Gauge, "Live instances of each class with `per`.");
+    for (class, live) in &s.instances {
+        instances.int(&[("class", class)], *live);
+    }
+}
+
+fn decisions(text: &mut Exposition, s: &Snapshot) {
+    let d = &s.decisions;
+    for (name, help, value) in [
+        ("shaper_flow_reports", "New flows the classifier reported to the daemon.", d.events),
+        (
+            "shaper_provisional_flows",
+            "Reported flows whose kernel verdict waited for the daemon (provisional).",
+            d.provisional,
+        ),
+        ("shaper_flows_moved", "Flows the daemon moved to another class on a report.", d.changed),
+        (
+            "shaper_provisional_bytes",
+            "Bytes sent in a provisional class before the daemon moved the flow.",
+            d.provisional_bytes,
+        ),
+    ] {
+        text.family(name, Kind::Counter, help).int(&[], value);
+    }
+    text.family("shaper_scan_duration_seconds", Kind::Histogram, "Wall time of each reconcile pass.")
+        .histogram(&[], &s.scan_durations);
+    text.family(
+        "shaper_decision_latency_seconds",
+        Kind::Histogram,
+        "First packet to the daemon's final class, for flows the kernel classed provisionally.",
+    )
+    .histogram(&[], &s.decision_latency);
+}
