@@ -143,15 +143,22 @@ match = 'rport == 5401'
     )
 }
 
+/// A sandbox and a daemon serving metrics on a free port of its loopback.
+fn start(label: &str) -> (Sandbox, SocketAddr, Daemon) {
+    let sandbox = Sandbox::new(label).unwrap();
+    let port = free_port(&sandbox.a);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let daemon = Daemon::start(&sandbox, shaper(), &metrics_config(&sandbox, port)).unwrap();
+    (sandbox, addr, daemon)
+}
+
 const CAPPED: &str = r#"{class="capped",interface="shp-a",direction="egress"}"#;
 
 #[test]
 fn a_scrape_during_a_shaped_stream_agrees_with_classes_and_passes_promtool() {
     require_root!();
-    let sandbox = Sandbox::new("metr").unwrap();
-    let port = free_port(&sandbox.a);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let daemon = Daemon::start(&sandbox, shaper(), &metrics_config(&sandbox, port)).unwrap();
+    // Dropped in reverse: the daemon first, then the sandbox.
+    let (sandbox, addr, daemon) = start("metr");
     let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 5401).unwrap();
     let stream = spawn_client(&sandbox.a, Sandbox::ADDR_B4, 5401, &["-t", "9"]).unwrap();
     // The rate meter samples every second: let it see a few.
@@ -180,7 +187,10 @@ fn a_scrape_during_a_shaped_stream_agrees_with_classes_and_passes_promtool() {
         assert!(scraped <= listed && listed - scraped <= one_refresh, "{series}: {scraped} vs {listed}");
     }
     let rate = value(&scrape.body, &format!("shaper_class_current_rate_bytes_per_second{CAPPED}"));
+    let sent = value(&scrape.body, &format!("shaper_class_sent_rate_bytes_per_second{CAPPED}"));
+    println!("current rate {:.2} Mbit/s, HTB sent {:.2} Mbit/s", rate * 8.0 / MBIT, sent * 8.0 / MBIT);
     assert_near("the current rate of the shaped stream", rate * 8.0, 5.0 * MBIT, 0.20);
+    assert_near("the rate HTB sent the shaped stream at", sent * 8.0, 5.0 * MBIT, 0.20);
     assert_eq!(value(&scrape.body, &format!("shaper_class_rate_bytes_per_second{CAPPED}")), 625_000.0);
     assert_eq!(value(&scrape.body, &format!("shaper_class_ceil_bytes_per_second{CAPPED}")), 625_000.0);
     assert!(sample(&scrape.body, "shaper_flows") >= 2, "iperf3's control and data connections");
@@ -216,16 +226,15 @@ fn a_scrape_during_a_shaped_stream_agrees_with_classes_and_passes_promtool() {
     assert_eq!(families(&String::from_utf8(cli_om.stdout).unwrap()), families(&om.body));
 
     let measured = finish_client(stream).unwrap();
+    println!("the stream: {:.2} Mbit/s", measured.received_bps / MBIT);
     assert_near("the stream itself", measured.received_bps, 5.0 * MBIT, 0.10);
 }
 
 #[test]
 fn other_paths_methods_and_slow_or_bad_clients_get_their_answer_and_block_nothing() {
     require_root!();
-    let sandbox = Sandbox::new("metb").unwrap();
-    let port = free_port(&sandbox.a);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let daemon = Daemon::start(&sandbox, shaper(), &metrics_config(&sandbox, port)).unwrap();
+    // Dropped in reverse: the daemon first, then the sandbox.
+    let (sandbox, addr, daemon) = start("metb");
     assert_eq!(http(&sandbox.a, addr, "GET / HTTP/1.1\r\n\r\n").code, 404);
     assert_eq!(http(&sandbox.a, addr, "GET /metrics/x HTTP/1.1\r\n\r\n").code, 404);
     let post = http(&sandbox.a, addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");

@@ -10,13 +10,20 @@ use crate::control::protocol::ClassRow;
 
 /// A series of one class row: family name, kind, help, and its value.
 type ClassSeries = (&'static str, Kind, &'static str, fn(&ClassRow) -> u64);
+/// A rate of one class row: family name, help, and the rate in bits/s.
+type ClassRate = (&'static str, &'static str, fn(&ClassRow) -> u64);
 
 /// The per-class rates, gauges in bytes/s (Prometheus' base unit; the
 /// config and `shaper classes` speak bits/s: these are those over 8).
-const CLASS_RATES: &[(&str, &str, fn(&ClassRow) -> u64)] = &[
+const CLASS_RATES: &[ClassRate] = &[
     (
         "shaper_class_current_rate_bytes_per_second",
-        "Rate HTB sent the class at over the last seconds, bytes/s.",
+        "Bytes/s the classifier put into the class over the last second (offered, before queueing and drops).",
+        |c| c.current_bps,
+    ),
+    (
+        "shaper_class_sent_rate_bytes_per_second",
+        "Bytes/s HTB sent out of the class over the last seconds.",
         |c| c.rate_now_bps,
     ),
     (

@@ -18,6 +18,7 @@ fn row(name: &str, direction: Direction, bytes: u64) -> ClassRow {
         overlimits: 9,
         backlog_bytes: 1514,
         rate_now_bps: 4_800_000,
+        current_bps: 4_000_000,
         rule: None,
         queue: "fq_codel".to_string(),
         window: None,
@@ -75,7 +76,8 @@ fn each_class_row_has_its_series_with_escaped_labels() {
         ("shaper_class_drops_total", "1"),
         ("shaper_class_overlimits_total", "9"),
         ("shaper_class_backlog_bytes", "1514"),
-        ("shaper_class_current_rate_bytes_per_second", "600000.0"),
+        ("shaper_class_current_rate_bytes_per_second", "500000.0"),
+        ("shaper_class_sent_rate_bytes_per_second", "600000.0"),
         ("shaper_class_rate_bytes_per_second", "625000.0"),
         ("shaper_class_ceil_bytes_per_second", "1250000.0"),
     ] {
