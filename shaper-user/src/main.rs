@@ -1,6 +1,6 @@
 //! The `shaper` command: the daemon (`run`, `start`, `stop`), config
 //! validation (`check`), and the clients of a running daemon (`status`,
-//! `classes`, `conns`, `usage`, `metrics`, `reload`, `set`, `move`).
+//! `classes`, `conns`, `usage`, `metrics`, `explain`, `reload`, `set`, `move`).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -19,6 +19,7 @@ mod cli;
 
 use cli::{
     args::{conn_arg, limit_arg, ClientArgs, DaemonArgs},
+    explain::{print_dry_run, print_explained},
     print::{print_applied, print_classes, print_conns, print_json, print_status},
     usage::print_usage,
 };
@@ -63,7 +64,14 @@ enum Verb {
     },
     /// Have the daemon re-read its config file and apply the difference live (a file it refuses
     /// changes nothing, and exits 1).
-    Reload(ClientArgs),
+    Reload {
+        /// Only say what the reload would change (classes, interfaces, connections that would
+        /// move), changing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Change a running class without touching the config file (until the next reload).
     #[command(group(ArgGroup::new("change").args(["egress", "ingress", "priority"]).required(true).multiple(true)))]
     Set {
@@ -95,6 +103,15 @@ enum Verb {
         /// The config file.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Also ask the running daemon what a reload of this file would change (changing nothing).
+        #[arg(long)]
+        against_running: bool,
+        /// With --against-running: the daemon's control socket, instead of the file's `control_socket`.
+        #[arg(long, requires = "against_running")]
+        socket: Option<PathBuf>,
+        /// With --against-running: print the daemon's answer as JSON.
+        #[arg(long, requires = "against_running")]
+        json: bool,
     },
     /// What the running daemon is doing.
     Status(ClientArgs),
@@ -102,6 +119,26 @@ enum Verb {
     Classes(ClientArgs),
     /// Every flow the classifier knows and the class it is in.
     Conns(ClientArgs),
+    /// Why a connection (its ID in `shaper conns`) is in its class: what shaper knows of its
+    /// process, each rule in file order with the value of each of its tests, the rule that
+    /// matched. With --pid and --to: the class a connection that process makes would get.
+    #[command(group(ArgGroup::new("what").args(["conn", "pid"]).required(true)))]
+    Explain {
+        /// At least 4 digits of the connection's ID.
+        #[arg(value_parser = conn_arg)]
+        conn: Option<String>,
+        /// A process that has not made the connection yet.
+        #[arg(long, requires = "to")]
+        pid: Option<u32>,
+        /// Where it would connect: ADDR:PORT ([ADDR]:PORT for IPv6).
+        #[arg(long, requires = "pid")]
+        to: Option<String>,
+        /// tcp or udp.
+        #[arg(long, requires = "pid", default_value = "tcp", value_parser = ["tcp", "udp"])]
+        proto: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Quota usage per class and instance: used, limit, period and state (ok, throttled, blocked,
     /// reported); `usage reset CLASS [INSTANCE]` starts a quota's period over.
     Usage {
@@ -194,9 +231,13 @@ fn dispatch(verb: Verb) -> Result<()> {
             }
             Ok(())
         }
-        Verb::Reload(args) => {
-            let applied = control::client::reload(&args.socket()?)?;
-            print_applied(&applied, args.json)
+        Verb::Reload { dry_run: true, client } => {
+            let dry = control::client::dry_run(&client.socket()?, None)?;
+            print_dry_run(&dry, client.json)
+        }
+        Verb::Reload { client, .. } => {
+            let applied = control::client::reload(&client.socket()?)?;
+            print_applied(&applied, client.json)
         }
         Verb::Set { class, egress, ingress, priority, client } => {
             let set = SetClass { class, egress, ingress, priority };
@@ -211,7 +252,10 @@ fn dispatch(verb: Verb) -> Result<()> {
             println!("moved {} to {} (pinned until it ends)", moved.conn, moved.class);
             Ok(())
         }
-        Verb::Check { config } => cli::check::check(&config),
+        Verb::Check { config, against_running: false, .. } => cli::check::check(&config),
+        Verb::Check { config, socket, json, .. } => {
+            cli::check::against_running(&config, socket.as_deref(), json)
+        }
         Verb::Status(args) => {
             let status = control::client::status(&args.socket()?)?;
             print_status(&status, args.json)
@@ -223,6 +267,11 @@ fn dispatch(verb: Verb) -> Result<()> {
         Verb::Conns(args) => {
             let rows = control::client::conns(&args.socket()?)?;
             print_conns(&rows, args.json)
+        }
+        Verb::Explain { conn, pid, to, proto, client } => {
+            let request = control::ExplainRequest { conn, pid, to, proto: pid.map(|_| proto) };
+            let explained = control::client::explain(&client.socket()?, request)?;
+            print_explained(&explained, client.json)
         }
         Verb::Usage { action: None, client } => {
             let rows = control::client::usage(&client.socket()?)?;

@@ -4,6 +4,8 @@
 //! only root can read (the pin directory, see [`preflight`]) is checked as
 //! root and skipped otherwise, in a line that says so. A problem is one line
 //! on stderr, `shaper: FILE:LINE:COL: reason` where it has a place in the file.
+//! `--against-running` asks the running daemon what a reload of the file
+//! would change instead (see `super::explain`).
 
 use std::path::Path;
 
@@ -110,6 +112,16 @@ fn skipped_line(conf: &Config) -> String {
         conf.daemon.pin_dir.display(),
         names.join(", ")
     )
+}
+
+/// `shaper check --config F --against-running`: the running daemon reads F
+/// and says what a reload of it would change, changing nothing (its errors
+/// are the reload's: file:line:col).
+pub(crate) fn against_running(path: &Path, socket: Option<&Path>, json: bool) -> Result<()> {
+    let file = std::fs::canonicalize(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (socket, _) = super::socket::resolve(socket, Some(&file), Path::new(config::DEFAULT_CONFIG))?;
+    let dry = shaper_user::control::client::dry_run(&socket, Some(&file))?;
+    super::explain::print_dry_run(&dry, json)
 }
 
 fn indent(text: &str) -> String {

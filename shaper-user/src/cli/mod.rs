@@ -3,6 +3,7 @@
 pub(crate) mod args;
 pub(crate) mod check;
 pub(crate) mod exit;
+pub(crate) mod explain;
 pub(crate) mod print;
 pub(crate) mod socket;
 pub(crate) mod usage;

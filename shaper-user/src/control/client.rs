@@ -91,6 +91,16 @@ pub fn metrics(socket: &Path, openmetrics: bool) -> Result<MetricsText, ClientEr
     request(socket, Command::Metrics { openmetrics })
 }
 
+/// `explain`: why a connection is in its class (or which one it would get).
+pub fn explain(socket: &Path, asked: super::ExplainRequest) -> Result<super::Explained, ClientError> {
+    request(socket, Command::Explain(asked))
+}
+
+/// `dry_run`: what a reload of the daemon's config file (or of `config`) would change.
+pub fn dry_run(socket: &Path, config: Option<&Path>) -> Result<super::DryRun, ClientError> {
+    request(socket, Command::DryRun { config: config.map(|c| c.display().to_string()) })
+}
+
 /// `stop`: the daemon replies, then exits (`keep`: leaving shaping in place).
 pub fn stop(socket: &Path, keep: bool) -> Result<Stopping, ClientError> {
     request(socket, Command::Stop { keep })

@@ -4,9 +4,11 @@
 //! protocol version `v` (see README.md, "Control protocol").
 
 pub mod client;
+pub mod explain;
 pub mod protocol;
 pub mod server;
 
+pub use explain::{DryRun, ExplainRequest, Explained};
 pub use protocol::{
     Applied, AttachMode, Changes, ClassRow, Command, ConnRow, Decisions, Direction, InstanceCounters,
     InstanceRow, InterfaceStatus, MapUsage, MetricsText, Moved, Origin, QuotaState, ReloadStatus, Reply,

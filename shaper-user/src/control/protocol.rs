@@ -42,11 +42,36 @@ pub enum Command {
         #[serde(default)]
         openmetrics: bool,
     },
+    /// Why a connection is in its class, or which class one not made yet
+    /// would get (`shaper explain`, see `super::explain`).
+    Explain(ExplainRequest),
+    /// What a reload would change, changing nothing: of the daemon's config
+    /// file, or of `config` (`shaper reload --dry-run`, `shaper check --against-running`).
+    DryRun {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<String>,
+    },
     /// Stop the daemon; `keep` leaves shaping in place for the next one.
     Stop {
         #[serde(default)]
         keep: bool,
     },
+}
+
+/// `shaper explain`: a connection by its id (as `conns` shows it), or one
+/// that does not exist yet: process `pid` connecting to `to` ("addr:port").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// "tcp" (the default) or "udp".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
 }
 
 /// `shaper set CLASS …`: rates as in the config ("10mbit", "RATE:CEIL").

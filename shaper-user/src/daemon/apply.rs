@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     classids::ClassIds,
-    config::{ClassConfig, Config},
+    config::{ClassConfig, Config, Limit, QueueKind},
     control::protocol::Changes,
     datapath::Datapath,
 };
@@ -93,7 +93,8 @@ pub fn converge(parts: &mut Parts<'_>, old: Option<&Config>, new: &Config) -> Re
     // 5. What the config dropped.
     parts.host.prune()?;
     changes.interfaces_removed = remove_dropped(parts, &registered, &previous);
-    changes.classes_removed = parts.datapath.release_classes(&ids)?;
+    let released = parts.datapath.release_classes(&ids)?;
+    add_missing(&mut changes.classes_removed, released);
     Ok(changes)
 }
 
@@ -187,6 +188,10 @@ fn prepare(parts: &Parts<'_>, old: Option<&Config>, new: &Config) -> Result<Prep
                 Some(_) => {}
             }
         }
+        // By name: a new class may take over a removed one's index, which
+        // then is not released.
+        changes.classes_removed =
+            old.classes.iter().filter(|c| new.class(&c.name).is_none()).map(|c| c.name.clone()).collect();
     }
     changes.interfaces_added = targets
         .iter()
@@ -196,14 +201,80 @@ fn prepare(parts: &Parts<'_>, old: Option<&Config>, new: &Config) -> Result<Prep
     Ok(Prepared { ids, rules, targets, absent, registered, changes })
 }
 
+/// Appends the names of `more` not in `list` yet.
+fn add_missing(list: &mut Vec<String>, more: Vec<String>) {
+    for name in more {
+        if !list.contains(&name) {
+            list.push(name);
+        }
+    }
+}
+
 /// Whether a class is shaped differently in `b` than in `a`.
 fn differs(a: &ClassConfig, b: &ClassConfig) -> bool {
-    a.egress != b.egress
-        || a.ingress != b.ingress
-        || a.priority != b.priority
-        || a.rule_source != b.rule_source
-        || a.interfaces != b.interfaces
-        || a.queue != b.queue
+    !class_diff(a, b).is_empty()
+}
+
+/// How class `a` becomes `b`, one line per setting that differs (the
+/// settings a reload reports a class changed for): "egress 10 Mbit/s → 20 Mbit/s".
+pub fn class_diff(a: &ClassConfig, b: &ClassConfig) -> Vec<String> {
+    let limit = |l: &Option<Limit>| match l {
+        None => "none".to_string(),
+        Some(l) => {
+            let show = |v: Option<u64>| v.map_or_else(|| "-".to_string(), crate::units::format_rate);
+            format!("rate {} ceil {}", show(l.rate_bps), show(l.ceil_bps))
+        }
+    };
+    let text = |v: &Option<String>| v.as_deref().map_or_else(|| "none".to_string(), |s| format!("'{s}'"));
+    let list = |v: &Option<Vec<String>>| v.as_ref().map_or_else(|| "all".to_string(), |l| l.join(", "));
+    let queue = |q: &Option<QueueKind>| q.map_or_else(|| "default".to_string(), |q| q.as_str().to_string());
+    let mut how = Vec::new();
+    if a.egress != b.egress {
+        how.push(format!("egress {} → {}", limit(&a.egress), limit(&b.egress)));
+    }
+    if a.ingress != b.ingress {
+        how.push(format!("ingress {} → {}", limit(&a.ingress), limit(&b.ingress)));
+    }
+    if a.priority != b.priority {
+        how.push(format!("priority {} → {}", a.priority, b.priority));
+    }
+    if a.rule_source != b.rule_source {
+        how.push(format!("match {} → {}", text(&a.rule_source), text(&b.rule_source)));
+    }
+    if a.interfaces != b.interfaces {
+        how.push(format!("interfaces {} → {}", list(&a.interfaces), list(&b.interfaces)));
+    }
+    if a.queue != b.queue {
+        how.push(format!("queue {} → {}", queue(&a.queue), queue(&b.queue)));
+    }
+    how
+}
+
+/// What [`converge`] from `old` to `new` would report, worked out by its
+/// step 0 with nothing changed (no tree, map or attachment touched), with
+/// the class indices and rules `new` would get. `flows_reevaluated` is left
+/// to the caller.
+pub fn preview(
+    parts: &Parts<'_>,
+    old: &Config,
+    new: &Config,
+) -> Result<(Changes, ClassIds, RuleSet), DaemonError> {
+    let Prepared { ids, rules, targets, registered, mut changes, .. } = prepare(parts, Some(old), new)?;
+    // As `Datapath::release_classes` and `remove_dropped` would find them.
+    let recorded = parts.datapath.class_ids();
+    let released = recorded.iter().filter(|(i, _)| ids.name(*i).is_none()).map(|(_, n)| n.to_string());
+    add_missing(&mut changes.classes_removed, released.collect());
+    let mut gone: Vec<u32> =
+        registered.keys().copied().filter(|i| !targets.iter().any(|t| t.link.index == *i)).collect();
+    gone.sort_unstable();
+    changes.interfaces_removed = gone
+        .into_iter()
+        .map(|i| {
+            let shaped = parts.host.shaped().iter().find(|s| s.ifindex() == i);
+            shaped.map_or_else(|| format!("#{i}"), |s| s.name().to_string())
+        })
+        .collect();
+    Ok((changes, ids, rules))
 }
 
 /// Step 3: the classifier on every interface (egress always, ingress where

@@ -10,14 +10,17 @@
 //! | [`links`] | devices that come and go: lost IFBs, interfaces gone and back |
 //! | [`apply`], [`modes`], [`live`], [`report`] | bringing the host to a config; what the classifier does per class; the config in force and its changes; `status`, `classes`, `conns` |
 //! | [`metrics`] | what a scrape shows, and the endpoint of `[daemon] metrics` |
+//! | [`explain`], [`dryrun`] | `shaper explain`: why a connection is in its class; what a reload would change, changing nothing |
 //! | [`host`], [`decider`], [`instances`] | the parts: interfaces and HTB trees; connections and decisions; the instances of classes with `per` (the datapath is [`crate::datapath`]) |
 //! | [`quota`], [`effective`] | quotas: usage, periods, the state file; the class limits in force under a throttle |
 //! | [`options`], [`error`], [`notify`], [`pidfile`], [`watch`] | command-line options and the config they load; errors; sd_notify; the pid file; the config-file watch |
 
 mod apply;
 mod decider;
+mod dryrun;
 mod effective;
 mod error;
+mod explain;
 mod host;
 mod instances;
 mod links;

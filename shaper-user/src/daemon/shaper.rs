@@ -28,8 +28,9 @@ use shaper_common::{FlowEvent, EVENT_INSTANCE};
 use super::{
     apply::{self, Parts},
     decider::{Decider, LiveSystem},
-    effective,
+    dryrun, effective,
     error::{DaemonError, RequestError},
+    explain,
     host::Host,
     instances::Instances,
     links,
@@ -44,7 +45,7 @@ use crate::{
     cgroupmount::{self, V2Root},
     cgroups::Cgroups,
     config::Config,
-    control::{Applied, Command, MetricsText, Moved, Reply, ScanReport, SetClass, UsageRow},
+    control::{Applied, Command, DryRun, MetricsText, Moved, Reply, ScanReport, SetClass, UsageRow},
     datapath::{Datapath, LoadOptions},
     flows,
     metrics::Format,
@@ -499,6 +500,21 @@ impl Shaper {
         result
     }
 
+    /// What a reload of the config file (of `path`, when given) would
+    /// change; changes nothing (see [`dryrun`]).
+    pub fn dry_run(&mut self, path: Option<&str>) -> Result<DryRun, RequestError> {
+        let mut options = self.options.clone();
+        if let Some(path) = path {
+            options.config_path = path.into();
+        }
+        let pending = self.state.reload(options::load_config(&options)?);
+        self.schedules.check_queues(&pending.config).map_err(DaemonError::from)?;
+        let (old, new) = (self.in_force(self.state.config()), self.in_force(&pending.config));
+        let dry = dryrun::dry_run(&self.parts(), &old, &new)?;
+        let config = options.config_path.display().to_string();
+        Ok(DryRun { config, restart_needed: pending.restart_needed, ..dry })
+    }
+
     /// `shaper set`: changes one class of the config in force.
     pub fn set_class(&mut self, set: &SetClass) -> Result<Applied, RequestError> {
         let pending = self.state.set(set)?;
@@ -510,24 +526,9 @@ impl Shaper {
     /// `shaper move`: pins the connection `conn` (its id in `shaper conns`)
     /// into `class`; neither the rules nor the daemon move it again while it lives.
     pub fn move_conn(&mut self, conn: &str, class: &str) -> Result<Moved, RequestError> {
-        let conn = conn.trim().to_ascii_lowercase();
-        if conn.len() < 4 {
-            return Err(RequestError::ShortId(conn));
-        }
         let index =
             self.datapath.class_ids().index(class).ok_or_else(|| RequestError::UnknownClass(class.into()))?;
-        let matches: Vec<_> = self
-            .datapath
-            .flows()
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| flows::id(k).starts_with(&conn))
-            .collect();
-        let key = match matches.as_slice() {
-            [one] => *one,
-            [] => return Err(RequestError::NoConnection(conn)),
-            _ => return Err(RequestError::Ambiguous { id: conn, count: matches.len() }),
-        };
+        let (key, _) = explain::find_flow(&self.datapath, conn)?;
         self.decider.pin(&mut self.datapath, &key, index).map_err(RequestError::Pin)?;
         let shown = format!(
             "{} {} → {}",
@@ -564,6 +565,18 @@ impl Shaper {
                     }
                     Err(e) => Reply::error(crate::error_chain(&e)),
                 }
+            }
+            Command::Explain(request) => {
+                let sources = explain::Sources {
+                    decider: &mut self.decider,
+                    datapath: &self.datapath,
+                    config: self.state.config(),
+                };
+                explain::explain(sources, &request)
+                    .map_or_else(|e| Reply::error(crate::error_chain(&e)), |x| Reply::encode(&x))
+            }
+            Command::DryRun { config } => {
+                self.dry_run(config.as_deref()).map_or_else(refused, |d| Reply::encode(&d))
             }
             Command::UsageReset { class, instance } => self
                 .reset_usage(&class, instance.as_deref())

@@ -127,6 +127,33 @@ impl Glob {
     }
 }
 
+/// The pattern written back (`*`, `?`, `[a-z]`, `[!a-z]`, escapes), for
+/// `shaper explain`.
+impl std::fmt::Display for Glob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for piece in &self.pieces {
+            match piece {
+                Piece::Char(c) if matches!(c, '*' | '?' | '[' | '\\') => write!(f, "\\{c}")?,
+                Piece::Char(c) => write!(f, "{c}")?,
+                Piece::Any => f.write_str("?")?,
+                Piece::Star => f.write_str("*")?,
+                Piece::Set { negated, ranges } => {
+                    f.write_str(if *negated { "[!" } else { "[" })?;
+                    for (lo, hi) in ranges {
+                        if lo == hi {
+                            write!(f, "{lo}")?;
+                        } else {
+                            write!(f, "{lo}-{hi}")?;
+                        }
+                    }
+                    f.write_str("]")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn one(piece: &Piece, c: char) -> bool {
     match piece {
         Piece::Char(x) => *x == c,
@@ -173,5 +200,8 @@ mod tests {
         // Characters past ASCII count as one each.
         assert!(m("?é*ü", "xéabcü"));
         assert!(!m("?é", "éé é"));
+        for pattern in ["rsync*", "[!a-c]x?", "\\*lit", "*.service"] {
+            assert_eq!(Glob::new(pattern).unwrap().to_string(), pattern);
+        }
     }
 }

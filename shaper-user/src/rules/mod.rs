@@ -7,6 +7,7 @@
 //! | types and names | [`lower`] | [`Pred`]: tests on the flow and the process behind it |
 //! | rule table | [`compile`] (with `tree` and [`index`]) | each rule's program of `RuleNode`s, and the index |
 //! | evaluation | `shaper_common::rules::eval`, [`engine`] | a verdict: in the classifier and in the daemon, the same code |
+//! | explanation | [`explain`], [`describe`] | the same evaluation traced: each rule's tests and their values, in the language's words |
 //!
 //! The kernel decides what it can from the packet and the socket's owner
 //! record (uid, gid, pid, process name, cgroup); tests on what only /proc tells
@@ -21,7 +22,9 @@
 
 pub mod ast;
 pub mod compile;
+pub mod describe;
 pub mod engine;
+pub mod explain;
 pub mod glob;
 pub mod index;
 pub mod lexer;

@@ -45,7 +45,7 @@ use shaper_common::{
 };
 
 use crate::{
-    control::protocol::ScanReport,
+    control::protocol::{Origin, ScanReport},
     datapath::DatapathError,
     flows,
     metrics::{histogram, Histogram},
@@ -82,6 +82,8 @@ pub struct Decider {
     last_scan: Option<ScanReport>,
     /// Wall times of the reconciles (the metrics' histogram).
     scan_durations: Histogram,
+    /// When an operator pinned each flow (`shaper move`), seconds since the Unix epoch.
+    pinned_at: IdMap<u64>,
 }
 
 impl Decider {
@@ -103,6 +105,7 @@ impl Decider {
             stats: DecisionStats::default(),
             last_scan: None,
             scan_durations: Histogram::new(histogram::SCAN_BOUNDS_US),
+            pinned_at: IdMap::default(),
         }
     }
 
@@ -229,7 +232,35 @@ impl Decider {
         value.class = class;
         value.origin = ORIGIN_PINNED;
         value.flags &= !FLOW_PROVISIONAL;
-        tables.insert_flow(key, &value)
+        tables.insert_flow(key, &value)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        self.pinned_at.insert(self.ids.of(key), now.map_or(0, |d| d.as_secs()));
+        Ok(())
+    }
+
+    /// When flow `key` was pinned (`shaper move`), if this daemon did it.
+    pub fn pinned_at(&self, key: &FlowKey) -> Option<u64> {
+        self.pinned_at.get(&self.ids.of(key)).copied()
+    }
+
+    /// Who decided flow `key`, whose entry in the flow map is `value`.
+    pub fn origin(&self, key: &FlowKey, value: &FlowValue) -> Origin {
+        match (value.origin, self.conn(key).map(|c| c.by)) {
+            (ORIGIN_PINNED, _) => Origin::Pinned,
+            (ORIGIN_DAEMON, Some(by)) => by,
+            (ORIGIN_DAEMON, None) => Origin::Scan,
+            _ => Origin::Kernel,
+        }
+    }
+
+    /// What /proc tells about process `pid` now, every fact a rule may ask
+    /// (`None`: no such process).
+    pub fn facts_now(&mut self, pid: u32) -> Option<ProcessFacts> {
+        if !self.system.alive(pid) {
+            return None;
+        }
+        let all = crate::process::Needs { exe: true, args: true, ancestors: true };
+        Some(self.system.facts(pid, None, all))
     }
 
     /// After the rules changed: decides again the flows the daemon decided
