@@ -92,7 +92,7 @@ fn unreachable(socket: &Path, cause: &str) -> String {
 const NO_FILE: &str = "No such file or directory (os error 2)";
 
 /// Every client verb, with the arguments it needs besides the socket.
-const CLIENTS: [&[&str]; 7] = [
+const CLIENTS: [&[&str]; 10] = [
     &["status"],
     &["classes"],
     &["conns"],
@@ -100,6 +100,9 @@ const CLIENTS: [&[&str]; 7] = [
     &["stop"],
     &["set", "web", "--egress", "5mbit"],
     &["move", "3fa2c1", "web"],
+    &["reload", "--dry-run"],
+    &["explain", "3fa2c1"],
+    &["explain", "--pid", "1", "--to", "198.18.0.2:443"],
 ];
 
 #[test]
@@ -113,6 +116,17 @@ fn usage_errors_exit_2_through_clap() {
         (&["move", "3fa", "web"], "error: invalid value '3fa' for '<CONN>': \"3fa\": give at least 4 digits"),
         (&["stop", "--keep", "--force"], "error: the argument '--keep' cannot be used with '--force'"),
         (&["stop", "--pin-dir", "/p"], "error: the following required arguments were not provided"),
+        (&["explain"], "error: the following required arguments were not provided"),
+        (&["explain", "--pid", "1"], "error: the following required arguments were not provided"),
+        (
+            &["explain", "3fa2", "--pid", "1", "--to", "198.18.0.2:1"],
+            "error: the argument '[CONN]' cannot be used with",
+        ),
+        (
+            &["explain", "--pid", "1", "--to", "x:1", "--proto", "sctp"],
+            "error: invalid value 'sctp' for '--proto",
+        ),
+        (&["check", "--json"], "error: the following required arguments were not provided"),
     ] {
         let out = output(&mut shaper_cmd(args));
         assert_eq!(code(&out), 2, "shaper {args:?}");

@@ -135,7 +135,7 @@ fn explain_names_the_rule_and_each_test_for_kernel_daemon_and_pinned_connections
     let e = explain(&daemon, &[&web_data.id[..6]]);
     println!("{e:#?}");
     assert_eq!(e.decided.as_ref().map(|d| d.by), Some(Origin::Pinned));
-    assert!(e.decided.as_ref().unwrap().when.starts_with("by `shaper move` at 20"), "{e:#?}");
+    assert!(e.decided.as_ref().unwrap().when.starts_with("with `shaper move` at 20"), "{e:#?}");
     assert_eq!((e.class.as_deref(), e.verdict.as_str()), (Some("bulk"), "web"));
     assert_eq!(e.notes, ["pinned by `shaper move`: the rules do not move it while it lives"]);
 

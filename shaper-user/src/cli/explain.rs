@@ -4,7 +4,7 @@
 use anyhow::Result;
 use shaper_user::control::{
     explain::{ProcessExplained, RuleExplained, TestValue, TestedBy},
-    DryRun, Explained,
+    DryRun, Explained, Origin,
 };
 
 use super::print::print_json;
@@ -18,7 +18,11 @@ pub(crate) fn print_explained(e: &Explained, json: bool) -> Result<()> {
         None => println!("a new connection: {}", e.flow),
     }
     if let (Some(class), Some(d)) = (&e.class, &e.decided) {
-        println!("  class {class}, decided by {} {}", d.by.as_str(), d.when);
+        let by = match d.by {
+            Origin::Pinned => "pinned".to_string(),
+            other => format!("decided by the {}", other.as_str()),
+        };
+        println!("  class {class}, {by} {}", d.when);
     }
     match &e.process {
         Some(p) => print_process(p),

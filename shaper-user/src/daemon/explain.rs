@@ -185,22 +185,16 @@ fn when(decider: &Decider, datapath: &Datapath, key: &FlowKey, value: &FlowValue
             } else {
                 format!("since replaced by generation {gen}: decided again at its next packet")
             };
-            format!(
-                "by the classifier at its first packet, with rule table generation {} ({table})",
-                value.rules_gen
-            )
+            format!("at its first packet, with rule table generation {} ({table})", value.rules_gen)
         }
         Origin::Daemon => match decider.provisional(key) {
-            Some(p) => format!(
-                "by the daemon on the classifier's report, {} µs after its first packet",
-                p.decided_us
-            ),
-            None => "by the daemon on the classifier's report".to_string(),
+            Some(p) => format!("on the classifier's report, {} µs after its first packet", p.decided_us),
+            None => "on the classifier's report".to_string(),
         },
-        Origin::Scan => "by the daemon's reconcile (a socket the classifier had not reported)".to_string(),
+        Origin::Scan => "at a reconcile (a socket the classifier had not reported)".to_string(),
         Origin::Pinned => match decider.pinned_at(key) {
-            Some(at) => format!("by `shaper move` at {}", local_time(at)),
-            None => "by `shaper move` (before this daemon started)".to_string(),
+            Some(at) => format!("with `shaper move` at {}", local_time(at)),
+            None => "with `shaper move` (before this daemon started)".to_string(),
         },
     }
 }
