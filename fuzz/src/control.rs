@@ -112,6 +112,12 @@ pub const DICTIONARY: &[&str] = &[
     "\"set\"",
     "\"move\"",
     "\"stop\"",
+    "\"explain\"",
+    "\"dry_run\"",
+    "\"pid\":",
+    "\"to\":",
+    "\"proto\":",
+    "\"config\":",
     "\"class\":",
     "\"egress\":",
     "\"ingress\":",
@@ -148,7 +154,11 @@ fn value(rng: &mut Rng, depth: u32) -> String {
                 "\\u0000",
                 "é",
                 "",
-                "abcd"
+                "abcd",
+                "198.18.0.2:443",
+                "[fd00::2]:443",
+                "tcp",
+                "/etc/shaper/shaper.toml"
             ])
         ),
         4 => format!("{}.{}", rng.below(1000), rng.below(1000)),
@@ -159,7 +169,10 @@ fn value(rng: &mut Rng, depth: u32) -> String {
 }
 
 fn object(rng: &mut Rng, depth: u32) -> String {
-    const KEYS: &[&str] = &["v", "cmd", "class", "egress", "ingress", "priority", "conn", "keep", "extra"];
+    const KEYS: &[&str] = &[
+        "v", "cmd", "class", "egress", "ingress", "priority", "conn", "keep", "pid", "to", "proto", "config",
+        "extra",
+    ];
     let mut fields = Vec::new();
     if !rng.one_in(8) {
         fields.push(format!(
@@ -170,7 +183,10 @@ fn object(rng: &mut Rng, depth: u32) -> String {
     if !rng.one_in(8) {
         fields.push(format!(
             "\"cmd\":\"{}\"",
-            rng.pick(&["status", "classes", "conns", "reload", "set", "set", "move", "stop", "Status", ""])
+            rng.pick(&[
+                "status", "classes", "conns", "reload", "set", "set", "move", "stop", "explain", "dry_run",
+                "Status", "",
+            ])
         ));
     }
     for _ in 0..rng.below(4) {
