@@ -171,7 +171,7 @@ fn value(rng: &mut Rng, depth: u32) -> String {
 fn object(rng: &mut Rng, depth: u32) -> String {
     const KEYS: &[&str] = &[
         "v", "cmd", "class", "egress", "ingress", "priority", "conn", "keep", "pid", "to", "proto", "config",
-        "extra",
+        "user", "command", "sort", "limit", "n", "extra",
     ];
     let mut fields = Vec::new();
     if !rng.one_in(8) {
@@ -184,8 +184,8 @@ fn object(rng: &mut Rng, depth: u32) -> String {
         fields.push(format!(
             "\"cmd\":\"{}\"",
             rng.pick(&[
-                "status", "classes", "conns", "reload", "set", "set", "move", "stop", "explain", "dry_run",
-                "Status", "",
+                "status", "classes", "conns", "conns", "top", "reload", "set", "set", "move", "stop",
+                "explain", "dry_run", "Status", "",
             ])
         ));
     }

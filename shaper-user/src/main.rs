@@ -20,7 +20,7 @@ mod cli;
 use cli::{
     args::{conn_arg, limit_arg, ClientArgs, DaemonArgs},
     explain::{print_dry_run, print_explained},
-    print::{print_applied, print_classes, print_conns, print_json, print_status},
+    print::{print_applied, print_json, print_status},
     usage::print_usage,
 };
 
@@ -116,9 +116,12 @@ enum Verb {
     /// What the running daemon is doing.
     Status(ClientArgs),
     /// Every class on every interface with its limits, counters and current rate.
-    Classes(ClientArgs),
-    /// Every flow the classifier knows and the class it is in.
-    Conns(ClientArgs),
+    Classes(cli::conns::ClassesArgs),
+    /// Every flow the classifier knows and the class it is in (filtered, sorted, cut to -n).
+    Conns(cli::conns::ConnsArgs),
+    /// A live view: classes with their current rates and last minute, then the busiest
+    /// programs, users, units and connections (keys: 1-5/Tab view, s sort, q quit).
+    Top(cli::top::TopArgs),
     /// Why a connection (its ID in `shaper conns`) is in its class: what shaper knows of its
     /// process, each rule in file order with the value of each of its tests, the rule that
     /// matched. With --pid and --to: the class a connection that process makes would get.
@@ -260,14 +263,9 @@ fn dispatch(verb: Verb) -> Result<()> {
             let status = control::client::status(&args.socket()?)?;
             print_status(&status, args.json)
         }
-        Verb::Classes(args) => {
-            let rows = control::client::classes(&args.socket()?)?;
-            print_classes(&rows, args.json)
-        }
-        Verb::Conns(args) => {
-            let rows = control::client::conns(&args.socket()?)?;
-            print_conns(&rows, args.json)
-        }
+        Verb::Classes(args) => cli::conns::classes(&args),
+        Verb::Conns(args) => cli::conns::conns(&args),
+        Verb::Top(args) => cli::top::run(&args),
         Verb::Explain { conn, pid, to, proto, client } => {
             let request = control::ExplainRequest { conn, pid, to, proto: pid.map(|_| proto) };
             let explained = control::client::explain(&client.socket()?, request)?;

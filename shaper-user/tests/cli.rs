@@ -92,10 +92,12 @@ fn unreachable(socket: &Path, cause: &str) -> String {
 const NO_FILE: &str = "No such file or directory (os error 2)";
 
 /// Every client verb, with the arguments it needs besides the socket.
-const CLIENTS: [&[&str]; 10] = [
+const CLIENTS: [&[&str]; 12] = [
     &["status"],
     &["classes"],
     &["conns"],
+    &["top"],
+    &["top", "--batch"],
     &["reload"],
     &["stop"],
     &["set", "web", "--egress", "5mbit"],
@@ -127,6 +129,14 @@ fn usage_errors_exit_2_through_clap() {
             "error: invalid value 'sctp' for '--proto",
         ),
         (&["check", "--json"], "error: the following required arguments were not provided"),
+        (
+            &["conns", "--sort", "size"],
+            "error: invalid value 'size' for '--sort <SORT>': unknown sort \"size\"",
+        ),
+        (
+            &["top", "--interval", "10ms"],
+            "error: invalid value '10ms' for '--interval <INTERVAL>': an interval",
+        ),
     ] {
         let out = output(&mut shaper_cmd(args));
         assert_eq!(code(&out), 2, "shaper {args:?}");

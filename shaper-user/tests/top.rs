@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use shaper_testkit::{
     require_root,
-    sandbox::{Daemon, Sandbox, Stream},
+    sandbox::{spawn_client_cmd, Daemon, IperfServer, Sandbox, Stream},
 };
 use shaper_user::control::Direction;
 
@@ -24,10 +24,15 @@ mod common;
 use common::*;
 
 /// Two classes on the sandbox interface: `slow` (8 Mbit/s) for port 7001,
-/// `fast` (20 Mbit/s) for port 7002, the rest in `other`.
+/// `fast` (20 Mbit/s) for port 7002, the rest in `other`. The reconcile runs
+/// every second: it finds the process behind the test's own streams (the
+/// classifier decides them alone and reports no process).
 fn two_classes(sandbox: &Sandbox) -> String {
     format!(
-        r#"{iface}default = "other"
+        r#"[daemon]
+scan_interval = "1s"
+
+{iface}default = "other"
 
 [[class]]
 name = "slow"
@@ -81,5 +86,296 @@ fn current_rates_of_classes_and_flows_follow_a_shaped_stream() {
     while class_in(&classes(&daemon), "slow", Direction::Egress).current_bps > 0 {
         assert!(Instant::now() < deadline, "slow's current rate never fell back to 0");
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A tmux server of the test's own (its own socket), running a plain shell
+/// in a 200×50 terminal; killed on drop.
+struct Tmux {
+    server: String,
+}
+
+impl Tmux {
+    const PROMPT: &'static str = "top-test$ ";
+
+    fn start(tag: &str) -> Tmux {
+        let tmux = Tmux { server: format!("shaper-{tag}") };
+        let shell = format!("env PS1='{}' sh", Self::PROMPT);
+        let out =
+            tmux.run(&["-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", "200", "-y", "50", &shell]);
+        assert!(out.status.success(), "tmux did not start");
+        tmux.wait_for("the shell's prompt", |screen| screen.contains(Self::PROMPT.trim_end()));
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("tmux").arg("-L").arg(&self.server).args(args).output().unwrap()
+    }
+
+    /// Types `text` and Enter.
+    fn line(&self, text: &str) {
+        assert!(self.run(&["send-keys", "-t", "t", "-l", text]).status.success());
+        assert!(self.run(&["send-keys", "-t", "t", "Enter"]).status.success());
+    }
+
+    fn key(&self, key: &str) {
+        assert!(self.run(&["send-keys", "-t", "t", key]).status.success());
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned()
+    }
+
+    /// Whether the program in the pane is on the alternate screen.
+    fn alternate(&self) -> bool {
+        String::from_utf8_lossy(&self.run(&["display-message", "-p", "-t", "t", "#{alternate_on}"]).stdout)
+            .trim()
+            == "1"
+    }
+
+    fn wait_for(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = self.screen();
+            if ready(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "no {what} on the screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// "7.63 Mbit/s" → 7 630 000.
+fn rate_of(text: &str) -> f64 {
+    let (number, unit) = text.trim().split_once(' ').unwrap_or_else(|| panic!("not a rate: {text:?}"));
+    let scale = match unit {
+        "bit/s" => 1.0,
+        "kbit/s" => 1e3,
+        "Mbit/s" => 1e6,
+        "Gbit/s" => 1e9,
+        _ => panic!("not a rate: {text:?}"),
+    };
+    number.parse::<f64>().unwrap() * scale
+}
+
+/// The cells of the table line that starts with `first` and holds `also`
+/// (cells are two spaces or more apart).
+fn cells(screen: &str, first: &str, also: &str) -> Vec<String> {
+    let line = screen
+        .lines()
+        .find(|l| l.trim_start().starts_with(first) && l.contains(also))
+        .unwrap_or_else(|| panic!("no line of {first} ({also}) in:\n{screen}"));
+    line.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect()
+}
+
+#[test]
+fn top_shows_every_class_and_the_current_rate_and_q_restores_the_terminal() {
+    require_root!();
+    let sandbox = Sandbox::new("top").unwrap();
+    let daemon = Daemon::start(&sandbox, shaper(), &two_classes(&sandbox)).unwrap();
+    let stream = Stream::start(&sandbox.b, Sandbox::ADDR_B4, 7001, &sandbox.a, 50.0 * MBIT).unwrap();
+    let tmux = Tmux::start(&sandbox.tag);
+    let dir = daemon.dir().to_path_buf();
+    let stty = |name: &str| format!("stty -g > {}", dir.join(name).display());
+    tmux.line(&stty("stty-before"));
+    tmux.line(&format!("{SHAPER} top --socket {}", daemon.socket.display()));
+    tmux.wait_for("top", |s| s.contains("LAST 30 S"));
+    assert!(tmux.alternate(), "top is not on the alternate screen");
+    // Settled: the rate of the second before the screen is read.
+    std::thread::sleep(Duration::from_secs(3));
+    let measured = stream.rate_over(1.2);
+    let screen = tmux.screen();
+    println!("{screen}");
+    for class in ["slow", "fast", "other"] {
+        cells(&screen, class, "egress");
+    }
+    let slow = cells(&screen, "slow", "egress");
+    // CLASS INTERFACE DIR RATE CEIL CURRENT …
+    let shown = rate_of(&slow[5]);
+    println!(
+        "top shows slow at {:.2} Mbit/s; the stream received {:.2} Mbit/s",
+        shown / MBIT,
+        measured / MBIT
+    );
+    assert_near("slow's current rate in top", shown, measured, 0.20);
+    assert_eq!(rate_of(&cells(&screen, "fast", "egress")[5]), 0.0, "{screen}");
+    // The busiest connection is the stream's.
+    tmux.key("5");
+    let conns = tmux.wait_for("the connections view", |s| s.contains("REMOTE"));
+    let flow = cells(&conns, "", ":7001");
+    assert_near("the stream's connection in top", rate_of(&flow[8]), measured, 0.20);
+    tmux.key("q");
+    let after = tmux.wait_for("the prompt after top", |s| !s.contains("LAST 30 S") && !s.contains("REMOTE"));
+    assert!(!tmux.alternate(), "the alternate screen was not left:\n{after}");
+    tmux.line(&stty("stty-after"));
+    tmux.line("echo restored-$((6 * 7))");
+    tmux.wait_for("the shell answering", |s| s.contains("restored-42"));
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    assert_eq!(read("stty-before"), read("stty-after"), "top left the terminal's modes changed");
+}
+
+/// An iperf3 client started in the sandbox's cgroup (so the socket hooks
+/// know its process); killed on drop unless finished.
+struct Client(Option<std::process::Child>);
+
+impl Client {
+    fn start(sandbox: &Sandbox, port: u16, secs: u32) -> Client {
+        let cmd = sandbox.client("iperf3").unwrap();
+        let t = secs.to_string();
+        Client(Some(spawn_client_cmd(cmd, Sandbox::ADDR_B4, port, &["-t", &t]).unwrap()))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn top_batch_prints_the_frames_asked_for() {
+    require_root!();
+    let sandbox = Sandbox::new("batch").unwrap();
+    let daemon = Daemon::start(&sandbox, shaper(), &two_classes(&sandbox)).unwrap();
+    let _server = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 7002).unwrap();
+    let _client = Client::start(&sandbox, 7002, 20);
+    std::thread::sleep(Duration::from_secs(3));
+    // HTB's own counter: independent of the classifier's.
+    let measured = htb_rate(&daemon, "fast", 1.0);
+    let out = output(
+        std::process::Command::new(SHAPER)
+            .args(["top", "--batch", "-n", "2", "--interval", "0.5", "--socket"])
+            .arg(&daemon.socket),
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let frames: Vec<&str> = text.split("shaper top, ").skip(1).collect();
+    assert_eq!(frames.len(), 2, "{text}");
+    for frame in &frames {
+        for section in ["classes:", "programs:", "users:", "units:", "connections:"] {
+            assert!(frame.contains(section), "no {section} in\n{frame}");
+        }
+        for class in ["slow", "fast", "other"] {
+            cells(frame, class, "egress");
+        }
+        let fast = rate_of(&cells(frame, "fast", "egress")[5]);
+        assert_near("fast's current rate in a batch frame", fast, measured, 0.20);
+        // The stream's program, user and connection, at the class's rate.
+        assert_near("iperf3's rate", rate_of(&cells(frame, "iperf3", "/s")[1]), measured, 0.20);
+        assert_near("root's rate", rate_of(&cells(frame, "root", "/s")[1]), measured, 0.20);
+        let conn = cells(frame, "", ":7002  ");
+        assert_eq!(conn[6], "iperf3", "{frame}");
+        assert_near("the connection's rate", rate_of(&conn[8]), measured, 0.20);
+    }
+    // With --json: one reply a line.
+    let out = output(
+        std::process::Command::new(SHAPER).args(["top", "--json", "-n", "1", "--socket"]).arg(&daemon.socket),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["classes"].as_array().map(Vec::len), Some(3), "{report:#}");
+    assert!(report["classes"][0]["history"].as_array().is_some_and(|h| h.len() >= 3), "{report:#}");
+}
+
+/// `shaper conns` with its options and --json: the rows' remote ports.
+fn conns_with(daemon: &Daemon, args: &[&str]) -> Vec<String> {
+    let out = output(
+        std::process::Command::new(SHAPER)
+            .arg("conns")
+            .args(args)
+            .arg("--json")
+            .arg("--socket")
+            .arg(&daemon.socket),
+    );
+    assert!(out.status.success());
+    let rows: Vec<shaper_user::control::ConnRow> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.into_iter().map(|r| r.remote).collect()
+}
+
+#[test]
+fn conns_filters_sorts_and_cuts_real_flows() {
+    require_root!();
+    let sandbox = Sandbox::new("cfilt").unwrap();
+    let daemon = Daemon::start(&sandbox, shaper(), &two_classes(&sandbox)).unwrap();
+    let _s1 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 7001).unwrap();
+    let _s2 = IperfServer::start(&sandbox.b, Sandbox::ADDR_B4, 7002).unwrap();
+    let slow = Client::start(&sandbox, 7001, 20);
+    std::thread::sleep(Duration::from_secs(3));
+    let _fast = Client::start(&sandbox, 7002, 20);
+    std::thread::sleep(Duration::from_secs(3));
+    let port = |rows: &[String], p: &str| rows.iter().all(|r| r.ends_with(p)) && !rows.is_empty();
+    let all = conns_with(&daemon, &[]);
+    println!("{all:?}");
+    // Each iperf3 client: a control and a data connection.
+    assert_eq!(all.iter().filter(|r| r.ends_with(":7001")).count(), 2, "{all:?}");
+    assert_eq!(all.iter().filter(|r| r.ends_with(":7002")).count(), 2, "{all:?}");
+    assert!(port(&conns_with(&daemon, &["--class", "slow"]), ":7001"));
+    assert!(port(&conns_with(&daemon, &["--class", "fast"]), ":7002"));
+    // What is left in `other` is the namespaces' own (neighbour discovery).
+    let other = conns_with(&daemon, &["--class", "other"]);
+    assert!(!other.iter().any(|r| r.ends_with(":7001") || r.ends_with(":7002")), "{other:?}");
+    let pid = slow.pid().to_string();
+    assert!(port(&conns_with(&daemon, &["--pid", &pid]), ":7001"));
+    assert_eq!(conns_with(&daemon, &["--cmd", "perf"]).len(), 4);
+    assert!(conns_with(&daemon, &["--cmd", "nosuchprogram"]).is_empty());
+    assert_eq!(conns_with(&daemon, &["--user", "root"]).len(), 4);
+    assert!(conns_with(&daemon, &["--user", "nobody"]).is_empty());
+    // fast's data connection moves 20 Mbit/s, slow's 8.
+    assert!(port(&conns_with(&daemon, &["--sort", "rate", "-n", "1"]), ":7002"));
+    let by_rate = conns_with(&daemon, &["--sort", "rate", "--cmd", "iperf3"]);
+    assert_eq!(by_rate.len(), 4);
+    assert!(by_rate[1].ends_with(":7001"), "{by_rate:?}");
+    assert!(port(&conns_with(&daemon, &["--sort", "bytes", "-n", "1"]), ":7002"));
+    // slow's connections are 3 s older.
+    let by_age = conns_with(&daemon, &["--sort", "age", "-n", "2"]);
+    assert!(port(&by_age, ":7001"), "{by_age:?}");
+    assert!(port(&conns_with(&daemon, &["--class", "fast", "--sort", "age", "-n", "1"]), ":7002"));
+    // The table has the current rate.
+    let out = output(
+        std::process::Command::new(SHAPER)
+            .args(["conns", "-n", "1", "--sort", "rate", "--socket"])
+            .arg(&daemon.socket),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = cells(&text, "", ":7002");
+    let shown = rate_of(&row[10]);
+    assert_near("the RATE column", shown, 20.0 * MBIT, 0.20);
+}
+
+#[test]
+fn classes_and_conns_watch_print_again_every_interval() {
+    require_root!();
+    let sandbox = Sandbox::new("watch").unwrap();
+    let daemon = Daemon::start(&sandbox, shaper(), &two_classes(&sandbox)).unwrap();
+    for verb in ["classes", "conns"] {
+        let mut child = std::process::Command::new(SHAPER)
+            .args([verb, "--watch", "--interval", "300ms", "--socket"])
+            .arg(&daemon.socket)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let frames = text.lines().filter(|l| l.ends_with(", every 300ms")).count();
+        let headers =
+            text.lines().filter(|l| l.starts_with(if verb == "classes" { "CLASS" } else { "ID" })).count();
+        println!("{verb} --watch:\n{text}");
+        assert!((3..=5).contains(&frames), "{frames} frames in 1 s every 300 ms:\n{text}");
+        assert_eq!(headers, frames, "{text}");
     }
 }

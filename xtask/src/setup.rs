@@ -50,6 +50,8 @@ const PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     "prometheus",
+    // tests/top.rs runs `shaper top` in a real terminal.
+    "tmux",
 ];
 
 /// Services a package's postinst may start on the machine (where no

@@ -2,8 +2,11 @@
 
 pub(crate) mod args;
 pub(crate) mod check;
+pub(crate) mod conns;
 pub(crate) mod exit;
 pub(crate) mod explain;
 pub(crate) mod print;
 pub(crate) mod socket;
+pub(crate) mod top;
 pub(crate) mod usage;
+pub(crate) mod watch;

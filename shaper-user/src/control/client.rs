@@ -11,9 +11,10 @@ use std::{
 use serde::de::DeserializeOwned;
 
 use super::protocol::{
-    Applied, ClassRow, Command, ConnRow, MetricsText, Moved, Reply, Request, SetClass, Status, Stopping,
-    UsageRow, PROTOCOL_VERSION,
+    Applied, ClassRow, Command, ConnFilter, ConnRow, MetricsText, Moved, Reply, Request, SetClass, Status,
+    Stopping, UsageRow, PROTOCOL_VERSION,
 };
+use super::top::TopReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -58,7 +59,17 @@ pub fn classes(socket: &Path) -> Result<Vec<ClassRow>, ClientError> {
 
 /// `conns`: one row per flow.
 pub fn conns(socket: &Path) -> Result<Vec<ConnRow>, ClientError> {
-    request(socket, Command::Conns)
+    request(socket, Command::Conns(ConnFilter::default()))
+}
+
+/// `conns` with filters, an order and a limit.
+pub fn conns_filtered(socket: &Path, filter: ConnFilter) -> Result<Vec<ConnRow>, ClientError> {
+    request(socket, Command::Conns(filter))
+}
+
+/// `top`: the classes and the busiest `n` of each kind.
+pub fn top(socket: &Path, n: usize) -> Result<TopReport, ClientError> {
+    request(socket, Command::Top { n })
 }
 
 /// `reload`: re-read the config file and apply it.

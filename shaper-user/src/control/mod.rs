@@ -7,10 +7,13 @@ pub mod client;
 pub mod explain;
 pub mod protocol;
 pub mod server;
+pub mod top;
 
 pub use explain::{DryRun, ExplainRequest, Explained};
 pub use protocol::{
-    Applied, AttachMode, Changes, ClassRow, Command, ConnRow, Decisions, Direction, InstanceCounters,
-    InstanceRow, InterfaceStatus, MapUsage, MetricsText, Moved, Origin, QuotaState, ReloadStatus, Reply,
-    Request, ScanReport, SetClass, SockState, Status, Stopping, UsageRow, PROTOCOL_VERSION,
+    Applied, AttachMode, Changes, ClassRow, Command, ConnFilter, ConnRow, ConnSort, Decisions, Direction,
+    InstanceCounters, InstanceRow, InterfaceStatus, MapUsage, MetricsText, Moved, Origin, QuotaState,
+    ReloadStatus, Reply, Request, ScanReport, SetClass, SockState, Status, Stopping, UsageRow,
+    PROTOCOL_VERSION,
 };
+pub use top::TopReport;

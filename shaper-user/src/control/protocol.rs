@@ -1,6 +1,8 @@
 //! Messages of the control protocol. The JSON that `--json` prints is exactly
 //! the `result` of these replies.
 
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::{datapath::AttachMode, sockdiag::SockState};
@@ -17,7 +19,14 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub enum Command {
     Status,
     Classes,
-    Conns,
+    /// Flows, filtered, sorted and cut as the filter says (all of them with none).
+    Conns(ConnFilter),
+    /// `shaper top`: classes with their history, and the busiest `n`
+    /// programs, users, units and connections.
+    Top {
+        #[serde(default = "top_default")]
+        n: usize,
+    },
     /// Re-read the config file and apply it (see `Changes`).
     Reload,
     /// Change a running class without touching the file.
@@ -72,6 +81,67 @@ pub struct ExplainRequest {
     /// "tcp" (the default) or "udp".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proto: Option<String>,
+}
+
+/// Rows per list of a `top` reply when the request names none.
+pub const TOP_DEFAULT: usize = 10;
+
+/// How `conns` orders its rows (the largest first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnSort {
+    /// Current rate, sent plus received.
+    Rate,
+    /// Bytes sent plus received since the flow began.
+    Bytes,
+    /// Age: the longest known first.
+    Age,
+}
+
+impl ConnSort {
+    pub const NAMES: [&'static str; 3] = ["rate", "bytes", "age"];
+}
+
+impl FromStr for ConnSort {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "rate" => Ok(ConnSort::Rate),
+            "bytes" => Ok(ConnSort::Bytes),
+            "age" => Ok(ConnSort::Age),
+            other => Err(format!("unknown sort \"{other}\" (rate, bytes or age)")),
+        }
+    }
+}
+
+/// Which flows `conns` returns, in which order, how many.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnFilter {
+    /// Only the flows in this class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// Only the flows of this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Only the flows of this user (name, or uid where it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only the flows of processes whose command name contains this (on
+    /// the wire `command`: `cmd` names the request).
+    #[serde(default, rename = "command", skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
+    /// The order (absent: by protocol and addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<ConnSort>,
+    /// At most this many rows (after sorting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+fn top_default() -> usize {
+    TOP_DEFAULT
 }
 
 /// `shaper set CLASS …`: rates as in the config ("10mbit", "RATE:CEIL").
@@ -596,7 +666,25 @@ mod tests {
         let line = serde_json::to_string(&Request::new(Command::Classes)).unwrap();
         assert_eq!(line, r#"{"v":1,"cmd":"classes"}"#);
         let back: Request = serde_json::from_str(r#"{"cmd":"conns","v":1}"#).unwrap();
-        assert_eq!(back, Request::new(Command::Conns));
+        assert_eq!(back, Request::new(Command::Conns(ConnFilter::default())));
+        let line = serde_json::to_string(&Request::new(Command::Conns(ConnFilter::default()))).unwrap();
+        assert_eq!(line, r#"{"v":1,"cmd":"conns"}"#);
+        let filtered: Request = serde_json::from_str(
+            r#"{"v":1,"cmd":"conns","class":"bulk","command":"rsync","sort":"rate","limit":5}"#,
+        )
+        .unwrap();
+        let filter = ConnFilter {
+            class: Some("bulk".into()),
+            cmd: Some("rsync".into()),
+            sort: Some(ConnSort::Rate),
+            limit: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(filtered.command, Command::Conns(filter.clone()));
+        let line = serde_json::to_string(&Request::new(Command::Conns(filter))).unwrap();
+        assert!(line.starts_with(r#"{"v":1,"cmd":"conns","class":"bulk","command":"rsync""#), "{line}");
+        let top: Request = serde_json::from_str(r#"{"v":1,"cmd":"top"}"#).unwrap();
+        assert_eq!(top.command, Command::Top { n: TOP_DEFAULT });
         assert!(serde_json::from_str::<Request>(r#"{"v":1,"cmd":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).is_err());
         let stop: Request = serde_json::from_str(r#"{"v":1,"cmd":"stop","keep":true}"#).unwrap();

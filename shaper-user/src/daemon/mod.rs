@@ -36,6 +36,7 @@ mod report;
 mod runloop;
 mod schedules;
 mod shaper;
+mod top;
 mod watch;
 
 pub use error::{DaemonError, LimitError, LoadError, RequestError};

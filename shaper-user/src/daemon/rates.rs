@@ -74,7 +74,6 @@ pub struct Busy {
 }
 
 impl Busy {
-    #[allow(dead_code, reason = "read by `top`, the next step")]
     pub fn bps(&self) -> u64 {
         self.tx_bps.saturating_add(self.rx_bps)
     }
@@ -223,7 +222,6 @@ impl Rates {
     }
 
     /// The class's last rates, oldest first (at most [`HISTORY`]).
-    #[allow(dead_code, reason = "read by `top`, the next step")]
     pub fn history(&self, key: &ClassKey) -> Vec<u64> {
         self.classes.get(key).map(|c| c.history.iter().copied().collect()).unwrap_or_default()
     }
@@ -239,19 +237,21 @@ impl Rates {
     }
 
     /// The flows that moved bytes over the last interval, in no order.
-    #[allow(dead_code, reason = "read by `top`, the next step")]
     pub fn busy(&self) -> &[Busy] {
         &self.busy
     }
 
+    /// Flows the last sample counted.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
     /// Milliseconds between the last two samples.
-    #[allow(dead_code, reason = "read by `top`, the next step")]
     pub fn interval_ms(&self) -> u64 {
         (self.interval * 1000.0) as u64
     }
 
     /// Wall time of the last sample, microseconds.
-    #[allow(dead_code, reason = "read by `top`, the next step")]
     pub fn cost_us(&self) -> u64 {
         self.cost.as_micros() as u64
     }

@@ -21,7 +21,8 @@ use crate::{
     classids::ClassIds,
     clock,
     control::protocol::{
-        ClassRow, ConnRow, Decisions, InstanceCounters, InterfaceStatus, MapUsage, Origin, SockState, Status,
+        ClassRow, ConnFilter, ConnRow, Decisions, InstanceCounters, InterfaceStatus, MapUsage, Origin,
+        SockState, Status,
     },
     datapath::Datapath,
     flows,
@@ -46,7 +47,7 @@ pub struct View<'a> {
 }
 
 /// Class indices → names, as the reports show them.
-struct Names<'a> {
+pub(super) struct Names<'a> {
     ids: ClassIds,
     view: &'a View<'a>,
 }
@@ -74,7 +75,7 @@ impl Names<'_> {
 }
 
 impl<'a> View<'a> {
-    fn names(&'a self) -> Names<'a> {
+    pub(super) fn names(&'a self) -> Names<'a> {
         Names { ids: self.datapath.class_ids(), view: self }
     }
 
@@ -156,6 +157,11 @@ impl<'a> View<'a> {
 
     /// One row per class, interface and direction.
     pub fn classes(&self) -> Result<Vec<ClassRow>, DaemonError> {
+        Ok(self.keyed_classes()?.into_iter().map(|(_, row)| row).collect())
+    }
+
+    /// [`View::classes`], each row with the key of its rates.
+    pub fn keyed_classes(&self) -> Result<Vec<(ClassKey, ClassRow)>, DaemonError> {
         let names = self.names();
         let mut rows = Vec::new();
         for shaped in self.host.shaped() {
@@ -173,61 +179,65 @@ impl<'a> View<'a> {
         plan: &Plan,
         device: u32,
         names: &Names<'_>,
-        rows: &mut Vec<ClassRow>,
+        rows: &mut Vec<(ClassKey, ClassRow)>,
     ) -> Result<(), DaemonError> {
         let htb = self.host.htb_stats(device)?;
         for class in &plan.classes {
             let classid = classid_of(u32::from(class.index));
+            let key = ClassKey { slot: shaped.slot, class: class.index, direction };
             let ours = self.datapath.class_stats(shaped.slot, u32::from(class.index))?;
             let (bytes, packets) = match direction {
                 Direction::Egress => (ours.tx_bytes, ours.tx_packets),
                 Direction::Ingress => (ours.rx_bytes, ours.rx_packets),
             };
             let sent = htb.get(&classid);
-            rows.push(ClassRow {
-                name: class.name.clone(),
-                interface: shaped.name().to_string(),
-                direction,
-                classid: tc::format_handle(classid),
-                rate_bps: class.rate_bps,
-                ceil_bps: class.ceil_bps,
-                priority: class.priority,
-                bytes,
-                packets,
-                sent_bytes: sent.map_or(0, |s| s.bytes),
-                sent_packets: sent.map_or(0, |s| s.packets),
-                drops: sent.map_or(0, |s| u64::from(s.drops)),
-                overlimits: sent.map_or(0, |s| u64::from(s.overlimits)),
-                backlog_bytes: sent.map_or(0, |s| u64::from(s.backlog)),
-                rate_now_bps: self.host.rate_now(device, classid),
-                current_bps: self.rates.class(&ClassKey { slot: shaped.slot, class: class.index, direction }),
-                rule: names.rule(class.index),
-                quota: self.quotas.state_of(&class.name),
-                per: class.per.as_ref().map(|p| p.per.as_str().to_string()),
-                instances: class
-                    .per
-                    .as_ref()
-                    .map(|per| self.instances.rows(self.host, (direction, device), class.index, per))
-                    .unwrap_or_default(),
-                queue: class.queue.as_str().to_string(),
-                window: self.schedules.window(self.state.config(), &class.name),
-            });
+            rows.push((
+                key,
+                ClassRow {
+                    name: class.name.clone(),
+                    interface: shaped.name().to_string(),
+                    direction,
+                    classid: tc::format_handle(classid),
+                    rate_bps: class.rate_bps,
+                    ceil_bps: class.ceil_bps,
+                    priority: class.priority,
+                    bytes,
+                    packets,
+                    sent_bytes: sent.map_or(0, |s| s.bytes),
+                    sent_packets: sent.map_or(0, |s| s.packets),
+                    drops: sent.map_or(0, |s| u64::from(s.drops)),
+                    overlimits: sent.map_or(0, |s| u64::from(s.overlimits)),
+                    backlog_bytes: sent.map_or(0, |s| u64::from(s.backlog)),
+                    rate_now_bps: self.host.rate_now(device, classid),
+                    current_bps: self.rates.class(&key),
+                    rule: names.rule(class.index),
+                    quota: self.quotas.state_of(&class.name),
+                    per: class.per.as_ref().map(|p| p.per.as_str().to_string()),
+                    instances: class
+                        .per
+                        .as_ref()
+                        .map(|per| self.instances.rows(self.host, (direction, device), class.index, per))
+                        .unwrap_or_default(),
+                    queue: class.queue.as_str().to_string(),
+                    window: self.schedules.window(self.state.config(), &class.name),
+                },
+            ));
         }
         Ok(())
     }
 
     /// One row per flow, ordered by protocol and addresses.
-    pub fn conns(&self) -> Vec<ConnRow> {
+    pub fn conns(&self, filter: &ConnFilter) -> Vec<ConnRow> {
         let names = self.names();
         let now = clock::monotonic_coarse_ns();
         let mut rows: Vec<ConnRow> =
             self.datapath.flows().iter().map(|(key, value)| self.conn_row(&names, now, key, value)).collect();
         rows.sort_by(|a, b| (&a.proto, &a.local, &a.remote).cmp(&(&b.proto, &b.local, &b.remote)));
-        rows
+        filter.apply(rows)
     }
 
     /// Flow `key`'s row, its entry `value` read at `now` (CLOCK_MONOTONIC_COARSE).
-    fn conn_row(&self, names: &Names<'_>, now: u64, key: &FlowKey, value: &FlowValue) -> ConnRow {
+    pub(super) fn conn_row(&self, names: &Names<'_>, now: u64, key: &FlowKey, value: &FlowValue) -> ConnRow {
         let info = self.decider.conn(key);
         let process = info.and_then(|i| self.decider.process(i.pid));
         let provisional = self.decider.provisional(key);

@@ -555,7 +555,11 @@ impl Shaper {
                 Ok(rows) => Reply::encode(&rows),
                 Err(e) => Reply::error(crate::error_chain(&e)),
             },
-            Command::Conns => Reply::encode(&self.view().conns()),
+            Command::Conns(filter) => Reply::encode(&self.view().conns(&filter)),
+            Command::Top { n } => match super::top::report(&self.view(), n) {
+                Ok(report) => Reply::encode(&report),
+                Err(e) => Reply::error(crate::error_chain(&e)),
+            },
             Command::Usage => Reply::encode(&self.quotas.rows()),
             Command::Metrics { openmetrics } => {
                 let format = if openmetrics { Format::OpenMetrics } else { Format::Text };
