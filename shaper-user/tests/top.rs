@@ -379,3 +379,105 @@ fn classes_and_conns_watch_print_again_every_interval() {
         assert_eq!(headers, frames, "{text}");
     }
 }
+
+/// The daemon's resident memory, kB.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap_or("0");
+    line.trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
+/// The daemon's CPU time (user and system), seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(") ").unwrap().1;
+    let fields: Vec<&str> = after.split(' ').collect();
+    // utime and stime: fields 14 and 15 of stat, 12 and 13 after the command.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// Idle flows written straight into the daemon's flow map: 198.18.0.1 to
+/// 198.19.x.y, UDP, in the default class.
+fn fill_flows(daemon: &Daemon, count: u32) {
+    use aya::maps::{HashMap, Map, MapData};
+    use shaper_common::{FlowKey, FlowValue, CLASS_DEFAULT, FAMILY_V4, PROTO_UDP};
+    let path = shaper_user::pins::Pins::new(&daemon.pins).map(shaper_common::names::MAP_FLOWS);
+    let map = Map::LruHashMap(MapData::from_pin(&path).unwrap());
+    let mut flows: HashMap<MapData, FlowKey, FlowValue> = HashMap::try_from(map).unwrap();
+    let now = shaper_user::clock::monotonic_coarse_ns();
+    for i in 0..count {
+        let mut key = FlowKey {
+            family: FAMILY_V4,
+            proto: PROTO_UDP,
+            lport: 20_000 + (i % 40_000) as u16,
+            rport: 9,
+            ..FlowKey::default()
+        };
+        key.laddr[..4].copy_from_slice(&[198, 18, 0, 1]);
+        key.raddr[..4].copy_from_slice(&[198, 19, (i >> 16) as u8, (i >> 8) as u8]);
+        key.raddr[4] = i as u8;
+        let value = FlowValue {
+            class: CLASS_DEFAULT,
+            last_seen_ns: now,
+            tx_bytes: 100,
+            tx_packets: 1,
+            ..FlowValue::default()
+        };
+        flows.insert(key, value, 0).unwrap();
+    }
+}
+
+#[test]
+fn rates_of_100k_flows_cost_little_and_top_ships_only_the_busiest() {
+    require_root!();
+    let sandbox = Sandbox::new("scale").unwrap();
+    // The reconcile (which would prune the idle flows) waits a minute.
+    let config = two_classes(&sandbox).replace("scan_interval = \"1s\"", "scan_interval = \"60s\"");
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let pid = daemon.pid().unwrap();
+    let stream = Stream::start(&sandbox.b, Sandbox::ADDR_B4, 7002, &sandbox.a, 50.0 * MBIT).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_before = rss_kb(pid);
+    let (cpu_before, t0) = (cpu_s(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let idle_cpu = (cpu_s(pid) - cpu_before) / t0.elapsed().as_secs_f64();
+    fill_flows(&daemon, 100_000);
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu_before, t0) = (cpu_s(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let full_cpu = (cpu_s(pid) - cpu_before) / t0.elapsed().as_secs_f64();
+    let rss_after = rss_kb(pid);
+    let asked = Instant::now();
+    let report: shaper_user::control::TopReport =
+        daemon.request(shaper_user::control::Command::Top { n: 10 }).unwrap();
+    let took = asked.elapsed();
+    let size = serde_json::to_string(&report).unwrap().len();
+    println!(
+        "100k flows: sample {} µs, daemon CPU {:.1}% (with 1 flow {:.1}%), RSS {} → {} kB, top reply {} bytes in {:?}, {} busy",
+        report.sample_us,
+        full_cpu * 100.0,
+        idle_cpu * 100.0,
+        rss_before,
+        rss_after,
+        size,
+        took,
+        report.busy
+    );
+    assert!(report.flows >= 100_000, "{} flows", report.flows);
+    assert!((1..=5).contains(&report.busy), "only the stream moves: {} busy", report.busy);
+    // Wall time on a shared machine (this is the debug build): it must fit in the second.
+    assert!(report.sample_us < 1_000_000, "sampling 100k flows took {} µs", report.sample_us);
+    assert!(full_cpu < 0.25, "the daemon used {:.0}% CPU with 100k idle flows", full_cpu * 100.0);
+    assert!(rss_after < rss_before + 20_000, "RSS grew from {rss_before} to {rss_after} kB");
+    assert!(size < 64 * 1024, "a top reply of {size} bytes");
+    let busiest = &report.conns[0];
+    assert!(busiest.remote.ends_with(":7002"), "{busiest:#?}");
+    let measured = stream.rate_over(1.0);
+    assert_near("the busiest connection's rate", busiest.tx_bps as f64, measured, 0.20);
+    // conns at scale: the filter and the cut happen in the daemon.
+    let asked = Instant::now();
+    let first = conns_with(&daemon, &["--sort", "rate", "-n", "1"]);
+    println!("conns --sort rate -n 1 over 100k flows: {:?}", asked.elapsed());
+    assert!(first.len() == 1 && first[0].ends_with(":7002"), "{first:?}");
+}

@@ -1,36 +1,18 @@
-//! Wire types of `shaper top` (the reply to `top`), and the filters of
-//! `shaper conns` at work (applied by the daemon, so a host with 100 000
+//! Wire types of `shaper top` (the reply to `top`), and the test of the
+//! filters of `shaper conns` (which the daemon applies: a host with 100 000
 //! flows does not ship them all to a client that wants ten).
-
-use std::cmp::Reverse;
 
 use serde::{Deserialize, Serialize};
 
-use super::protocol::{ClassRow, ConnFilter, ConnRow, ConnSort};
+use super::protocol::{ClassRow, ConnFilter, ConnRow};
 
 impl ConnFilter {
-    /// Whether `row` passes every test given.
-    pub fn keeps(&self, row: &ConnRow) -> bool {
-        self.class.as_ref().is_none_or(|c| *c == row.class)
-            && self.pid.is_none_or(|p| row.pid == Some(p))
-            && self.user.as_ref().is_none_or(|u| row.user.as_ref() == Some(u))
-            && self.cmd.as_ref().is_none_or(|c| row.cmd.as_ref().is_some_and(|cmd| cmd.contains(c.as_str())))
-    }
-
-    /// `rows` (in the daemon's order) filtered, sorted and cut as asked.
-    pub fn apply(&self, mut rows: Vec<ConnRow>) -> Vec<ConnRow> {
-        rows.retain(|r| self.keeps(r));
-        // Stable: rows that tie keep the daemon's order.
-        match self.sort {
-            Some(ConnSort::Rate) => rows.sort_by_key(|r| Reverse(r.tx_bps.saturating_add(r.rx_bps))),
-            Some(ConnSort::Bytes) => rows.sort_by_key(|r| Reverse(r.tx_bytes.saturating_add(r.rx_bytes))),
-            Some(ConnSort::Age) => rows.sort_by_key(|r| Reverse(r.age_s)),
-            None => {}
-        }
-        if let Some(n) = self.limit {
-            rows.truncate(n);
-        }
-        rows
+    /// Whether a flow of process `pid` (user, command name) passes the
+    /// tests on processes (the class is tested apart).
+    pub fn matches_process(&self, pid: Option<u32>, user: Option<&str>, cmd: Option<&str>) -> bool {
+        self.pid.is_none_or(|p| pid == Some(p))
+            && self.user.as_deref().is_none_or(|u| user == Some(u))
+            && self.cmd.as_deref().is_none_or(|c| cmd.is_some_and(|cmd| cmd.contains(c)))
     }
 }
 
@@ -82,52 +64,18 @@ impl TopGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{Origin, SockState};
-
-    fn row(id: &str, class: &str, cmd: &str, pid: u32, tx: (u64, u64), age_s: u64) -> ConnRow {
-        ConnRow {
-            id: id.into(),
-            proto: "tcp".into(),
-            local: "198.18.0.1:40000".into(),
-            remote: "198.18.0.2:5201".into(),
-            class: class.into(),
-            origin: Origin::Kernel,
-            pid: Some(pid),
-            user: Some("root".into()),
-            cmd: Some(cmd.into()),
-            rule: None,
-            decided_us: None,
-            provisional_bytes: None,
-            state: SockState::Established,
-            tx_bytes: tx.0,
-            tx_packets: 1,
-            rx_bytes: 0,
-            rx_packets: 0,
-            idle_ms: 0,
-            tx_bps: tx.1,
-            rx_bps: 0,
-            age_s,
-        }
-    }
 
     #[test]
-    fn filters_sort_and_cut() {
-        let rows = vec![
-            row("a", "bulk", "backupjob", 10, (500, 1), 30),
-            row("b", "web", "curl", 11, (100, 9), 5),
-            row("c", "bulk", "backup2", 12, (900, 4), 60),
-        ];
-        let ids = |f: &ConnFilter| f.apply(rows.clone()).into_iter().map(|r| r.id).collect::<Vec<_>>();
-        assert_eq!(ids(&ConnFilter::default()), ["a", "b", "c"]);
-        assert_eq!(ids(&ConnFilter { class: Some("bulk".into()), ..Default::default() }), ["a", "c"]);
-        assert_eq!(ids(&ConnFilter { pid: Some(11), ..Default::default() }), ["b"]);
-        assert_eq!(ids(&ConnFilter { cmd: Some("backup".into()), ..Default::default() }), ["a", "c"]);
-        assert_eq!(ids(&ConnFilter { user: Some("nobody".into()), ..Default::default() }), [""; 0]);
-        assert_eq!(ids(&ConnFilter { sort: Some(ConnSort::Rate), ..Default::default() }), ["b", "c", "a"]);
-        assert_eq!(ids(&ConnFilter { sort: Some(ConnSort::Bytes), ..Default::default() }), ["c", "a", "b"]);
-        let oldest = ConnFilter { sort: Some(ConnSort::Age), limit: Some(2), ..Default::default() };
-        assert_eq!(ids(&oldest), ["c", "a"]);
-        assert_eq!("age".parse::<ConnSort>(), Ok(ConnSort::Age));
-        assert_eq!("size".parse::<ConnSort>(), Err("unknown sort \"size\" (rate, bytes or age)".to_string()));
+    fn a_flow_passes_every_test_given() {
+        let all = ConnFilter::default();
+        assert!(all.matches_process(None, None, None));
+        let f = |filter: ConnFilter| filter.matches_process(Some(10), Some("root"), Some("backupjob"));
+        assert!(f(ConnFilter { pid: Some(10), user: Some("root".into()), ..Default::default() }));
+        assert!(!f(ConnFilter { pid: Some(10), user: Some("nobody".into()), ..Default::default() }));
+        assert!(f(ConnFilter { cmd: Some("backup".into()), ..Default::default() }));
+        assert!(!f(ConnFilter { cmd: Some("curl".into()), ..Default::default() }));
+        // A flow whose process is not known passes no test on it.
+        let pid = ConnFilter { pid: Some(10), ..Default::default() };
+        assert!(!pid.matches_process(None, None, None));
     }
 }

@@ -11,7 +11,7 @@
 //! one second to the next. Nothing is allocated per flow per second.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{hash_map::Entry, BTreeMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -90,6 +90,8 @@ pub struct Rates {
     /// Seconds between the last two samples (0 before the second).
     interval: f64,
     generation: u32,
+    /// Seconds from the start to the sample under way.
+    now_s: u32,
     /// Wall time of the last sample.
     cost: Duration,
 }
@@ -111,6 +113,7 @@ impl Rates {
             last: None,
             interval: 0.0,
             generation: 0,
+            now_s: 0,
             cost: Duration::ZERO,
         }
     }
@@ -146,17 +149,13 @@ impl Rates {
         self.interval = self.last.map_or(0.0, |last| at.duration_since(last).as_secs_f64());
         self.last = Some(at);
         self.generation = self.generation.wrapping_add(1);
+        self.now_s = at.saturating_duration_since(self.started).as_secs() as u32;
         self.busy.clear();
     }
 
-    /// Bits/s of `bytes` more than `before` over the interval (0 before the
-    /// second sample, and when the counter went back: a class index reused,
-    /// a map made anew).
+    /// Bits/s of `now - before` bytes over the interval (see [`bps`]).
     fn bps(&self, before: u64, now: u64) -> u64 {
-        if self.interval <= 0.0 || now < before {
-            return 0;
-        }
-        ((now - before) as f64 * 8.0 / self.interval) as u64
+        bps(self.interval, before, now)
     }
 
     fn class_bytes(&mut self, key: ClassKey, bytes: u64) {
@@ -182,28 +181,33 @@ impl Rates {
     }
 
     fn flow_bytes(&mut self, key: &FlowKey, value: &FlowValue) {
-        let id = self.ids.of(key);
-        let first_s = self.started.elapsed().as_secs() as u32;
-        let (tx_bps, rx_bps) = match self.flows.get(&id) {
-            Some(f) => (self.bps(f.tx_bytes, value.tx_bytes), self.bps(f.rx_bytes, value.rx_bytes)),
-            None => (0, 0),
-        };
-        let generation = self.generation;
-        let entry = self.flows.entry(id).or_insert(FlowRate {
-            tx_bytes: 0,
-            rx_bytes: 0,
-            tx_bps: 0,
-            rx_bps: 0,
-            first_s,
-            seen: generation,
-        });
-        *entry = FlowRate {
-            tx_bytes: value.tx_bytes,
-            rx_bytes: value.rx_bytes,
-            tx_bps,
-            rx_bps,
-            first_s: entry.first_s,
-            seen: generation,
+        let (interval, generation, now_s) = (self.interval, self.generation, self.now_s);
+        let (tx_bps, rx_bps) = match self.flows.entry(self.ids.of(key)) {
+            Entry::Occupied(mut known) => {
+                let f = known.get_mut();
+                let rates =
+                    (bps(interval, f.tx_bytes, value.tx_bytes), bps(interval, f.rx_bytes, value.rx_bytes));
+                *f = FlowRate {
+                    tx_bytes: value.tx_bytes,
+                    rx_bytes: value.rx_bytes,
+                    tx_bps: rates.0,
+                    rx_bps: rates.1,
+                    first_s: f.first_s,
+                    seen: generation,
+                };
+                rates
+            }
+            Entry::Vacant(new) => {
+                new.insert(FlowRate {
+                    tx_bytes: value.tx_bytes,
+                    rx_bytes: value.rx_bytes,
+                    tx_bps: 0,
+                    rx_bps: 0,
+                    first_s: now_s,
+                    seen: generation,
+                });
+                (0, 0)
+            }
         };
         if tx_bps > 0 || rx_bps > 0 {
             self.busy.push(Busy { key: *key, class: value.class, tx_bps, rx_bps });
@@ -255,6 +259,16 @@ impl Rates {
     pub fn cost_us(&self) -> u64 {
         self.cost.as_micros() as u64
     }
+}
+
+/// Bits/s of `now - before` bytes over `interval` seconds: 0 before the
+/// second sample, and when the counter went back (a class index reused, a
+/// map made anew).
+fn bps(interval: f64, before: u64, now: u64) -> u64 {
+    if interval <= 0.0 || now < before {
+        return 0;
+    }
+    ((now - before) as f64 * 8.0 / interval) as u64
 }
 
 #[cfg(test)]

@@ -19,10 +19,8 @@ use super::{
 };
 use crate::{
     classids::ClassIds,
-    clock,
     control::protocol::{
-        ClassRow, ConnFilter, ConnRow, Decisions, InstanceCounters, InterfaceStatus, MapUsage, Origin,
-        SockState, Status,
+        ClassRow, ConnRow, Decisions, InstanceCounters, InterfaceStatus, MapUsage, Origin, SockState, Status,
     },
     datapath::Datapath,
     flows,
@@ -55,7 +53,7 @@ pub(super) struct Names<'a> {
 impl Names<'_> {
     /// The name of class `index`; "the default class" of flows no rule matched
     /// is named when every interface has the same default.
-    fn class(&self, index: u16) -> String {
+    pub(super) fn class(&self, index: u16) -> String {
         if index == CLASS_DEFAULT {
             let config = self.view.state.config();
             let mut defaults = config.interfaces.iter().map(|i| i.default_class.as_str());
@@ -224,16 +222,6 @@ impl<'a> View<'a> {
             ));
         }
         Ok(())
-    }
-
-    /// One row per flow, ordered by protocol and addresses.
-    pub fn conns(&self, filter: &ConnFilter) -> Vec<ConnRow> {
-        let names = self.names();
-        let now = clock::monotonic_coarse_ns();
-        let mut rows: Vec<ConnRow> =
-            self.datapath.flows().iter().map(|(key, value)| self.conn_row(&names, now, key, value)).collect();
-        rows.sort_by(|a, b| (&a.proto, &a.local, &a.remote).cmp(&(&b.proto, &b.local, &b.remote)));
-        filter.apply(rows)
     }
 
     /// Flow `key`'s row, its entry `value` read at `now` (CLOCK_MONOTONIC_COARSE).
