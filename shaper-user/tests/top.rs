@@ -281,6 +281,15 @@ fn top_batch_prints_the_frames_asked_for() {
         assert_eq!(conn[6], "iperf3", "{frame}");
         assert_near("the connection's rate", rate_of(&conn[8]), measured, 0.20);
     }
+    // Into a pipe, without --batch: text frames too.
+    let out =
+        output(std::process::Command::new(SHAPER).args(["top", "-n", "1", "--socket"]).arg(&daemon.socket));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success() && text.starts_with("shaper top, ") && text.contains("connections:"),
+        "{text}"
+    );
+    assert_eq!(text.matches("shaper top, ").count(), 1, "{text}");
     // With --json: one reply a line.
     let out = output(
         std::process::Command::new(SHAPER).args(["top", "--json", "-n", "1", "--socket"]).arg(&daemon.socket),

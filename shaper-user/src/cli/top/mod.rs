@@ -12,6 +12,7 @@ mod render;
 mod views;
 
 use std::{
+    io::IsTerminal as _,
     path::Path,
     time::{Duration, Instant},
 };
@@ -30,7 +31,8 @@ use app::{Action, App};
 #[derive(Args)]
 pub(crate) struct TopArgs {
     /// Print the tables as plain text every interval instead of the live view
-    /// (with --json: one JSON reply a line), like `top -b`.
+    /// (with --json: one JSON reply a line), like `top -b`; also when stdout is
+    /// not a terminal.
     #[arg(long, short)]
     pub(crate) batch: bool,
     /// Stop after N frames [default: run until q or Ctrl-C].
@@ -48,7 +50,8 @@ pub(crate) struct TopArgs {
 
 pub(crate) fn run(args: &TopArgs) -> Result<()> {
     let socket = args.client.socket()?;
-    if args.batch || args.client.json {
+    // Not on a terminal (a pipe, a file, a service's log): text frames.
+    if args.batch || args.client.json || !std::io::stdout().is_terminal() {
         return batch::run(args, &socket);
     }
     // Asked before the screen is taken: a daemon that is not there is said plainly.
