@@ -23,6 +23,32 @@ mod common;
 
 use common::*;
 
+#[test]
+fn current_rates_of_a_download_are_counted_on_ingress() {
+    require_root!();
+    let sandbox = Sandbox::new("rdown").unwrap();
+    let config = format!(
+        "[[interface]]\nname = \"{}\"\negress = \"1gbit\"\ningress = \"1gbit\"\n\n\
+         [[class]]\nname = \"down\"\ningress = \"10mbit\"\nmatch = 'lport == 7003'\n",
+        sandbox.dev_a
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    // Received in the shaped namespace, sent from the other.
+    let stream = Stream::start(&sandbox.a, Sandbox::ADDR_A4, 7003, &sandbox.b, 50.0 * MBIT).unwrap();
+    let measured = settled_rate(&stream, 3.0, 2.0);
+    let rows = classes(&daemon);
+    let down = class_in(&rows, "down", Direction::Ingress);
+    println!(
+        "download {:.2} Mbit/s; down's ingress current {:.2} Mbit/s",
+        measured / MBIT,
+        down.current_bps as f64 / MBIT
+    );
+    assert_near("down's ingress current rate", down.current_bps as f64, measured, 0.20);
+    let flow = conns(&daemon).into_iter().find(|c| c.local.ends_with(":7003")).unwrap();
+    assert_near("the download's received rate", flow.rx_bps as f64, measured, 0.20);
+    assert!(flow.tx_bps < flow.rx_bps / 10, "the acknowledgements only: {flow:#?}");
+}
+
 /// Two classes on the sandbox interface: `slow` (8 Mbit/s) for port 7001,
 /// `fast` (20 Mbit/s) for port 7002, the rest in `other`. The reconcile runs
 /// every second: it finds the process behind the test's own streams (the
@@ -211,6 +237,11 @@ fn top_shows_every_class_and_the_current_rate_and_q_restores_the_terminal() {
     let conns = tmux.wait_for("the connections view", |s| s.contains("REMOTE"));
     let flow = cells(&conns, "", ":7001");
     assert_near("the stream's connection in top", rate_of(&flow[8]), measured, 0.20);
+    // The daemon goes away: top says so and stays.
+    let mut daemon = daemon;
+    assert!(daemon.stop().unwrap().success());
+    tmux.wait_for("the refresh error", |s| s.contains("refresh failed: cannot reach the shaper daemon"));
+    assert!(tmux.alternate());
     tmux.key("q");
     let after = tmux.wait_for("the prompt after top", |s| !s.contains("LAST 30 S") && !s.contains("REMOTE"));
     assert!(!tmux.alternate(), "the alternate screen was not left:\n{after}");
