@@ -17,7 +17,7 @@ use shaper_testkit::{
     require_root,
     sandbox::{spawn_client_cmd, Daemon, IperfServer, Sandbox, Stream},
 };
-use shaper_user::control::Direction;
+use shaper_user::control::{ClassRow, Direction};
 
 mod common;
 
@@ -36,14 +36,7 @@ fn current_rates_of_a_download_are_counted_on_ingress() {
     // Received in the shaped namespace, sent from the other.
     let stream = Stream::start(&sandbox.a, Sandbox::ADDR_A4, 7003, &sandbox.b, 50.0 * MBIT).unwrap();
     let measured = settled_rate(&stream, 3.0, 2.0);
-    let rows = classes(&daemon);
-    let down = class_in(&rows, "down", Direction::Ingress);
-    println!(
-        "download {:.2} Mbit/s; down's ingress current {:.2} Mbit/s",
-        measured / MBIT,
-        down.current_bps as f64 / MBIT
-    );
-    assert_near("down's ingress current rate", down.current_bps as f64, measured, 0.20);
+    assert_current(&daemon, "down", Direction::Ingress, measured);
     let flow = conns(&daemon).into_iter().find(|c| c.local.ends_with(":7003")).unwrap();
     assert_near("the download's received rate", flow.rx_bps as f64, measured, 0.20);
     assert!(flow.tx_bps < flow.rx_bps / 10, "the acknowledgements only: {flow:#?}");
@@ -78,6 +71,21 @@ egress = "100mbit"
     )
 }
 
+/// Asserts class `name`'s current rate in `direction` is within ±20% of
+/// `measured` (the stream's received rate; the classifier counts frames with
+/// their headers, a little above it); returns the rows.
+fn assert_current(daemon: &Daemon, name: &str, direction: Direction, measured: f64) -> Vec<ClassRow> {
+    let rows = classes(daemon);
+    let current = class_in(&rows, name, direction).current_bps as f64;
+    println!(
+        "received {:.2} Mbit/s; {name} ({direction}) current {:.2} Mbit/s",
+        measured / MBIT,
+        current / MBIT
+    );
+    assert_near(&format!("{name}'s current rate ({direction})"), current, measured, 0.20);
+    rows
+}
+
 /// Waits until the stream has run `warm` seconds, then returns the rate it
 /// received over the next `secs`.
 fn settled_rate(stream: &Stream, warm: f64, secs: f64) -> f64 {
@@ -92,15 +100,7 @@ fn current_rates_of_classes_and_flows_follow_a_shaped_stream() {
     let daemon = Daemon::start(&sandbox, shaper(), &two_classes(&sandbox)).unwrap();
     let stream = Stream::start(&sandbox.b, Sandbox::ADDR_B4, 7001, &sandbox.a, 50.0 * MBIT).unwrap();
     let measured = settled_rate(&stream, 3.0, 2.0);
-    let rows = classes(&daemon);
-    let slow = class_in(&rows, "slow", Direction::Egress);
-    println!(
-        "stream received {:.2} Mbit/s; slow current {:.2} Mbit/s",
-        measured / MBIT,
-        slow.current_bps as f64 / MBIT
-    );
-    // The classifier counts frames with their headers: a little above the payload rate.
-    assert_near("slow's current rate", slow.current_bps as f64, measured, 0.20);
+    let rows = assert_current(&daemon, "slow", Direction::Egress, measured);
     assert_eq!(class_in(&rows, "fast", Direction::Egress).current_bps, 0, "{rows:#?}");
     let flow = conns(&daemon).into_iter().find(|c| c.remote.ends_with(":7001")).unwrap();
     println!("flow {} current {:.2} Mbit/s, age {} s", flow.id, flow.tx_bps as f64 / MBIT, flow.age_s);
