@@ -68,7 +68,6 @@ pub struct FlowNow {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Busy {
     pub key: FlowKey,
-    pub class: u16,
     pub tx_bps: u64,
     pub rx_bps: u64,
 }
@@ -210,7 +209,7 @@ impl Rates {
             }
         };
         if tx_bps > 0 || rx_bps > 0 {
-            self.busy.push(Busy { key: *key, class: value.class, tx_bps, rx_bps });
+            self.busy.push(Busy { key: *key, tx_bps, rx_bps });
         }
     }
 
@@ -330,7 +329,7 @@ mod tests {
         r.end_flows();
         assert_eq!(r.flow(&a).map(|f| (f.tx_bps, f.rx_bps)), Some((1_000_000, 200_000)));
         assert_eq!(r.flow(&b).map(|f| (f.tx_bps, f.rx_bps)), Some((0, 0)));
-        assert_eq!(r.busy(), &[Busy { key: a, class: 2, tx_bps: 1_000_000, rx_bps: 200_000 }]);
+        assert_eq!(r.busy(), &[Busy { key: a, tx_bps: 1_000_000, rx_bps: 200_000 }]);
         assert_eq!(r.busy()[0].bps(), 1_200_000);
         // Gone from the map: gone from the rates.
         r.begin(t0 + Duration::from_secs(3));
