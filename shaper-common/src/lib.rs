@@ -9,6 +9,7 @@
 //! every other integer in host byte order.
 #![no_std]
 
+pub mod connlimit;
 pub mod instances;
 pub mod names;
 pub mod rules;
@@ -409,7 +410,7 @@ pub const ERROR_NAMES: [&str; ERR_COUNT as usize] =
 /// sizes). The daemon pins under `<pin dir>/v<PIN_LAYOUT>`; bump it with any
 /// change to a pinned map's type, key, value or fixed size, so that a new
 /// daemon never reads maps written by an incompatible one.
-pub const PIN_LAYOUT: u32 = 5;
+pub const PIN_LAYOUT: u32 = 6;
 
 /// Entries of QUOTA_USAGE and QUOTA_GATES: classes with a quota and their
 /// instances.
@@ -530,4 +531,8 @@ mod pod {
     unsafe impl aya::Pod for super::instances::InstanceSlot {}
     unsafe impl aya::Pod for super::instances::FlowInstance {}
     unsafe impl aya::Pod for super::instances::InstanceStats {}
+    unsafe impl aya::Pod for super::connlimit::ConnLimit {}
+    unsafe impl aya::Pod for super::connlimit::GateEntry {}
+    unsafe impl aya::Pod for super::connlimit::ConnKernel {}
+    unsafe impl aya::Pod for super::connlimit::ConnDaemon {}
 }

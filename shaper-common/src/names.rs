@@ -23,6 +23,13 @@ pub const PROG_CONNECT6: &str = "connect6";
 pub const PROG_SENDMSG4: &str = "sendmsg4";
 pub const PROG_SENDMSG6: &str = "sendmsg6";
 
+/// The connection-limit gates, after the classifier: on an interface's
+/// egress, and on its IFB's egress (arriving packets).
+pub const PROG_TC_GATE_EGRESS: &str = "tc_gate_egress";
+pub const PROG_TC_GATE_INGRESS: &str = "tc_gate_ingress";
+/// sock_ops: connection limits' accounting (established, leaving service).
+pub const PROG_SOCK_OPS: &str = "conn_sock_ops";
+
 /// Hash: socket cookie (u64) → [`crate::Owner`]; entries go at sock_release.
 pub const MAP_OWNERS: &str = "OWNERS";
 /// Hash: [`crate::ListenKey`] → [`crate::Owner`].
@@ -91,9 +98,18 @@ pub const MAP_QUOTA_USAGE: &str = "QUOTA_USAGE";
 /// period and block state.
 pub const MAP_QUOTA_GATES: &str = "QUOTA_GATES";
 
+/// Array of [`crate::connlimit::ConnLimit`]: each class's `max_connections`.
+pub const MAP_CONN_LIMITS: &str = "CONN_LIMITS";
+/// Hash: [`crate::FlowKey`] → [`crate::connlimit::GateEntry`]: gated connections.
+pub const MAP_CONN_GATES: &str = "CONN_GATES";
+/// Hash: [`crate::instances::InstanceKey`] → [`crate::connlimit::ConnKernel`].
+pub const MAP_CONN_KERNEL: &str = "CONN_KERNEL";
+/// Hash: [`crate::instances::InstanceKey`] → [`crate::connlimit::ConnDaemon`].
+pub const MAP_CONN_DAEMON: &str = "CONN_DAEMON";
+
 /// The maps pinned under the pin directory: everything that must outlive the
 /// daemon (shaping state, counters, owner records, the rule table).
-pub const PINNED_MAPS: [&str; 23] = [
+pub const PINNED_MAPS: [&str; 27] = [
     MAP_FLOWS,
     MAP_KEPT_FLOWS,
     MAP_BOUND,
@@ -117,6 +133,10 @@ pub const PINNED_MAPS: [&str; 23] = [
     MAP_CLASS_NAMES,
     MAP_QUOTA_USAGE,
     MAP_QUOTA_GATES,
+    MAP_CONN_LIMITS,
+    MAP_CONN_GATES,
+    MAP_CONN_KERNEL,
+    MAP_CONN_DAEMON,
 ];
 
 /// aya-log's level global in the object (0 = off).

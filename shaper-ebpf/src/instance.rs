@@ -22,7 +22,11 @@ use crate::{
 
 /// The owner of the packet's socket (egress), or of the local port it belongs to.
 #[inline(always)]
-fn owner_of(ctx: &TcContext, direction: Direction, key: &FlowKey) -> (Option<&'static Owner>, u64) {
+pub(crate) fn owner_of(
+    ctx: &TcContext,
+    direction: Direction,
+    key: &FlowKey,
+) -> (Option<&'static Owner>, u64) {
     if direction == Direction::Egress {
         // SAFETY: helper on the program's own context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };

@@ -15,6 +15,7 @@
 
 mod classify;
 mod clock;
+mod connlimit;
 mod iface;
 mod instance;
 mod listen;
@@ -32,7 +33,8 @@ use shaper_common::Direction;
 /// shaper only sets `skb->priority`; it never decides a packet's fate, but
 /// for a used-up quota that blocks (quota.rs).
 pub(crate) const TC_ACT_UNSPEC: i32 = -1;
-/// `TC_ACT_SHOT`: drop the packet (only for a quota that blocks).
+/// `TC_ACT_SHOT`: drop the packet (only for a quota that blocks, and for a
+/// SYN over a connection limit: connlimit.rs).
 pub(crate) const TC_ACT_SHOT: i32 = 2;
 
 #[classifier]

@@ -138,6 +138,54 @@ const TCP_SYN_FIN_RST: u8 = 0x07;
 /// 60 bytes, and a received one reaches tc before IP trims the padding.
 const ACK_SLACK: usize = 6;
 
+/// What [`tcp_shape`] tells of a TCP packet: bits of one byte.
+pub(crate) type Shape = u8;
+/// A pure TCP SYN (SYN set, ACK clear): a connection's first packet.
+pub(crate) const PURE_SYN: Shape = 2;
+/// A TCP RST.
+pub(crate) const RST: Shape = 4;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
+/// For the connection-limit gates: whether an IPv4/IPv6 TCP packet (IPv6
+/// without extension headers) is a pure SYN or a RST, and where its IP
+/// header starts. `None` for anything else.
+#[inline(always)]
+pub(crate) fn tcp_shape(ctx: &TcContext, l2_len: usize) -> Option<(Shape, u16)> {
+    if l2_len > MAX_L2_LEN {
+        return None;
+    }
+    let l4 = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => {
+            let mut copy = MaybeUninit::<[u8; IPV4_HDR_LEN]>::uninit();
+            let ip = bytes(ctx, l2_len, &mut copy)?;
+            if ip[9] != PROTO_TCP || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+                return None;
+            }
+            l2_len + ((ip[0] & 0x0f) as usize) * 4
+        }
+        ETH_P_IPV6 => {
+            let mut copy = MaybeUninit::<[u8; IPV6_HDR_LEN]>::uninit();
+            let ip = bytes(ctx, l2_len, &mut copy)?;
+            if ip[6] != PROTO_TCP {
+                return None;
+            }
+            l2_len + IPV6_HDR_LEN
+        }
+        _ => return None,
+    };
+    let mut copy = MaybeUninit::<[u8; 14]>::uninit();
+    let flags = bytes(ctx, l4 & 0xff, &mut copy)?[13];
+    let mut shape = 0;
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        shape |= PURE_SYN;
+    }
+    if flags & TCP_RST != 0 {
+        shape |= RST;
+    }
+    Some((shape, l2_len as u16))
+}
+
 /// The flow key of an IPv4/IPv6 packet, built in `buf`, or `None` when the
 /// packet has none (not IP, a fragment, truncated, or an IPv6 extension
 /// chain too long to walk): such packets take the default class. With it,

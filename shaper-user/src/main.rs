@@ -73,7 +73,7 @@ enum Verb {
         client: ClientArgs,
     },
     /// Change a running class without touching the config file (until the next reload).
-    #[command(group(ArgGroup::new("change").args(["egress", "ingress", "priority"]).required(true).multiple(true)))]
+    #[command(group(ArgGroup::new("change").args(["egress", "ingress", "priority", "max_connections"]).required(true).multiple(true)))]
     Set {
         /// The class's name.
         class: String,
@@ -85,6 +85,9 @@ enum Verb {
         /// 0 (served first) to 7.
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=7))]
         priority: Option<u8>,
+        /// TCP connections of the class in service at once (raising it admits waiting ones at once).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -242,8 +245,8 @@ fn dispatch(verb: Verb) -> Result<()> {
             let applied = control::client::reload(&client.socket()?)?;
             print_applied(&applied, client.json)
         }
-        Verb::Set { class, egress, ingress, priority, client } => {
-            let set = SetClass { class, egress, ingress, priority };
+        Verb::Set { class, egress, ingress, priority, max_connections, client } => {
+            let set = SetClass { class, egress, ingress, priority, max_connections };
             let applied = control::client::set(&client.socket()?, set)?;
             print_applied(&applied, client.json)
         }

@@ -98,6 +98,9 @@ pub(crate) fn print_status(status: &Status, json: bool) -> Result<()> {
     for w in &status.windows {
         println!("  schedule: {} in {}", w.class, window(w));
     }
+    for (class, c) in &status.connection_limits {
+        println!("  connections of {class}: {}", c.summary());
+    }
     let q = &status.queues;
     match (&q.probe_error, q.fq_codel) {
         (_, true) => println!("  leaf queues: fq_codel unless a class names another"),
@@ -234,6 +237,13 @@ pub(crate) fn print_classes(rows: &[ClassRow], json: bool) -> Result<()> {
         }
     }
     print!("{}", table.render());
+    // One line per class with a connection limit (its rows share it).
+    let mut limited: Vec<(&str, String)> =
+        rows.iter().filter_map(|r| Some((r.name.as_str(), r.connections.as_ref()?.summary()))).collect();
+    limited.dedup_by(|a, b| a.0 == b.0);
+    for (class, summary) in limited {
+        println!("connections of {class}: {summary}");
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! error names the file, line and column and says what was expected. See
 //! config/shaper.toml for an annotated example and README.md for the reference.
 
+pub mod connlimit;
 mod per;
 pub mod position;
 pub mod queue;
@@ -160,6 +161,8 @@ pub struct ClassConfig {
     /// The leaf queue asked for (`None`: the kernel's best), and where.
     pub queue: Option<QueueKind>,
     pub queue_pos: Option<Pos>,
+    /// `max_connections` (with `on_limit`, `queue_timeout`).
+    pub conn_limit: Option<connlimit::ConnLimitConfig>,
 }
 
 impl ClassConfig {
@@ -604,6 +607,7 @@ impl Validator<'_> {
                     .map(|q| QueueKind::parse(q.get_ref()).map_err(|e| self.error(q, e)))
                     .transpose()?,
                 queue_pos: c.queue.as_ref().map(|q| position::pos(self.text, q.span().start)),
+                conn_limit: self.conn_limit(c, name)?,
             });
         }
         Ok(classes)
@@ -656,6 +660,7 @@ impl Validator<'_> {
                     schedule: Vec::new(),
                     queue: None,
                     queue_pos: None,
+                    conn_limit: None,
                 });
                 DEFAULT_CLASS_NAME.to_string()
             }

@@ -61,6 +61,9 @@ pub struct RawClass {
     pub instance_idle: Option<Spanned<String>>,
     pub schedule: Option<Vec<Spanned<RawWindow>>>,
     pub queue: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub on_limit: Option<Spanned<String>>,
+    pub queue_timeout: Option<Spanned<String>>,
 }
 
 /// One window of a class's `schedule`, as written (see config/schedule.rs).

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod explain;
+pub mod connlimit;
 pub mod protocol;
 pub mod server;
 pub mod top;

@@ -155,6 +155,9 @@ pub struct SetClass {
     pub ingress: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// `--max-connections`: the class's connection limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 /// What a converge changed (in the reply to `shaper reload` and `shaper set`).
@@ -355,6 +358,9 @@ pub struct Status {
     /// The leaf queues this kernel offers.
     #[serde(default)]
     pub queues: QueueStatus,
+    /// Classes with `max_connections`: their counts.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub connection_limits: std::collections::BTreeMap<String, super::connlimit::ConnLimitRow>,
 }
 
 /// A class's schedule window in force (`status`, `classes`).
@@ -553,6 +559,9 @@ pub struct ClassRow {
     /// Its live instances (with `per`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceRow>,
+    /// Its connection limit (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<super::connlimit::ConnLimitRow>,
 }
 
 /// Where a quota stands (`shaper usage`, `classes`, `status`).

@@ -106,6 +106,8 @@ pub enum RequestError {
     },
     #[error("priority must be 0 (served first) to {max}, not {given}")]
     Priority { given: u8, max: u8 },
+    #[error("--max-connections must be 1 or more")]
+    MaxConnections,
     #[error("{0:?}: give at least 4 digits of a connection id from `shaper conns`")]
     ShortId(String),
     #[error("no connection {0:?} (see `shaper conns`)")]

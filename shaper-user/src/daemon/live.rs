@@ -22,6 +22,7 @@ pub struct ClassOverride {
     pub egress: Option<Limit>,
     pub ingress: Option<Limit>,
     pub priority: Option<u8>,
+    pub max_connections: Option<u32>,
 }
 
 /// How the last reload went (`status`).
@@ -73,7 +74,11 @@ impl ConfigState {
         if self.file.class(&set.class).is_none() {
             return Err(RequestError::UnknownClass(set.class.clone()));
         }
-        if set.egress.is_none() && set.ingress.is_none() && set.priority.is_none() {
+        if set.egress.is_none()
+            && set.ingress.is_none()
+            && set.priority.is_none()
+            && set.max_connections.is_none()
+        {
             return Err(RequestError::NothingToChange);
         }
         let mut change = self.overrides.get(&set.class).cloned().unwrap_or_default();
@@ -90,6 +95,12 @@ impl ConfigState {
                 return Err(RequestError::Priority { given: p, max: MAX_PRIORITY });
             }
             change.priority = Some(p);
+        }
+        if let Some(max) = set.max_connections {
+            if max == 0 {
+                return Err(RequestError::MaxConnections);
+            }
+            change.max_connections = Some(max);
         }
         let mut overrides = self.overrides.clone();
         overrides.insert(set.class.clone(), change);
@@ -138,6 +149,9 @@ impl ConfigState {
                 }
                 if let Some(p) = o.priority {
                     parts.push(format!("priority {p}"));
+                }
+                if let Some(m) = o.max_connections {
+                    parts.push(format!("max_connections {m}"));
                 }
                 format!("{name}: {}", parts.join(", "))
             })
@@ -206,6 +220,16 @@ fn with_overrides(file: &Config, overrides: &BTreeMap<String, ClassOverride>) ->
         }
         if let Some(p) = o.priority {
             class.priority = p;
+        }
+        if let Some(max) = o.max_connections {
+            class.conn_limit = Some(match class.conn_limit {
+                Some(limit) => crate::config::connlimit::ConnLimitConfig { max, ..limit },
+                None => crate::config::connlimit::ConnLimitConfig {
+                    max,
+                    on_limit: crate::config::connlimit::OnLimit::Queue,
+                    queue_timeout: crate::config::connlimit::DEFAULT_QUEUE_TIMEOUT,
+                },
+            });
         }
     }
     config

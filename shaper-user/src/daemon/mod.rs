@@ -16,6 +16,7 @@
 //! | [`options`], [`error`], [`notify`], [`pidfile`], [`watch`] | command-line options and the config they load; errors; sd_notify; the pid file; the config-file watch |
 
 mod apply;
+mod connlimit;
 mod conns;
 mod decider;
 mod dryrun;

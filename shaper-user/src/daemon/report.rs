@@ -42,6 +42,7 @@ pub struct View<'a> {
     pub scan_only: Option<&'a str>,
     pub quotas: &'a Quotas,
     pub rates: &'a Rates,
+    pub connlimits: &'a super::connlimit::ConnLimits,
 }
 
 /// Class indices → names, as the reports show them.
@@ -109,6 +110,7 @@ impl<'a> View<'a> {
             instances: self.instance_counters(),
             windows: self.schedules.windows(config),
             queues: self.schedules.queues(),
+            connection_limits: self.connlimits.rows(),
         }
     }
 
@@ -218,6 +220,7 @@ impl<'a> View<'a> {
                         .unwrap_or_default(),
                     queue: class.queue.as_str().to_string(),
                     window: self.schedules.window(self.state.config(), &class.name),
+                    connections: self.connlimits.row(&class.name),
                 },
             ));
         }

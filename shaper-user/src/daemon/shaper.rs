@@ -27,6 +27,7 @@ use shaper_common::{FlowEvent, EVENT_INSTANCE};
 
 use super::{
     apply::{self, Parts},
+    connlimit::ConnLimits,
     decider::{Decider, LiveSystem},
     dryrun, effective,
     error::{DaemonError, RequestError},
@@ -85,6 +86,8 @@ pub struct Shaper {
     quotas: Quotas,
     /// Current rates per class and flow.
     rates: Rates,
+    /// The connection limits' admission thread.
+    connlimits: ConnLimits,
 }
 
 impl Shaper {
@@ -122,12 +125,14 @@ impl Shaper {
         host.check(&config)?;
         let schedules = Schedules::probe();
         schedules.check_queues(&config)?;
-        let datapath = Datapath::load(LoadOptions {
+        let mut datapath = Datapath::load(LoadOptions {
             max_flows: config.daemon.max_flows,
             kernel_log_level: options.kernel_log_level,
             pins: Some(Pins::new(&config.daemon.pin_dir)),
         })?;
         let adopted = datapath.adopted();
+        // In this thread's network namespace (the interfaces'), for its raw sockets.
+        let connlimits = ConnLimits::start(datapath.take_connlimit());
         if adopted {
             log::info!("taking over the shaping state pinned at {}", config.daemon.pin_dir.display());
         }
@@ -149,11 +154,13 @@ impl Shaper {
             scan_only,
             quotas,
             rates: Rates::new(),
+            connlimits,
         };
         // Before the first converge: a quota a crashed daemon throttled is still throttled.
         let config = shaper.state.config().clone();
         shaper.sync_quotas(&config)?;
         shaper.first_converge(hook_dir)?;
+        shaper.sync_connlimits(&config);
         shaper.finish_start();
         Ok(shaper)
     }
@@ -232,6 +239,7 @@ impl Shaper {
             scan_only: self.scan_only.as_deref(),
             quotas: &self.quotas,
             rates: &self.rates,
+            connlimits: &self.connlimits,
         }
     }
 
@@ -355,6 +363,16 @@ impl Shaper {
         }
     }
 
+    /// Follows the connection limits of `config`: the admission thread's
+    /// limits, and the gates on the shaped devices while some class has one.
+    fn sync_connlimits(&mut self, config: &Config) {
+        self.connlimits.sync(config, &self.datapath.class_ids());
+        let wanted = super::connlimit::gates(&self.host, config);
+        if let Err(e) = self.datapath.set_gates(&wanted) {
+            log::error!("connection limits: {}", crate::error_chain(&e));
+        }
+    }
+
     /// Follows the quotas of `config`, with the class indices it will get.
     fn sync_quotas(&mut self, config: &Config) -> Result<(), DaemonError> {
         let ids = self.datapath.class_ids().assign(config.class_names());
@@ -427,6 +445,7 @@ impl Shaper {
             self.open_instance_quota(slot);
         }
         self.configure_instances();
+        self.sync_connlimits(&pending.config);
         self.log_windows(&windows);
         let restart_needed = pending.restart_needed.clone();
         self.state.applied(pending, reloaded);
@@ -607,6 +626,9 @@ impl Shaper {
     fn restore(&mut self) {
         // The hooks first: no new owner records while the rest goes.
         self.datapath.detach_cgroup();
+        if let Err(e) = self.datapath.set_gates(&[]) {
+            log::warn!("{}", crate::error_chain(&e));
+        }
         while let Some(shaped) = self.host.pop() {
             let name = shaped.name().to_string();
             apply::unshape(&mut self.parts(), shaped.ifindex(), Some(&name));

@@ -7,7 +7,7 @@ use std::{fs::File, path::Path};
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSock, CgroupSockAddr,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
     },
     Ebpf,
 };
@@ -19,8 +19,8 @@ const SOCK_HOOKS: [&str; 4] =
     [names::PROG_SOCK_CREATE, names::PROG_SOCK_RELEASE, names::PROG_POST_BIND4, names::PROG_POST_BIND6];
 const ADDR_HOOKS: [&str; 4] =
     [names::PROG_CONNECT4, names::PROG_CONNECT6, names::PROG_SENDMSG4, names::PROG_SENDMSG6];
-/// Every socket hook.
-pub(super) const HOOKS: [&str; 8] = [
+/// Every socket hook, and the connection limits' sock_ops.
+pub(super) const HOOKS: [&str; 9] = [
     SOCK_HOOKS[0],
     SOCK_HOOKS[1],
     SOCK_HOOKS[2],
@@ -29,6 +29,7 @@ pub(super) const HOOKS: [&str; 8] = [
     ADDR_HOOKS[1],
     ADDR_HOOKS[2],
     ADDR_HOOKS[3],
+    names::PROG_SOCK_OPS,
 ];
 
 /// One hook attached to the cgroup: the link, and its pin when pinned.
@@ -47,6 +48,12 @@ fn addr<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSock
     prog.try_into().map_err(|source| DatapathError::Program { name, source })
 }
 
+fn sock_ops(ebpf: &mut Ebpf) -> Result<&mut SockOps, DatapathError> {
+    let name = names::PROG_SOCK_OPS;
+    let prog = ebpf.program_mut(name).ok_or(DatapathError::Missing { kind: "program", name })?;
+    prog.try_into().map_err(|source| DatapathError::Program { name, source })
+}
+
 /// Loads the hooks into the kernel (attached later, by [`Datapath::attach_cgroup`]).
 pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
     for name in SOCK_HOOKS {
@@ -55,6 +62,8 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
     for name in ADDR_HOOKS {
         addr(ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
     }
+    let name = names::PROG_SOCK_OPS;
+    sock_ops(ebpf)?.load().map_err(|source| DatapathError::Program { name, source })?;
     Ok(())
 }
 
@@ -62,7 +71,11 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
 fn attach_one(ebpf: &mut Ebpf, name: &'static str, dir: &File, path: &Path) -> Result<FdLink, DatapathError> {
     let attach_err = |source| DatapathError::AttachCgroup { name, path: path.to_path_buf(), source };
     let link_err = |source| DatapathError::PinnedLink { path: path.to_path_buf(), source };
-    if SOCK_HOOKS.contains(&name) {
+    if name == names::PROG_SOCK_OPS {
+        let prog = sock_ops(ebpf)?;
+        let id = prog.attach(dir, CgroupAttachMode::Single).map_err(attach_err)?;
+        FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)
+    } else if SOCK_HOOKS.contains(&name) {
         let prog = sock(ebpf, name)?;
         let id = prog.attach(dir, CgroupAttachMode::Single).map_err(attach_err)?;
         FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)

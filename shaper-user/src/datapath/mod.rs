@@ -4,12 +4,14 @@
 
 pub mod batch;
 mod cgroup;
+mod connlimit;
 mod ifaces;
 mod instances;
 mod netns;
 mod occupancy;
 mod quota;
 
+pub use connlimit::ConnMaps;
 pub use occupancy::Occupancy;
 pub use quota::QuotaMaps;
 
@@ -205,6 +207,16 @@ fn layout_of(name: &str, max_flows: u32) -> Option<Layout> {
         names::MAP_CLASS_NAMES => (4, size_of::<ClassName>(), None),
         names::MAP_QUOTA_USAGE => (size_of::<QuotaKey>(), size_of::<QuotaUsage>(), None),
         names::MAP_QUOTA_GATES => (size_of::<QuotaKey>(), size_of::<QuotaGate>(), None),
+        names::MAP_CONN_LIMITS => (4, size_of::<shaper_common::connlimit::ConnLimit>(), None),
+        names::MAP_CONN_GATES => {
+            (size_of::<FlowKey>(), size_of::<shaper_common::connlimit::GateEntry>(), None)
+        }
+        names::MAP_CONN_KERNEL => {
+            (size_of::<InstanceKey>(), size_of::<shaper_common::connlimit::ConnKernel>(), None)
+        }
+        names::MAP_CONN_DAEMON => {
+            (size_of::<InstanceKey>(), size_of::<shaper_common::connlimit::ConnDaemon>(), None)
+        }
         _ => return None,
     };
     Some(Layout { key, value, max_entries })
@@ -272,6 +284,10 @@ pub struct Datapath {
     class_names: Array<MapData, ClassName>,
     quotas: QuotaMaps,
     instances: instances::InstanceMaps,
+    /// The connection-limit maps, until the admission thread takes them.
+    connlimit: Option<ConnMaps>,
+    /// The connection-limit gates attached (see connlimit.rs).
+    gates: BTreeMap<(String, Direction), connlimit::GateLink>,
     /// What CLASS_NAMES holds (index → name): the class indices in force.
     recorded_classes: BTreeMap<u16, String>,
     events: Option<RingBuf<MapData>>,
@@ -348,6 +364,9 @@ impl Datapath {
         for name in [names::PROG_TC_EGRESS, names::PROG_TC_INGRESS] {
             program(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
         }
+        for name in [names::PROG_TC_GATE_EGRESS, names::PROG_TC_GATE_INGRESS] {
+            program(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
         cgroup::load(&mut ebpf)?;
         let flows = take_map(&mut ebpf, names::MAP_FLOWS)?;
         let mut kept = take_map(&mut ebpf, names::MAP_KEPT_FLOWS)?;
@@ -383,6 +402,12 @@ impl Datapath {
             slots: take_map(&mut ebpf, names::MAP_INSTANCE_SLOTS)?,
             stats: take_map(&mut ebpf, names::MAP_INSTANCE_STATS)?,
         };
+        let connlimit = Some(ConnMaps::new(
+            take_map(&mut ebpf, names::MAP_CONN_LIMITS)?,
+            take_map(&mut ebpf, names::MAP_CONN_GATES)?,
+            take_map(&mut ebpf, names::MAP_CONN_KERNEL)?,
+            take_map(&mut ebpf, names::MAP_CONN_DAEMON)?,
+        ));
         let mut flows = flows;
         let mut owners = owners;
         for (name, old) in resized {
@@ -417,6 +442,8 @@ impl Datapath {
             class_names,
             quotas,
             instances,
+            connlimit,
+            gates: BTreeMap::new(),
             recorded_classes,
             events,
             rules_gen: current.rules_gen,
@@ -546,6 +573,11 @@ impl Datapath {
             })?;
         }
         Ok(())
+    }
+
+    /// Hands the connection-limit maps over (once) to the admission thread.
+    pub fn take_connlimit(&mut self) -> Option<ConnMaps> {
+        self.connlimit.take()
     }
 
     /// The quota maps (see [`QuotaMaps`]).
