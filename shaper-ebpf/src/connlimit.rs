@@ -78,9 +78,9 @@ fn class_of(priority: u32) -> Option<u16> {
     let class = if minor >= INSTANCE_MINOR_BASE {
         let slot = INSTANCE_SLOTS.get(minor - INSTANCE_MINOR_BASE)?;
         slot.class_plus_one.checked_sub(1)?
-    } else if minor >= SHARED_MINOR_BASE && minor < SHARED_MINOR_BASE + MAX_CLASSES {
+    } else if (SHARED_MINOR_BASE..SHARED_MINOR_BASE + MAX_CLASSES).contains(&minor) {
         minor - SHARED_MINOR_BASE
-    } else if minor >= HTB_LEAF_MINOR_BASE && minor < HTB_LEAF_MINOR_BASE + MAX_CLASSES {
+    } else if (HTB_LEAF_MINOR_BASE..HTB_LEAF_MINOR_BASE + MAX_CLASSES).contains(&minor) {
         minor - HTB_LEAF_MINOR_BASE
     } else {
         return None;
@@ -213,6 +213,10 @@ fn take_slot(counts: *mut ConnKernel, instance: &InstanceKey, max: u64) -> bool 
 
 /// Gates a SYN or RST of class `class` on flow `key`; true when the packet
 /// must be dropped (a SYN that waits, or is refused).
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by reference: a copy of the value would go on the BPF stack"
+)]
 #[inline(always)]
 fn gate(ctx: &TcContext, direction: Direction, class: u16, key: &FlowKey, shape: Shape, l3: u16) -> bool {
     if key.proto != PROTO_TCP {
@@ -283,6 +287,10 @@ fn gate(ctx: &TcContext, direction: Direction, class: u16, key: &FlowKey, shape:
 /// A RST on a connection granted a slot but never established (a remote
 /// client gone while it waited answers the re-sent handshake with a RST):
 /// the slot goes back.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by reference: a copy of the value would go on the BPF stack"
+)]
 #[inline(always)]
 fn released_by_rst(key: &FlowKey) {
     let Some(entry) = CONN_GATES.get_ptr(key) else { return };
@@ -384,6 +392,10 @@ fn established(ctx: &SockOpsContext, key: &FlowKey) {
 /// ends closed their side). A half-closed connection (CLOSE_WAIT, FIN_WAIT)
 /// stays in service: data may still flow one way. A waiting connection whose
 /// socket goes (a local client killed in SYN_SENT) leaves the line.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by reference: a copy of the value would go on the BPF stack"
+)]
 #[inline(always)]
 fn left(key: &FlowKey, new_state: u32) {
     if !matches!(new_state, TCP_CLOSE | TCP_TIME_WAIT | TCP_LAST_ACK | TCP_CLOSING) {

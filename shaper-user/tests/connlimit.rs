@@ -244,6 +244,14 @@ fn assert_queue_targets(server: &Server, outcomes: &[Outcome]) -> (f64, f64) {
     for (i, o) in outcomes.iter().enumerate() {
         assert!(matches!(o, Outcome::Served { .. }), "client {i} was not served: {o:?}");
     }
+    // The last of 20 waits for 4 rounds of 1 s service (plus admission delays).
+    let longest = outcomes.iter().filter_map(|o| match o {
+        Outcome::Served { waited } => Some(*waited),
+        Outcome::Failed { .. } => None,
+    });
+    let longest = longest.max().unwrap_or_default();
+    println!("longest wait of a client: {:.2} s", longest.as_secs_f64());
+    assert!(longest < SERVICE * 5, "a client waited {longest:?}");
     let served = server.served();
     assert!(served.most <= LIMIT, "{} connections in service at once (limit {LIMIT})", served.most);
     assert_eq!(served.accepts.len(), CLIENTS);

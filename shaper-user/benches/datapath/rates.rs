@@ -264,8 +264,7 @@ pub fn timeline(report: &mut Report) -> Result<()> {
             daemon.set(SetClass {
                 class: "web".into(),
                 egress: Some("20mbit:40mbit".into()),
-                ingress: None,
-                priority: None,
+                ..SetClass::default()
             })?;
             set_took = Some(begun.elapsed());
             set_done = true;

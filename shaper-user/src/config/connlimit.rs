@@ -107,14 +107,14 @@ impl Validator<'_> {
     }
 }
 
-/// Whether a `match` can only take UDP (it requires `proto == udp`).
+/// Whether a `match` can only take UDP: it requires `proto == "udp"`, with
+/// no `or` and no `not` that could let TCP in.
 fn udp_only(rule: &str) -> bool {
-    let compact: String =
-        rule.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+    let lower = rule.to_ascii_lowercase();
+    let compact: String = lower.chars().filter(|c| !c.is_whitespace()).collect();
     let udp = ["proto==udp", "proto==\"udp\"", "proto=='udp'"].iter().any(|p| compact.contains(p));
-    udp && !compact.contains("tcp")
-        && !compact.contains(" or ")
-        && !rule.to_ascii_lowercase().contains(" or ")
+    let words: Vec<&str> = lower.split(|c: char| !c.is_ascii_alphanumeric()).collect();
+    udp && !words.iter().any(|w| matches!(*w, "or" | "not" | "tcp"))
 }
 
 #[cfg(test)]
@@ -164,7 +164,7 @@ mod tests {
             "t.toml:6:17: class \"a\": `queue_timeout` needs `max_connections`"
         );
         assert_eq!(
-            parse("match = 'proto == udp'\nmax_connections = 3\n").unwrap_err(),
+            parse("match = 'proto == \"udp\"'\nmax_connections = 3\n").unwrap_err(),
             "t.toml:6:9: class \"a\": max_connections counts TCP connections; this match takes UDP only"
         );
         assert!(parse("max_connections = 3\nqueue_timeout = \"10m\"\n")

@@ -128,16 +128,14 @@ impl Engine {
         let mut reaped: HashMap<InstanceKey, u64> = HashMap::new();
         for (key, entry) in gates {
             match entry.state {
-                GATE_REJECT => {
-                    if self.maps.remove_gate(&key)? {
-                        self.send(Injector::refuse, &entry);
-                    }
-                }
+                // Whoever removes an entry acts on it (the kernel may remove it too).
+                GATE_REJECT if self.maps.remove_gate(&key)? => self.send(Injector::refuse, &entry),
                 GATE_WAITING => line.entry(entry.instance).or_default().push((key, entry)),
-                GATE_GRANTED if now.saturating_sub(entry.last_ns) > REAP_AFTER_NS => {
-                    if self.maps.remove_gate(&key)? {
-                        *reaped.entry(entry.instance).or_default() += 1;
-                    }
+                GATE_GRANTED
+                    if now.saturating_sub(entry.last_ns) > REAP_AFTER_NS
+                        && self.maps.remove_gate(&key)? =>
+                {
+                    *reaped.entry(entry.instance).or_default() += 1;
                 }
                 _ => {}
             }
