@@ -4,8 +4,8 @@
 //! protocol version `v` (see README.md, "Control protocol").
 
 pub mod client;
-pub mod explain;
 pub mod connlimit;
+pub mod explain;
 pub mod protocol;
 pub mod server;
 pub mod top;

@@ -25,6 +25,7 @@ fn row(name: &str, direction: Direction, bytes: u64) -> ClassRow {
         quota: None,
         per: None,
         instances: Vec::new(),
+        connections: None,
     }
 }
 
