@@ -13,6 +13,7 @@
 //! | [`explain`], [`dryrun`] | `shaper explain`: why a connection is in its class; what a reload would change, changing nothing |
 //! | [`host`], [`decider`], [`instances`] | the parts: interfaces and HTB trees; connections and decisions; the instances of classes with `per` (the datapath is [`crate::datapath`]) |
 //! | [`quota`], [`effective`] | quotas: usage, periods, the state file; the class limits in force under a throttle |
+//! | [`connlimit`] | connection limits: the admission thread (the line, raw-socket re-sends and refusals, the counts) |
 //! | [`options`], [`error`], [`notify`], [`pidfile`], [`watch`] | command-line options and the config they load; errors; sd_notify; the pid file; the config-file watch |
 
 mod apply;
