@@ -18,6 +18,7 @@
 //! | apply       | apply.rs    | `tc -batch`, one `tc` per command (classic scripts)         |
 //! | quota       | quota.rs    | bytes past a quota (10, 100, 1000 Mbit/s) vs the allowance  |
 //! | instances   | instances.rs| the rate connections were opened at (per = "connection")   |
+//! | metrics     | metrics.rs  | a scrape of 1 000 classes vs `classes` over the socket      |
 //!
 //! `cargo xtask bench NAME…` runs the sections whose name contains a word.
 //! Needs root. Everything runs in throw-away network namespaces.
@@ -49,6 +50,7 @@ mod helper;
 mod ingress;
 mod instances;
 mod meter;
+mod metrics;
 mod newconn;
 mod plot;
 mod process;
@@ -275,6 +277,7 @@ fn main() -> Result<()> {
         "apply",
         "quota",
         "instances",
+        "metrics",
     ];
     let selected: Vec<&str> = names.into_iter().filter(|n| wanted(n)).collect();
     for &name in &selected {
@@ -293,6 +296,7 @@ fn main() -> Result<()> {
             "apply" => apply::run(&mut report),
             "quota" => quota::run(&mut report),
             "instances" => instances::run(&mut report),
+            "metrics" => metrics::run(&mut report),
             _ => Ok(()),
         };
         let took = t.elapsed().as_secs_f64();

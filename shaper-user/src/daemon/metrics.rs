@@ -37,7 +37,12 @@ impl View<'_> {
             flows: self.decider.flows(),
             maps: self.map_usage(),
             errors: ERROR_NAMES.iter().zip(errors).map(|(n, v)| ((*n).to_string(), v)).collect(),
-            instances: self.instance_counters().by_class,
+            // Naming them costs a walk of the class indices: only with instances.
+            instances: if self.instances.live_slots().is_empty() {
+                Default::default()
+            } else {
+                self.instance_counters().by_class
+            },
             decisions: Decisions {
                 events: d.events,
                 provisional: d.provisional,

@@ -1,7 +1,7 @@
 //! What the daemon tells its clients: `status`, `classes`, `conns`, built
 //! from the parts that hold the facts.
 
-use std::time::Instant;
+use std::{collections::HashMap, time::Instant};
 
 use shaper_common::{
     classid_of, Direction, FlowKey, FlowValue, CLASS_DEFAULT, ERROR_NAMES, ORIGIN_DAEMON, ORIGIN_PINNED,
@@ -49,6 +49,8 @@ pub struct View<'a> {
 pub(super) struct Names<'a> {
     ids: ClassIds,
     view: &'a View<'a>,
+    /// Each class's `match`, as written, by name (see [`View::rules`]).
+    rules: HashMap<&'a str, &'a str>,
 }
 
 impl Names<'_> {
@@ -68,14 +70,21 @@ impl Names<'_> {
 
     /// The `match` of class `index`, as written.
     fn rule(&self, index: u16) -> Option<String> {
-        let name = self.ids.name(index)?;
-        self.view.state.config().class(name)?.rule_source.clone()
+        self.rules.get(self.ids.name(index)?).map(|r| (*r).to_string())
     }
 }
 
 impl<'a> View<'a> {
     pub(super) fn names(&'a self) -> Names<'a> {
-        Names { ids: self.datapath.class_ids(), view: self }
+        Names { ids: self.datapath.class_ids(), view: self, rules: self.rules() }
+    }
+
+    /// Each class's `match`, as written, by class name: looked up per row,
+    /// where a search of the config's classes would cost 1 000 × 1 000
+    /// compares with 1 000 classes.
+    fn rules(&self) -> HashMap<&'a str, &'a str> {
+        let classes = &self.state.config().classes;
+        classes.iter().filter_map(|c| Some((c.name.as_str(), c.rule_source.as_deref()?))).collect()
     }
 
     pub fn status(&self) -> Status {
@@ -162,11 +171,11 @@ impl<'a> View<'a> {
 
     /// [`View::classes`], each row with the key of its rates.
     pub fn keyed_classes(&self) -> Result<Vec<(ClassKey, ClassRow)>, DaemonError> {
-        let names = self.names();
+        let rules = self.rules();
         let mut rows = Vec::new();
         for shaped in self.host.shaped() {
             for (direction, plan, device) in shaped.trees() {
-                self.tree_rows(shaped, direction, plan, device, &names, &mut rows)?;
+                self.tree_rows(shaped, direction, plan, device, &rules, &mut rows)?;
             }
         }
         Ok(rows)
@@ -178,7 +187,7 @@ impl<'a> View<'a> {
         direction: Direction,
         plan: &Plan,
         device: u32,
-        names: &Names<'_>,
+        rules: &HashMap<&str, &str>,
         rows: &mut Vec<(ClassKey, ClassRow)>,
     ) -> Result<(), DaemonError> {
         let htb = self.host.htb_stats(device)?;
@@ -210,7 +219,7 @@ impl<'a> View<'a> {
                     backlog_bytes: sent.map_or(0, |s| u64::from(s.backlog)),
                     rate_now_bps: self.host.rate_now(device, classid),
                     current_bps: self.rates.class(&key),
-                    rule: names.rule(class.index),
+                    rule: rules.get(class.name.as_str()).map(|r| (*r).to_string()),
                     quota: self.quotas.state_of(&class.name),
                     per: class.per.as_ref().map(|p| p.per.as_str().to_string()),
                     instances: class

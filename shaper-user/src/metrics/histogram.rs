@@ -79,9 +79,9 @@ mod tests {
         let mut h = Histogram::new(&[500, 1_000_000]);
         h.observe_us(250);
         h.observe_us(2_000_000);
-        let mut text = super::super::text::Exposition::new(super::super::Format::Text);
+        let mut text = super::super::text::Exposition::new(super::super::Format::Text, 0);
         text.family("shaper_scan_duration_seconds", super::super::text::Kind::Histogram, "Scans.")
-            .histogram(&[], &h);
+            .histogram(&super::super::text::LabelSet::default(), &h);
         let text = text.finish();
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(

@@ -101,23 +101,35 @@ async fn serve_client(mut stream: TcpStream, render: Render) -> io::Result<()> {
         Ok(Ok(Some(Err(refused)))) => refusal(&refused),
         Ok(Ok(Some(Ok(head)))) => match parse(&head) {
             Ok(request) => match render(request.format) {
-                Ok(body) => response(200, "OK", request.format.content_type(), &body, request.head_only),
+                Ok(body) => Answer {
+                    head: head_of(200, "OK", request.format.content_type(), body.len()),
+                    body: if request.head_only { String::new() } else { body },
+                },
                 Err(why) => {
                     log::warn!("metrics: {why}");
                     let body = format!("500 Internal Server Error: {why}\n");
-                    response(500, "Internal Server Error", "text/plain; charset=utf-8", &body, false)
+                    let head = head_of(500, "Internal Server Error", "text/plain; charset=utf-8", body.len());
+                    Answer { head, body }
                 }
             },
             Err(refused) => refusal(&refused),
         },
     };
-    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&answer)).await {
+    let write = async {
+        stream.write_all(answer.head.as_bytes()).await?;
+        stream.write_all(answer.body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the client did not read the answer")),
-        Ok(result) => {
-            result?;
-            stream.shutdown().await
-        }
+        Ok(result) => result,
     }
+}
+
+/// A response: its head, and its body (written as it is, not copied).
+struct Answer {
+    head: String,
+    body: String,
 }
 
 /// Reads up to the end of the request head: `None` when the client closed
@@ -182,23 +194,17 @@ pub fn parse(head: &[u8]) -> Result<Request, Refusal> {
     Ok(Request { head_only, format: Format::negotiate(accept.as_deref()) })
 }
 
-fn refusal(refused: &Refusal) -> Vec<u8> {
+fn refusal(refused: &Refusal) -> Answer {
     let body = format!("{} {}\n", refused.code, refused.reason);
-    response(refused.code, refused.reason, "text/plain; charset=utf-8", &body, false)
+    Answer { head: head_of(refused.code, refused.reason, "text/plain; charset=utf-8", body.len()), body }
 }
 
-/// A whole response, with `Connection: close`.
-pub fn response(code: u16, reason: &str, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
+/// A response's head for a body of `length` bytes, with `Connection: close`.
+fn head_of(code: u16, reason: &str, content_type: &str, length: usize) -> String {
     let allow = if code == NOT_ALLOWED.code { "Allow: GET, HEAD\r\n" } else { "" };
-    let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
-        body.len()
+    format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n{allow}Connection: close\r\n\r\n"
     )
-    .into_bytes();
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
-    }
-    out
 }
 
 #[cfg(test)]
@@ -249,16 +255,15 @@ mod tests {
 
     #[test]
     fn responses_say_their_length_and_close() {
-        let r = String::from_utf8(response(200, "OK", Format::Text.content_type(), "a 1\n", false)).unwrap();
         assert_eq!(
-            r,
+            head_of(200, "OK", Format::Text.content_type(), 4),
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-             Content-Length: 4\r\nConnection: close\r\n\r\na 1\n"
+             Content-Length: 4\r\nConnection: close\r\n\r\n"
         );
-        let head = String::from_utf8(response(200, "OK", "text/plain", "a 1\n", true)).unwrap();
-        assert!(head.ends_with("Content-Length: 4\r\nConnection: close\r\n\r\n"), "{head}");
-        let refused = String::from_utf8(refusal(&NOT_ALLOWED)).unwrap();
-        assert!(refused.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{refused}");
-        assert!(refused.contains("\r\nAllow: GET, HEAD\r\n"), "{refused}");
+        let refused = refusal(&NOT_ALLOWED);
+        assert!(refused.head.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{}", refused.head);
+        assert!(refused.head.contains("\r\nAllow: GET, HEAD\r\n"), "{}", refused.head);
+        assert!(refused.head.contains(&format!("\r\nContent-Length: {}\r\n", refused.body.len())));
+        assert_eq!(refused.body, "405 Method Not Allowed\n");
     }
 }

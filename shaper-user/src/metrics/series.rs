@@ -3,10 +3,10 @@
 //! maps, the classifier's error counters; never a connection or an instance.
 
 use super::{
-    text::{Exposition, Kind},
+    text::{Exposition, Kind, LabelSet},
     Format, Snapshot,
 };
-use crate::control::protocol::ClassRow;
+use crate::control::protocol::{ClassRow, MapUsage};
 
 /// A series of one class row: family name, kind, help, and its value.
 type ClassSeries = (&'static str, Kind, &'static str, fn(&ClassRow) -> u64);
@@ -58,61 +58,74 @@ const CLASS_SERIES: &[ClassSeries] = &[
 
 /// The whole exposition of `snapshot` in `format`.
 pub fn write(snapshot: &Snapshot, format: Format) -> String {
-    let mut text = Exposition::new(format);
+    // About a kilobyte per class row, and a few for the rest.
+    let mut text = Exposition::new(format, 8 * 1024 + snapshot.classes.len() * 1100);
     text.family("shaper_build", Kind::Info, "The running shaper's version.")
-        .int(&[("version", &snapshot.version)], 1);
+        .int(&LabelSet::new(&[("version", &snapshot.version)]), 1);
     text.family(
         "shaper_start_time_seconds",
         Kind::Gauge,
         "When the daemon started, seconds since the Unix epoch.",
     )
-    .int(&[], snapshot.started_at);
+    .int(&LabelSet::default(), snapshot.started_at);
     classes(&mut text, &snapshot.classes);
     flows(&mut text, snapshot);
     decisions(&mut text, snapshot);
     text.finish()
 }
 
-fn class_labels(c: &ClassRow) -> [(&'static str, &str); 3] {
-    [("class", &c.name), ("interface", &c.interface), ("direction", c.direction.as_str())]
-}
-
 fn classes(text: &mut Exposition, rows: &[ClassRow]) {
+    let labels: Vec<LabelSet> = rows
+        .iter()
+        .map(|c| {
+            LabelSet::new(&[
+                ("class", &c.name),
+                ("interface", &c.interface),
+                ("direction", c.direction.as_str()),
+            ])
+        })
+        .collect();
     let mut info = text.family(
         "shaper_class",
         Kind::Info,
         "Each class on each interface and direction: its HTB class id and leaf queue.",
     );
-    for row in rows {
-        let [class, interface, direction] = class_labels(row);
-        info.int(&[class, interface, direction, ("classid", &row.classid), ("queue", &row.queue)], 1);
+    for c in rows {
+        let (class, interface, direction) =
+            (("class", &*c.name), ("interface", &*c.interface), ("direction", c.direction.as_str()));
+        info.int(
+            &LabelSet::new(&[class, interface, direction, ("classid", &c.classid), ("queue", &c.queue)]),
+            1,
+        );
     }
     for (name, kind, help, value) in CLASS_SERIES {
         let mut family = text.family(name, *kind, help);
-        for row in rows {
-            family.int(&class_labels(row), value(row));
+        for (row, labels) in rows.iter().zip(&labels) {
+            family.int(labels, value(row));
         }
     }
     for (name, help, bits) in CLASS_RATES {
         let mut family = text.family(name, Kind::Gauge, help);
-        for row in rows {
-            family.float(&class_labels(row), bits(row) as f64 / 8.0);
+        for (row, labels) in rows.iter().zip(&labels) {
+            family.eighths(labels, bits(row));
         }
     }
 }
 
 fn flows(text: &mut Exposition, s: &Snapshot) {
+    let none = LabelSet::default();
+    let map = |m: &MapUsage| LabelSet::new(&[("map", &m.name)]);
     text.family("shaper_flows", Kind::Gauge, "Entries in the kernel's flow map at the last reconcile.")
-        .int(&[], s.flows as u64);
+        .int(&none, s.flows as u64);
     let mut entries =
         text.family("shaper_map_entries", Kind::Gauge, "Entries in each kernel map that grows with traffic.");
     for m in &s.maps {
-        entries.int(&[("map", &m.name)], m.entries as u64);
+        entries.int(&map(m), m.entries as u64);
     }
     let mut capacity =
         text.family("shaper_map_capacity", Kind::Gauge, "Entries each of those kernel maps can hold.");
     for m in &s.maps {
-        capacity.int(&[("map", &m.name)], u64::from(m.capacity));
+        capacity.int(&map(m), u64::from(m.capacity));
     }
     let lost = s.errors.iter().find(|(name, _)| name == "event_lost").map_or(0, |(_, v)| *v);
     text.family(
@@ -120,21 +133,21 @@ fn flows(text: &mut Exposition, s: &Snapshot) {
         Kind::Counter,
         "New-flow reports the classifier could not queue to the daemon (ring buffer full); the reconcile catches up.",
     )
-    .int(&[], lost);
+    .int(&none, lost);
     let mut errors =
         text.family("shaper_classifier_errors", Kind::Counter, "The classifier's error counters, by name.");
     for (name, value) in &s.errors {
-        errors.int(&[("error", name)], *value);
+        errors.int(&LabelSet::new(&[("error", name)]), *value);
     }
     let mut instances =
         text.family("shaper_class_instances", Kind::Gauge, "Live instances of each class with `per`.");
     for (class, live) in &s.instances {
-        instances.int(&[("class", class)], *live);
+        instances.int(&LabelSet::new(&[("class", class)]), *live);
     }
 }
 
 fn decisions(text: &mut Exposition, s: &Snapshot) {
-    let d = &s.decisions;
+    let (d, none) = (&s.decisions, LabelSet::default());
     for (name, help, value) in [
         ("shaper_flow_reports", "New flows the classifier reported to the daemon.", d.events),
         (
@@ -149,14 +162,14 @@ fn decisions(text: &mut Exposition, s: &Snapshot) {
             d.provisional_bytes,
         ),
     ] {
-        text.family(name, Kind::Counter, help).int(&[], value);
+        text.family(name, Kind::Counter, help).int(&none, value);
     }
     text.family("shaper_scan_duration_seconds", Kind::Histogram, "Wall time of each reconcile pass.")
-        .histogram(&[], &s.scan_durations);
+        .histogram(&none, &s.scan_durations);
     text.family(
         "shaper_decision_latency_seconds",
         Kind::Histogram,
         "First packet to the daemon's final class, for flows the kernel classed provisionally.",
     )
-    .histogram(&[], &s.decision_latency);
+    .histogram(&none, &s.decision_latency);
 }

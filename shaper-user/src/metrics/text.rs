@@ -33,8 +33,9 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    pub fn new(format: Format) -> Self {
-        Self { format, out: String::with_capacity(64 * 1024) }
+    /// Text in `format`, with room for about `bytes`.
+    pub fn new(format: Format, bytes: usize) -> Self {
+        Self { format, out: String::with_capacity(bytes) }
     }
 
     /// Starts family `name` (without `_total` or `_info`): its HELP and TYPE lines.
@@ -67,6 +68,41 @@ impl Exposition {
     }
 }
 
+/// A sample's labels, written once for all the families that use them:
+/// `{class="web",interface="eth1"}`, or nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSet(String);
+
+impl LabelSet {
+    pub fn new(pairs: &Labels<'_>) -> Self {
+        let mut out = String::new();
+        for (i, (name, value)) in pairs.iter().enumerate() {
+            out.push(if i == 0 { '{' } else { ',' });
+            out.push_str(name);
+            out.push_str("=\"");
+            escape_label_into(&mut out, value);
+            out.push('"');
+        }
+        if !out.is_empty() {
+            out.push('}');
+        }
+        Self(out)
+    }
+
+    /// These labels and one more.
+    fn and(&self, name: &str, value: &str) -> LabelSet {
+        let mut out = match self.0.strip_suffix('}') {
+            Some(open) => format!("{open},"),
+            None => "{".to_string(),
+        };
+        out.push_str(name);
+        out.push_str("=\"");
+        escape_label_into(&mut out, value);
+        out.push_str("\"}");
+        LabelSet(out)
+    }
+}
+
 /// The samples of one family.
 pub struct Family<'a> {
     out: &'a mut String,
@@ -76,45 +112,46 @@ pub struct Family<'a> {
 
 impl Family<'_> {
     /// One sample of an integer value.
-    pub fn int(&mut self, labels: &Labels<'_>, value: u64) {
-        self.line("", labels, &[], &value.to_string());
+    pub fn int(&mut self, labels: &LabelSet, value: u64) {
+        self.start("", labels);
+        let _ = writeln!(self.out, "{value}");
     }
 
     /// One sample of a float value.
-    pub fn float(&mut self, labels: &Labels<'_>, value: f64) {
-        self.line("", labels, &[], &number(value));
+    pub fn float(&mut self, labels: &LabelSet, value: f64) {
+        self.start("", labels);
+        self.out.push_str(&number(value));
+        self.out.push('\n');
+    }
+
+    /// One sample of `eighths` / 8, written exactly (bits as bytes).
+    pub fn eighths(&mut self, labels: &LabelSet, eighths: u64) {
+        const FRACTIONS: [&str; 8] = ["", ".125", ".25", ".375", ".5", ".625", ".75", ".875"];
+        self.start("", labels);
+        let fraction = FRACTIONS.get((eighths % 8) as usize).copied().unwrap_or_default();
+        let _ = writeln!(self.out, "{}{fraction}", eighths / 8);
     }
 
     /// The samples of a histogram: cumulative `_bucket`s ending at `+Inf`, `_sum`, `_count`.
-    pub fn histogram(&mut self, labels: &Labels<'_>, h: &super::Histogram) {
+    pub fn histogram(&mut self, labels: &LabelSet, h: &super::Histogram) {
         for (le, count) in h.cumulative() {
             let le = le.map_or_else(|| "+Inf".to_string(), |us| number(us as f64 / 1e6));
-            self.line("_bucket", labels, &[("le", &le)], &count.to_string());
+            self.start("_bucket", &labels.and("le", &le));
+            let _ = writeln!(self.out, "{count}");
         }
-        self.line("_sum", labels, &[], &number(h.sum_seconds()));
-        self.line("_count", labels, &[], &h.count().to_string());
+        self.start("_sum", labels);
+        self.out.push_str(&number(h.sum_seconds()));
+        self.out.push('\n');
+        self.start("_count", labels);
+        let _ = writeln!(self.out, "{}", h.count());
     }
 
-    fn line(&mut self, suffix: &str, labels: &Labels<'_>, extra: &Labels<'_>, value: &str) {
+    /// A sample line up to its value: name, suffix, labels, the space.
+    fn start(&mut self, suffix: &str, labels: &LabelSet) {
         self.out.push_str(&self.sample);
         self.out.push_str(suffix);
-        let mut all = labels.iter().chain(extra).peekable();
-        if all.peek().is_some() {
-            self.out.push('{');
-            for (i, (name, value)) in all.enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                self.out.push_str(name);
-                self.out.push_str("=\"");
-                escape_label_into(self.out, value);
-                self.out.push('"');
-            }
-            self.out.push('}');
-        }
+        self.out.push_str(&labels.0);
         self.out.push(' ');
-        self.out.push_str(value);
-        self.out.push('\n');
     }
 }
 
@@ -126,6 +163,10 @@ pub fn escape_label(value: &str) -> String {
 }
 
 fn escape_label_into(out: &mut String, value: &str) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -176,9 +217,9 @@ mod tests {
         assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
         assert_eq!(escape_label("two\nlines"), "two\\nlines");
         assert_eq!(escape_label("plain-name_1"), "plain-name_1");
-        let mut text = Exposition::new(Format::Text);
+        let mut text = Exposition::new(Format::Text, 0);
         text.family("shaper_x", Kind::Gauge, "A \"quoted\" help\\ with\na newline.")
-            .int(&[("class", "we\"b\\\n")], 7);
+            .int(&LabelSet::new(&[("class", "we\"b\\\n")]), 7);
         assert_eq!(
             text.finish(),
             "# HELP shaper_x A \"quoted\" help\\\\ with\\na newline.\n# TYPE shaper_x gauge\n\
@@ -189,10 +230,11 @@ mod tests {
     #[test]
     fn counters_and_infos_are_named_as_each_format_wants() {
         let write = |format| {
-            let mut text = Exposition::new(format);
-            text.family("shaper_bytes", Kind::Counter, "Bytes.").int(&[("a", "b"), ("c", "d")], 3);
-            text.family("shaper_build", Kind::Info, "Build.").int(&[("version", "1.0")], 1);
-            text.family("shaper_help", Kind::Gauge, "say \"hi\"").float(&[], 0.25);
+            let mut text = Exposition::new(format, 0);
+            text.family("shaper_bytes", Kind::Counter, "Bytes.")
+                .int(&LabelSet::new(&[("a", "b"), ("c", "d")]), 3);
+            text.family("shaper_build", Kind::Info, "Build.").int(&LabelSet::new(&[("version", "1.0")]), 1);
+            text.family("shaper_help", Kind::Gauge, "say \"hi\"").float(&LabelSet::default(), 0.25);
             text.finish()
         };
         assert_eq!(
@@ -211,6 +253,31 @@ mod tests {
              shaper_build_info{version=\"1.0\"} 1\n\
              # HELP shaper_help say \\\"hi\\\"\n# TYPE shaper_help gauge\nshaper_help 0.25\n# EOF\n"
         );
+    }
+
+    #[test]
+    fn label_sets_are_written_once_and_extended() {
+        assert_eq!(LabelSet::new(&[]).0, "");
+        let set = LabelSet::new(&[("a", "x\"y"), ("b", "z")]);
+        assert_eq!(set.0, r#"{a="x\"y",b="z"}"#);
+        assert_eq!(set.and("le", "0.5").0, r#"{a="x\"y",b="z",le="0.5"}"#);
+        assert_eq!(LabelSet::default().and("le", "+Inf").0, r#"{le="+Inf"}"#);
+    }
+
+    #[test]
+    fn eighths_are_exact() {
+        let mut text = Exposition::new(Format::Text, 0);
+        let mut family = text.family("shaper_r", Kind::Gauge, "R.");
+        for bits in [0, 8, 5_000_000, 1, 12, 1_000_000_007] {
+            family.eighths(&LabelSet::default(), bits);
+        }
+        let values: Vec<String> = text
+            .finish()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.replace("shaper_r ", ""))
+            .collect();
+        assert_eq!(values, ["0", "1", "625000", "0.125", "1.5", "125000000.875"]);
     }
 
     #[test]
