@@ -521,3 +521,24 @@ fn rates_of_100k_flows_cost_little_and_top_ships_only_the_busiest() {
     println!("conns --sort rate -n 1 over 100k flows: {:?}", asked.elapsed());
     assert!(first.len() == 1 && first[0].ends_with(":7002"), "{first:?}");
 }
+
+#[test]
+fn top_shows_a_class_connection_limit() {
+    require_root!();
+    let sandbox = Sandbox::new("tlim").unwrap();
+    let config = two_classes(&sandbox)
+        .replace("match = 'rport == 7001'", "match = 'rport == 7001'\nmax_connections = 4");
+    let daemon = Daemon::start(&sandbox, shaper(), &config).unwrap();
+    let _stream = Stream::start(&sandbox.b, Sandbox::ADDR_B4, 7001, &sandbox.a, 10.0 * MBIT).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = output(
+        std::process::Command::new(SHAPER)
+            .args(["top", "--batch", "-n", "1", "--socket"])
+            .arg(&daemon.socket),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("CONNECTIONS"), "{text}");
+    // CLASS … BACKLOG CONNECTIONS: the stream holds one of slow's four slots; fast has no limit.
+    assert_eq!(cells(&text, "slow", "egress").last().map(String::as_str), Some("1/4"), "{text}");
+    assert_eq!(cells(&text, "fast", "egress").last().map(String::as_str), Some("-"), "{text}");
+}

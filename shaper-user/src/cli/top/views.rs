@@ -5,6 +5,7 @@ use std::cmp::Reverse;
 
 use shaper_user::{
     control::{
+        connlimit::ConnLimitRow,
         top::{TopClass, TopGroup},
         ConnRow, TopReport,
     },
@@ -108,6 +109,7 @@ fn classes(list: &[TopClass], sort: Sort) -> Grid {
         }
     }
     let quotas = list.iter().any(|c| c.row.quota.is_some());
+    let limits = list.iter().any(|c| c.row.connections.is_some());
     let mut columns = vec![
         ("CLASS", false),
         ("INTERFACE", false),
@@ -121,6 +123,9 @@ fn classes(list: &[TopClass], sort: Sort) -> Grid {
     ];
     if quotas {
         columns.push(("QUOTA", false));
+    }
+    if limits {
+        columns.push(("CONNECTIONS", false));
     }
     let rows = list
         .iter()
@@ -140,10 +145,24 @@ fn classes(list: &[TopClass], sort: Sort) -> Grid {
             if quotas {
                 cells.push(r.quota.map_or("-", |q| q.as_str()).to_string());
             }
+            if limits {
+                cells.push(r.connections.as_ref().map_or_else(|| "-".to_string(), connections));
+            }
             cells
         })
         .collect();
     Grid { columns, rows }
+}
+
+/// A connection limit in a cell: "2/4, 3 waiting, 1 rejected".
+fn connections(c: &ConnLimitRow) -> String {
+    let mut cell = format!("{}/{}", c.in_service, c.max_connections);
+    for (count, what) in [(c.waiting, "waiting"), (c.rejected, "rejected"), (c.timed_out, "timed out")] {
+        if count > 0 {
+            cell.push_str(&format!(", {count} {what}"));
+        }
+    }
+    cell
 }
 
 fn groups(title: &'static str, list: &[TopGroup], sort: Sort) -> Grid {
@@ -219,6 +238,14 @@ mod tests {
         assert_eq!(sparkline(&[0, 1, 3, 6]), "▁▃▅█");
         let long: Vec<u64> = (0..60).collect();
         assert_eq!(sparkline(&long).chars().count(), SPARK_SAMPLES);
+    }
+
+    #[test]
+    fn a_connection_limit_shows_who_is_served_and_who_waits() {
+        let idle = ConnLimitRow { max_connections: 4, ..ConnLimitRow::default() };
+        assert_eq!(connections(&idle), "0/4");
+        let busy = ConnLimitRow { in_service: 4, waiting: 3, timed_out: 1, ..idle };
+        assert_eq!(connections(&busy), "4/4, 3 waiting, 1 timed out");
     }
 
     #[test]
