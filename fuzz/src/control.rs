@@ -114,6 +114,8 @@ pub const DICTIONARY: &[&str] = &[
     "\"stop\"",
     "\"explain\"",
     "\"dry_run\"",
+    "\"metrics\"",
+    "\"openmetrics\":",
     "\"pid\":",
     "\"to\":",
     "\"proto\":",
@@ -170,8 +172,25 @@ fn value(rng: &mut Rng, depth: u32) -> String {
 
 fn object(rng: &mut Rng, depth: u32) -> String {
     const KEYS: &[&str] = &[
-        "v", "cmd", "class", "egress", "ingress", "priority", "conn", "keep", "pid", "to", "proto", "config",
-        "user", "command", "sort", "limit", "n", "extra",
+        "v",
+        "cmd",
+        "class",
+        "egress",
+        "ingress",
+        "priority",
+        "conn",
+        "keep",
+        "pid",
+        "to",
+        "proto",
+        "config",
+        "user",
+        "command",
+        "sort",
+        "limit",
+        "n",
+        "openmetrics",
+        "extra",
     ];
     let mut fields = Vec::new();
     if !rng.one_in(8) {
@@ -185,7 +204,7 @@ fn object(rng: &mut Rng, depth: u32) -> String {
             "\"cmd\":\"{}\"",
             rng.pick(&[
                 "status", "classes", "conns", "conns", "top", "reload", "set", "set", "move", "stop",
-                "explain", "dry_run", "Status", "",
+                "explain", "dry_run", "metrics", "Status", "",
             ])
         ));
     }
