@@ -292,16 +292,22 @@ fn a_metrics_address_in_use_stops_the_start_before_anything_is_shaped() {
 
 #[test]
 fn a_bad_metrics_address_in_the_config_is_refused_with_its_place() {
-    let dir = std::env::temp_dir().join(format!("shaper-metrics-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("shaper.toml");
+    /// Removes the test's directory, also when the test fails.
+    struct TempDir(std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = TempDir(std::env::temp_dir().join(format!("shaper-metrics-config-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("shaper.toml");
     std::fs::write(
         &file,
         "[daemon]\nmetrics = \"localhost:9464\"\n[[interface]]\nname = \"lo\"\negress = \"1gbit\"\n",
     )
     .unwrap();
     let out = output(Command::new(SHAPER).arg("check").arg("--config").arg(&file));
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!(
