@@ -36,6 +36,11 @@ pub enum DaemonError {
     Events(#[source] std::io::Error),
     #[error("quotas")]
     Quota(#[source] Box<QuotaError>),
+    #[error(
+        "class {class} has max_connections, which needs raw sockets to admit and refuse waiting \
+         connections, and this daemon cannot open them (CAP_NET_RAW): {reason}"
+    )]
+    NoRawSockets { class: String, reason: String },
     #[error("cannot serve metrics on {addr} ([daemon] metrics)")]
     Metrics {
         addr: std::net::SocketAddr,

@@ -133,6 +133,7 @@ impl Shaper {
         let adopted = datapath.adopted();
         // In this thread's network namespace (the interfaces'), for its raw sockets.
         let connlimits = ConnLimits::start(datapath.take_connlimit());
+        connlimits.check(&config)?;
         if adopted {
             log::info!("taking over the shaping state pinned at {}", config.daemon.pin_dir.display());
         }
@@ -421,6 +422,7 @@ impl Shaper {
     fn apply(&mut self, pending: Pending, reloaded: bool) -> Result<Applied, RequestError> {
         let started = Instant::now();
         self.schedules.check_queues(&pending.config).map_err(DaemonError::from)?;
+        self.connlimits.check(&pending.config)?;
         let old = self.in_force(self.state.config());
         let previous = self.state.config().clone();
         self.sync_quotas(&pending.config)?;

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use shaper_common::{
     connlimit::{
-        in_service, waiting, ConnDaemon, ConnKernel, ConnLimit, GateEntry, GATE_GRANTED, GATE_REJECT,
-        GATE_WAITING,
+        in_service, waiting, ConnDaemon, ConnKernel, ConnLimit, GateEntry, GATE_GRANTED, GATE_IN_SERVICE,
+        GATE_REJECT, GATE_WAITING,
     },
     instances::InstanceKey,
     FlowKey,
@@ -14,7 +14,10 @@ use shaper_common::{
 
 use super::inject::Injector;
 use crate::{
-    clock, config::connlimit::ConnLimitConfig, control::connlimit::ConnLimitRow, datapath::ConnMaps,
+    clock,
+    config::connlimit::ConnLimitConfig,
+    control::connlimit::ConnLimitRow,
+    datapath::{ConnMaps, DatapathError},
 };
 
 /// A granted connection not established after this long gives its slot back
@@ -43,6 +46,9 @@ pub(super) struct Engine {
     /// Refusals the kernel had counted at the last full read.
     last_rejected: u64,
     last_scan_ns: u64,
+    /// Slots counted in service beyond the connections holding one, per
+    /// instance, at the last read of the line (see [`Engine::audit`]).
+    excess: HashMap<InstanceKey, u64>,
 }
 
 type Counts = HashMap<InstanceKey, (ConnKernel, ConnDaemon)>;
@@ -58,6 +64,7 @@ impl Engine {
             rows: BTreeMap::new(),
             last_rejected: 0,
             last_scan_ns: 0,
+            excess: HashMap::new(),
         }
     }
 
@@ -124,6 +131,7 @@ impl Engine {
         gates: Vec<(FlowKey, GateEntry)>,
         counts: &mut Counts,
     ) -> Result<(), crate::datapath::DatapathError> {
+        self.audit(&gates, counts)?;
         let mut line: HashMap<InstanceKey, Vec<(FlowKey, GateEntry)>> = HashMap::new();
         let mut reaped: HashMap<InstanceKey, u64> = HashMap::new();
         for (key, entry) in gates {
@@ -149,6 +157,40 @@ impl Engine {
             waiting.sort_by_key(|(_, e)| e.first_seen_ns);
             self.admit(now, &instance, waiting, counts)?;
         }
+        Ok(())
+    }
+
+    /// Gives back slots no connection holds. The counts can pass a slot by in
+    /// one race: a local client killed while the daemon admits it (the kernel
+    /// read WAITING, counts it as leaving the line, and the daemon counted it
+    /// admitted). An excess over the granted and established entries seen at
+    /// two reads of the line in a row is reaped (the smaller of the two: a
+    /// slot taken between reading the line and the counts shows once).
+    fn audit(&mut self, gates: &[(FlowKey, GateEntry)], counts: &mut Counts) -> Result<(), DatapathError> {
+        let mut holding: HashMap<InstanceKey, u64> = HashMap::new();
+        for (_, entry) in gates.iter().filter(|(_, e)| matches!(e.state, GATE_GRANTED | GATE_IN_SERVICE)) {
+            *holding.entry(entry.instance).or_default() += 1;
+        }
+        let mut excess = HashMap::new();
+        for (instance, (k, d)) in counts.iter_mut() {
+            let over = in_service(k, d).saturating_sub(holding.get(instance).copied().unwrap_or(0));
+            if over == 0 {
+                continue;
+            }
+            let before = self.excess.get(instance).copied().unwrap_or(0);
+            if before > 0 {
+                d.reaped += over.min(before);
+                self.maps.set_daemon_counts(instance, d)?;
+                log::warn!(
+                    "connection limits: class index {}: {} slot(s) held by no connection given back",
+                    instance.class,
+                    over.min(before)
+                );
+            } else {
+                excess.insert(*instance, over);
+            }
+        }
+        self.excess = excess;
         Ok(())
     }
 

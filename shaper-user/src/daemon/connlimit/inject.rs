@@ -46,15 +46,14 @@ fn raw_socket(family: libc::c_int) -> io::Result<OwnedFd> {
 impl Injector {
     /// Opens the sockets in the calling thread's network namespace.
     pub fn open() -> Self {
-        let injector = Self { v4: raw_socket(libc::AF_INET), v6: raw_socket(libc::AF_INET6) };
-        for (family, socket) in [("IPv4", &injector.v4), ("IPv6", &injector.v6)] {
-            if let Err(e) = socket {
-                log::error!(
-                    "connection limits: no raw {family} socket ({e}; CAP_NET_RAW is needed): waiting {family} connections are admitted only when their SYN comes again, and refused ones time out instead"
-                );
-            }
-        }
-        injector
+        Self { v4: raw_socket(libc::AF_INET), v6: raw_socket(libc::AF_INET6) }
+    }
+
+    /// Why the sockets could not be opened, if they could not.
+    pub fn unavailable(&self) -> Option<String> {
+        [("IPv4", &self.v4), ("IPv6", &self.v6)]
+            .iter()
+            .find_map(|(family, socket)| socket.as_ref().err().map(|e| format!("a raw {family} socket: {e}")))
     }
 
     /// Sends the recorded SYN of `entry` again.

@@ -24,7 +24,7 @@ use std::{
 
 use shaper_common::Direction;
 
-use super::host::Host;
+use super::{error::DaemonError, host::Host};
 use crate::{
     classids::ClassIds,
     config::{connlimit::ConnLimitConfig, Config},
@@ -56,6 +56,8 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 
 /// The admission thread, stopped on drop.
 pub struct ConnLimits {
+    /// Why the raw sockets could not be opened (limits then refuse to load).
+    unavailable: Option<String>,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -67,15 +69,28 @@ impl ConnLimits {
     pub fn start(maps: Option<ConnMaps>) -> Self {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let stop = Arc::new(AtomicBool::new(false));
+        let injector = inject::Injector::open();
+        let unavailable = injector.unavailable();
         let thread = maps.and_then(|maps| {
             let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("connlimit".into())
-                .spawn(move || run(maps, &shared, &stop))
+                .spawn(move || run(maps, injector, &shared, &stop))
                 .map_err(|e| log::error!("connection limits: cannot start their thread: {e}"))
                 .ok()
         });
-        Self { shared, stop, thread }
+        Self { unavailable, shared, stop, thread }
+    }
+
+    /// Refuses a config with limits when the raw sockets are missing: its
+    /// waiting connections could be neither admitted nor refused in time.
+    pub fn check(&self, config: &Config) -> Result<(), DaemonError> {
+        let (Some(reason), Some(class)) =
+            (&self.unavailable, config.classes.iter().find(|c| c.conn_limit.is_some()))
+        else {
+            return Ok(());
+        };
+        Err(DaemonError::NoRawSockets { class: class.name.clone(), reason: reason.clone() })
     }
 
     /// Follows the limits of `config`, whose classes get the indices `ids`.
@@ -149,8 +164,8 @@ pub fn gates(host: &Host, config: &Config) -> Vec<(String, u32, Direction)> {
 }
 
 /// The thread: a turn of the engine every tick until told to stop.
-fn run(maps: ConnMaps, shared: &Mutex<Shared>, stop: &AtomicBool) {
-    let mut engine = engine::Engine::new(maps, inject::Injector::open());
+fn run(maps: ConnMaps, injector: inject::Injector, shared: &Mutex<Shared>, stop: &AtomicBool) {
+    let mut engine = engine::Engine::new(maps, injector);
     let mut generation = 0;
     engine.set_limits(&BTreeMap::new());
     while !stop.load(Ordering::Relaxed) {
