@@ -36,12 +36,17 @@ fn ip(s: &str) -> IpAddr {
 fn datapath() -> Datapath {
     let mut dp = Datapath::load(LoadOptions { max_flows: 1024, kernel_log_level: 0, pins: None })
         .expect("load (are you root?)");
-    let mut info = IfaceInfo::new(0, DEFAULT_CLASS, 14);
+    dp.set_iface(IFACE_KEY, &iface_in_slot(0)).unwrap();
+    dp
+}
+
+/// The test interface in counter slot `slot`, with classes 0 to 3.
+fn iface_in_slot(slot: u32) -> IfaceInfo {
+    let mut info = IfaceInfo::new(slot, DEFAULT_CLASS, 14);
     for class in 0..=3 {
         info.add_class(class);
     }
-    dp.set_iface(IFACE_KEY, &info).unwrap();
-    dp
+    info
 }
 const IFACE_KEY: u32 = IFINDEX;
 
@@ -415,4 +420,42 @@ fn the_daemon_loads_only_the_programs_it_runs() {
     dp.load_program(names::PROG_TC_PASSTHROUGH).unwrap();
     let frame = Frame::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.2"), 5201).build();
     assert_eq!(dp.test_run(names::PROG_TC_PASSTHROUGH, &frame, IFINDEX, 1).unwrap().verdict, TC_ACT_UNSPEC);
+}
+
+/// The metrics read an interface's class counters in one batched lookup:
+/// they equal the counters read class by class, on the first interface slot
+/// and on another (whose range starts past the first).
+#[test]
+fn an_interfaces_class_counters_read_at_once_equal_those_read_one_by_one() {
+    require_root!();
+    let mut dp = datapath();
+    dp.set_rules(&rules()).unwrap();
+    let frames = [
+        (Frame::tcp(ip("198.18.0.1"), 41000, ip("198.18.0.2"), 5201).build(), 3),
+        (Frame::tcp(ip("fd00::1"), 41000, ip("fd00::2"), 80).build(), 2),
+        (Frame::udp(ip("198.18.0.1"), 41000, ip("198.18.0.2"), 6005).build(), 1),
+        (Frame::udp(ip("198.18.0.1"), 41000, ip("198.18.0.2"), 7000).build(), 4),
+    ];
+    let send = |dp: &mut Datapath| {
+        for (bytes, times) in &frames {
+            for _ in 0..*times {
+                classify(dp, bytes);
+            }
+        }
+    };
+    send(&mut dp);
+    // The same interface, now in slot 2: its counters go to slot 2's range.
+    dp.set_iface(IFACE_KEY, &iface_in_slot(2)).unwrap();
+    send(&mut dp);
+    send(&mut dp);
+    for (slot, rounds) in [(0u32, 1u64), (1, 0), (2, 2)] {
+        let all = dp.class_stats_of(slot).unwrap();
+        assert_eq!(all.len(), shaper_common::MAX_CLASSES as usize);
+        for (class, (_, times)) in (0u32..).zip(&frames) {
+            let one = dp.class_stats(slot, class).unwrap();
+            assert_eq!(all[class as usize], one, "slot {slot} class {class}");
+            assert_eq!(one.tx_packets, times * rounds, "slot {slot} class {class}");
+        }
+        assert!(all[4..].iter().all(|s| *s == Default::default()), "slot {slot}: other classes counted");
+    }
 }

@@ -191,10 +191,11 @@ impl<'a> View<'a> {
         rows: &mut Vec<(ClassKey, ClassRow)>,
     ) -> Result<(), DaemonError> {
         let htb = self.host.htb_stats(device)?;
+        let counters = self.datapath.class_stats_of(shaped.slot)?;
         for class in &plan.classes {
             let classid = classid_of(u32::from(class.index));
             let key = ClassKey { slot: shaped.slot, class: class.index, direction };
-            let ours = self.datapath.class_stats(shaped.slot, u32::from(class.index))?;
+            let ours = counters.get(usize::from(class.index)).copied().unwrap_or_default();
             let (bytes, packets) = match direction {
                 Direction::Egress => (ours.tx_bytes, ours.tx_packets),
                 Direction::Ingress => (ours.rx_bytes, ours.rx_packets),

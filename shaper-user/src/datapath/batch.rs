@@ -1,7 +1,8 @@
 //! Dumps of the hash maps in batches: one `BPF_MAP_LOOKUP_BATCH` syscall per
 //! few thousand entries instead of aya's `BPF_MAP_GET_NEXT_KEY` +
 //! `BPF_MAP_LOOKUP_ELEM` per entry. Entries stream to a visitor from two
-//! buffers reused for every chunk.
+//! buffers reused for every chunk. A range of a per-CPU array is read the
+//! same way ([`per_cpu_range`]).
 //!
 //! # What a batched dump of an LRU hash guarantees while the kernel writes
 //!
@@ -29,7 +30,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, IterableMap as _, MapData, MapError},
+    maps::{HashMap, IterableMap as _, MapData, MapError, PerCpuArray},
     sys::SyscallError,
     Pod,
 };
@@ -116,6 +117,67 @@ pub fn for_each<T: Borrow<MapData>, K: Pod + Default, V: Pod + Default>(
     Ok(walked)
 }
 
+/// Entries `start..start + count` of a per-CPU array, each as its `cpus`
+/// values in CPU order (`out[i * cpus + cpu]`), in one `BPF_MAP_LOOKUP_BATCH`
+/// (an array's indices are walked in order; each value is a moment's, not
+/// one snapshot of the range). `None` where the kernel has no batch lookup,
+/// or where the kernel's per-CPU stride (8-byte multiples) is not `V`'s size.
+pub fn per_cpu_range<T: Borrow<MapData>, V: Pod + Default>(
+    map: &PerCpuArray<T, V>,
+    start: u32,
+    count: u32,
+    cpus: usize,
+) -> Result<Option<Vec<V>>, MapError> {
+    if !std::mem::size_of::<V>().is_multiple_of(8) || count == 0 {
+        return Ok(None);
+    }
+    let mut keys = vec![0u32; count as usize];
+    let mut values = vec![V::default(); count as usize * cpus];
+    // The batch starts after the index it is given (none: at index 0).
+    let (before, mut next) = ([start.wrapping_sub(1), 0], [0u32; 2]);
+    let mut attr = BatchAttr {
+        in_batch: if start == 0 { 0 } else { before.as_ptr() as u64 },
+        out_batch: next.as_mut_ptr() as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count,
+        map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` points at `count` u32 keys, `count` × `cpus` values of
+    // `V` (the kernel's per-CPU stride, its size rounded up to 8 bytes, is
+    // `V`'s size: checked above) and token buffers of an array's u32 key;
+    // the kernel writes at most `count` entries and one token.
+    match unsafe { lookup_batch(&mut attr) } {
+        None => {}
+        // The end of the array: fewer than asked for.
+        Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            values.truncate((attr.count.min(count)) as usize * cpus);
+        }
+        Some(e) if unsupported(&e) => return Ok(None),
+        Some(e) => return Err(syscall_error(e)),
+    }
+    Ok(Some(values))
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH`; the error, if it failed.
+///
+/// # Safety
+/// `attr` must point at buffers for `count` keys and values of the map's
+/// sizes and at token buffers of at least its key size.
+unsafe fn lookup_batch(attr: &mut BatchAttr) -> Option<io::Error> {
+    // SAFETY: the caller vouches for the buffers `attr` points at.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    (rc < 0).then(io::Error::last_os_error)
+}
+
 /// The kernel refused a batch for want of the command or of the map type's
 /// support.
 fn unsupported(e: &io::Error) -> bool {
@@ -150,15 +212,7 @@ fn batched<K: Pod + Default, V: Pod + Default>(
         // map's key and value sizes (aya checked them when it typed the map)
         // and at two token buffers larger than the kernel's u32 token; the
         // kernel writes at most `count` entries and one token.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        let error = (rc < 0).then(io::Error::last_os_error);
+        let error = unsafe { lookup_batch(&mut attr) };
         walked.syscalls += 1;
         let errno = error.as_ref().and_then(io::Error::raw_os_error);
         // The kernel reports what it copied on success and on these errors

@@ -4,6 +4,7 @@
 
 pub mod batch;
 mod cgroup;
+mod classstats;
 mod connlimit;
 mod ifaces;
 mod instances;
@@ -859,13 +860,7 @@ impl Datapath {
         let per_cpu = self.class_stats.get(&class_stats_index(slot, class), 0).map_err(|source| {
             DatapathError::Map { action: "reading counters", map: names::MAP_CLASS_STATS, source }
         })?;
-        Ok(per_cpu.iter().fold(ClassStats::default(), |mut sum, s| {
-            sum.tx_bytes += s.tx_bytes;
-            sum.tx_packets += s.tx_packets;
-            sum.rx_bytes += s.rx_bytes;
-            sum.rx_packets += s.rx_packets;
-            sum
-        }))
+        Ok(classstats::sum(&per_cpu))
     }
 
     /// Sets each class index's mode (`modes[index]`, see `ClassMode`).
