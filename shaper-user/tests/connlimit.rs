@@ -551,3 +551,35 @@ fn killed_clients_leave_the_line_or_give_their_slot_back() {
     assert_eq!((row.in_service, row.waiting), (0, 0), "{row:?}");
     assert!(server.served().most <= LIMIT);
 }
+
+/// The IFB deleted under the daemon: it builds a new one, and the new one
+/// gets its gate (inbound connections are limited again).
+#[test]
+fn a_rebuilt_ifb_gets_its_gate_back() {
+    require_root!();
+    let sandbox = Sandbox::new("clifb").unwrap();
+    let _in_cgroup = InCgroup::enter(&sandbox);
+    let daemon = Daemon::start(&sandbox, shaper(), &config(&sandbox, "lport == 8080", "")).unwrap();
+    let ifb = daemon.status().unwrap().interfaces[0].ifb.clone().unwrap();
+    let index = |sandbox: &Sandbox| -> Option<String> {
+        let out = sandbox.a.run("ip", &["-o", "link", "show", &ifb]).ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains("UP").then(|| text.split(':').next().unwrap_or_default().to_string())
+    };
+    let before = index(&sandbox);
+    sandbox.a.run("ip", &["link", "del", &ifb]).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while index(&sandbox).is_none_or(|i| Some(i) == before) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_ne!(index(&sandbox), before, "the IFB was not rebuilt");
+    let (a, _) = addrs(false);
+    let server = Server::start(&sandbox.a, a, SERVICE);
+    let done = outcomes(clients(&sandbox.b, a, 8, &[]));
+    assert!(done.iter().all(|o| matches!(o, Outcome::Served { .. })), "{done:?}");
+    let most = server.served().most;
+    println!("after the IFB was rebuilt: 8 clients served, at most {most} at once");
+    assert!(most <= LIMIT, "{most} at once after the IFB was rebuilt");
+    let row = counts_until(&daemon, |r| r.in_service == 0);
+    assert_eq!((row.in_service, row.waiting, row.admitted), (0, 0, 8), "{row:?}");
+}

@@ -296,6 +296,8 @@ impl Shaper {
         match links::heal(&mut parts, &config) {
             Ok(_) => {
                 self.instances.restore(&self.host);
+                // A rebuilt IFB needs its connection-limit gate again.
+                self.sync_connlimits(&config);
                 log::info!("shaping {}", self.host.describe());
                 None
             }

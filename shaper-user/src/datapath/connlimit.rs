@@ -28,6 +28,9 @@ const BPF_EXIST_FLAG: u64 = 2;
 pub(super) struct GateLink {
     _link: FdLink,
     pin: Option<PathBuf>,
+    /// The device's ifindex when attached (an IFB rebuilt under the same
+    /// name has another, and needs its gate again).
+    ifindex: u32,
 }
 
 impl Datapath {
@@ -35,10 +38,16 @@ impl Datapath {
     /// its ifindex, and which gate: egress for an interface, ingress for its
     /// IFB) and detaches the others; `&[]` takes them all away. Tcx only.
     pub fn set_gates(&mut self, wanted: &[(String, u32, Direction)]) -> Result<(), DatapathError> {
-        let keep: Vec<(String, Direction)> = wanted.iter().map(|(d, _, g)| (d.clone(), *g)).collect();
-        let gone: Vec<_> = self.gates.keys().filter(|k| !keep.contains(k)).cloned().collect();
+        let gone: Vec<_> = self
+            .gates
+            .iter()
+            .filter(|((dev, gate), link)| {
+                !wanted.iter().any(|(d, i, g)| d == dev && g == gate && *i == link.ifindex)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
         for key in gone {
-            if let Some(GateLink { _link, pin: Some(path) }) = self.gates.remove(&key) {
+            if let Some(GateLink { pin: Some(path), .. }) = self.gates.remove(&key) {
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -93,7 +102,7 @@ impl Datapath {
             })?),
             _ => link,
         };
-        Ok(GateLink { _link: link, pin })
+        Ok(GateLink { _link: link, pin, ifindex })
     }
 }
 
