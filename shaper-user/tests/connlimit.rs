@@ -583,3 +583,40 @@ fn a_rebuilt_ifb_gets_its_gate_back() {
     let row = counts_until(&daemon, |r| r.in_service == 0);
     assert_eq!((row.in_service, row.waiting, row.admitted), (0, 0, 8), "{row:?}");
 }
+
+/// With `per = "user"` the limit holds per user: two users' local clients,
+/// three each, against `max_connections = 2`: two of each in service, one
+/// of each waiting (the class's counts add them up).
+#[test]
+fn with_per_user_each_user_has_its_own_limit() {
+    require_root!();
+    let sandbox = Sandbox::new("clper").unwrap();
+    let user = shaper_testkit::sandbox::TestUser::create(&format!("shp-{}", sandbox.tag)).unwrap();
+    let text = format!(
+        "[[interface]]\nname = \"{}\"\negress = \"1gbit\"\ningress = \"1gbit\"\n\n[[class]]\nname = \"api\"\n\
+         egress = \"100mbit\"\ningress = \"100mbit\"\nmatch = 'rport == 8080'\nper = \"user\"\nmax_connections = 2\n",
+        sandbox.dev_a
+    );
+    let daemon = Daemon::start(&sandbox, shaper(), &text).unwrap();
+    let (_, b) = addrs(false);
+    let server = Server::start(&sandbox.b, b, Duration::from_secs(30));
+    let script = format!("exec 3<>/dev/tcp/{}/{PORT} && printf x >&3 && sleep 60", b.ip());
+    let mut procs = Vec::new();
+    for i in 0..6 {
+        let mut cmd =
+            if i % 2 == 0 { sandbox.client("bash") } else { sandbox.client_as(&user, "bash") }.unwrap();
+        procs.push(cmd.args(["-c", &script]).spawn().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let row = counts_until(&daemon, |r| r.in_service == 4 && r.waiting == 2);
+    let most = server.served().most;
+    println!("per user, limit 2: {} (server: {most} at once)", row.summary());
+    for p in &mut procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    assert_eq!((row.in_service, row.waiting), (4, 2), "{row:?}");
+    assert_eq!(most, 4);
+    let row = counts_until(&daemon, |r| r.in_service == 0 && r.waiting == 0);
+    assert_eq!((row.in_service, row.waiting), (0, 0), "{row:?}");
+}
