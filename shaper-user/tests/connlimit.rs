@@ -615,7 +615,8 @@ fn with_per_user_each_user_has_its_own_limit() {
         let _ = p.kill();
         let _ = p.wait();
     }
-    assert_eq!((row.in_service, row.waiting), (4, 2), "{row:?}");
+    assert_eq!((row.in_service, row.waiting, row.instances), (4, 2, 2), "{row:?}");
+    assert!(row.summary().starts_with("4 in service in 2 instances (at most 2 each), 2 waiting"), "{row:?}");
     assert_eq!(most, 4);
     let row = counts_until(&daemon, |r| r.in_service == 0 && r.waiting == 0);
     assert_eq!((row.in_service, row.waiting), (0, 0), "{row:?}");

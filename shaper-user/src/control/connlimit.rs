@@ -29,15 +29,28 @@ pub struct ConnLimitRow {
     pub abandoned: u64,
     /// The longest a connection waited (admitted or timed out) since the daemon started, ms.
     pub longest_wait_ms: u64,
+    /// With `per`: the instances holding or waiting for a slot now (the
+    /// limit holds for each); 0 for a class without `per`.
+    #[serde(default)]
+    pub instances: u64,
 }
 
 impl ConnLimitRow {
-    /// One line for people: "2/4 in service, 3 waiting (max 4/9), 15 admitted, 0 rejected, 1 timed out, longest wait 2.1 s".
+    /// One line for people: "2/4 in service, 3 waiting (max 4/9), 15 admitted, 0 rejected, 1 timed out, longest
+    /// wait 2.1 s"; with `per`, "4 in service in 2 instances (at most 2 each), …".
     pub fn summary(&self) -> String {
+        let serving = if self.instances == 0 {
+            format!("{}/{} in service", self.in_service, self.max_connections)
+        } else {
+            format!(
+                "{} in service in {} (at most {} each)",
+                self.in_service,
+                plural(self.instances, "instance"),
+                self.max_connections
+            )
+        };
         format!(
-            "{}/{} in service, {} waiting (max {}/{}), {} admitted, {} rejected, {} timed out, longest wait {:.1} s",
-            self.in_service,
-            self.max_connections,
+            "{serving}, {} waiting (max {}/{}), {} admitted, {} rejected, {} timed out, longest wait {:.1} s",
             self.waiting,
             self.max_in_service,
             self.max_waiting,
@@ -46,5 +59,40 @@ impl ConnLimitRow {
             self.timed_out,
             self.longest_wait_ms as f64 / 1000.0
         )
+    }
+
+    /// For a narrow column: "2/4", or with `per` "4 in 2 (2 each)".
+    pub fn in_service_of_limit(&self) -> String {
+        if self.instances == 0 {
+            format!("{}/{}", self.in_service, self.max_connections)
+        } else {
+            format!("{} in {} ({} each)", self.in_service, self.instances, self.max_connections)
+        }
+    }
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_per_instance_reads_as_one() {
+        let row = ConnLimitRow { max_connections: 2, in_service: 4, waiting: 2, ..ConnLimitRow::default() };
+        assert!(row.summary().starts_with("4/2 in service, 2 waiting"), "{}", row.summary());
+        let per = ConnLimitRow { instances: 2, ..row };
+        assert!(
+            per.summary().starts_with("4 in service in 2 instances (at most 2 each), 2 waiting"),
+            "{}",
+            per.summary()
+        );
+        assert_eq!(per.in_service_of_limit(), "4 in 2 (2 each)");
     }
 }

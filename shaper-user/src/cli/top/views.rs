@@ -156,7 +156,7 @@ fn classes(list: &[TopClass], sort: Sort) -> Grid {
 
 /// A connection limit in a cell: "2/4, 3 waiting, 1 rejected".
 fn connections(c: &ConnLimitRow) -> String {
-    let mut cell = format!("{}/{}", c.in_service, c.max_connections);
+    let mut cell = c.in_service_of_limit();
     for (count, what) in [(c.waiting, "waiting"), (c.rejected, "rejected"), (c.timed_out, "timed out")] {
         if count > 0 {
             cell.push_str(&format!(", {count} {what}"));

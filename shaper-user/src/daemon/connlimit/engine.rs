@@ -8,7 +8,7 @@ use shaper_common::{
         in_service, waiting, ConnDaemon, ConnKernel, ConnLimit, GateEntry, GATE_GRANTED, GATE_IN_SERVICE,
         GATE_REJECT, GATE_WAITING,
     },
-    instances::InstanceKey,
+    instances::{InstanceKey, PER_NONE},
     FlowKey,
 };
 
@@ -259,9 +259,13 @@ impl Engine {
         let mut rows: BTreeMap<String, ConnLimitRow> = BTreeMap::new();
         for (class, (name, _)) in &self.limits {
             let row = rows.entry(name.clone()).or_default();
-            for (k, d) in counts.iter().filter(|(i, _)| i.class == *class).map(|(_, c)| c) {
-                row.in_service += in_service(k, d);
-                row.waiting += waiting(k, d);
+            for (key, (k, d)) in counts.iter().filter(|(i, _)| i.class == *class) {
+                let (serving, line) = (in_service(k, d), waiting(k, d));
+                if key.per != PER_NONE && serving + line > 0 {
+                    row.instances += 1;
+                }
+                row.in_service += serving;
+                row.waiting += line;
                 row.admitted += k.granted_fast + d.granted_queued;
                 row.rejected += k.rejected;
                 row.timed_out += d.timed_out;
