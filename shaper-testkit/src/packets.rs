@@ -125,6 +125,8 @@ fn to_v6(addr: IpAddr) -> std::net::Ipv6Addr {
 pub const SKB_CTX_SIZE: usize = 192;
 /// Offset of `__sk_buff.priority`.
 pub const SKB_PRIORITY_OFFSET: usize = 32;
+/// Offset of `__sk_buff.ingress_ifindex`.
+pub const SKB_INGRESS_IFINDEX_OFFSET: usize = 36;
 /// Offset of `__sk_buff.ifindex`.
 pub const SKB_IFINDEX_OFFSET: usize = 40;
 

@@ -7,7 +7,7 @@
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
 use shaper_user::datapath::{Datapath, DatapathError};
 
-use crate::packets::{SKB_CTX_SIZE, SKB_IFINDEX_OFFSET, SKB_PRIORITY_OFFSET};
+use crate::packets::{SKB_CTX_SIZE, SKB_IFINDEX_OFFSET, SKB_INGRESS_IFINDEX_OFFSET, SKB_PRIORITY_OFFSET};
 
 /// What one BPF_PROG_TEST_RUN of a classifier gave.
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +44,17 @@ impl From<DatapathError> for TestRunError {
     }
 }
 
+/// The `__sk_buff` fields a run starts with (the rest are zero).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SkbIn {
+    /// The interface the packet crosses.
+    pub ifindex: u32,
+    /// The interface it arrived on (what a program on an IFB reads).
+    pub ingress_ifindex: u32,
+    /// `skb->priority` as an earlier program left it (the HTB class id).
+    pub priority: u32,
+}
+
 /// BPF_PROG_TEST_RUN on the programs of a loaded [`Datapath`].
 pub trait TestRunExt {
     /// Loads program `name` of the object if it is not loaded yet: the
@@ -59,6 +70,18 @@ pub trait TestRunExt {
         frame: &[u8],
         ifindex: u32,
         repeat: u32,
+    ) -> Result<TestRun, TestRunError> {
+        self.test_run_skb(name, frame, SkbIn { ifindex, ..SkbIn::default() }, repeat)
+    }
+
+    /// Likewise, with the context's fields `skb` (the connection-limit
+    /// gates read the class an earlier program wrote into `priority`).
+    fn test_run_skb(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        skb: SkbIn,
+        repeat: u32,
     ) -> Result<TestRun, TestRunError>;
 }
 
@@ -71,15 +94,21 @@ impl TestRunExt for Datapath {
         prog.load().map_err(|source| TestRunError::Load { name, source })
     }
 
-    fn test_run(
+    fn test_run_skb(
         &mut self,
         name: &'static str,
         frame: &[u8],
-        ifindex: u32,
+        skb: SkbIn,
         repeat: u32,
     ) -> Result<TestRun, TestRunError> {
         let mut ctx_in = [0u8; SKB_CTX_SIZE];
-        ctx_in[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        for (at, value) in [
+            (SKB_IFINDEX_OFFSET, skb.ifindex),
+            (SKB_INGRESS_IFINDEX_OFFSET, skb.ingress_ifindex),
+            (SKB_PRIORITY_OFFSET, skb.priority),
+        ] {
+            ctx_in[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+        }
         let mut ctx_out = [0u8; SKB_CTX_SIZE];
         let mut data_out = vec![0u8; frame.len() + 256];
         let result = self

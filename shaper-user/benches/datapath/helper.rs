@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::meter;
+use super::{meter, waitline};
 
 /// The first argument that makes the binary a helper.
 pub const FLAG: &str = "--shaper-bench-helper";
@@ -39,6 +39,8 @@ pub fn run_if_requested() -> Option<Result<()>> {
         ["udpsend", addr, port, rate, seconds, size] => meter::udp_send(addr, port, rate, seconds, size),
         ["udpsink", port] => udp_sink(port),
         ["blast", addr, port, sport, count, size] => blast(addr, port, sport, count, size),
+        ["waitserve", addr, service_ms, pool, cap] => waitline::serve(addr, service_ms, pool, cap),
+        ["waitclients", addr, count, stagger_ms] => waitline::clients(addr, count, stagger_ms),
         ["churn", name, addr, ports, rate, seconds, bytes] => churn(name, addr, ports, rate, seconds, bytes),
         _ => Err(anyhow::anyhow!("unknown helper command {rest:?}")),
     })

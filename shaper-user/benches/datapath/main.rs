@@ -19,6 +19,8 @@
 //! | quota       | quota.rs    | bytes past a quota (10, 100, 1000 Mbit/s) vs the allowance  |
 //! | instances   | instances.rs| the rate connections were opened at (per = "connection")   |
 //! | metrics     | metrics.rs  | a scrape of 1 000 classes vs `classes` over the socket      |
+//! | testrun     | gatecost.rs | the connection-limit gates vs an empty tc program           |
+//! | connlimit   | connlimit.rs| a server serving 4 at a time; one resetting the excess      |
 //!
 //! `cargo xtask bench NAME…` runs the sections whose name contains a word.
 //! Needs root. Everything runs in throw-away network namespaces.
@@ -46,6 +48,8 @@ use shaper_user::{
 mod apply;
 mod churn;
 mod classify;
+mod connlimit;
+mod gatecost;
 mod helper;
 mod ingress;
 mod instances;
@@ -59,6 +63,7 @@ mod rates;
 mod report;
 mod rules;
 mod scan;
+mod waitline;
 
 use report::{Figure, Report, Row, Unit};
 
@@ -278,6 +283,7 @@ fn main() -> Result<()> {
         "quota",
         "instances",
         "metrics",
+        "connlimit",
     ];
     let selected: Vec<&str> = names.into_iter().filter(|n| wanted(n)).collect();
     for &name in &selected {
@@ -285,7 +291,7 @@ fn main() -> Result<()> {
         let t = Instant::now();
         let result = match name {
             "classify" => classify::run(&mut report).map(|m| classified = Some(m)),
-            "testrun" => test_run_cost(&mut report),
+            "testrun" => test_run_cost(&mut report).and_then(|()| gatecost::run(&mut report)),
             "ingress" => ingress::run(&mut report),
             "rates" => rates::accuracy(&mut report),
             "timeline" => rates::timeline(&mut report),
@@ -297,6 +303,7 @@ fn main() -> Result<()> {
             "quota" => quota::run(&mut report),
             "instances" => instances::run(&mut report),
             "metrics" => metrics::run(&mut report),
+            "connlimit" => connlimit::run(&mut report),
             _ => Ok(()),
         };
         let took = t.elapsed().as_secs_f64();
