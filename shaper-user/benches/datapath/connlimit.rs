@@ -191,7 +191,10 @@ pub fn run(report: &mut Report) -> Result<()> {
     ));
     report.push(Row::new(
         S,
-        "clients served, none refused",
+        format!(
+            "clients served of {CLIENTS} ({} refused or failed)",
+            queued_clients.len() - served(&queued_clients) as usize
+        ),
         count(served(&queued_clients)),
         peer,
         count(served(&pool_clients)),
