@@ -4,11 +4,15 @@
 //! connect to the last byte) is timed, next to `shaper classes` over the
 //! control socket (the same class rows, as JSON) and `shaper metrics` over
 //! the control socket; and the daemon's own CPU time per scrape.
+//!
+//! `SHAPER_BASELINE=/path/to/an/older/shaper cargo xtask bench metrics`
+//! measures that binary too, in turns with this build (this, the older,
+//! this, the older), and puts the two side by side.
 
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -74,11 +78,37 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1e3)
 }
 
-pub fn run(report: &mut Report) -> Result<()> {
-    let sandbox = Sandbox::new("bmetr")?;
+/// What the scrapes of one daemon (or several, in turns) measured.
+#[derive(Default)]
+struct Measured {
+    http_ms: Vec<f64>,
+    /// The daemon's CPU per scrape, one figure per daemon.
+    cpu_ms: Vec<f64>,
+    control_ms: Vec<f64>,
+    classes_ms: Vec<f64>,
+    bytes: usize,
+    rows: usize,
+}
+
+impl Measured {
+    fn add(&mut self, other: Measured) {
+        self.http_ms.extend(other.http_ms);
+        self.cpu_ms.extend(other.cpu_ms);
+        self.control_ms.extend(other.control_ms);
+        self.classes_ms.extend(other.classes_ms);
+        (self.bytes, self.rows) = (other.bytes, other.rows);
+    }
+
+    fn cpu_per_scrape(&self) -> f64 {
+        self.cpu_ms.iter().sum::<f64>() / self.cpu_ms.len().max(1) as f64
+    }
+}
+
+/// Starts `binary` with 1 000 classes on the sandbox and times its scrapes.
+fn measure(sandbox: &Sandbox, binary: &Path) -> Result<Measured> {
     let port = in_netns(&sandbox.a, || Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()))?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let daemon = Daemon::start(&sandbox, Path::new(SHAPER), &config_text(&sandbox.dev_a, port))?;
+    let daemon = Daemon::start(sandbox, binary, &config_text(&sandbox.dev_a, port))?;
     // The rate meters have run; the first scrape warms the caches.
     std::thread::sleep(Duration::from_secs(2));
     let (_, body) = in_netns(&sandbox.a, || scrape(addr))?;
@@ -104,43 +134,80 @@ pub fn run(report: &mut Report) -> Result<()> {
             .collect::<Result<Vec<f64>>>()
     })?;
     let busy = cpu_ms(pid)? - busy_start.0 - idle_per_ms * busy_start.1.elapsed().as_secs_f64() * 1e3;
-    let cpu_per_scrape = busy / ROUNDS as f64;
-    let (mut cli_ms, mut classes_ms) = (Vec::new(), Vec::new());
+    let (mut control_ms, mut classes_ms) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        cli_ms.push(timed(|| Ok(client::metrics(&daemon.socket, false)?))?);
+        control_ms.push(timed(|| Ok(client::metrics(&daemon.socket, false)?))?);
         classes_ms.push(timed(|| Ok(client::classes(&daemon.socket)?))?);
     }
-    let rows: Vec<ClassRow> = client::classes(&daemon.socket).context("shaper classes")?;
-    drop(daemon);
-    let max = http_ms.iter().copied().fold(0.0, f64::max);
+    let listed: Vec<ClassRow> = client::classes(&daemon.socket).context("shaper classes")?;
+    Ok(Measured {
+        http_ms,
+        cpu_ms: vec![busy / ROUNDS as f64],
+        control_ms,
+        classes_ms,
+        bytes: body.len(),
+        rows: listed.len(),
+    })
+}
+
+pub fn run(report: &mut Report) -> Result<()> {
+    let sandbox = Sandbox::new("bmetr")?;
+    let baseline = std::env::var_os("SHAPER_BASELINE").map(PathBuf::from);
+    let (mut ours, mut before) = (Measured::default(), Measured::default());
+    match &baseline {
+        None => ours = measure(&sandbox, Path::new(SHAPER))?,
+        // In turns, so that the machine's load falls on both alike.
+        Some(older) => {
+            for _ in 0..2 {
+                ours.add(measure(&sandbox, Path::new(SHAPER))?);
+                before.add(measure(&sandbox, older)?);
+            }
+        }
+    }
     let ms = |v: f64| Figure::new(v, Unit::Millis);
-    let (http, cli, classes) = (median(http_ms.clone()), median(cli_ms.clone()), median(classes_ms.clone()));
-    let what = format!("a scrape of {CLASSES} classes ({} kB of text)", body.len() / 1000);
-    report.push(Row::new(
-        S,
-        format!("{what} over HTTP, median of {ROUNDS} (max {max:.1} ms)"),
-        ms(http),
-        "`classes` over the control socket",
-        ms(classes),
-    ));
-    report.push(Row::new(
-        S,
-        format!("{what}: the daemon's CPU time per scrape (user + system, less its idle)"),
-        ms(cpu_per_scrape),
-        "`classes` over the control socket (wall)",
-        ms(classes),
-    ));
-    report.push(Row::new(
-        S,
-        format!("{what} with `shaper metrics` (the control socket)"),
-        ms(cli),
-        "`classes` over the control socket",
-        ms(classes),
-    ));
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let what = format!("a scrape of {CLASSES} classes ({} kB of text)", ours.bytes / 1000);
+    let http =
+        format!("{what} over HTTP, median of {} (max {:.1} ms)", ours.http_ms.len(), max(&ours.http_ms));
+    let cpu = format!("{what}: the daemon's CPU time per scrape (user + system, less its idle)");
+    let control = format!("{what} with `shaper metrics` (the control socket)");
+    let classes = median(ours.classes_ms.clone());
+    if let Some(older) = &baseline {
+        let shown = format!("before ({}, max {:.1} ms)", older.display(), max(&before.http_ms));
+        report.push(Row::new(
+            S,
+            http,
+            ms(median(ours.http_ms.clone())),
+            &shown,
+            ms(median(before.http_ms.clone())),
+        ));
+        report.push(Row::new(S, cpu, ms(ours.cpu_per_scrape()), "before", ms(before.cpu_per_scrape())));
+        report.push(Row::new(
+            S,
+            control,
+            ms(median(ours.control_ms.clone())),
+            "before",
+            ms(median(before.control_ms.clone())),
+        ));
+        report.push(Row::new(
+            S,
+            "`classes` over the control socket",
+            ms(classes),
+            "before",
+            ms(median(before.classes_ms.clone())),
+        ));
+    } else {
+        let peer = "`classes` over the control socket";
+        report.push(Row::new(S, http, ms(median(ours.http_ms.clone())), peer, ms(classes)));
+        report.push(Row::new(S, cpu, ms(ours.cpu_per_scrape()), &format!("{peer} (wall)"), ms(classes)));
+        report.push(Row::new(S, control, ms(median(ours.control_ms.clone())), peer, ms(classes)));
+    }
     report.detail(
         "metrics",
-        json!({ "classes": rows.len(), "bytes": body.len(), "http_ms": http_ms, "cpu_ms_per_scrape": cpu_per_scrape, "control_ms": cli_ms,
-                "classes_ms": classes_ms }),
+        json!({ "classes": ours.rows, "bytes": ours.bytes, "http_ms": ours.http_ms, "cpu_ms_per_scrape": ours.cpu_ms,
+                "control_ms": ours.control_ms, "classes_ms": ours.classes_ms,
+                "baseline": baseline.map(|b| json!({ "binary": b.display().to_string(), "http_ms": before.http_ms,
+                    "cpu_ms_per_scrape": before.cpu_ms, "control_ms": before.control_ms, "classes_ms": before.classes_ms })) }),
     );
     Ok(())
 }

@@ -5,8 +5,9 @@
 //! plans and asks it to bring the trees to them.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap, VecDeque},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use shaper_common::{Direction, IfaceInfo, MAX_IFACES};
@@ -127,10 +128,12 @@ impl Synced {
     }
 }
 
-/// Sent-byte samples of the HTB classes of one device, for "rate now".
+/// Sent-byte samples of the HTB classes of one device, for "rate now",
+/// and the last sample's counters whole (what a metrics scrape shows).
 #[derive(Default)]
 struct Meter {
     samples: VecDeque<(Instant, HashMap<u32, u64>)>,
+    last: Option<(Instant, HashMap<u32, HtbStats>)>,
 }
 
 const METER_WINDOW: usize = 4;
@@ -471,6 +474,11 @@ impl Host {
     pub fn commit(&mut self, shaped: Vec<Shaped>) -> Vec<Shaped> {
         self.trees_unknown = false;
         self.fresh.clear();
+        // Counters sampled from the trees before the change: read anew
+        // until the next sample.
+        for meter in self.meters.values_mut() {
+            meter.last = None;
+        }
         std::mem::replace(&mut self.shaped, shaped)
     }
 
@@ -538,7 +546,9 @@ impl Host {
             match tc::htb_stats(&self.netlink, device) {
                 Ok(stats) => {
                     let sent = stats.iter().map(|s| (s.classid, s.bytes)).collect();
-                    self.meters.entry(device).or_default().push(at, sent);
+                    let meter = self.meters.entry(device).or_default();
+                    meter.push(at, sent);
+                    meter.last = Some((at, stats.into_iter().map(|s| (s.classid, s)).collect()));
                 }
                 Err(e) => log::debug!("sampling device {device}: {e}"),
             }
@@ -553,6 +563,20 @@ impl Host {
     /// HTB's counters of the classes on `device`, by class id.
     pub fn htb_stats(&self, device: u32) -> Result<HashMap<u32, HtbStats>, HostError> {
         Ok(tc::htb_stats(&self.netlink, device)?.into_iter().map(|s| (s.classid, s)).collect())
+    }
+
+    /// HTB's counters on `device` as the last rate sample read them, when
+    /// that was at most `max_age` ago; else read now. A dump of 1 000
+    /// classes was a fifth of a metrics scrape.
+    pub fn recent_htb_stats(
+        &self,
+        device: u32,
+        max_age: Duration,
+    ) -> Result<Cow<'_, HashMap<u32, HtbStats>>, HostError> {
+        match self.meters.get(&device).and_then(|m| m.last.as_ref()) {
+            Some((at, stats)) if at.elapsed() <= max_age => Ok(Cow::Borrowed(stats)),
+            _ => Ok(Cow::Owned(self.htb_stats(device)?)),
+        }
     }
 
     /// Bits per second class `classid` sent on `device` lately.

@@ -9,7 +9,10 @@ use std::{
 
 use shaper_common::ERROR_NAMES;
 
-use super::{error::DaemonError, report::View};
+use super::{
+    error::DaemonError,
+    report::{HtbRead, View},
+};
 use crate::{
     control::protocol::Decisions,
     metrics::{http::Server, Snapshot},
@@ -24,8 +27,9 @@ pub async fn bind(addr: SocketAddr) -> Result<Server, DaemonError> {
 }
 
 impl View<'_> {
-    /// What one scrape shows: every class row (read now, as `shaper
-    /// classes`), the maps, the error counters and the histograms.
+    /// What one scrape shows: every class row (as `shaper classes`, but
+    /// HTB's counters from the last rate sample), the maps, the error
+    /// counters and the histograms.
     pub fn metrics(&self) -> Result<Snapshot, DaemonError> {
         let errors = self.datapath.errors().unwrap_or_default();
         let started = SystemTime::now().checked_sub(self.started.elapsed()).unwrap_or(UNIX_EPOCH);
@@ -33,7 +37,8 @@ impl View<'_> {
         Ok(Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            classes: self.classes()?,
+            // HTB's counters from the last rate sample (at most a second old).
+            classes: self.class_rows(HtbRead::Sampled)?,
             flows: self.decider.flows(),
             maps: self.map_usage(),
             errors: ERROR_NAMES.iter().zip(errors).map(|(n, v)| ((*n).to_string(), v)).collect(),

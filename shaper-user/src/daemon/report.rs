@@ -1,7 +1,11 @@
 //! What the daemon tells its clients: `status`, `classes`, `conns`, built
 //! from the parts that hold the facts.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use shaper_common::{
     classid_of, Direction, FlowKey, FlowValue, CLASS_DEFAULT, ERROR_NAMES, ORIGIN_DAEMON, ORIGIN_PINNED,
@@ -27,6 +31,19 @@ use crate::{
     plan::Plan,
     tc,
 };
+
+/// Where a report takes HTB's counters (sent, drops, backlog) from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum HtbRead {
+    /// A dump of the classes now (`classes`, `top`).
+    Now,
+    /// The once-a-second rate sample's, when at most [`SAMPLE_MAX_AGE`]
+    /// old (the metrics: a dump of 1 000 classes per scrape cost a fifth of it).
+    Sampled,
+}
+
+/// The oldest rate sample whose HTB counters a report takes.
+pub(super) const SAMPLE_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// A read-only view of the daemon for its reports.
 pub struct View<'a> {
@@ -166,16 +183,25 @@ impl<'a> View<'a> {
 
     /// One row per class, interface and direction.
     pub fn classes(&self) -> Result<Vec<ClassRow>, DaemonError> {
-        Ok(self.keyed_classes()?.into_iter().map(|(_, row)| row).collect())
+        self.class_rows(HtbRead::Now)
+    }
+
+    /// [`View::classes`], HTB's counters read as `htb` says.
+    pub(super) fn class_rows(&self, htb: HtbRead) -> Result<Vec<ClassRow>, DaemonError> {
+        Ok(self.keyed_class_rows(htb)?.into_iter().map(|(_, row)| row).collect())
     }
 
     /// [`View::classes`], each row with the key of its rates.
     pub fn keyed_classes(&self) -> Result<Vec<(ClassKey, ClassRow)>, DaemonError> {
+        self.keyed_class_rows(HtbRead::Now)
+    }
+
+    fn keyed_class_rows(&self, htb: HtbRead) -> Result<Vec<(ClassKey, ClassRow)>, DaemonError> {
         let rules = self.rules();
         let mut rows = Vec::new();
         for shaped in self.host.shaped() {
             for (direction, plan, device) in shaped.trees() {
-                self.tree_rows(shaped, direction, plan, device, &rules, &mut rows)?;
+                self.tree_rows(shaped, (direction, plan, device), htb, &rules, &mut rows)?;
             }
         }
         Ok(rows)
@@ -184,13 +210,16 @@ impl<'a> View<'a> {
     fn tree_rows(
         &self,
         shaped: &Shaped,
-        direction: Direction,
-        plan: &Plan,
-        device: u32,
+        (direction, plan, device): (Direction, &Plan, u32),
+        htb: HtbRead,
         rules: &HashMap<&str, &str>,
         rows: &mut Vec<(ClassKey, ClassRow)>,
     ) -> Result<(), DaemonError> {
-        let htb = self.host.htb_stats(device)?;
+        let htb = match htb {
+            HtbRead::Now => Cow::Owned(self.host.htb_stats(device)?),
+            HtbRead::Sampled => self.host.recent_htb_stats(device, SAMPLE_MAX_AGE)?,
+        };
+        rows.reserve(plan.classes.len());
         let counters = self.datapath.class_stats_of(shaped.slot)?;
         for class in &plan.classes {
             let classid = classid_of(u32::from(class.index));

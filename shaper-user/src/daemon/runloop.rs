@@ -253,7 +253,9 @@ fn handler(
 /// The metrics endpoint's view of the shaper.
 fn render_metrics(state: &Arc<Mutex<Shaper>>) -> crate::metrics::http::Render {
     let state = Arc::clone(state);
-    Arc::new(move |format| lock(&state).metrics(format).map_err(|e| crate::error_chain(&e)))
+    Arc::new(move |format, buffer| {
+        lock(&state).metrics_into(format, buffer).map_err(|e| crate::error_chain(&e))
+    })
 }
 
 /// Serves until a stop is asked for; returns how to stop.

@@ -314,7 +314,12 @@ impl Shaper {
 
     /// The metrics text in `format` (`shaper metrics`, the HTTP endpoint).
     pub fn metrics(&self, format: Format) -> Result<String, DaemonError> {
-        Ok(self.view().metrics()?.render(format))
+        self.metrics_into(format, String::new())
+    }
+
+    /// [`Shaper::metrics`], written into `buffer` (the endpoint reuses its bodies).
+    pub fn metrics_into(&self, format: Format, buffer: String) -> Result<String, DaemonError> {
+        Ok(self.view().metrics()?.render_into(format, buffer))
     }
 
     /// Samples HTB's counters for the "rate now" column, and the

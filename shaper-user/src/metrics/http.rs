@@ -28,9 +28,34 @@ pub const MAX_CLIENTS: usize = 16;
 /// The one path served.
 pub const PATH: &str = "/metrics";
 
-/// Renders the metrics in a format, or says why it cannot (a 500); runs on
-/// the daemon's loop, so it must be quick.
-pub type Render = Arc<dyn Fn(Format) -> Result<String, String> + Send + Sync>;
+/// Renders the metrics in a format into a buffer (its text replaced, its
+/// room kept), or says why it cannot (a 500); runs on the daemon's loop, so
+/// it must be quick.
+pub type Render = Arc<dyn Fn(Format, String) -> Result<String, String> + Send + Sync>;
+
+/// Bodies kept for the next scrapes: their pages stay mapped, where a fresh
+/// megabyte (1 000 classes) costs page faults on every scrape.
+const SPARE_BODIES: usize = 2;
+/// A body larger than this is not kept.
+const SPARE_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// The buffers of finished answers, taken by the next scrapes.
+#[derive(Clone, Default)]
+struct Spares(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Spares {
+    fn take(&self) -> String {
+        self.0.lock().ok().and_then(|mut spare| spare.pop()).unwrap_or_default()
+    }
+
+    fn give(&self, body: String) {
+        if let (Ok(mut spare), true) = (self.0.lock(), body.capacity() <= SPARE_MAX_BYTES) {
+            if spare.len() < SPARE_BODIES {
+                spare.push(body);
+            }
+        }
+    }
+}
 
 /// What a request asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,14 +96,15 @@ impl Server {
     /// Serves scrapes until the task is dropped.
     pub async fn serve(self, render: Render) {
         let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+        let spares = Spares::default();
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     // Over the limit: the connection is closed unanswered.
                     let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { continue };
-                    let render = Arc::clone(&render);
+                    let (render, spares) = (Arc::clone(&render), spares.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = serve_client(stream, render).await {
+                        if let Err(e) = serve_client(stream, render, spares).await {
                             log::debug!("metrics client {peer}: {e}");
                         }
                         drop(slot);
@@ -93,23 +119,24 @@ impl Server {
     }
 }
 
-async fn serve_client(mut stream: TcpStream, render: Render) -> io::Result<()> {
+async fn serve_client(mut stream: TcpStream, render: Render, spares: Spares) -> io::Result<()> {
     let answer = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Err(_) => refusal(&TIMEOUT),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(None)) => return Ok(()), // closed before a request
         Ok(Ok(Some(Err(refused)))) => refusal(&refused),
         Ok(Ok(Some(Ok(head)))) => match parse(&head) {
-            Ok(request) => match render(request.format) {
+            Ok(request) => match render(request.format, spares.take()) {
                 Ok(body) => Answer {
                     head: head_of(200, "OK", request.format.content_type(), body.len()),
-                    body: if request.head_only { String::new() } else { body },
+                    body,
+                    head_only: request.head_only,
                 },
                 Err(why) => {
                     log::warn!("metrics: {why}");
                     let body = format!("500 Internal Server Error: {why}\n");
                     let head = head_of(500, "Internal Server Error", "text/plain; charset=utf-8", body.len());
-                    Answer { head, body }
+                    Answer { head, body, head_only: false }
                 }
             },
             Err(refused) => refusal(&refused),
@@ -117,10 +144,14 @@ async fn serve_client(mut stream: TcpStream, render: Render) -> io::Result<()> {
     };
     let write = async {
         stream.write_all(answer.head.as_bytes()).await?;
-        stream.write_all(answer.body.as_bytes()).await?;
+        if !answer.head_only {
+            stream.write_all(answer.body.as_bytes()).await?;
+        }
         stream.shutdown().await
     };
-    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+    let written = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+    spares.give(answer.body);
+    match written {
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the client did not read the answer")),
         Ok(result) => result,
     }
@@ -130,6 +161,8 @@ async fn serve_client(mut stream: TcpStream, render: Render) -> io::Result<()> {
 struct Answer {
     head: String,
     body: String,
+    /// `HEAD`: the body's length is in the head, the body is not sent.
+    head_only: bool,
 }
 
 /// Reads up to the end of the request head: `None` when the client closed
@@ -196,7 +229,8 @@ pub fn parse(head: &[u8]) -> Result<Request, Refusal> {
 
 fn refusal(refused: &Refusal) -> Answer {
     let body = format!("{} {}\n", refused.code, refused.reason);
-    Answer { head: head_of(refused.code, refused.reason, "text/plain; charset=utf-8", body.len()), body }
+    let head = head_of(refused.code, refused.reason, "text/plain; charset=utf-8", body.len());
+    Answer { head, body, head_only: false }
 }
 
 /// A response's head for a body of `length` bytes, with `Connection: close`.
@@ -244,6 +278,19 @@ mod tests {
         assert_eq!(with("application/openmetrics-text;q=0").format, Format::Text);
         assert_eq!(with("*/*").format, Format::Text);
         assert_eq!(parsed("GET /metrics HTTP/1.1\r\n\r\n").unwrap().format, Format::Text);
+    }
+
+    #[test]
+    fn spare_bodies_are_few_and_bounded() {
+        let spares = Spares::default();
+        assert_eq!(spares.take().capacity(), 0, "none yet");
+        for room in [10, 20, 30, SPARE_MAX_BYTES + 1] {
+            spares.give(String::with_capacity(room));
+        }
+        let mut kept: Vec<usize> = (0..4).map(|_| spares.take().capacity()).collect();
+        kept.sort_unstable();
+        assert_eq!(kept.iter().filter(|c| **c > 0).count(), SPARE_BODIES, "{kept:?}");
+        assert!(kept.iter().all(|c| *c < SPARE_MAX_BYTES), "{kept:?}");
     }
 
     #[test]

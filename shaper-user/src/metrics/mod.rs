@@ -96,7 +96,13 @@ pub struct Snapshot {
 impl Snapshot {
     /// The exposition text in `format`.
     pub fn render(&self, format: Format) -> String {
-        series::write(self, format)
+        self.render_into(format, String::new())
+    }
+
+    /// The exposition text in `format`, written into `buffer` (its text
+    /// replaced, its room kept).
+    pub fn render_into(&self, format: Format, buffer: String) -> String {
+        series::write(self, format, buffer)
     }
 }
 

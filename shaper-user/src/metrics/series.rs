@@ -56,10 +56,11 @@ const CLASS_SERIES: &[ClassSeries] = &[
     ("shaper_class_backlog_bytes", Kind::Gauge, "Bytes waiting in the class's queue.", |c| c.backlog_bytes),
 ];
 
-/// The whole exposition of `snapshot` in `format`.
-pub fn write(snapshot: &Snapshot, format: Format) -> String {
+/// The whole exposition of `snapshot` in `format`, written into `buffer`
+/// (its text replaced, its room kept).
+pub fn write(snapshot: &Snapshot, format: Format, buffer: String) -> String {
     // About a kilobyte per class row, and a few for the rest.
-    let mut text = Exposition::new(format, 8 * 1024 + snapshot.classes.len() * 1100);
+    let mut text = Exposition::in_buffer(format, buffer, 8 * 1024 + snapshot.classes.len() * 1100);
     text.family("shaper_build", Kind::Info, "The running shaper's version.")
         .int(&LabelSet::new(&[("version", &snapshot.version)]), 1);
     text.family(

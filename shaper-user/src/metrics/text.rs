@@ -35,7 +35,15 @@ pub struct Exposition {
 impl Exposition {
     /// Text in `format`, with room for about `bytes`.
     pub fn new(format: Format, bytes: usize) -> Self {
-        Self { format, out: String::with_capacity(bytes) }
+        Self::in_buffer(format, String::new(), bytes)
+    }
+
+    /// Text in `format` written into `buffer` (emptied first, its room
+    /// kept: a scrape that reuses the last one's buffer touches no new page).
+    pub fn in_buffer(format: Format, mut buffer: String, bytes: usize) -> Self {
+        buffer.clear();
+        buffer.reserve(bytes);
+        Self { format, out: buffer }
     }
 
     /// Starts family `name` (without `_total` or `_info`): its HELP and TYPE lines.
@@ -114,7 +122,8 @@ impl Family<'_> {
     /// One sample of an integer value.
     pub fn int(&mut self, labels: &LabelSet, value: u64) {
         self.start("", labels);
-        let _ = writeln!(self.out, "{value}");
+        self.out.push_str(itoa::Buffer::new().format(value));
+        self.out.push('\n');
     }
 
     /// One sample of a float value.
@@ -129,7 +138,9 @@ impl Family<'_> {
         const FRACTIONS: [&str; 8] = ["", ".125", ".25", ".375", ".5", ".625", ".75", ".875"];
         self.start("", labels);
         let fraction = FRACTIONS.get((eighths % 8) as usize).copied().unwrap_or_default();
-        let _ = writeln!(self.out, "{}{fraction}", eighths / 8);
+        self.out.push_str(itoa::Buffer::new().format(eighths / 8));
+        self.out.push_str(fraction);
+        self.out.push('\n');
     }
 
     /// The samples of a histogram: cumulative `_bucket`s ending at `+Inf`, `_sum`, `_count`.
@@ -262,6 +273,21 @@ mod tests {
         assert_eq!(set.0, r#"{a="x\"y",b="z"}"#);
         assert_eq!(set.and("le", "0.5").0, r#"{a="x\"y",b="z",le="0.5"}"#);
         assert_eq!(LabelSet::default().and("le", "+Inf").0, r#"{le="+Inf"}"#);
+    }
+
+    #[test]
+    fn a_reused_buffer_keeps_its_room_not_its_text() {
+        let write = |buffer: String, value: u64| {
+            let mut text = Exposition::in_buffer(Format::Text, buffer, 4096);
+            text.family("shaper_n", Kind::Gauge, "N.").int(&LabelSet::default(), value);
+            text.finish()
+        };
+        let first = write(String::new(), 1);
+        let (room, at) = (first.capacity(), first.as_ptr());
+        assert!(room >= 4096, "{room}");
+        let second = write(first, 22);
+        assert_eq!(second, "# HELP shaper_n N.\n# TYPE shaper_n gauge\nshaper_n 22\n");
+        assert_eq!((second.capacity(), second.as_ptr()), (room, at), "the same allocation");
     }
 
     #[test]
