@@ -119,17 +119,8 @@ fn udp_only(rule: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::config;
-
-    const HEAD: &str = "[[interface]]\nname = \"eth0\"\negress = \"100mbit\"\n[[class]]\nname = \"a\"\n";
-
-    fn parse(class: &str) -> Result<config::Config, String> {
-        let env = crate::rules::SystemEnv::default();
-        config::parse(Path::new("t.toml"), &format!("{HEAD}{class}"), &env.env()).map_err(|e| e.to_string())
-    }
+    use crate::config::tests::parse_class as parse;
 
     #[test]
     fn limits_are_read_with_their_defaults() {

@@ -14,6 +14,14 @@ fn parse(path: &Path, text: &str, services: &Services) -> Result<Config, ConfigE
     super::parse(path, text, &Env { services, accounts: &accounts })
 }
 
+/// Parses one interface and a class `a` whose remaining lines are `class`
+/// (the unit tests of the class attributes' modules), the error as text.
+pub(super) fn parse_class(class: &str) -> Result<Config, String> {
+    const HEAD: &str = "[[interface]]\nname = \"eth0\"\negress = \"100mbit\"\n[[class]]\nname = \"a\"\n";
+    let env = crate::rules::SystemEnv::default();
+    super::parse(Path::new("t.toml"), &format!("{HEAD}{class}"), &env.env()).map_err(|e| e.to_string())
+}
+
 fn ok(text: &str) -> Config {
     parse(Path::new("t.toml"), text, &services()).unwrap_or_else(|e| panic!("{e}"))
 }

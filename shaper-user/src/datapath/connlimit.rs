@@ -7,11 +7,7 @@ use std::path::PathBuf;
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError},
-    programs::{
-        links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
-        LinkOrder, TcAttachType,
-    },
+    programs::{links::FdLink, TcAttachType},
 };
 use shaper_common::{
     connlimit::{ConnDaemon, ConnKernel, ConnLimit, GateEntry},
@@ -74,34 +70,8 @@ impl Datapath {
         let attach_err = |source| DatapathError::Attach { iface: dev.to_string(), direction, source };
         let pin = self.pins.as_ref().map(|p| p.tc_link(name, ifindex));
         let prog = super::program(&mut self.ebpf, name)?;
-        let id = match pin.as_ref().filter(|p| p.exists()) {
-            // An earlier daemon's gate: its program is replaced in place.
-            Some(path) => {
-                let old = PinnedLink::from_pin(path)
-                    .map_err(|source| DatapathError::PinnedLink { path: path.clone(), source })?;
-                let old = SchedClassifierLink::try_from(FdLink::from(old))
-                    .map_err(|source| DatapathError::PinnedLink { path: path.clone(), source })?;
-                prog.attach_to_link(old).map_err(attach_err)?
-            }
-            None => prog
-                .attach_with_options(
-                    dev,
-                    TcAttachType::Egress,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(attach_err)?,
-        };
-        let link = prog.take_link(id).map_err(attach_err)?;
-        let link = FdLink::try_from(link)
-            .map_err(|source| DatapathError::PinnedLink { path: pin.clone().unwrap_or_default(), source })?;
-        let link = match &pin {
-            Some(path) if !path.exists() => FdLink::from(link.pin(path).map_err(|e| DatapathError::Pin {
-                action: "pinning",
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            })?),
-            _ => link,
-        };
+        // An earlier daemon's gate has its program replaced in place.
+        let link = super::attach_tcx(prog, dev, TcAttachType::Egress, pin.as_ref(), attach_err)?;
         Ok(GateLink { _link: link, pin, ifindex })
     }
 }

@@ -637,33 +637,7 @@ impl Datapath {
         let pin = self.pins.as_ref().map(|p| p.tc_link(name, ifindex));
         let prog = program(&mut self.ebpf, name)?;
         let attachment = if tcx {
-            let id = match pin.as_ref().filter(|p| p.exists()) {
-                Some(path) => {
-                    let old = PinnedLink::from_pin(path)
-                        .map_err(|source| DatapathError::PinnedLink { path: path.clone(), source })?;
-                    let old = SchedClassifierLink::try_from(FdLink::from(old))
-                        .map_err(|source| DatapathError::PinnedLink { path: path.clone(), source })?;
-                    prog.attach_to_link(old).map_err(attach_err)?
-                }
-                None => prog
-                    .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                    .map_err(attach_err)?,
-            };
-            let link = prog.take_link(id).map_err(attach_err)?;
-            let link = FdLink::try_from(link).map_err(|source| DatapathError::PinnedLink {
-                path: pin.clone().unwrap_or_default(),
-                source,
-            })?;
-            let link = match &pin {
-                Some(path) if !path.exists() => {
-                    FdLink::from(link.pin(path).map_err(|e| DatapathError::Pin {
-                        action: "pinning",
-                        path: path.clone(),
-                        source: std::io::Error::other(e),
-                    })?)
-                }
-                _ => link,
-            };
+            let link = attach_tcx(prog, iface, hook, pin.as_ref(), attach_err)?;
             Attachment::Tcx { _link: link, pin }
         } else {
             let added_clsact = match tc::qdisc_add_clsact(iface) {
@@ -1077,6 +1051,42 @@ fn read_class_names(map: &Array<MapData, ClassName>) -> BTreeMap<u16, String> {
         out.insert(index as u16, String::from_utf8_lossy(&entry.name[..end]).into_owned());
     }
     out
+}
+
+/// Attaches `prog` to `iface`'s `hook` with tcx and pins the link at `pin`.
+/// If an earlier daemon pinned a link there, its program is replaced in
+/// place instead (one atomic link update: no packet misses the program).
+fn attach_tcx(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    hook: TcAttachType,
+    pin: Option<&std::path::PathBuf>,
+    attach_err: impl Fn(ProgramError) -> DatapathError,
+) -> Result<FdLink, DatapathError> {
+    let pinned_err = |path: &std::path::PathBuf| {
+        let path = path.clone();
+        move |source| DatapathError::PinnedLink { path, source }
+    };
+    let id = match pin.filter(|p| p.exists()) {
+        Some(path) => {
+            let old = PinnedLink::from_pin(path).map_err(pinned_err(path))?;
+            let old = SchedClassifierLink::try_from(FdLink::from(old)).map_err(pinned_err(path))?;
+            prog.attach_to_link(old).map_err(&attach_err)?
+        }
+        None => prog
+            .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(&attach_err)?,
+    };
+    let link = prog.take_link(id).map_err(&attach_err)?;
+    let link = FdLink::try_from(link).map_err(pinned_err(&pin.cloned().unwrap_or_default()))?;
+    match pin {
+        Some(path) if !path.exists() => Ok(FdLink::from(link.pin(path).map_err(|e| DatapathError::Pin {
+            action: "pinning",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?)),
+        _ => Ok(link),
+    }
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
